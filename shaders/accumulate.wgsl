@@ -1,0 +1,34 @@
+// accumulate.wgsl: gradient accumulation, grad += micro_grad, and a fill (zeroing a range inside a
+// compute pass, where the encoder's clear_buffer cannot be used).
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    N: u32,
+    value: f32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// accumulate(grad [N], micro_grad [N])
+@group(0) @binding(1) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> micro_grad: array<f32>;
+// fill(x [N]) with value
+@group(0) @binding(9) var<storage, read_write> x: array<f32>;
+
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+@compute @workgroup_size(64)
+fn accumulate(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+              @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.N) { return; }
+    grad[p.o0 + i] += micro_grad[p.o1 + i];
+}
+
+@compute @workgroup_size(64)
+fn fill(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+        @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.N) { return; }
+    x[p.o0 + i] = p.value;
+}

@@ -1,0 +1,151 @@
+// attention.wgsl: causal multi-head self-attention (GPT-2 style, llm.c layout).
+// qkv row (b,t) = [q (C) | k (C) | v (C)]; head h uses channels h*hs .. (h+1)*hs, hs = C / NH.
+//   forward:  preatt[b,h,t,t2] = q[t] . k[t2] / sqrt(hs)      for t2 <= t (0 above the diagonal)
+//             att[b,h,t,:]     = softmax over t2 <= t          (0 above the diagonal)
+//             out[b,t,h*hs+i]  = sum_t2 att[b,h,t,t2] v[t2,i]
+//   backward: datt[t,t2]    += dout[t] . v[t2]
+//             dpreatt[t,t3] += att[t,t3] (datt[t,t3] - sum_t2 att[t,t2] datt[t,t2])   (softmax)
+//             dq[t]  += sum_t2 dpreatt[t,t2] k[t2] / sqrt(hs)
+//             dk[t2] += sum_t dpreatt[t,t2] q[t] / sqrt(hs);  dv[t2] += sum_t att[t,t2] dout[t]
+// The backward is split in two passes so that no two invocations write the same element:
+// attention_backward_query owns row t (datt, dpreatt, dq), attention_backward_key_value owns
+// column t2 (dk, dv).
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    B: u32, T: u32, C: u32, NH: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// attention_forward(out [B,T,C], preatt [B,NH,T,T], att [B,NH,T,T], qkv [B,T,3C])
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> preatt: array<f32>;
+@group(0) @binding(3) var<storage, read_write> att: array<f32>;
+@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
+
+// attention_backward(dqkv [B,T,3C], dpreatt [B,NH,T,T], datt [B,NH,T,T], dout [B,T,C],
+//                    qkv [B,T,3C], att [B,NH,T,T])
+@group(0) @binding(9) var<storage, read_write> dqkv: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dpreatt: array<f32>;
+@group(0) @binding(11) var<storage, read_write> datt: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(13) var<storage, read_write> b_qkv: array<f32>;
+@group(0) @binding(14) var<storage, read_write> b_att: array<f32>;
+
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// one invocation per (b, h, t) query row
+@compute @workgroup_size(64)
+fn attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                     @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    if (idx >= p.B * p.NH * p.T) { return; }
+    let t = idx % p.T;
+    let h = (idx / p.T) % p.NH;
+    let b = idx / (p.T * p.NH);
+    let C3 = 3u * p.C;
+    let hs = p.C / p.NH;
+    let scale = 1.0 / sqrt(f32(hs));
+    let q = p.o3 + (b * p.T + t) * C3 + h * hs;
+    let row = (idx) * p.T; // (b*NH + h)*T + t, times T
+    var maxv = -3.4028234e38;
+    for (var t2 = 0u; t2 <= t; t2++) {
+        let k = p.o3 + (b * p.T + t2) * C3 + p.C + h * hs;
+        var s = 0.0;
+        for (var i = 0u; i < hs; i++) { s += qkv[q + i] * qkv[k + i]; }
+        s *= scale;
+        preatt[p.o1 + row + t2] = s;
+        maxv = max(maxv, s);
+    }
+    var sum = 0.0;
+    for (var t2 = 0u; t2 <= t; t2++) {
+        let e = exp(preatt[p.o1 + row + t2] - maxv);
+        att[p.o2 + row + t2] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var t2 = 0u; t2 < p.T; t2++) {
+        if (t2 <= t) {
+            att[p.o2 + row + t2] *= inv;
+        } else {
+            att[p.o2 + row + t2] = 0.0;
+            preatt[p.o1 + row + t2] = 0.0;
+        }
+    }
+    let o = p.o0 + (b * p.T + t) * p.C + h * hs;
+    for (var i = 0u; i < hs; i++) {
+        var acc = 0.0;
+        for (var t2 = 0u; t2 <= t; t2++) {
+            acc += att[p.o2 + row + t2] * qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i];
+        }
+        out[o + i] = acc;
+    }
+}
+
+// one invocation per (b, h, t) query row: datt, dpreatt, dq
+@compute @workgroup_size(64)
+fn attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                            @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    if (idx >= p.B * p.NH * p.T) { return; }
+    let t = idx % p.T;
+    let h = (idx / p.T) % p.NH;
+    let b = idx / (p.T * p.NH);
+    let C3 = 3u * p.C;
+    let hs = p.C / p.NH;
+    let scale = 1.0 / sqrt(f32(hs));
+    let row = idx * p.T;
+    let g = p.o3 + (b * p.T + t) * p.C + h * hs;
+    // datt[t, t2] += dout[t] . v[t2]
+    for (var t2 = 0u; t2 <= t; t2++) {
+        let v = p.o4 + (b * p.T + t2) * C3 + 2u * p.C + h * hs;
+        var s = 0.0;
+        for (var i = 0u; i < hs; i++) { s += dout[g + i] * b_qkv[v + i]; }
+        datt[p.o2 + row + t2] += s;
+    }
+    // softmax backward with the full (accumulated) datt row
+    var dot_ad = 0.0;
+    for (var t2 = 0u; t2 <= t; t2++) { dot_ad += b_att[p.o5 + row + t2] * datt[p.o2 + row + t2]; }
+    for (var t2 = 0u; t2 <= t; t2++) {
+        let a = b_att[p.o5 + row + t2];
+        dpreatt[p.o1 + row + t2] += a * (datt[p.o2 + row + t2] - dot_ad);
+    }
+    // dq[t] += sum_t2 dpreatt[t, t2] k[t2] * scale
+    let dq = p.o0 + (b * p.T + t) * C3 + h * hs;
+    for (var i = 0u; i < hs; i++) {
+        var s = 0.0;
+        for (var t2 = 0u; t2 <= t; t2++) {
+            s += dpreatt[p.o1 + row + t2] * b_qkv[p.o4 + (b * p.T + t2) * C3 + p.C + h * hs + i];
+        }
+        dqkv[dq + i] += s * scale;
+    }
+}
+
+// one invocation per (b, h, t2) key/value row: dk, dv (reads the dpreatt of the pass above)
+@compute @workgroup_size(64)
+fn attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                                @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    if (idx >= p.B * p.NH * p.T) { return; }
+    let t2 = idx % p.T;
+    let h = (idx / p.T) % p.NH;
+    let b = idx / (p.T * p.NH);
+    let bh = b * p.NH + h;
+    let C3 = 3u * p.C;
+    let hs = p.C / p.NH;
+    let scale = 1.0 / sqrt(f32(hs));
+    let dk = p.o0 + (b * p.T + t2) * C3 + p.C + h * hs;
+    let dv = dk + p.C;
+    for (var i = 0u; i < hs; i++) {
+        var sk = 0.0;
+        var sv = 0.0;
+        for (var t = t2; t < p.T; t++) {
+            let r = (bh * p.T + t) * p.T + t2;
+            sk += dpreatt[p.o1 + r] * b_qkv[p.o4 + (b * p.T + t) * C3 + h * hs + i];
+            sv += b_att[p.o5 + r] * dout[p.o3 + (b * p.T + t) * p.C + h * hs + i];
+        }
+        dqkv[dk + i] += sk * scale;
+        dqkv[dv + i] += sv;
+    }
+}

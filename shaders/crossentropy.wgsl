@@ -1,0 +1,101 @@
+// crossentropy.wgsl: softmax cross-entropy over V classes with reduction = sum over the counted
+// targets. A target equal to IGNORE (0xffffffff, e.g. padding) contributes no loss, no gradient
+// and no count, so a window's gradient can be normalized once by its real count of targets.
+//   forward:  losses[n] = logsumexp(logits[n,:]) - logits[n, targets[n]]   (0 when ignored)
+//   reduce:   totals[0] += sum_n losses[n];  totals[1] += count of counted rows
+//             (accumulated across the micro-batches of a window, read once per optimizer step)
+//   backward: dlogits[n,:] += dloss * (softmax(logits[n,:]) - onehot(targets[n]))  (counted rows)
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    N: u32, V: u32,
+    dloss: f32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// crossentropy_forward(losses [N], logits [N,V], targets [N])
+@group(0) @binding(1) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> targets: array<u32>;
+// crossentropy_reduce(totals [2], losses [N], targets [N])
+@group(0) @binding(5) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(6) var<storage, read_write> r_losses: array<f32>;
+@group(0) @binding(7) var<storage, read_write> r_targets: array<u32>;
+// crossentropy_backward(dlogits [N,V], logits [N,V], targets [N])
+@group(0) @binding(9) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(10) var<storage, read_write> b_logits: array<f32>;
+@group(0) @binding(11) var<storage, read_write> b_targets: array<u32>;
+
+const IGNORE: u32 = 0xffffffffu;
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// one invocation per row
+@compute @workgroup_size(64)
+fn crossentropy_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                        @builtin(local_invocation_index) l: u32) {
+    let row = flat(w, n, l);
+    if (row >= p.N) { return; }
+    let tgt = targets[p.o2 + row];
+    if (tgt == IGNORE) {
+        losses[p.o0 + row] = 0.0;
+        return;
+    }
+    let x = p.o1 + row * p.V;
+    var m = -3.4028234e38;
+    for (var v = 0u; v < p.V; v++) { m = max(m, logits[x + v]); }
+    var s = 0.0;
+    for (var v = 0u; v < p.V; v++) { s += exp(logits[x + v] - m); }
+    losses[p.o0 + row] = log(s) + m - logits[x + tgt];
+}
+
+// one workgroup: strided partial sums, then a tree in workgroup memory (fixed order: deterministic)
+var<workgroup> part_loss: array<f32, 64>;
+var<workgroup> part_count: array<f32, 64>;
+@compute @workgroup_size(64)
+fn crossentropy_reduce(@builtin(local_invocation_index) l: u32) {
+    var s = 0.0;
+    var c = 0.0;
+    for (var i = l; i < p.N; i += WG) {
+        if (r_targets[p.o2 + i] != IGNORE) {
+            s += r_losses[p.o1 + i];
+            c += 1.0;
+        }
+    }
+    part_loss[l] = s;
+    part_count[l] = c;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (l < stride) {
+            part_loss[l] += part_loss[l + stride];
+            part_count[l] += part_count[l + stride];
+        }
+        workgroupBarrier();
+    }
+    if (l == 0u) {
+        totals[p.o0] += part_loss[0];
+        totals[p.o0 + 1u] += part_count[0];
+    }
+}
+
+// one invocation per row
+@compute @workgroup_size(64)
+fn crossentropy_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                         @builtin(local_invocation_index) l: u32) {
+    let row = flat(w, n, l);
+    if (row >= p.N) { return; }
+    let tgt = b_targets[p.o2 + row];
+    if (tgt == IGNORE) { return; }
+    let x = p.o1 + row * p.V;
+    var m = -3.4028234e38;
+    for (var v = 0u; v < p.V; v++) { m = max(m, b_logits[x + v]); }
+    var s = 0.0;
+    for (var v = 0u; v < p.V; v++) { s += exp(b_logits[x + v] - m); }
+    let inv = 1.0 / s;
+    let d = p.o0 + row * p.V;
+    for (var v = 0u; v < p.V; v++) {
+        var g = exp(b_logits[x + v] - m) * inv;
+        if (v == tgt) { g -= 1.0; }
+        dlogits[d + v] += p.dloss * g;
+    }
+}

@@ -1,0 +1,69 @@
+// encoder.wgsl: the GPT input layer, token embedding + position embedding.
+//   forward:  out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]
+//   backward: dwte[inp[b,t],:] += dout[b,t,:];   dwpe[t,:] += sum_b dout[b,t,:]
+// Binding convention (all gradscope shaders): binding 0 = Params (o0..o7 are the element offsets of
+// the tensor arguments in the order of the CPU reference function); the forward function's tensors
+// are bindings 1.., the backward function's 9...
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    B: u32, T: u32, C: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// encoder_forward(out [B,T,C], inp [B,T] tokens, wte [V,C], wpe [maxT,C])
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> inp: array<u32>;
+@group(0) @binding(3) var<storage, read_write> wte: array<f32>;
+@group(0) @binding(4) var<storage, read_write> wpe: array<f32>;
+
+// encoder_backward(dwte [V,C], dwpe [maxT,C], dout [B,T,C], inp [B,T])
+@group(0) @binding(9) var<storage, read_write> dwte: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dwpe: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(12) var<storage, read_write> inp_b: array<u32>;
+
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// one invocation per output element (b, t, c)
+@compute @workgroup_size(64)
+fn encoder_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                   @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.B * p.T * p.C) { return; }
+    let bt = i / p.C;
+    let c = i % p.C;
+    let t = bt % p.T;
+    let tok = inp[p.o1 + bt];
+    out[p.o0 + i] = wte[p.o2 + tok * p.C + c] + wpe[p.o3 + t * p.C + c];
+}
+
+// one invocation per channel c walks every position in order: tokens repeat, so a thread per
+// position would race on dwte; this is deterministic and needs no atomics.
+@compute @workgroup_size(64)
+fn encoder_backward_wte(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                        @builtin(local_invocation_index) l: u32) {
+    let c = flat(w, n, l);
+    if (c >= p.C) { return; }
+    for (var bt = 0u; bt < p.B * p.T; bt++) {
+        let tok = inp_b[p.o3 + bt];
+        let i = p.o0 + tok * p.C + c;
+        dwte[i] = dwte[i] + dout[p.o2 + bt * p.C + c];
+    }
+}
+
+// one invocation per (t, c): sum over the batch
+@compute @workgroup_size(64)
+fn encoder_backward_wpe(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                        @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.T * p.C) { return; }
+    let t = i / p.C;
+    let c = i % p.C;
+    var s = 0.0;
+    for (var b = 0u; b < p.B; b++) {
+        s += dout[p.o2 + (b * p.T + t) * p.C + c];
+    }
+    dwpe[p.o1 + i] += s;
+}

@@ -1,0 +1,257 @@
+//! Instance, adapter and device selection.
+//!
+//! gradscope prefers a real GPU, falls back to a software adapter (Mesa's lavapipe on Vulkan, or
+//! llvmpipe through GL), and can be forced with `--adapter <name substring>` or `WGPU_BACKEND`.
+//! The device is requested with the adapter's own limits: WebGPU's defaults (128 MiB bindings are
+//! fine, but 8 storage buffers and 16 KiB workgroup memory are the guaranteed minimums) would hide
+//! what the hardware can do.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::ledger::Ledger;
+use super::registry::Registry;
+
+/// What kind of device runs the kernels. Kernel variants are chosen by this: workgroup-memory
+/// tiles are what make a real GPU fast, but barriers are expensive on a CPU adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A software adapter (lavapipe, llvmpipe, WARP): register-blocked kernels, no barriers.
+    Cpu,
+    /// A discrete, integrated or virtual GPU: workgroup-tiled kernels.
+    Gpu,
+}
+
+/// How to choose the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    /// Case-insensitive substring of the adapter name (as printed by `gradscope info`).
+    pub name: Option<String>,
+}
+
+/// One adapter as `gradscope info` prints it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamp_query: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+impl AdapterSummary {
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        Self {
+            name: info.name,
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver,
+            driver_info: info.driver_info,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "{} ({}, {})", self.name, self.backend, self.device_type)?;
+        writeln!(f, "  driver:                      {} {}", self.driver, self.driver_info)?;
+        writeln!(f, "  shader f16:                  {}", yes(self.shader_f16))?;
+        writeln!(f, "  subgroups:                   {}", yes(self.subgroups))?;
+        writeln!(f, "  timestamp queries:           {}", yes(self.timestamp_query))?;
+        writeln!(
+            f,
+            "  max storage binding:         {} MiB",
+            self.max_storage_buffer_binding_size >> 20
+        )?;
+        writeln!(f, "  max buffer size:             {} MiB", self.max_buffer_size >> 20)?;
+        writeln!(
+            f,
+            "  storage buffers per stage:   {}",
+            self.max_storage_buffers_per_shader_stage
+        )?;
+        writeln!(
+            f,
+            "  workgroup memory:            {} KiB",
+            self.max_compute_workgroup_storage_size >> 10
+        )?;
+        writeln!(
+            f,
+            "  invocations per workgroup:   {}",
+            self.max_compute_invocations_per_workgroup
+        )?;
+        write!(
+            f,
+            "  workgroups per dimension:    {}",
+            self.max_compute_workgroups_per_dimension
+        )
+    }
+}
+
+/// Errors of device selection.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no GPU or software adapter found.\n\
+         On Debian/Ubuntu without a GPU driver install Mesa's software Vulkan driver:\n    \
+         sudo apt-get install mesa-vulkan-drivers libvulkan1\n\
+         (or the GL fallback: sudo apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri).\n\
+         On other systems install your GPU vendor's Vulkan, Metal or DX12 driver."
+    )]
+    NoAdapter,
+    #[error("no adapter's name contains {wanted:?}; adapters found:\n{found}")]
+    NoMatchingAdapter { wanted: String, found: String },
+    #[error("the adapter {adapter:?} refused a device: {source}")]
+    RequestDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+    #[error("the device has no {0}")]
+    MissingFeature(&'static str),
+}
+
+/// The environment variables that pick a backend (`WGPU_BACKEND=vulkan|gl|metal|dx12`).
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu reaches on this machine (after `WGPU_BACKEND` filtering).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let inst = instance();
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = pollster::block_on(inst.enumerate_adapters(backends));
+    adapters.iter().map(AdapterSummary::of).collect()
+}
+
+/// Rank adapters: real GPUs first (discrete, integrated, virtual), then CPU adapters; among equals
+/// prefer Vulkan/Metal/DX12 over GL, since GL lacks f16, subgroups and timestamp queries.
+fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
+    let info = adapter.get_info();
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, backend)
+}
+
+/// Pick an adapter according to `choice`.
+pub fn select_adapter(choice: &AdapterChoice) -> Result<wgpu::Adapter, GpuError> {
+    let inst = instance();
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(backends));
+    if adapters.is_empty() {
+        return Err(GpuError::NoAdapter);
+    }
+    if let Some(wanted) = &choice.name {
+        let needle = wanted.to_lowercase();
+        let found: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("  {} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+        if adapters.is_empty() {
+            return Err(GpuError::NoMatchingAdapter { wanted: wanted.clone(), found: found.join("\n") });
+        }
+    }
+    adapters.sort_by_key(rank);
+    Ok(adapters.swap_remove(0))
+}
+
+/// The features gradscope uses when the adapter has them.
+fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+    adapter.features() & wanted
+}
+
+/// The device description gradscope asks for: the adapter's own limits and the optional features
+/// it has. The app gives the same description to eframe so that one device serves both.
+pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("gradscope"),
+        required_features: wanted_features(adapter),
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }
+}
+
+/// The device, its queue, the kernel registry and the byte ledger: everything kernels need.
+/// Cloning is cheap (all members are shared).
+#[derive(Clone)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: Arc<AdapterSummary>,
+    pub kind: DeviceKind,
+    pub ledger: Ledger,
+    pub registry: Arc<Registry>,
+}
+
+impl Gpu {
+    /// Select an adapter and create a device with the adapter's limits.
+    pub fn new(choice: &AdapterChoice) -> Result<Self, GpuError> {
+        let adapter = select_adapter(choice)?;
+        let desc = device_descriptor(&adapter);
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
+            GpuError::RequestDevice { adapter: adapter.get_info().name, source }
+        })?;
+        Ok(Self::from_device(&adapter, device, queue))
+    }
+
+    /// Wrap a device created elsewhere (the app gets its device from eframe).
+    pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let summary = AdapterSummary::of(adapter);
+        let kind = match adapter.get_info().device_type {
+            wgpu::DeviceType::Cpu => DeviceKind::Cpu,
+            _ => DeviceKind::Gpu,
+        };
+        let registry = Arc::new(Registry::new(&device));
+        Self { device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry }
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+}

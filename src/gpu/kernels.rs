@@ -1,0 +1,287 @@
+//! Typed launchers: one method per kernel, with the name and argument order of its CPU twin in
+//! `crate::reference::layers`. Each records dispatches into a `ProgramBuilder`; nothing runs until
+//! the program is submitted. Backward launchers accumulate (`+=`) into every gradient, like the
+//! reference, so callers zero gradients where a new sum starts.
+
+use super::context::DeviceKind;
+use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
+
+type R = Result<(), ProgramError>;
+
+/// The matmul implementation: shared-memory tiles (GPUs) or register blocks (CPU adapters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulVariant {
+    /// matmul.wgsl: 16x16 workgroup tiles; any shape.
+    Tiled,
+    /// matmul_cpu.wgsl: 4x8 outputs per invocation from vec4 loads, no barriers. Needs K % 4 == 0
+    /// and 4-aligned offsets of its vec4 operands; other shapes fall back to `Tiled`.
+    RegisterBlocked,
+}
+
+impl MatmulVariant {
+    /// The variant that is fast on this kind of device.
+    pub fn for_device(kind: DeviceKind) -> Self {
+        match kind {
+            DeviceKind::Cpu => MatmulVariant::RegisterBlocked,
+            DeviceKind::Gpu => MatmulVariant::Tiled,
+        }
+    }
+}
+
+fn tiles(rows: usize, cols: usize) -> Grid {
+    Grid::Groups([cols.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1])
+}
+
+fn aligned(views: &[&View]) -> bool {
+    views.iter().all(|v| v.offset % 4 == 0)
+}
+
+/// Number of partial sums of the two-stage norm: enough workgroups to fill the device, few
+/// enough that the final stage is one workgroup's short loop.
+pub const NORM_GROUPS: usize = 256;
+
+impl ProgramBuilder {
+    fn variant(&self) -> MatmulVariant {
+        MatmulVariant::for_device(self.gpu().kind)
+    }
+
+    /// out [B,T,C] = wte[inp] + wpe[t]
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_forward(&mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize) -> R {
+        let dims = Uniforms::new().n(b).n(t).n(c);
+        self.call("encoder", "encoder_forward", 1, &[out, inp, wte, wpe], dims, Grid::Threads(b * t * c))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize) -> R {
+        let args = [dwte, dwpe, dout, inp];
+        let dims = Uniforms::new().n(b).n(t).n(c);
+        self.call("encoder", "encoder_backward_wte", 9, &args, dims.clone(), Grid::Threads(c))?;
+        self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
+        Ok(())
+    }
+
+    /// out [N,C], mean [N], rstd [N] from inp [N,C], weight [C], bias [C]
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_forward(&mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, n: usize, c: usize) -> R {
+        let dims = Uniforms::new().n(n).n(c);
+        self.call("layernorm", "layernorm_forward", 1, &[out, mean, rstd, inp, weight, bias], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
+        mean: &View, rstd: &View, n: usize, c: usize,
+    ) -> R {
+        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let dims = Uniforms::new().n(n).n(c);
+        self.call("layernorm", "layernorm_backward_input", 9, &args, dims.clone(), Grid::Threads(n))?;
+        self.call("layernorm", "layernorm_backward_params", 9, &args, dims, Grid::Threads(c))?;
+        Ok(())
+    }
+
+    /// out [M,N] = inp [M,K] . weight [N,K]^T (+ bias [N]), with the device's variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward(&mut self, out: &View, inp: &View, weight: &View, bias: Option<&View>, m: usize, k: usize, n: usize) -> R {
+        let v = self.variant();
+        self.matmul_forward_with(v, out, inp, weight, bias, m, k, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_with(
+        &mut self, variant: MatmulVariant, out: &View, inp: &View, weight: &View, bias: Option<&View>,
+        m: usize, k: usize, n: usize,
+    ) -> R {
+        // Without a bias the binding still needs a buffer; the kernel does not read it.
+        let bias_v = bias.unwrap_or(out);
+        let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
+        let args = [out, inp, weight, bias_v];
+        if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
+            let blocks = m.div_ceil(4) * n.div_ceil(8);
+            self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
+        } else {
+            self.call("matmul", "matmul_forward", 1, &args, dims, tiles(m, n))?;
+        }
+        Ok(())
+    }
+
+    /// dinp [M,K] += dout . weight;  dweight [N,K] += dout^T . inp;  dbias [N] += colsum(dout)
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward(
+        &mut self, dinp: Option<&View>, dweight: &View, dbias: Option<&View>, dout: &View, inp: &View, weight: &View,
+        m: usize, k: usize, n: usize,
+    ) -> R {
+        let v = self.variant();
+        self.matmul_backward_with(v, dinp, dweight, dbias, dout, inp, weight, m, k, n)
+    }
+
+    /// As `matmul_backward`; `dinp` None skips the input gradient (the first layer's input).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_with(
+        &mut self, variant: MatmulVariant, dinp: Option<&View>, dweight: &View, dbias: Option<&View>, dout: &View,
+        inp: &View, weight: &View, m: usize, k: usize, n: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(m).n(k).n(n).u(dbias.is_some() as u32);
+        let cpu = variant == MatmulVariant::RegisterBlocked && k % 4 == 0;
+        let dinp_v = dinp.unwrap_or(dweight);
+        let dbias_v = dbias.unwrap_or(dweight);
+        let args = [dinp_v, dweight, dbias_v, dout, inp, weight];
+        if let Some(dinp) = dinp {
+            if cpu && aligned(&[dinp, weight]) {
+                let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
+                self.call("matmul_cpu", "matmul_backward_input_cpu", 9, &args, dims.clone(), Grid::Threads(blocks))?;
+            } else {
+                self.call("matmul", "matmul_backward_input", 9, &args, dims.clone(), tiles(m, k))?;
+            }
+        }
+        if cpu && aligned(&[dweight, inp]) {
+            let blocks = n.div_ceil(4) * (k / 4).div_ceil(2);
+            self.call("matmul_cpu", "matmul_backward_weight_cpu", 9, &args, dims.clone(), Grid::Threads(blocks))?;
+        } else {
+            self.call("matmul", "matmul_backward_weight", 9, &args, dims.clone(), tiles(n, k))?;
+        }
+        if dbias.is_some() {
+            self.call("matmul", "matmul_backward_bias", 9, &args, dims, Grid::Threads(n))?;
+        }
+        Ok(())
+    }
+
+    /// Causal multi-head self-attention over qkv [B,T,3C].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        &mut self, out: &View, preatt: &View, att: &View, qkv: &View, b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
+        self.call("attention", "attention_forward", 1, &[out, preatt, att, qkv], dims, Grid::Threads(b * nh * t))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &mut self, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
+        b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
+        let args = [dqkv, dpreatt, datt, dout, qkv, att];
+        let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
+        self.call("attention", "attention_backward_query", 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
+        self.call("attention", "attention_backward_key_value", 9, &args, dims, Grid::Threads(b * nh * t))?;
+        Ok(())
+    }
+
+    pub fn gelu_forward(&mut self, out: &View, inp: &View, n: usize) -> R {
+        self.call("gelu", "gelu_forward", 1, &[out, inp], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    pub fn gelu_backward(&mut self, dinp: &View, inp: &View, dout: &View, n: usize) -> R {
+        self.call("gelu", "gelu_backward", 9, &[dinp, inp, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    pub fn residual_forward(&mut self, out: &View, inp1: &View, inp2: &View, n: usize) -> R {
+        self.call("residual", "residual_forward", 1, &[out, inp1, inp2], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    pub fn residual_backward(&mut self, dinp1: &View, dinp2: &View, dout: &View, n: usize) -> R {
+        self.call("residual", "residual_backward", 9, &[dinp1, dinp2, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// losses [N] from logits [N,V] and targets [N] (IGNORE_INDEX rows get 0).
+    pub fn crossentropy_forward(&mut self, losses: &View, logits: &View, targets: &View, n: usize, v: usize) -> R {
+        let dims = Uniforms::new().n(n).n(v).f(0.0);
+        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// totals[0] += sum of counted losses; totals[1] += count of counted rows.
+    pub fn crossentropy_reduce(&mut self, totals: &View, losses: &View, targets: &View, n: usize) -> R {
+        let dims = Uniforms::new().n(n).n(0).f(0.0);
+        self.call("crossentropy", "crossentropy_reduce", 5, &[totals, losses, targets], dims, Grid::Groups([1, 1, 1]))?;
+        Ok(())
+    }
+
+    /// dlogits [N,V] += dloss * (softmax - onehot) on counted rows. Returns the dispatch index so
+    /// `dloss` can be rewritten with `Program::set_uniform` (see `crossentropy_uniforms`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_backward(
+        &mut self, dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize,
+    ) -> Result<usize, ProgramError> {
+        let dims = Uniforms::new().n(n).n(v).f(dloss);
+        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, Grid::Threads(n))
+    }
+
+    /// grad += micro_grad
+    pub fn accumulate(&mut self, grad: &View, micro_grad: &View, n: usize) -> R {
+        self.call("accumulate", "accumulate", 1, &[grad, micro_grad], Uniforms::new().n(n).f(0.0), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// x[..n] = value
+    pub fn fill(&mut self, x: &View, value: f32, n: usize) -> R {
+        self.call("accumulate", "fill", 9, &[x], Uniforms::new().n(n).f(value), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// norm[0] = ||grads[..n]||_2, norm[1] = its square; `partials` holds NORM_GROUPS floats.
+    pub fn grad_norm(&mut self, norm: &View, partials: &View, grads: &View, n: usize) -> R {
+        let g = NORM_GROUPS;
+        let dims = Uniforms::new().n(n).n(g).f(0.0);
+        self.call("grad_norm", "grad_norm_partial", 1, &[partials, grads], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
+        self.call("grad_norm", "grad_norm_final", 3, &[norm, partials], dims, Grid::Groups([1, 1, 1]))?;
+        Ok(())
+    }
+
+    /// x[..n] *= s. Returns the dispatch index (the scalar can be rewritten).
+    pub fn scale(&mut self, x: &View, s: f32, n: usize) -> Result<usize, ProgramError> {
+        self.call("grad_norm", "scale", 5, &[x], Uniforms::new().n(n).n(0).f(s), Grid::Threads(n))
+    }
+
+    /// x[..n] *= min(1, max_norm / (norm[0] + 1e-6)), the norm read on the device.
+    pub fn clip_by_norm(&mut self, x: &View, norm: &View, max_norm: f32, n: usize) -> Result<usize, ProgramError> {
+        self.call("grad_norm", "clip_by_norm", 5, &[x, norm], Uniforms::new().n(n).n(0).f(max_norm), Grid::Threads(n))
+    }
+
+    /// x[..n] *= 1 / totals[1] (the window's count of counted targets, read on the device).
+    pub fn scale_by_inverse_count(&mut self, x: &View, totals: &View, n: usize) -> R {
+        self.call("grad_norm", "scale_by_inverse_count", 5, &[x, totals], Uniforms::new().n(n).n(0).f(0.0), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// One AdamW step over n elements. Returns the dispatch index: `adamw_uniforms` rebuilds the
+    /// uniform for the next step (step count, learning rate).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        &mut self, params: &View, grads: &View, m: &View, v: &View, n: usize, hp: &AdamW, step: u32,
+    ) -> Result<usize, ProgramError> {
+        let args = [params, grads, m, v];
+        self.call("adamw", "adamw", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+    }
+}
+
+/// AdamW hyper-parameters for one dispatch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
+    Uniforms::new().n(n).f(hp.lr).f(hp.beta1).f(hp.beta2).f(hp.eps).f(hp.weight_decay).u(step)
+}
+
+/// The full uniform of an `adamw` dispatch, for `Program::set_uniform`.
+pub fn adamw_uniforms(params: &View, grads: &View, m: &View, v: &View, n: usize, hp: &AdamW, step: u32) -> Uniforms {
+    let mut u = Uniforms::new().u(params.off()).u(grads.off()).u(m.off()).u(v.off());
+    for _ in 4..8 {
+        u = u.u(0);
+    }
+    u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
+    u
+}

@@ -1,0 +1,14 @@
+//! The only part of gradscope that knows wgpu: device selection, buffers with the byte ledger,
+//! the kernel registry, dispatch helpers (programs), typed kernel launchers, and readback.
+
+pub mod context;
+pub mod kernels;
+pub mod ledger;
+pub mod program;
+pub mod readback;
+pub mod registry;
+
+pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, list_adapters};
+pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes};
+pub use program::{Grid, Program, ProgramBuilder, ProgramError, Uniforms, View};
+pub use registry::{SHADERS, reflect};

@@ -1,0 +1,334 @@
+//! Dispatch helpers: a `Program` is a list of kernel dispatches recorded once (pipelines, bind
+//! groups and uniform values made at build time) and replayed into a compute pass each step.
+//! Each step then only records dispatches and submits, as in wgpu's `repeated_compute`; values that
+//! change (the AdamW step count, the learning rate) are rewritten with `set_uniform`.
+//!
+//! All uniforms of a program live in one arena buffer, one 256-byte slot per dispatch, bound with
+//! a dynamic offset.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::context::Gpu;
+use super::ledger::{Category, GpuBuffer};
+use super::registry::{Kernel, ShaderError};
+
+/// Bytes per uniform slot: the largest `min_uniform_buffer_offset_alignment` wgpu allows.
+const SLOT: u32 = 256;
+/// Workgroup size of every 1-D kernel (WG in the shaders).
+pub const WG: u32 = 64;
+
+/// A uniform parameter struct, written field by field in the order of the WGSL struct.
+/// Every field is a 4-byte scalar (u32 or f32), so the layout is the field order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Uniforms(pub Vec<u32>);
+
+impl Uniforms {
+    pub fn new() -> Self {
+        Self(Vec::with_capacity(16))
+    }
+    pub fn u(mut self, v: u32) -> Self {
+        self.0.push(v);
+        self
+    }
+    /// A usize field; panics on values past u32 (sizes are validated before kernels are built).
+    pub fn n(self, v: usize) -> Self {
+        self.u(u32::try_from(v).expect("kernel dimension exceeds u32"))
+    }
+    pub fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    fn bytes(&self, size: u32) -> Vec<u8> {
+        let mut b: Vec<u8> = bytemuck::cast_slice(&self.0).to_vec();
+        b.resize(size as usize, 0);
+        b
+    }
+}
+
+/// A view into a buffer: the buffer and an offset in 4-byte elements.
+#[derive(Clone)]
+pub struct View {
+    pub buf: GpuBuffer,
+    pub offset: usize,
+}
+
+impl View {
+    pub fn of(buf: &GpuBuffer) -> Self {
+        Self { buf: buf.clone(), offset: 0 }
+    }
+    pub fn at(buf: &GpuBuffer, offset: usize) -> Self {
+        Self { buf: buf.clone(), offset }
+    }
+    /// The same buffer, `delta` elements further.
+    pub fn add(&self, delta: usize) -> Self {
+        Self { buf: self.buf.clone(), offset: self.offset + delta }
+    }
+    pub fn off(&self) -> u32 {
+        u32::try_from(self.offset).expect("offset exceeds u32")
+    }
+}
+
+/// Split a 1-D workgroup count over x and y so no dimension passes the device limit.
+pub fn grid_1d(workgroups: u32, max_per_dim: u32) -> [u32; 3] {
+    let workgroups = workgroups.max(1);
+    if workgroups <= max_per_dim {
+        [workgroups, 1, 1]
+    } else {
+        let y = workgroups.div_ceil(max_per_dim);
+        [workgroups.div_ceil(y), y, 1]
+    }
+}
+
+/// How many invocations a dispatch launches.
+#[derive(Clone, Copy, Debug)]
+pub enum Grid {
+    /// One invocation per item of a 1-D range (workgroups of WG, split over x and y).
+    Threads(usize),
+    /// Explicit workgroup counts.
+    Groups([u32; 3]),
+}
+
+struct Pending {
+    kernel: Arc<Kernel>,
+    buffers: Vec<GpuBuffer>,
+    uniforms: Uniforms,
+    workgroups: [u32; 3],
+}
+
+/// Collects dispatches; `finish` makes the uniform arena and the bind groups.
+pub struct ProgramBuilder {
+    gpu: Gpu,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error(transparent)]
+    Shader(#[from] ShaderError),
+    #[error("{kernel}: expects {expected} buffers, got {got}")]
+    Arity { kernel: String, expected: u32, got: usize },
+    #[error("{kernel}: {message}")]
+    Shape { kernel: String, message: String },
+}
+
+impl ProgramBuilder {
+    pub fn new(gpu: &Gpu) -> Self {
+        Self { gpu: gpu.clone(), pending: Vec::new() }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Add one dispatch of `file`'s `entry` with `buffers` at bindings 1.. and `uniforms` at 0.
+    /// Returns its index (for `Program::set_uniform`).
+    pub fn dispatch(
+        &mut self,
+        file: &str,
+        entry: &str,
+        buffers: &[&GpuBuffer],
+        uniforms: Uniforms,
+        workgroups: [u32; 3],
+    ) -> Result<usize, ProgramError> {
+        let kernel = self.gpu.registry.kernel(file, entry)?;
+        let expected = kernel.bindings.len() as u32;
+        if buffers.len() != expected as usize {
+            return Err(ProgramError::Arity { kernel: entry.into(), expected, got: buffers.len() });
+        }
+        if uniforms.0.len() * 4 > SLOT as usize {
+            return Err(ProgramError::Shape { kernel: entry.into(), message: "uniform too large".into() });
+        }
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(ProgramError::Shape {
+                kernel: entry.into(),
+                message: format!("{workgroups:?} workgroups exceed the device limit {max} per dimension"),
+            });
+        }
+        self.pending.push(Pending {
+            kernel,
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+            uniforms,
+            workgroups,
+        });
+        Ok(self.pending.len() - 1)
+    }
+
+    /// A 1-D dispatch over `threads` invocations (workgroups of WG, split over x/y if needed).
+    pub fn dispatch_1d(
+        &mut self,
+        file: &str,
+        entry: &str,
+        buffers: &[&GpuBuffer],
+        uniforms: Uniforms,
+        threads: usize,
+    ) -> Result<usize, ProgramError> {
+        let wg = u32::try_from(threads.div_ceil(WG as usize)).expect("dispatch too large");
+        let grid = grid_1d(wg, self.gpu.limits().max_compute_workgroups_per_dimension);
+        self.dispatch(file, entry, buffers, uniforms, grid)
+    }
+
+    /// Dispatch `file`'s `entry` with the tensor arguments of the CPU reference function, in its
+    /// order. The uniform gets their element offsets (o0..o7) followed by `dims`; each storage
+    /// binding `b` the entry point uses receives `args[b - base]` (forward functions have
+    /// base 1, backward functions base 9; see the shaders' header comments).
+    pub fn call(
+        &mut self,
+        file: &str,
+        entry: &str,
+        base: u32,
+        args: &[&View],
+        dims: Uniforms,
+        grid: Grid,
+    ) -> Result<usize, ProgramError> {
+        assert!(args.len() <= 8, "at most 8 tensor arguments");
+        let kernel = self.gpu.registry.kernel(file, entry)?;
+        let mut u = Uniforms::new();
+        for i in 0..8 {
+            u = u.u(args.get(i).map_or(0, |v| v.off()));
+        }
+        u.0.extend_from_slice(&dims.0);
+        let mut buffers = Vec::with_capacity(kernel.bindings.len());
+        for &b in &kernel.bindings {
+            let i = b.checked_sub(base).map(|i| i as usize).filter(|&i| i < args.len());
+            let Some(i) = i else {
+                return Err(ProgramError::Shape {
+                    kernel: entry.into(),
+                    message: format!("binding {b} has no argument (base {base}, {} args)", args.len()),
+                });
+            };
+            buffers.push(&args[i].buf);
+        }
+        match grid {
+            Grid::Threads(n) => self.dispatch_1d(file, entry, &buffers, u, n),
+            Grid::Groups(g) => self.dispatch(file, entry, &buffers, u, g),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Make the uniform arena and one bind group per distinct (layout, buffers).
+    pub fn finish(self, label: &str) -> Program {
+        let device = &self.gpu.device;
+        let uniforms = GpuBuffer::new(
+            device,
+            &self.gpu.ledger,
+            label,
+            Category::Scratch,
+            (self.pending.len().max(1) as u64) * SLOT as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut arena = vec![0u8; self.pending.len() * SLOT as usize];
+        let mut cache: HashMap<(usize, Vec<usize>), wgpu::BindGroup> = HashMap::new();
+        let mut dispatches = Vec::with_capacity(self.pending.len());
+        for (i, p) in self.pending.into_iter().enumerate() {
+            let k = &p.kernel;
+            let usize_ = k.uniform_size;
+            let offset = i as u32 * SLOT;
+            arena[offset as usize..(offset + usize_) as usize].copy_from_slice(&p.uniforms.bytes(usize_));
+            let key = (Arc::as_ptr(k) as usize, p.buffers.iter().map(|b| b.id()).collect());
+            let bind_group = cache
+                .entry(key)
+                .or_insert_with(|| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: uniforms.buffer(),
+                            offset: 0,
+                            size: wgpu::BufferSize::new(usize_ as u64),
+                        }),
+                    }];
+                    for (&b, buf) in k.bindings.iter().zip(&p.buffers) {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: b,
+                            resource: buf.buffer().as_entire_binding(),
+                        });
+                    }
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&k.entry),
+                        layout: &k.bind_group_layout,
+                        entries: &entries,
+                    })
+                })
+                .clone();
+            dispatches.push(Dispatch {
+                kernel: p.kernel,
+                bind_group,
+                offset,
+                workgroups: p.workgroups,
+                _buffers: p.buffers,
+            });
+        }
+        self.gpu.queue.write_buffer(uniforms.buffer(), 0, &arena);
+        Program { gpu: self.gpu, dispatches, uniforms }
+    }
+}
+
+struct Dispatch {
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    offset: u32,
+    workgroups: [u32; 3],
+    /// Keeps the bound buffers (and their ledger entries) alive as long as the program.
+    _buffers: Vec<GpuBuffer>,
+}
+
+/// A recorded list of dispatches, replayable any number of times.
+pub struct Program {
+    gpu: Gpu,
+    dispatches: Vec<Dispatch>,
+    uniforms: GpuBuffer,
+}
+
+impl Program {
+    /// Record every dispatch into an open compute pass.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            pass.set_pipeline(&d.kernel.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[d.offset]);
+            let [x, y, z] = d.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    /// Record into a new compute pass of `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("gradscope program"),
+            timestamp_writes: None,
+        });
+        self.encode(&mut pass);
+    }
+
+    /// Record and submit (no wait).
+    pub fn run(&self) {
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        self.record(&mut encoder);
+        self.gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Rewrite the uniforms of dispatch `index` (takes effect at the next submit).
+    pub fn set_uniform(&self, index: usize, uniforms: &Uniforms) {
+        let d = &self.dispatches[index];
+        let size = d.kernel.uniform_size;
+        self.gpu.queue.write_buffer(self.uniforms.buffer(), d.offset as u64, &uniforms.bytes(size));
+    }
+
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+
+    /// Entry-point names in dispatch order (for profiles and error reports).
+    pub fn labels(&self) -> Vec<&str> {
+        self.dispatches.iter().map(|d| d.kernel.entry.as_str()).collect()
+    }
+}
