@@ -1,0 +1,138 @@
+//! Shared test helpers: the device (a missing adapter fails loudly, it never skips), fresh random
+//! inputs, tensors packed into one slab at offsets (as the model binds them) or into separate
+//! buffers, NaN poisoning, and the error measure used against the CPU reference.
+#![allow(dead_code)]
+
+use gradscope::gpu::{AdapterChoice, Category, Gpu, GpuBuffer, View};
+
+/// The device for GPU tests. `GRADSCOPE_ADAPTER` picks one by name substring.
+pub fn gpu() -> Gpu {
+    let choice = AdapterChoice { name: std::env::var("GRADSCOPE_ADAPTER").ok() };
+    match Gpu::new(&choice) {
+        Ok(g) => g,
+        Err(e) => panic!(
+            "GPU tests need an adapter and none could be used: {e}\n\
+             On Debian/Ubuntu without a GPU: sudo apt-get install mesa-vulkan-drivers libvulkan1"
+        ),
+    }
+}
+
+/// splitmix64, seeded per test run (printed, so a failure can be replayed with GRADSCOPE_SEED).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn fresh(name: &str) -> Self {
+        let seed = std::env::var("GRADSCOPE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        println!("{name}: seed {seed}");
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+/// Tensors of one test, placed in one slab at 4-aligned offsets (plus a random gap, so offsets
+/// are really used) or each in its own buffer.
+pub struct Tensors {
+    gpu: Gpu,
+    data: Vec<Vec<u32>>,
+    shared: bool,
+    views: Vec<View>,
+}
+
+pub const POISON: f32 = f32::NAN;
+
+impl Tensors {
+    pub fn new(gpu: &Gpu, shared: bool) -> Self {
+        Self { gpu: gpu.clone(), data: Vec::new(), shared, views: Vec::new() }
+    }
+    /// Add an f32 tensor; returns its index.
+    pub fn f32(&mut self, v: &[f32]) -> usize {
+        self.data.push(v.iter().map(|x| x.to_bits()).collect());
+        self.data.len() - 1
+    }
+    /// Add an output tensor of n elements filled with NaN: an element the kernel fails to write
+    /// stays NaN and fails the comparison.
+    pub fn poisoned(&mut self, n: usize) -> usize {
+        self.f32(&vec![POISON; n])
+    }
+    pub fn u32(&mut self, v: &[u32]) -> usize {
+        self.data.push(v.to_vec());
+        self.data.len() - 1
+    }
+    /// Upload everything and make the views.
+    pub fn upload(&mut self) {
+        if self.shared {
+            let mut slab: Vec<u32> = Vec::new();
+            let mut offsets = Vec::new();
+            for (i, d) in self.data.iter().enumerate() {
+                slab.resize(slab.len() + 4 * (i % 3), f32::NAN.to_bits()); // gaps
+                offsets.push(slab.len());
+                slab.extend_from_slice(d);
+                slab.resize(slab.len().next_multiple_of(4), f32::NAN.to_bits());
+            }
+            let buf = self.gpu.storage("test slab", Category::Activations, slab.len());
+            self.gpu.upload(&buf, 0, &slab);
+            self.views = offsets.into_iter().map(|o| View::at(&buf, o)).collect();
+        } else {
+            for d in &self.data {
+                let buf = self.gpu.storage("test tensor", Category::Activations, d.len());
+                self.gpu.upload(&buf, 0, d);
+                self.views.push(View::of(&buf));
+            }
+        }
+    }
+    pub fn view(&self, i: usize) -> &View {
+        &self.views[i]
+    }
+    pub fn read(&self, i: usize) -> Vec<f32> {
+        let v = &self.views[i];
+        self.gpu.read::<f32>(&v.buf, v.offset, self.data[i].len()).expect("readback")
+    }
+    pub fn buffer(&self, i: usize) -> GpuBuffer {
+        self.views[i].buf.clone()
+    }
+}
+
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Max over elements of |got - want| / (|want| + 1e-3 max|want|): relative, with a floor so that
+/// entries near zero (cancellation) are judged against the tensor's scale. NaN counts as infinite.
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-30);
+    let mut worst = 0.0f64;
+    for (g, w) in got.iter().zip(want) {
+        let e = (*g as f64 - w).abs() / (w.abs() + 1e-3 * scale);
+        if !e.is_finite() || (*g).is_nan() {
+            return f64::INFINITY;
+        }
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// Assert and print the error of one output.
+pub fn check(kernel: &str, what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    println!("{kernel:<32} {what:<10} max rel err {e:.2e}");
+    assert!(e <= tol, "{kernel} {what}: max relative error {e:.3e} > {tol:.0e}");
+}

@@ -1,0 +1,303 @@
+//! Every GPU kernel against its CPU twin (run in f64) on fresh random inputs of several shapes,
+//! including shapes that are not multiples of the tile sizes. Outputs are poisoned with NaN before
+//! each run, so an element a kernel fails to write fails the test; gradients start from random
+//! values, so a kernel that overwrites instead of accumulating fails too. Tensors are tested both
+//! packed at offsets in one slab (as the model binds them) and in separate buffers.
+
+mod common;
+
+use common::{Rng, Tensors, check, f64s, gpu};
+use gradscope::gpu::kernels::{AdamW, MatmulVariant};
+use gradscope::gpu::{ProgramBuilder, View};
+use gradscope::reference::layers as r;
+
+const TOL: f64 = 1e-4;
+
+fn run(g: &gradscope::gpu::Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
+    let mut pb = ProgramBuilder::new(g);
+    f(&mut pb);
+    pb.finish("test").run();
+}
+
+#[test]
+fn encoder_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("encoder");
+    for (shared, (b, t, c, v, maxt)) in [(true, (2, 5, 12, 7, 8)), (false, (3, 64, 128, 65, 64)), (true, (1, 1, 3, 2, 1))] {
+        let inp: Vec<u32> = (0..b * t).map(|_| rng.below(v as u32)).collect();
+        let wte = rng.vec(v * c, 1.0);
+        let wpe = rng.vec(maxt * c, 1.0);
+        let dout = rng.vec(b * t * c, 1.0);
+        let dwte0 = rng.vec(v * c, 1.0);
+        let dwpe0 = rng.vec(maxt * c, 1.0);
+        let mut ts = Tensors::new(&g, shared);
+        let (o, ti, w1, w2) = (ts.poisoned(b * t * c), ts.u32(&inp), ts.f32(&wte), ts.f32(&wpe));
+        let (dw1, dw2, d) = (ts.f32(&dwte0), ts.f32(&dwpe0), ts.f32(&dout));
+        ts.upload();
+        run(&g, |pb| {
+            pb.encoder_forward(ts.view(o), ts.view(ti), ts.view(w1), ts.view(w2), b, t, c).unwrap();
+            pb.encoder_backward(ts.view(dw1), ts.view(dw2), ts.view(d), ts.view(ti), b, t, c).unwrap();
+        });
+        let mut out = vec![0.0f64; b * t * c];
+        r::encoder_forward(&mut out, &inp, &f64s(&wte), &f64s(&wpe), b, t, c);
+        let (mut dwte, mut dwpe) = (f64s(&dwte0), f64s(&dwpe0));
+        r::encoder_backward(&mut dwte, &mut dwpe, &f64s(&dout), &inp, b, t, c);
+        check("encoder_forward", "out", &ts.read(o), &out, TOL);
+        check("encoder_backward", "dwte", &ts.read(dw1), &dwte, TOL);
+        check("encoder_backward", "dwpe", &ts.read(dw2), &dwpe, TOL);
+    }
+}
+
+#[test]
+fn layernorm_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("layernorm");
+    for (shared, (n, c)) in [(true, (7, 12)), (false, (130, 128)), (true, (1, 5)), (false, (64, 33))] {
+        let inp: Vec<f32> = rng.vec(n * c, 2.0).iter().map(|x| x + 0.5).collect();
+        let weight = rng.vec(c, 1.0);
+        let bias = rng.vec(c, 1.0);
+        let dout = rng.vec(n * c, 1.0);
+        let (dinp0, dw0, db0) = (rng.vec(n * c, 1.0), rng.vec(c, 1.0), rng.vec(c, 1.0));
+        let mut ts = Tensors::new(&g, shared);
+        let (o, mu, rs) = (ts.poisoned(n * c), ts.poisoned(n), ts.poisoned(n));
+        let (x, w, bb) = (ts.f32(&inp), ts.f32(&weight), ts.f32(&bias));
+        let (dx, dw, db, dy) = (ts.f32(&dinp0), ts.f32(&dw0), ts.f32(&db0), ts.f32(&dout));
+        ts.upload();
+        run(&g, |pb| {
+            pb.layernorm_forward(ts.view(o), ts.view(mu), ts.view(rs), ts.view(x), ts.view(w), ts.view(bb), n, c).unwrap();
+            pb.layernorm_backward(
+                ts.view(dx), ts.view(dw), ts.view(db), ts.view(dy), ts.view(x), ts.view(w), ts.view(mu), ts.view(rs), n, c,
+            )
+            .unwrap();
+        });
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        r::layernorm_forward(&mut out, &mut mean, &mut rstd, &f64s(&inp), &f64s(&weight), &f64s(&bias), n, c);
+        let (mut dinp, mut dweight, mut dbias) = (f64s(&dinp0), f64s(&dw0), f64s(&db0));
+        r::layernorm_backward(&mut dinp, &mut dweight, &mut dbias, &f64s(&dout), &f64s(&inp), &f64s(&weight), &mean, &rstd, n, c);
+        check("layernorm_forward", "out", &ts.read(o), &out, TOL);
+        check("layernorm_forward", "mean", &ts.read(mu), &mean, TOL);
+        check("layernorm_forward", "rstd", &ts.read(rs), &rstd, TOL);
+        check("layernorm_backward", "dinp", &ts.read(dx), &dinp, TOL);
+        check("layernorm_backward", "dweight", &ts.read(dw), &dweight, TOL);
+        check("layernorm_backward", "dbias", &ts.read(db), &dbias, TOL);
+    }
+}
+
+fn matmul_case(variant: MatmulVariant, shared: bool, m: usize, k: usize, n: usize, bias: bool, rng: &mut Rng) {
+    let g = gpu();
+    let inp = rng.vec(m * k, 1.0);
+    let weight = rng.vec(n * k, 1.0);
+    let b = rng.vec(n, 1.0);
+    let dout = rng.vec(m * n, 1.0);
+    let (dinp0, dw0, db0) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0));
+    let mut ts = Tensors::new(&g, shared);
+    let (o, x, w, bb) = (ts.poisoned(m * n), ts.f32(&inp), ts.f32(&weight), ts.f32(&b));
+    let (dx, dw, db, dy) = (ts.f32(&dinp0), ts.f32(&dw0), ts.f32(&db0), ts.f32(&dout));
+    ts.upload();
+    run(&g, |pb| {
+        let bv = bias.then(|| ts.view(bb));
+        pb.matmul_forward_with(variant, ts.view(o), ts.view(x), ts.view(w), bv, m, k, n).unwrap();
+        let dbv = bias.then(|| ts.view(db));
+        pb.matmul_backward_with(variant, Some(ts.view(dx)), ts.view(dw), dbv, ts.view(dy), ts.view(x), ts.view(w), m, k, n)
+            .unwrap();
+    });
+    let bref = f64s(&b);
+    let mut out = vec![0.0; m * n];
+    r::matmul_forward(&mut out, &f64s(&inp), &f64s(&weight), bias.then_some(&bref[..]), m, k, n);
+    let (mut dinp, mut dweight, mut dbias) = (f64s(&dinp0), f64s(&dw0), f64s(&db0));
+    r::matmul_backward(&mut dinp, &mut dweight, bias.then_some(&mut dbias[..]), &f64s(&dout), &f64s(&inp), &f64s(&weight), m, k, n);
+    let name = format!("matmul {variant:?} {m}x{k}x{n}");
+    check(&name, "out", &ts.read(o), &out, TOL);
+    check(&name, "dinp", &ts.read(dx), &dinp, TOL);
+    check(&name, "dweight", &ts.read(dw), &dweight, TOL);
+    if bias {
+        check(&name, "dbias", &ts.read(db), &dbias, TOL);
+    } else {
+        assert_eq!(ts.read(db), db0, "dbias must be untouched without a bias");
+    }
+}
+
+#[test]
+fn matmul_both_variants_match_reference() {
+    let mut rng = Rng::fresh("matmul");
+    // (M, K, N): tile multiples, odd M and N, K not a multiple of 4 (register-blocked falls back),
+    // the GPT's shapes (lm_head N = 65), and a single row.
+    let shapes = [
+        (64, 64, 64, true),
+        (37, 20, 29, true),
+        (3, 5, 7, true),
+        (128, 128, 65, false),
+        (1, 128, 384, true),
+        (70, 512, 128, true),
+        (5, 12, 1, true),
+    ];
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+        for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
+            matmul_case(variant, i % 2 == 0, m, k, n, bias, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn attention_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("attention");
+    for (shared, (b, t, c, nh)) in [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2))] {
+        let qkv = rng.vec(b * t * 3 * c, 1.0);
+        let dout = rng.vec(b * t * c, 1.0);
+        let tt = b * nh * t * t;
+        let (dqkv0, dpre0, datt0) = (rng.vec(b * t * 3 * c, 1.0), rng.vec(tt, 1.0), rng.vec(tt, 1.0));
+        let mut ts = Tensors::new(&g, shared);
+        let (o, pre, att, x) = (ts.poisoned(b * t * c), ts.poisoned(tt), ts.poisoned(tt), ts.f32(&qkv));
+        let (dx, dpre, datt, dy) = (ts.f32(&dqkv0), ts.f32(&dpre0), ts.f32(&datt0), ts.f32(&dout));
+        ts.upload();
+        run(&g, |pb| {
+            pb.attention_forward(ts.view(o), ts.view(pre), ts.view(att), ts.view(x), b, t, c, nh).unwrap();
+            pb.attention_backward(ts.view(dx), ts.view(dpre), ts.view(datt), ts.view(dy), ts.view(x), ts.view(att), b, t, c, nh)
+                .unwrap();
+        });
+        let (mut out, mut preatt, mut attr) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; tt]);
+        r::attention_forward(&mut out, &mut preatt, &mut attr, &f64s(&qkv), b, t, c, nh);
+        let (mut dqkv, mut dpreatt, mut dattr) = (f64s(&dqkv0), f64s(&dpre0), f64s(&datt0));
+        r::attention_backward(&mut dqkv, &mut dpreatt, &mut dattr, &f64s(&dout), &f64s(&qkv), &attr, b, t, c, nh);
+        check("attention_forward", "out", &ts.read(o), &out, TOL);
+        check("attention_forward", "preatt", &ts.read(pre), &preatt, TOL);
+        check("attention_forward", "att", &ts.read(att), &attr, TOL);
+        check("attention_backward", "dqkv", &ts.read(dx), &dqkv, TOL);
+        check("attention_backward", "dpreatt", &ts.read(dpre), &dpreatt, TOL);
+        check("attention_backward", "datt", &ts.read(datt), &dattr, TOL);
+    }
+}
+
+#[test]
+fn elementwise_kernels_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("elementwise");
+    for (shared, n) in [(true, 1), (false, 63), (true, 4099), (false, 70_000)] {
+        let x = rng.vec(n, 4.0);
+        let y = rng.vec(n, 1.0);
+        let dout = rng.vec(n, 1.0);
+        let (d1, d2, dg) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let mut ts = Tensors::new(&g, shared);
+        let (go, gx, gdx, gdy) = (ts.poisoned(n), ts.f32(&x), ts.f32(&dg), ts.f32(&dout));
+        let (ro, ry, rd1, rd2) = (ts.poisoned(n), ts.f32(&y), ts.f32(&d1), ts.f32(&d2));
+        let acc = ts.f32(&d1);
+        ts.upload();
+        run(&g, |pb| {
+            pb.gelu_forward(ts.view(go), ts.view(gx), n).unwrap();
+            pb.gelu_backward(ts.view(gdx), ts.view(gx), ts.view(gdy), n).unwrap();
+            pb.residual_forward(ts.view(ro), ts.view(gx), ts.view(ry), n).unwrap();
+            pb.residual_backward(ts.view(rd1), ts.view(rd2), ts.view(gdy), n).unwrap();
+            pb.accumulate(ts.view(acc), ts.view(ry), n).unwrap();
+        });
+        let mut out = vec![0.0; n];
+        r::gelu_forward(&mut out, &f64s(&x), n);
+        check("gelu_forward", "out", &ts.read(go), &out, TOL);
+        let mut dinp = f64s(&dg);
+        r::gelu_backward(&mut dinp, &f64s(&x), &f64s(&dout), n);
+        check("gelu_backward", "dinp", &ts.read(gdx), &dinp, TOL);
+        let mut out = vec![0.0; n];
+        r::residual_forward(&mut out, &f64s(&x), &f64s(&y), n);
+        check("residual_forward", "out", &ts.read(ro), &out, TOL);
+        let (mut a, mut b) = (f64s(&d1), f64s(&d2));
+        r::residual_backward(&mut a, &mut b, &f64s(&dout), n);
+        check("residual_backward", "dinp1", &ts.read(rd1), &a, TOL);
+        check("residual_backward", "dinp2", &ts.read(rd2), &b, TOL);
+        let mut grad = f64s(&d1);
+        r::accumulate(&mut grad, &f64s(&y), n);
+        check("accumulate", "grad", &ts.read(acc), &grad, TOL);
+    }
+}
+
+#[test]
+fn crossentropy_sums_counted_targets_and_ignores_padding() {
+    let g = gpu();
+    let mut rng = Rng::fresh("crossentropy");
+    for (shared, (n, v)) in [(true, (10, 7)), (false, (1024, 65)), (true, (3, 2)), (false, (130, 10))] {
+        let logits = rng.vec(n * v, 4.0);
+        let targets: Vec<u32> =
+            (0..n).map(|i| if i % 3 == 1 { r::IGNORE_INDEX } else { rng.below(v as u32) }).collect();
+        let dl0 = rng.vec(n * v, 1.0);
+        let totals0 = [0.25f32, 2.0];
+        let dloss = 0.5 + rng.uniform().abs();
+        let mut ts = Tensors::new(&g, shared);
+        let (lo, x, tg, dx, tot) = (ts.poisoned(n), ts.f32(&logits), ts.u32(&targets), ts.f32(&dl0), ts.f32(&totals0));
+        ts.upload();
+        run(&g, |pb| {
+            pb.crossentropy_forward(ts.view(lo), ts.view(x), ts.view(tg), n, v).unwrap();
+            pb.crossentropy_reduce(ts.view(tot), ts.view(lo), ts.view(tg), n).unwrap();
+            pb.crossentropy_backward(ts.view(dx), ts.view(x), ts.view(tg), dloss, n, v).unwrap();
+        });
+        let mut losses = vec![0.0; n];
+        let count = r::crossentropy_forward(&mut losses, &f64s(&logits), &targets, n, v);
+        let mut dlogits = f64s(&dl0);
+        r::crossentropy_backward(&mut dlogits, &f64s(&logits), &targets, dloss as f64, n, v);
+        check("crossentropy_forward", "losses", &ts.read(lo), &losses, TOL);
+        check("crossentropy_backward", "dlogits", &ts.read(dx), &dlogits, TOL);
+        let sum: f64 = losses.iter().sum();
+        let got = ts.read(tot);
+        check("crossentropy_reduce", "loss sum", &got[..1], &[0.25 + sum], TOL);
+        assert_eq!(got[1], 2.0 + count as f32, "count of counted targets");
+        assert_eq!(count as usize, targets.iter().filter(|&&t| t != r::IGNORE_INDEX).count());
+    }
+}
+
+#[test]
+fn grad_norm_clip_scale_and_adamw_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("optimizer");
+    for (shared, n) in [(true, 1), (false, 1000), (true, 413_312), (false, 70_001)] {
+        let grads = rng.vec(n, 1.0);
+        let params = rng.vec(n, 1.0);
+        let m0 = rng.vec(n, 0.1);
+        let v0: Vec<f32> = rng.vec(n, 0.01).iter().map(|x| x.abs()).collect();
+        let mut ts = Tensors::new(&g, shared);
+        let (gr, norm, parts) = (ts.f32(&grads), ts.poisoned(2), ts.poisoned(256));
+        let (g2, g3, totals) = (ts.f32(&grads), ts.f32(&grads), ts.f32(&[0.0, 7.0]));
+        let (p, m, v, ga) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0), ts.f32(&grads));
+        ts.upload();
+        let max_norm = 0.5;
+        let s = 0.37f32;
+        let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        run(&g, |pb| {
+            pb.grad_norm(ts.view(norm), ts.view(parts), ts.view(gr), n).unwrap();
+            pb.clip_by_norm(ts.view(gr), ts.view(norm), max_norm, n).unwrap();
+            pb.scale(ts.view(g2), s, n).unwrap();
+            pb.scale_by_inverse_count(ts.view(g3), ts.view(totals), n).unwrap();
+            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), n, &hp, 3).unwrap();
+        });
+        let want_norm = r::grad_norm(&f64s(&grads), n);
+        check("grad_norm", "norm", &ts.read(norm)[..1], &[want_norm], TOL);
+        let mut clipped = f64s(&grads);
+        r::scale(&mut clipped, (max_norm as f64 / (want_norm + 1e-6)).min(1.0), n);
+        check("clip_by_norm", "grads", &ts.read(gr), &clipped, TOL);
+        let mut scaled = f64s(&grads);
+        r::scale(&mut scaled, s as f64, n);
+        check("scale", "x", &ts.read(g2), &scaled, TOL);
+        let mut inv = f64s(&grads);
+        r::scale(&mut inv, 1.0 / 7.0, n);
+        check("scale_by_inverse_count", "x", &ts.read(g3), &inv, TOL);
+        let (mut pr, mut mr, mut vr) = (f64s(&params), f64s(&m0), f64s(&v0));
+        r::adamw(&mut pr, &f64s(&grads), &mut mr, &mut vr, n, 3e-3, 0.9, 0.99, 1e-8, 0.1, 3);
+        check("adamw", "params", &ts.read(p), &pr, TOL);
+        check("adamw", "m", &ts.read(m), &mr, TOL);
+        check("adamw", "v", &ts.read(v), &vr, TOL);
+    }
+}
+
+#[test]
+fn fill_writes_exactly_its_range() {
+    let g = gpu();
+    let data: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let mut ts = Tensors::new(&g, false);
+    let x = ts.f32(&data);
+    ts.upload();
+    let view = ts.view(x).add(8);
+    run(&g, |pb| pb.fill(&view, -1.5, 50).unwrap());
+    let got = ts.read(x);
+    for (i, v) in got.iter().enumerate() {
+        let want = if (8..58).contains(&i) { -1.5 } else { i as f32 };
+        assert_eq!(*v, want, "element {i}");
+    }
+    let _ = View::of(&ts.buffer(x));
+}
