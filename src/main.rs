@@ -1,15 +1,23 @@
-//! The gradscope command line: a thin layer over the library.
+//! The gradscope command line: a thin layer over the library. Each subcommand parses its
+//! arguments, builds the device, and renders the trainer's events (progress bar, tables).
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use gradscope::bench::matmul::bench_matmul;
 use gradscope::gpu::kernels::MatmulVariant;
-use gradscope::gpu::{AdapterChoice, Gpu, list_adapters};
+use gradscope::gpu::{AdapterChoice, Category, Gpu, list_adapters};
+use gradscope::train::metrics::MetricsWriter;
+use gradscope::train::verify::{VerifyReport, verify};
+use gradscope::train::{Event, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(name = "gradscope", version, about = "A WebGPU trainer with exact, visible gradient accumulation")]
 struct Cli {
     /// Use the adapter whose name contains this (case-insensitive); see `gradscope info`.
+    /// `WGPU_BACKEND=vulkan|gl|metal|dx12` restricts the backends searched.
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
@@ -20,6 +28,69 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu finds, with the limits and features that matter.
     Info,
+    /// Train the GPT headless. Config: defaults, then --config FILE (TOML), then --key value.
+    #[command(after_help = "Any config key can be overridden: --micro_batch 16 --accum_steps 4 --lr 3e-3 ... \
+        (see README: Configuration). Unknown keys are errors.")]
+    Train {
+        /// TOML file with config keys.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Continue from a checkpoint (its config, weights, AdamW state, step and sampler).
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// No progress bar (log lines instead).
+        #[arg(long)]
+        quiet: bool,
+        /// Config overrides: --key value or --key=value.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
+    /// Print the validation loss of a checkpoint.
+    Eval {
+        checkpoint: PathBuf,
+        /// Number of validation windows (default: the checkpoint's eval_windows).
+        #[arg(long)]
+        eval_windows: Option<usize>,
+        /// Text file (default: the checkpoint's data).
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Generate text from a checkpoint.
+    Sample {
+        checkpoint: PathBuf,
+        /// Text to start from (characters must be in the vocabulary).
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Check that micro-batch x K trains like the true batch (run it in CI).
+    #[command(after_help = "Profiles: default (reference GPT at n_embd 64, E = 32 = 8 x 4, 100 steps) and --quick \
+        (a tiny model for tests). Config keys override either, e.g. --normalization per-micro-batch-mean --padded true.")]
+    Verify {
+        /// A tiny profile that runs in seconds (for tests).
+        #[arg(long)]
+        quick: bool,
+        /// Also run the broken settings (per-micro-batch mean on padded data, per-micro-batch clipping)
+        /// and show that the check catches them.
+        #[arg(long)]
+        show_broken: bool,
+        /// Final validation-loss tolerance.
+        #[arg(long, default_value_t = 0.02)]
+        tolerance: f64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
     /// Measure kernel throughput on the selected adapter.
     Bench {
         /// Matrix sizes for the matmul benchmark.
@@ -41,6 +112,10 @@ fn main() {
     }
 }
 
+fn device(choice: &AdapterChoice) -> anyhow::Result<Gpu> {
+    Ok(Gpu::new(choice)?)
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let choice = AdapterChoice { name: cli.adapter.clone() };
@@ -53,11 +128,60 @@ fn run() -> anyhow::Result<()> {
             for a in &adapters {
                 println!("{a}\n");
             }
-            let gpu = Gpu::new(&choice)?;
+            let gpu = device(&choice)?;
             println!("selected: {} ({:?} kernels)", gpu.summary.name, gpu.kind);
         }
+        Command::Train { config, resume, quiet, overrides } => train(&choice, config, resume, quiet, &overrides)?,
+        Command::Eval { checkpoint, eval_windows, data } => {
+            let gpu = device(&choice)?;
+            let mut ov = vec![];
+            if let Some(n) = eval_windows {
+                ov.push(format!("--eval_windows={n}"));
+            }
+            if let Some(d) = data {
+                ov.push("--data".into());
+                ov.push(d);
+            }
+            let mut t = Trainer::resume(&gpu, &checkpoint, &ov)?;
+            let n = t.cfg.eval_windows.min(t.data.val_windows(t.cfg.block_size));
+            let loss = t.eval()?;
+            println!("{}: step {}, validation loss {loss:.4} over {n} windows of {}", checkpoint.display(), t.step, t.cfg.block_size);
+        }
+        Command::Sample { checkpoint, prompt, tokens, temperature, seed } => {
+            let gpu = device(&choice)?;
+            let mut t = Trainer::resume(&gpu, &checkpoint, &[])?;
+            let text = gradscope::train::sample::sample(&mut t, &prompt, tokens, temperature, seed)?;
+            println!("{prompt}{text}");
+        }
+        Command::Verify { quick, show_broken, tolerance, config, json, overrides } => {
+            let gpu = device(&choice)?;
+            let profile = if quick { "quick" } else { "default" };
+            let base = verify_config(quick, config.as_deref(), &overrides)?;
+            let report = run_verify(&gpu, &base, tolerance, &format!("{profile} profile"), json)?;
+            let mut broken_reports = Vec::new();
+            if show_broken {
+                let mut a = base.clone();
+                a.padded = true;
+                a.normalization = gradscope::model::gpt::Normalization::PerMicroBatchMean;
+                broken_reports.push(run_verify(&gpu, &a, tolerance, "broken: per-micro-batch mean on padded data", json)?);
+                let mut b = base.clone();
+                b.clip_mode = gradscope::train::config::ClipMode::PerMicroBatch;
+                broken_reports.push(run_verify(&gpu, &b, tolerance, "broken: per-micro-batch clipping", json)?);
+                if !json {
+                    for r in &broken_reports {
+                        println!("{}", if r.passed { "NOT CAUGHT: a broken setting passed the check" } else { "caught, as expected" });
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "check": report, "broken": broken_reports }))?);
+            }
+            if !report.passed {
+                std::process::exit(2);
+            }
+        }
         Command::Bench { sizes, seconds, json } => {
-            let gpu = Gpu::new(&choice)?;
+            let gpu = device(&choice)?;
             let mut results = Vec::new();
             for &n in &sizes {
                 for v in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
@@ -77,5 +201,114 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The verify profiles. Default: the reference GPT's shape at n_embd 64 (so 2 x 100 steps fit in a
+/// few minutes on a CPU adapter), E = 32 as 8 x 4. Quick: a tiny model for tests.
+fn verify_config(quick: bool, file: Option<&std::path::Path>, overrides: &[String]) -> anyhow::Result<TrainConfig> {
+    let mut ov: Vec<String> = if quick {
+        ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--micro_batch=4", "--accum_steps=4",
+            "--max_steps=100", "--eval_every=25", "--eval_windows=64"]
+            .map(String::from).to_vec()
+    } else {
+        ["--n_embd=64", "--micro_batch=8", "--accum_steps=4", "--max_steps=100", "--eval_every=20", "--eval_windows=128"]
+            .map(String::from).to_vec()
+    };
+    ov.extend_from_slice(overrides);
+    Ok(TrainConfig::load(file, &ov)?)
+}
+
+fn run_verify(gpu: &Gpu, cfg: &TrainConfig, tolerance: f64, title: &str, json: bool) -> anyhow::Result<VerifyReport> {
+    let e = cfg.effective();
+    if !json {
+        println!(
+            "\n== verify ({title}): true batch {e} x 1 vs micro-batch {} x {} = {e}, {} steps, normalization {:?}, clip {:?}, padded {}",
+            cfg.micro_batch, cfg.windows_micro_batches(), cfg.max_steps, cfg.normalization, cfg.clip_mode, cfg.padded
+        );
+        println!("{:>6}  {:>12}  {:>12}  {:>9}", "step", "true batch", "accumulated", "|diff|");
+    }
+    let report = verify(gpu, cfg, tolerance, &mut |p| {
+        if !json {
+            println!("{:>6}  {:>12.4}  {:>12.4}  {:>9.4}", p.step, p.true_batch, p.accumulated, (p.true_batch - p.accumulated).abs());
+        }
+    })?;
+    if !json {
+        println!(
+            "first-window gradient: max relative difference {:.2e} (tolerance {:.0e})",
+            report.first_gradient_rel_diff, report.gradient_tolerance
+        );
+        println!(
+            "final validation loss difference {:.4} (max over the curve {:.4}, tolerance {}): {}",
+            report.final_diff, report.max_diff, report.tolerance, if report.passed { "PASS" } else { "FAIL" }
+        );
+        if !report.passed {
+            println!("diagnosis: {}", report.diagnosis);
+        }
+    }
+    Ok(report)
+}
+
+fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf>, quiet: bool, overrides: &[String]) -> anyhow::Result<()> {
+    let gpu = device(choice)?;
+    let mut t = match &resume {
+        Some(ck) => {
+            anyhow::ensure!(config.is_none(), "--resume takes its config from the checkpoint; pass overrides instead");
+            Trainer::resume(&gpu, ck, overrides)?
+        }
+        None => {
+            let cfg = TrainConfig::load(config.as_deref(), overrides)?;
+            Trainer::new(&gpu, cfg)?
+        }
+    };
+    let out = PathBuf::from(&t.cfg.out_dir);
+    let mut metrics = MetricsWriter::create(&out, resume.is_some())
+        .with_context(|| format!("cannot write metrics in {}", out.display()))?;
+    let total = t.cfg.max_steps as u64;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap(),
+        );
+        b.set_position(t.step as u64);
+        b
+    };
+    let started = std::time::Instant::now();
+    let first_step = t.step;
+    let val = t.run(Some(&mut metrics), &mut |ev| match ev {
+        Event::Started(d) => {
+            println!("adapter          {}", d.adapter);
+            println!("parameters       {}", d.params);
+            println!("vocabulary       {} characters", d.vocab_size);
+            println!("micro-batch      B = {} sequences = {} tokens", d.micro_batch, d.tokens_per_micro_batch);
+            println!("window           K = {} micro-batches, E = {} sequences = {} tokens per step", d.micro_batches_per_window, d.effective_batch, d.tokens_per_step);
+            println!("data             {} train tokens, {} validation tokens", d.train_tokens, d.val_tokens);
+            println!("device memory (byte ledger):\n{}", d.memory);
+        }
+        Event::Step(m) => {
+            bar.set_position(m.step as u64);
+            bar.set_message(format!("loss {:.4}  {:.0} tok/s  |g| {:.3}{}", m.train_loss, m.tokens_per_s, m.grad_norm, if m.clipped { " (clipped)" } else { "" }));
+            if quiet && (m.step % 10 == 0 || m.val_loss.is_some()) {
+                println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s", m.step, m.train_loss, m.lr, m.grad_norm, m.tokens_per_s);
+            }
+        }
+        Event::Eval { step, val_loss } => bar.println(format!("step {step:>5}  validation loss {val_loss:.4}")),
+        Event::Checkpoint { step, path } => bar.println(format!("step {step:>5}  saved {}", path.display())),
+        Event::Finished { .. } => bar.finish(),
+    })?;
+    let ck = out.join("ckpt.safetensors");
+    t.save(&ck)?;
+    let secs = started.elapsed().as_secs_f64();
+    let steps = (t.step - first_step) as f64;
+    let tok = steps * (t.cfg.effective() * t.cfg.block_size) as f64;
+    println!("done: step {}, validation loss {val:.4}, {:.0} tokens/s overall", t.step, tok / secs.max(1e-9));
+    println!("checkpoint {}  metrics {}/metrics.{{jsonl,csv}}", ck.display(), out.display());
+    let mem = gpu.ledger.snapshot();
+    println!("device memory at end: {} parameters, {} activations", gradscope::gpu::human_bytes(mem.get(Category::Parameters)), gradscope::gpu::human_bytes(mem.get(Category::Activations)));
     Ok(())
 }

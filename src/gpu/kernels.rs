@@ -278,10 +278,36 @@ fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
 
 /// The full uniform of an `adamw` dispatch, for `Program::set_uniform`.
 pub fn adamw_uniforms(params: &View, grads: &View, m: &View, v: &View, n: usize, hp: &AdamW, step: u32) -> Uniforms {
-    let mut u = Uniforms::new().u(params.off()).u(grads.off()).u(m.off()).u(v.off());
-    for _ in 4..8 {
-        u = u.u(0);
-    }
+    let mut u = offsets8(&[params, grads, m, v]);
     u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
+    u
+}
+
+fn offsets8(views: &[&View]) -> Uniforms {
+    let mut u = Uniforms::new();
+    for i in 0..8 {
+        u = u.u(views.get(i).map_or(0, |v| v.off()));
+    }
+    u
+}
+
+/// The full uniform of a `crossentropy_backward` dispatch (to rewrite `dloss`).
+pub fn crossentropy_backward_uniforms(dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize) -> Uniforms {
+    let mut u = offsets8(&[dlogits, logits, targets]);
+    u.0.extend_from_slice(&Uniforms::new().n(n).n(v).f(dloss).0);
+    u
+}
+
+/// The full uniform of a `clip_by_norm` dispatch (to change the threshold).
+pub fn clip_uniforms(x: &View, norm: &View, max_norm: f32, n: usize) -> Uniforms {
+    let mut u = offsets8(&[x, norm]);
+    u.0.extend_from_slice(&Uniforms::new().n(n).n(0).f(max_norm).0);
+    u
+}
+
+/// The full uniform of a `scale` dispatch (to change the scalar).
+pub fn scale_uniforms(x: &View, s: f32, n: usize) -> Uniforms {
+    let mut u = offsets8(&[x]);
+    u.0.extend_from_slice(&Uniforms::new().n(n).n(0).f(s).0);
     u
 }

@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod program;
 pub mod readback;
 pub mod registry;
+pub mod submit;
 
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes};

@@ -1,0 +1,3 @@
+//! Data sets and seeded samplers.
+
+pub mod text;

@@ -1,0 +1,43 @@
+//! A submission: clears and program runs recorded into one command encoder and submitted once.
+//! The trainer builds one per micro-batch (or per window) so it never touches wgpu itself.
+
+use super::context::Gpu;
+use super::ledger::GpuBuffer;
+use super::program::Program;
+
+pub struct Submission {
+    gpu: Gpu,
+    encoder: wgpu::CommandEncoder,
+}
+
+impl Gpu {
+    pub fn submission(&self) -> Submission {
+        let encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gradscope") });
+        Submission { gpu: self.clone(), encoder }
+    }
+}
+
+impl Submission {
+    /// Zero a whole buffer.
+    pub fn clear(&mut self, buf: &GpuBuffer) -> &mut Self {
+        self.encoder.clear_buffer(buf.buffer(), 0, None);
+        self
+    }
+
+    /// Record every dispatch of `program` in a compute pass.
+    pub fn run(&mut self, program: &Program) -> &mut Self {
+        program.record(&mut self.encoder);
+        self
+    }
+
+    /// Copy `len` elements between buffers (element offsets).
+    pub fn copy(&mut self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> &mut Self {
+        self.encoder.copy_buffer_to_buffer(src.buffer(), src_off as u64 * 4, dst.buffer(), dst_off as u64 * 4, len as u64 * 4);
+        self
+    }
+
+    /// Submit (no wait). Uploads queued before this call are executed first.
+    pub fn submit(self) {
+        self.gpu.queue.submit([self.encoder.finish()]);
+    }
+}

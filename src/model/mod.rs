@@ -1,0 +1,4 @@
+//! Models on the GPU: parameter layout, activation layout sized by the micro-batch, and
+//! forward/backward recorded as dispatch lists.
+
+pub mod gpt;

@@ -1,0 +1,242 @@
+//! Checkpoints in safetensors, written atomically (temp file, fsync, rename, fsync directory).
+//!
+//! `NAME.safetensors` holds the model with PyTorch names and shapes (Linear weight = [out, in]):
+//! `wte.weight` [V,C], `wpe.weight` [T,C], `blocks.{i}.ln1.weight|bias` [C],
+//! `blocks.{i}.c_attn.weight` [3C,C], `blocks.{i}.c_attn.bias` [3C], `blocks.{i}.attn_proj.weight`
+//! [C,C], `blocks.{i}.attn_proj.bias` [C], `blocks.{i}.ln2.weight|bias` [C], `blocks.{i}.c_fc.weight`
+//! [4C,C], `blocks.{i}.c_fc.bias` [4C], `blocks.{i}.mlp_proj.weight` [C,4C], `blocks.{i}.mlp_proj.bias`
+//! [C], `ln_f.weight|bias` [C]; its metadata holds the model config, the vocabulary, the training
+//! config, the optimizer step and the sampler state.
+//! `NAME.optim.safetensors` (sibling) holds the AdamW moments `adamw.m` and `adamw.v` (flat, in the
+//! slab order) and the same step, so `--resume` continues bit-exactly.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::data::text::TextSampler;
+use crate::reference::gpt::GptConfig;
+
+use super::config::TrainConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: tensor {name} is missing")]
+    Missing { path: PathBuf, name: String },
+    #[error("{path}: tensor {name} has shape {got:?} and dtype {dtype}, expected {want:?} F32")]
+    Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize>, dtype: String },
+    #[error("{path}: metadata {key} is missing or invalid{detail}")]
+    Metadata { path: PathBuf, key: String, detail: String },
+    #[error("{path} was saved for a different model: checkpoint {found:?}, asked for {wanted:?}")]
+    ConfigMismatch { path: PathBuf, found: GptConfig, wanted: GptConfig },
+    #[error("{model} is at step {model_step} but its optimizer file {optim} is at step {optim_step}")]
+    StepMismatch { model: PathBuf, model_step: u64, optim: PathBuf, optim_step: u64 },
+}
+
+/// The PyTorch name and shape of every tensor, with its offset in the flat slab.
+pub fn tensor_table(cfg: &GptConfig) -> Vec<(String, Vec<usize>, usize)> {
+    let (v, t, c, l) = (cfg.vocab_size, cfg.block_size, cfg.n_embd, cfg.n_layer);
+    let off = cfg.param_offsets();
+    let mut out = vec![
+        ("wte.weight".to_string(), vec![v, c], off[0]),
+        ("wpe.weight".to_string(), vec![t, c], off[1]),
+    ];
+    // per-layer tensors: (slab index, name, shape)
+    let per: [(usize, &str, Vec<usize>); 12] = [
+        (2, "ln1.weight", vec![c]),
+        (3, "ln1.bias", vec![c]),
+        (4, "c_attn.weight", vec![3 * c, c]),
+        (5, "c_attn.bias", vec![3 * c]),
+        (6, "attn_proj.weight", vec![c, c]),
+        (7, "attn_proj.bias", vec![c]),
+        (8, "ln2.weight", vec![c]),
+        (9, "ln2.bias", vec![c]),
+        (10, "c_fc.weight", vec![4 * c, c]),
+        (11, "c_fc.bias", vec![4 * c]),
+        (12, "mlp_proj.weight", vec![c, 4 * c]),
+        (13, "mlp_proj.bias", vec![c]),
+    ];
+    for i in 0..l {
+        for (slab, name, shape) in &per {
+            let n: usize = shape.iter().product();
+            out.push((format!("blocks.{i}.{name}"), shape.clone(), off[*slab] + i * n));
+        }
+    }
+    out.push(("ln_f.weight".to_string(), vec![c], off[14]));
+    out.push(("ln_f.bias".to_string(), vec![c], off[15]));
+    out
+}
+
+/// Everything needed to resume.
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    pub gpt: GptConfig,
+    pub train: TrainConfig,
+    pub vocab: Vec<char>,
+    pub step: u64,
+    pub sampler: TextSampler,
+    pub params: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+}
+
+/// The optimizer file beside a model file.
+pub fn optim_path(model: &Path) -> PathBuf {
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    model.with_file_name(format!("{stem}.optim.safetensors"))
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+/// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync
+/// of the directory. A crash leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let err = |source| CheckpointError::Write { path: path.into(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Save model + optimizer state (optimizer file first, so the model file names a step whose
+/// optimizer state is already on disk).
+pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
+    let werr = |e: safetensors::SafeTensorError| CheckpointError::Write {
+        path: path.into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "gradscope-gpt".to_string());
+    meta.insert("config".to_string(), serde_json::to_string(&st.gpt).unwrap());
+    meta.insert("train_config".to_string(), serde_json::to_string(&st.train).unwrap());
+    meta.insert("vocab".to_string(), serde_json::to_string(&st.vocab.iter().collect::<String>()).unwrap());
+    meta.insert("step".to_string(), st.step.to_string());
+    meta.insert("sampler".to_string(), serde_json::to_string(&st.sampler).unwrap());
+
+    let mut om = meta.clone();
+    om.insert("format".to_string(), "gradscope-adamw".to_string());
+    let n = st.params.len();
+    let optim = vec![
+        ("adamw.m".to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_m)).map_err(werr)?),
+        ("adamw.v".to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_v)).map_err(werr)?),
+    ];
+    let bytes = safetensors::serialize(optim, Some(om)).map_err(werr)?;
+    write_atomic(&optim_path(path), &bytes)?;
+
+    let mut tensors = Vec::new();
+    for (name, shape, off) in tensor_table(&st.gpt) {
+        let len: usize = shape.iter().product();
+        tensors.push((name, TensorView::new(Dtype::F32, shape, f32_bytes(&st.params[off..off + len])).map_err(werr)?));
+    }
+    let bytes = safetensors::serialize(tensors, Some(meta)).map_err(werr)?;
+    write_atomic(path, &bytes)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+    let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt { path: path.into(), message: e.to_string() };
+    let (_, md) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+    Ok((st, meta))
+}
+
+fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+    let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
+    if t.shape() != want || t.dtype() != Dtype::F32 {
+        return Err(CheckpointError::Shape {
+            path: path.into(),
+            name: name.into(),
+            got: t.shape().to_vec(),
+            want: want.to_vec(),
+            dtype: format!("{:?}", t.dtype()),
+        });
+    }
+    // The data may be unaligned in the file buffer: copy bytewise.
+    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+fn meta_json<T: serde::de::DeserializeOwned>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T, CheckpointError> {
+    let raw = meta.get(key).ok_or_else(|| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: String::new() })?;
+    serde_json::from_str(raw).map_err(|e| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: format!(": {e}") })
+}
+
+/// Load weights into the flat slab of `cfg`. Works for gradscope checkpoints and for any
+/// safetensors file with the PyTorch names and shapes (e.g. exported from another framework).
+pub fn load_weights(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>, CheckpointError> {
+    let bytes = read(path)?;
+    let (st, meta) = parse(path, &bytes)?;
+    if let Some(raw) = meta.get("config") {
+        let found: GptConfig = serde_json::from_str(raw).map_err(|e| CheckpointError::Metadata {
+            path: path.into(), key: "config".into(), detail: format!(": {e}"),
+        })?;
+        if found != *cfg {
+            return Err(CheckpointError::ConfigMismatch { path: path.into(), found, wanted: *cfg });
+        }
+    }
+    let mut params = vec![0.0f32; cfg.num_params()];
+    for (name, shape, off) in tensor_table(cfg) {
+        let v = tensor_f32(path, &st, &name, &shape)?;
+        params[off..off + v.len()].copy_from_slice(&v);
+    }
+    Ok(params)
+}
+
+/// The model config, vocabulary and training config stored in a gradscope checkpoint.
+pub fn read_header(path: &Path) -> Result<(GptConfig, Vec<char>, TrainConfig, u64), CheckpointError> {
+    let bytes = read(path)?;
+    let (_, meta) = parse(path, &bytes)?;
+    let cfg: GptConfig = meta_json(path, &meta, "config")?;
+    let vocab: String = meta_json(path, &meta, "vocab")?;
+    let train: TrainConfig = meta_json(path, &meta, "train_config")?;
+    let step: u64 = meta_json(path, &meta, "step")?;
+    if vocab.chars().count() != cfg.vocab_size {
+        return Err(CheckpointError::Metadata {
+            path: path.into(), key: "vocab".into(),
+            detail: format!(": {} characters for vocab_size {}", vocab.chars().count(), cfg.vocab_size),
+        });
+    }
+    Ok((cfg, vocab.chars().collect(), train, step))
+}
+
+/// Load a full training state (model file + optimizer sibling).
+pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
+    let (gpt, vocab, train, step) = read_header(path)?;
+    let params = load_weights(path, &gpt)?;
+    let bytes = read(path)?;
+    let (_, meta) = parse(path, &bytes)?;
+    let sampler: TextSampler = meta_json(path, &meta, "sampler")?;
+    let op = optim_path(path);
+    let obytes = read(&op)?;
+    let (ost, ometa) = parse(&op, &obytes)?;
+    let ostep: u64 = meta_json(&op, &ometa, "step")?;
+    if ostep != step {
+        return Err(CheckpointError::StepMismatch { model: path.into(), model_step: step, optim: op, optim_step: ostep });
+    }
+    let n = gpt.num_params();
+    let adam_m = tensor_f32(&op, &ost, "adamw.m", &[n])?;
+    let adam_v = tensor_f32(&op, &ost, "adamw.v", &[n])?;
+    Ok(TrainState { gpt, train, vocab, step, sampler, params, adam_m, adam_v })
+}

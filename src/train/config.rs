@@ -1,0 +1,245 @@
+//! Training configuration: one flat, commented set of defaults (nanoGPT style); a TOML file, then
+//! `--key value` overrides. Unknown keys are errors; values are validated before any GPU work.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::gpt::Normalization;
+
+/// Learning-rate schedule; it advances once per optimizer step, never per micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// Linear warmup over `warmup_steps`, then cosine decay to `min_lr` at `max_steps`.
+    Cosine,
+}
+
+/// Where the global-norm clip is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipMode {
+    /// Correct: once, on the global norm of the whole accumulated gradient, before the step.
+    #[default]
+    Global,
+    /// A known mistake kept for `verify`: each micro-batch's gradient clipped on its own.
+    PerMicroBatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    // --- data ---
+    /// Char-level text corpus; train = first 90%, validation = last 10%.
+    pub data: String,
+    /// Train on random-length sequences padded to block_size with the ignore index.
+    pub padded: bool,
+    /// Seed of the window sampler (splitmix64).
+    pub data_seed: u64,
+    // --- model (GPT, pre-LN, tied lm_head, GELU tanh) ---
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Sequence length T (and the size of the position embedding).
+    pub block_size: usize,
+    /// Seed of the parameter initialization.
+    pub seed: u64,
+    // --- batch ---
+    /// B: sequences per forward/backward.
+    pub micro_batch: usize,
+    /// K: micro-batches per optimizer step.
+    pub accum_steps: usize,
+    /// E: sequences per optimizer step. 0 means B*K. When E is not a multiple of B the last
+    /// micro-batch of each window is short (normalized by its real count).
+    pub effective_batch: usize,
+    // --- optimizer (AdamW) ---
+    pub max_steps: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, on 2-D weights only.
+    pub weight_decay: f64,
+    /// Global-norm clip threshold (0 = off).
+    pub grad_clip: f64,
+    pub clip_mode: ClipMode,
+    /// How the window's gradient is normalized (the default is the only correct one).
+    pub normalization: Normalization,
+    // --- evaluation and output ---
+    /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
+    pub eval_every: usize,
+    /// Validation loss = mean over the first N non-overlapping validation windows.
+    pub eval_windows: usize,
+    /// Directory for metrics.jsonl, metrics.csv and checkpoints.
+    pub out_dir: String,
+    /// Start from these weights (a gradscope or PyTorch-named safetensors file).
+    pub init_from: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: "assets/data/tinyshakespeare.txt".into(),
+            padded: false,
+            data_seed: 42,
+            n_layer: 2,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            seed: 1337,
+            micro_batch: 16,
+            accum_steps: 4,
+            effective_batch: 0,
+            max_steps: 200,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            clip_mode: ClipMode::Global,
+            normalization: Normalization::WindowCount,
+            eval_every: 50,
+            eval_windows: 512,
+            out_dir: "runs/gpt".into(),
+            init_from: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("override {0:?} has no value (write --key value or --key=value)")]
+    MissingValue(String),
+    #[error("override {0:?} is not of the form --key value")]
+    BadOverride(String),
+    #[error("invalid value: {0}")]
+    Invalid(String),
+}
+
+impl TrainConfig {
+    /// Defaults, then the TOML file (if any), then `--key value` / `--key=value` overrides.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut i = 0;
+        while i < overrides.len() {
+            let arg = &overrides[i];
+            let Some(kv) = arg.strip_prefix("--") else { return Err(ConfigError::BadOverride(arg.clone())) };
+            let (key, value) = match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    i += 1;
+                    let v = overrides.get(i).ok_or_else(|| ConfigError::MissingValue(arg.clone()))?;
+                    (kv.to_string(), v.clone())
+                }
+            };
+            let key = key.replace('-', "_");
+            table.insert(key, parse_value(&value));
+            i += 1;
+        }
+        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that need no device (device limits are checked when the model is built).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.micro_batch == 0 {
+            return bad("micro_batch (B) must be at least 1".into());
+        }
+        if self.accum_steps == 0 {
+            return bad("accum_steps (K) must be at least 1".into());
+        }
+        if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 {
+            return bad("n_layer, n_head, n_embd and block_size must be at least 1".into());
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad(format!("min_lr must be >= 0, got {}", self.min_lr));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(format!("{name} must be in [0, 1), got {b}"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad(format!("eps must be positive, got {}", self.eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return bad(format!("grad_clip must be >= 0 (0 = off), got {}", self.grad_clip));
+        }
+        if self.max_steps == 0 {
+            return bad("max_steps must be at least 1".into());
+        }
+        if self.eval_windows == 0 {
+            return bad("eval_windows must be at least 1".into());
+        }
+        if self.effective_batch != 0 && self.effective_batch < self.micro_batch {
+            return bad(format!(
+                "effective_batch {} is smaller than micro_batch {}", self.effective_batch, self.micro_batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// E: sequences per optimizer step.
+    pub fn effective(&self) -> usize {
+        if self.effective_batch == 0 { self.micro_batch * self.accum_steps } else { self.effective_batch }
+    }
+
+    /// Micro-batches per window: K, or ceil(E / B) when E is given.
+    pub fn windows_micro_batches(&self) -> usize {
+        self.effective().div_ceil(self.micro_batch)
+    }
+
+    /// Learning rate of optimizer step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                if step < self.warmup_steps {
+                    return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+                }
+                let span = self.max_steps.saturating_sub(self.warmup_steps).max(1);
+                let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+                self.min_lr + 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()) * (self.lr - self.min_lr)
+            }
+        }
+    }
+}
+
+/// An override value: TOML syntax when it parses (numbers, booleans), a string otherwise.
+fn parse_value(v: &str) -> toml::Value {
+    match format!("x = {v}").parse::<toml::Table>() {
+        Ok(t) => t["x"].clone(),
+        Err(_) => toml::Value::String(v.to_string()),
+    }
+}

@@ -1,0 +1,58 @@
+//! Metrics per optimizer step, written as JSONL and CSV side by side in the run directory.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::gpu::Category;
+
+use super::trainer::StepMetrics;
+
+pub struct MetricsWriter {
+    jsonl: BufWriter<File>,
+    csv: BufWriter<File>,
+}
+
+pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
+bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch";
+
+impl MetricsWriter {
+    /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
+    pub fn create(dir: &Path, append: bool) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let open = |name: &str| -> std::io::Result<(File, bool)> {
+            let p = dir.join(name);
+            let existed = p.exists() && append;
+            let f = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(p)?;
+            Ok((f, existed))
+        };
+        let (j, _) = open("metrics.jsonl")?;
+        let (c, existed) = open("metrics.csv")?;
+        let mut csv = BufWriter::new(c);
+        if !existed {
+            writeln!(csv, "{CSV_HEADER}")?;
+        }
+        Ok(Self { jsonl: BufWriter::new(j), csv })
+    }
+
+    pub fn write(&mut self, m: &StepMetrics) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.jsonl, m)?;
+        writeln!(self.jsonl)?;
+        let val = m.val_loss.map(|v| format!("{v:.6}")).unwrap_or_default();
+        write!(
+            self.csv,
+            "{},{:.6},{},{:.6e},{:.6},{},{:.1},{},{}",
+            m.step, m.train_loss, val, m.lr, m.grad_norm, m.clipped, m.tokens_per_s, m.micro_batch, m.accum_steps
+        )?;
+        for c in Category::ALL {
+            write!(self.csv, ",{}", m.memory.get(c))?;
+        }
+        writeln!(self.csv)?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.jsonl.flush()?;
+        self.csv.flush()
+    }
+}

@@ -1,0 +1,22 @@
+//! The trainer: the accumulation loop, optimizer settings and schedule, metrics, checkpoints and
+//! the verify procedure. It never imports egui; front ends (CLI, app) receive `Event`s.
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod sample;
+pub mod trainer;
+pub mod verify;
+
+pub use config::TrainConfig;
+pub use trainer::{Derived, StepMetrics, Trainer};
+
+/// What the training loop reports.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Started(Derived),
+    Step(StepMetrics),
+    Eval { step: usize, val_loss: f64 },
+    Checkpoint { step: usize, path: std::path::PathBuf },
+    Finished { step: usize, val_loss: f64 },
+}

@@ -1,0 +1,357 @@
+//! The accumulation loop. One window = the micro-batches of one optimizer step:
+//!
+//! 1. draw the window's E samples (seeded sampler) and split them in order into micro-batches of B
+//!    (the last may be short: its missing rows count for nothing);
+//! 2. micro-step 0 zeroes the gradients and the window figures; every micro-batch runs forward,
+//!    summed loss and backward in one submission, gradients accumulating with `+=`;
+//! 3. at the end of the window the gradient is divided once by the window's real count of
+//!    targets, its global norm taken and clipped once, and AdamW steps with the step count and
+//!    learning rate of this optimizer step (both advance per window, never per micro-batch);
+//! 4. one readback: the window's loss sum, count and gradient norm (the logged figures).
+//!
+//! The trainer never imports egui: it reports through `Event`s and is steered by `Control`s.
+
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::data::text::{Sample, TextData, TextSampler, count_targets, pack};
+use crate::gpu::{Gpu, MemorySnapshot};
+use crate::model::gpt::{GpuGpt, Normalization, StepSettings, WindowFigures};
+use crate::reference::gpt::{GptConfig, init_params};
+
+use super::checkpoint::{self, TrainState};
+use super::config::{ClipMode, TrainConfig};
+use super::metrics::MetricsWriter;
+use super::Event;
+
+/// Figures of one optimizer step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepMetrics {
+    /// 1-based optimizer step.
+    pub step: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub lr: f64,
+    /// Global L2 norm of the normalized window gradient, before clipping.
+    pub grad_norm: f64,
+    pub clipped: bool,
+    pub tokens: f64,
+    pub tokens_per_s: f64,
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub memory: MemorySnapshot,
+}
+
+/// Numbers derived from the config, printed at start.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Derived {
+    pub adapter: String,
+    pub params: usize,
+    pub vocab_size: usize,
+    pub micro_batch: usize,
+    pub micro_batches_per_window: usize,
+    pub effective_batch: usize,
+    pub tokens_per_micro_batch: usize,
+    pub tokens_per_step: usize,
+    pub train_tokens: usize,
+    pub val_tokens: usize,
+    pub memory: MemorySnapshot,
+}
+
+/// A GPT trainer on one device.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub gcfg: GptConfig,
+    pub data: TextData,
+    pub model: GpuGpt,
+    pub sampler: TextSampler,
+    /// Optimizer steps completed.
+    pub step: usize,
+}
+
+impl Trainer {
+    /// Load the data, check the config against it and the device, initialize (or load) the
+    /// weights and allocate every slab.
+    pub fn new(gpu: &Gpu, cfg: TrainConfig) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let data = TextData::load(std::path::Path::new(&cfg.data))?;
+        data.check_block(cfg.block_size)?;
+        let gcfg = GptConfig {
+            vocab_size: data.vocab_size(),
+            block_size: cfg.block_size,
+            n_layer: cfg.n_layer,
+            n_head: cfg.n_head,
+            n_embd: cfg.n_embd,
+        };
+        check_device_limits(gpu, &gcfg, cfg.micro_batch)?;
+        let params = if cfg.init_from.is_empty() {
+            init_params(&gcfg, cfg.seed)
+        } else {
+            let ck = super::checkpoint::load_weights(std::path::Path::new(&cfg.init_from), &gcfg)
+                .with_context(|| format!("--init-from {}", cfg.init_from))?;
+            ck
+        };
+        let mut model = GpuGpt::new(gpu, gcfg, &params)?;
+        model.set_micro_batch(cfg.micro_batch)?;
+        let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
+        Ok(Self { cfg, gcfg, data, model, sampler, step: 0 })
+    }
+
+    pub fn derived(&self) -> Derived {
+        let t = self.cfg.block_size;
+        Derived {
+            adapter: format!("{} ({:?} kernels)", self.model.gpu.summary.name, self.model.gpu.kind),
+            params: self.gcfg.num_params(),
+            vocab_size: self.gcfg.vocab_size,
+            micro_batch: self.cfg.micro_batch,
+            micro_batches_per_window: self.cfg.windows_micro_batches(),
+            effective_batch: self.cfg.effective(),
+            tokens_per_micro_batch: self.cfg.micro_batch * t,
+            tokens_per_step: self.cfg.effective() * t,
+            train_tokens: self.data.train.len(),
+            val_tokens: self.data.val.len(),
+            memory: self.model.gpu.ledger.snapshot(),
+        }
+    }
+
+    fn settings(&self) -> StepSettings {
+        StepSettings {
+            lr: self.cfg.lr_at(self.step) as f32,
+            beta1: self.cfg.beta1 as f32,
+            beta2: self.cfg.beta2 as f32,
+            eps: self.cfg.eps as f32,
+            weight_decay: self.cfg.weight_decay as f32,
+            grad_clip: self.cfg.grad_clip as f32,
+        }
+    }
+
+    /// Change the micro-batch size (between windows). Only the activation slabs are rebuilt.
+    pub fn set_micro_batch(&mut self, b: usize) -> anyhow::Result<()> {
+        check_device_limits(&self.model.gpu, &self.gcfg, b)?;
+        self.model.set_micro_batch(b)?;
+        self.cfg.micro_batch = b;
+        Ok(())
+    }
+
+    /// The micro-batches of the next window: E samples split in order into chunks of B.
+    pub fn draw_window(&mut self) -> Vec<Vec<Sample>> {
+        let e = self.cfg.effective();
+        let samples = self.sampler.window(&self.data.train, e);
+        samples.chunks(self.cfg.micro_batch).map(|c| c.to_vec()).collect()
+    }
+
+    /// Run the micro-batches of the next window (gradients accumulate on the device; nothing is
+    /// read back). Returns the number of micro-batches K of this window.
+    pub fn accumulate_window(&mut self) -> anyhow::Result<usize> {
+        let window = self.draw_window();
+        let k = window.len();
+        let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
+        if self.cfg.clip_mode == ClipMode::PerMicroBatch {
+            return self.accumulate_window_clipping_each(window);
+        }
+        for (j, mb) in window.iter().enumerate() {
+            let (x, y) = pack(mb, b, t);
+            let dloss = match self.cfg.normalization {
+                // reduction = sum; the window's count divides once at the step
+                Normalization::WindowCount => 1.0,
+                // the bug: mean of this micro-batch, divided by K
+                Normalization::PerMicroBatchMean => 1.0 / (count_targets(&y).max(1) as f32 * k as f32),
+            };
+            self.model.micro_step(&x, &y, j == 0, dloss);
+        }
+        Ok(k)
+    }
+
+    /// The per-micro-batch clipping mistake (clip_mode = per-micro-batch), for `verify`.
+    fn accumulate_window_clipping_each(&mut self, window: Vec<Vec<Sample>>) -> anyhow::Result<usize> {
+        let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
+        let packed: Vec<_> = window.iter().map(|mb| pack(mb, b, t)).collect();
+        let count: usize = packed.iter().map(|(_, y)| count_targets(y)).sum();
+        for (j, (x, y)) in packed.iter().enumerate() {
+            self.model.micro_step_clipped(x, y, j == 0, count.max(1) as f32, self.cfg.grad_clip as f32)?;
+        }
+        self.model.finish_clipped_window();
+        Ok(packed.len())
+    }
+
+    /// Whether the accumulated gradient still has to be divided by the window's count at the
+    /// step (the correct normalization); the broken modes have already scaled it.
+    pub fn divides_by_window_count(&self) -> bool {
+        self.cfg.normalization == Normalization::WindowCount && self.cfg.clip_mode == ClipMode::Global
+    }
+
+    /// Run one window and the optimizer step; returns the step's figures (one readback).
+    pub fn train_step(&mut self) -> anyhow::Result<(StepMetrics, WindowFigures)> {
+        let start = Instant::now();
+        let k = self.accumulate_window()?;
+        let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
+        let mut st = self.settings();
+        if self.cfg.clip_mode == ClipMode::PerMicroBatch {
+            // already clipped micro-batch by micro-batch
+            st.grad_clip = 0.0;
+        }
+        self.model.optimizer_step(&st, (self.step + 1) as u32, self.divides_by_window_count())?;
+        let fig = self.model.window_figures()?;
+        self.step += 1;
+        let secs = start.elapsed().as_secs_f64();
+        let tokens = (self.cfg.effective() * t) as f64;
+        let m = StepMetrics {
+            step: self.step,
+            train_loss: fig.mean_loss(),
+            val_loss: None,
+            lr: st.lr as f64,
+            grad_norm: fig.grad_norm,
+            clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
+            tokens,
+            tokens_per_s: tokens / secs,
+            micro_batch: b,
+            accum_steps: k,
+            memory: self.model.gpu.ledger.snapshot(),
+        };
+        Ok((m, fig))
+    }
+
+    /// Validation loss: mean over the first `eval_windows` non-overlapping validation windows.
+    pub fn eval(&mut self) -> anyhow::Result<f64> {
+        let t = self.cfg.block_size;
+        let b = self.model.micro_batch();
+        let n = self.cfg.eval_windows.min(self.data.val_windows(t));
+        let mut batches = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let rows: Vec<Sample> = (i..(i + b).min(n))
+                .map(|w| {
+                    let (x, y) = self.data.val_window(w, t);
+                    Sample { inputs: x.to_vec(), targets: y.to_vec() }
+                })
+                .collect();
+            batches.push(pack(&rows, b, t));
+            i += b;
+        }
+        let (sum, count) = self.model.eval_loss(&batches)?;
+        Ok(sum / count.max(1.0))
+    }
+}
+
+impl Trainer {
+    /// The state a checkpoint holds (reads parameters and AdamW moments back).
+    pub fn state(&self) -> anyhow::Result<TrainState> {
+        let (adam_m, adam_v) = self.model.read_adam()?;
+        Ok(TrainState {
+            gpt: self.gcfg,
+            train: self.cfg.clone(),
+            vocab: self.data.vocab.clone(),
+            step: self.step as u64,
+            sampler: self.sampler.clone(),
+            params: self.model.read_params()?,
+            adam_m,
+            adam_v,
+        })
+    }
+
+    /// Save a checkpoint atomically.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        checkpoint::save(path, &self.state()?)?;
+        Ok(())
+    }
+
+    /// Continue from a checkpoint. `overrides` (same syntax as the CLI) apply on top of the
+    /// checkpoint's training config, e.g. a larger `max_steps`; the model shape cannot change.
+    pub fn resume(gpu: &Gpu, path: &std::path::Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let st = checkpoint::load(path)?;
+        let base = toml::to_string(&st.train)?;
+        let tmp = std::env::temp_dir().join(format!("gradscope-resume-{}.toml", std::process::id()));
+        std::fs::write(&tmp, base)?;
+        let cfg = TrainConfig::load(Some(&tmp), overrides);
+        let _ = std::fs::remove_file(&tmp);
+        let cfg = cfg?;
+        let mut t = Trainer::new(gpu, TrainConfig { init_from: String::new(), ..cfg })?;
+        if t.gcfg != st.gpt {
+            anyhow::bail!(
+                "{} was saved for {:?}; the resumed config asks for {:?} (the model shape cannot change on resume)",
+                path.display(), st.gpt, t.gcfg
+            );
+        }
+        if t.data.vocab != st.vocab {
+            anyhow::bail!("{}: the data's vocabulary differs from the checkpoint's", path.display());
+        }
+        t.model.load_state(&st.params, &st.adam_m, &st.adam_v);
+        t.step = st.step as usize;
+        t.sampler = st.sampler;
+        t.sampler.block = t.cfg.block_size;
+        Ok(t)
+    }
+
+    /// Train to `max_steps`, evaluating every `eval_every` steps and at the end, reporting
+    /// through `on_event` and writing metrics. Returns the final validation loss.
+    pub fn run(
+        &mut self,
+        mut metrics: Option<&mut MetricsWriter>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> anyhow::Result<f64> {
+        on_event(&Event::Started(self.derived()));
+        let mut last_val = f64::NAN;
+        while self.step < self.cfg.max_steps {
+            let (mut m, _) = self.train_step()?;
+            if !m.train_loss.is_finite() {
+                anyhow::bail!(
+                    "training diverged at step {}: the window's loss is {} (grad norm {}); lower lr or check the data",
+                    m.step, m.train_loss, m.grad_norm
+                );
+            }
+            let at_end = self.step == self.cfg.max_steps;
+            if at_end || (self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0) {
+                last_val = self.eval()?;
+                m.val_loss = Some(last_val);
+                on_event(&Event::Eval { step: self.step, val_loss: last_val });
+            }
+            if let Some(w) = metrics.as_deref_mut() {
+                w.write(&m)?;
+                if m.val_loss.is_some() {
+                    w.flush()?;
+                }
+            }
+            on_event(&Event::Step(m));
+        }
+        if let Some(w) = metrics.as_deref_mut() {
+            w.flush()?;
+        }
+        if last_val.is_nan() {
+            last_val = self.eval()?;
+        }
+        on_event(&Event::Finished { step: self.step, val_loss: last_val });
+        Ok(last_val)
+    }
+}
+
+/// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
+/// device is refused with the numbers, before anything is allocated.
+pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize) -> anyhow::Result<()> {
+    let bytes = GpuGpt::activation_slab_bytes(cfg, b);
+    let limits = gpu.limits();
+    let max_bind = limits.max_storage_buffer_binding_size;
+    let max_buf = limits.max_buffer_size;
+    if bytes > max_bind || bytes > max_buf {
+        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1);
+        anyhow::bail!(
+            "micro_batch {b} needs an activation slab of {} but this device's max storage binding is {} \
+             (max buffer {}); the largest micro_batch that fits is about {}. Use a smaller micro_batch \
+             and more accum_steps for the same effective batch.",
+            crate::gpu::human_bytes(bytes),
+            crate::gpu::human_bytes(max_bind),
+            crate::gpu::human_bytes(max_buf),
+            max_bind.min(max_buf) / per_seq.max(1)
+        );
+    }
+    let params_bytes = cfg.num_params() as u64 * 4;
+    if params_bytes > max_bind {
+        anyhow::bail!(
+            "the model's {} parameters ({}) exceed the device's max storage binding {}",
+            cfg.num_params(),
+            crate::gpu::human_bytes(params_bytes),
+            crate::gpu::human_bytes(max_bind)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The command line end to end: `train` writes metrics and a checkpoint, `eval` and `sample` read
+//! it, `verify --quick` passes with the correct settings and fails (exit 2, with a diagnosis)
+//! with a broken normalization.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gradscope() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gradscope"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gradscope-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const TINY: [&str; 12] = [
+    "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--eval_windows", "32", "--eval_every", "3",
+];
+
+#[test]
+fn train_writes_metrics_and_a_checkpoint_that_eval_and_sample_read() {
+    let dir = tmpdir("train");
+    let out = gradscope()
+        .args(["train", "--quiet"])
+        .args(TINY)
+        .args(["--micro_batch", "4", "--accum_steps", "2", "--max_steps", "6", "--out_dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    // derived numbers at start
+    assert!(stdout.contains("micro-batch      B = 4 sequences = 128 tokens"), "{stdout}");
+    assert!(stdout.contains("K = 2 micro-batches, E = 8 sequences = 256 tokens per step"), "{stdout}");
+    assert!(stdout.contains("parameters"));
+    // one metrics line per optimizer step, in both formats
+    let jsonl = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["step"], i + 1);
+        assert_eq!(l["micro_batch"], 4);
+        assert_eq!(l["accum_steps"], 2);
+        assert!(l["train_loss"].as_f64().unwrap().is_finite());
+        assert!(l["memory"]["bytes"][0].as_u64().unwrap() > 0);
+    }
+    assert!(lines[2]["val_loss"].as_f64().is_some() && lines[1]["val_loss"].is_null());
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,bytes_parameters"));
+    assert_eq!(csv.lines().count(), 7);
+
+    let ck = dir.join("ckpt.safetensors");
+    let out = gradscope().arg("eval").arg(&ck).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.contains("validation loss"), "{s}");
+
+    let out = gradscope().arg("sample").arg(&ck).args(["--tokens", "40", "--prompt", "ROMEO:"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.starts_with("ROMEO:"), "{s}");
+    assert!(s.trim_end().chars().count() >= "ROMEO:".len() + 20, "{s}");
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message_and_no_panic() {
+    for (args, want) in [
+        (vec!["train", "--micro_batch", "0"], "micro_batch"),
+        (vec!["train", "--no_such_key", "1"], "no_such_key"),
+        (vec!["eval", "/nonexistent/ck.safetensors"], "/nonexistent/ck.safetensors"),
+        (vec!["train", "--data", "/nonexistent/x.txt"], "/nonexistent/x.txt"),
+    ] {
+        let out = gradscope().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn verify_quick_passes_and_catches_the_broken_normalization() {
+    let out = gradscope().args(["verify", "--quick"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    println!("{s}");
+    assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.contains("PASS"));
+
+    let out = gradscope()
+        .args(["verify", "--quick", "--normalization", "per-micro-batch-mean", "--padded", "true"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    println!("{s}");
+    assert_eq!(out.status.code(), Some(2), "the broken normalization must fail the check");
+    assert!(s.contains("FAIL") && s.contains("diagnosis"), "{s}");
+}
