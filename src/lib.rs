@@ -5,6 +5,7 @@
 //! GPT's forward and backward as dispatch lists; `data` loads data sets and samples them;
 //! `train` is the accumulation loop, checkpoints and `verify` (never importing egui).
 
+pub mod app;
 pub mod bench;
 pub mod data;
 pub mod gpu;

@@ -21,11 +21,35 @@ struct Cli {
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// The desktop app (the default): live micro-batch and accumulation controls, stepping
+    /// through a window, loss and memory plots. Trains the Tiny Shakespeare GPT by default.
+    App {
+        /// TOML file with config keys for the first run.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Ignore (and do not write) the settings saved by earlier launches.
+        #[arg(long)]
+        fresh: bool,
+        /// Start paused (to step through the first window by hand).
+        #[arg(long)]
+        paused: bool,
+        /// Scripted run: step the first window micro-batch by micro-batch, then train.
+        #[arg(long)]
+        step_first_window: bool,
+        /// Scripted run: exit after this many optimizer steps.
+        #[arg(long)]
+        exit_after_steps: Option<usize>,
+        /// Scripted run: save a screenshot of the window (PNG) before exiting.
+        #[arg(long)]
+        screenshot: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
     /// List every adapter wgpu finds, with the limits and features that matter.
     Info,
     /// Train the GPT headless. Config: defaults, then --config FILE (TOML), then --key value.
@@ -119,7 +143,30 @@ fn device(choice: &AdapterChoice) -> anyhow::Result<Gpu> {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let choice = AdapterChoice { name: cli.adapter.clone() };
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::App {
+        config: None, fresh: false, paused: false, step_first_window: false, exit_after_steps: None,
+        screenshot: None, overrides: vec![],
+    });
+    match command {
+        Command::App { config, fresh, paused, step_first_window, exit_after_steps, screenshot, overrides } => {
+            let scripted = exit_after_steps.is_some();
+            let mut cfg = TrainConfig::load(config.as_deref(), &overrides)?;
+            if !overrides.iter().any(|o| o.contains("max_steps")) && config.is_none() {
+                cfg.max_steps = 2000;
+            }
+            if !overrides.iter().any(|o| o.contains("eval_every")) && config.is_none() {
+                cfg.eval_every = 25;
+            }
+            gradscope::app::run(gradscope::app::AppOptions {
+                config: cfg,
+                fresh: fresh || scripted,
+                exit_after_steps,
+                screenshot,
+                step_first_window,
+                paused,
+                adapter: cli.adapter.clone(),
+            })?;
+        }
         Command::Info => {
             let adapters = list_adapters();
             if adapters.is_empty() {
@@ -297,8 +344,8 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
                 println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s", m.step, m.train_loss, m.lr, m.grad_norm, m.tokens_per_s);
             }
         }
-        Event::Eval { step, val_loss } => bar.println(format!("step {step:>5}  validation loss {val_loss:.4}")),
-        Event::Checkpoint { step, path } => bar.println(format!("step {step:>5}  saved {}", path.display())),
+        Event::Eval { step, val_loss } => say(&bar, quiet, format!("step {step:>5}  validation loss {val_loss:.4}")),
+        Event::Checkpoint { step, path } => say(&bar, quiet, format!("step {step:>5}  saved {}", path.display())),
         Event::Finished { .. } => bar.finish(),
     })?;
     let ck = out.join("ckpt.safetensors");
@@ -311,4 +358,9 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
     let mem = gpu.ledger.snapshot();
     println!("device memory at end: {} parameters, {} activations", gradscope::gpu::human_bytes(mem.get(Category::Parameters)), gradscope::gpu::human_bytes(mem.get(Category::Activations)));
     Ok(())
+}
+
+/// A line above the progress bar (or plain when the bar is hidden).
+fn say(bar: &indicatif::ProgressBar, quiet: bool, line: String) {
+    if quiet { println!("{line}") } else { bar.println(line) }
 }

@@ -167,7 +167,14 @@ fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
 pub fn select_adapter(choice: &AdapterChoice) -> Result<wgpu::Adapter, GpuError> {
     let inst = instance();
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    let mut adapters = pollster::block_on(inst.enumerate_adapters(backends));
+    let adapters = pollster::block_on(inst.enumerate_adapters(backends));
+    pick(&adapters, choice.name.as_deref())
+}
+
+/// Choose among `adapters`: the name filter if given, then real GPUs before CPU adapters.
+pub fn pick(adapters: &[wgpu::Adapter], name: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
+    let mut adapters = adapters.to_vec();
+    let choice = AdapterChoice { name: name.map(String::from) };
     if adapters.is_empty() {
         return Err(GpuError::NoAdapter);
     }
@@ -242,6 +249,11 @@ impl Gpu {
         Self { device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry }
     }
 
+    /// The device eframe created for the app (one device for the UI and the trainer).
+    pub fn from_render_state(rs: &eframe::egui_wgpu::RenderState) -> Self {
+        Self::from_device(&rs.adapter, rs.device.clone(), rs.queue.clone())
+    }
+
     /// The limits the device was created with.
     pub fn limits(&self) -> wgpu::Limits {
         self.device.limits()
@@ -254,4 +266,15 @@ impl Gpu {
     pub fn has_timestamps(&self) -> bool {
         self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
     }
+}
+
+/// The wgpu setup for eframe: the same adapter preference and device description as the
+/// headless runtime, so the app's one device serves both the UI and the trainer.
+pub fn eframe_setup(adapter: Option<String>) -> eframe::egui_wgpu::WgpuSetup {
+    let mut setup = eframe::egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.device_descriptor = Arc::new(device_descriptor);
+    setup.native_adapter_selector = Some(Arc::new(move |adapters: &[wgpu::Adapter], _surface: Option<&wgpu::Surface<'_>>| {
+        pick(adapters, adapter.as_deref()).map_err(|e| e.to_string())
+    }));
+    eframe::egui_wgpu::WgpuSetup::CreateNew(setup)
 }

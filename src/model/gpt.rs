@@ -116,18 +116,6 @@ impl ActLayout {
     }
 }
 
-/// Predicted bytes per memory category for a GPT of `cfg` at micro-batch `b` (the ledger must
-/// agree exactly; tests check it). Program uniform arenas are counted with scratch.
-pub fn predicted_bytes(cfg: &GptConfig, b: usize, t: usize) -> [u64; 5] {
-    let np = cfg.num_params() as u64 * 4;
-    let acts = ActLayout::new(cfg, b, t).bytes();
-    let bt = (b * t) as u64 * 4;
-    // activations + activation gradients + input and target tokens
-    let activations = 2 * acts + 2 * bt;
-    let scratch = Scratch::LEN as u64 * 4 + crate::gpu::kernels::NORM_GROUPS as u64 * 4;
-    [np, np, 2 * np, activations, scratch]
-}
-
 /// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2].
 pub struct Scratch;
 impl Scratch {
@@ -171,6 +159,10 @@ pub struct GpuGpt {
     pub adam_m: GpuBuffer,   // [num_params]
     pub adam_v: GpuBuffer,   // [num_params]
     pub scratch: GpuBuffer,  // [Scratch::LEN]
+    /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
+    /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
+    figures: GpuBuffer,
+    figures_cap: usize,
     pub partials: GpuBuffer, // [NORM_GROUPS]
     pub offsets: [usize; NUM_PARAM_TENSORS],
     pub sizes: [usize; NUM_PARAM_TENSORS],
@@ -242,10 +234,12 @@ impl GpuGpt {
         gpu.upload(&adam_v, 0, &zeros);
         gpu.upload(&grads, 0, &zeros);
         gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
+        let figures_cap = 16;
+        let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
         let offsets = cfg.param_offsets();
         let sizes = cfg.param_sizes();
         Ok(Self {
-            gpu: gpu.clone(), cfg, params: pbuf, grads, adam_m, adam_v, scratch, partials, offsets, sizes,
+            gpu: gpu.clone(), cfg, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, offsets, sizes,
             mb: None, step_prog: None, micro_clip: None,
         })
     }
@@ -265,6 +259,14 @@ impl GpuGpt {
     /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
     pub fn activation_slab_bytes(cfg: &GptConfig, b: usize) -> u64 {
         ActLayout::new(cfg, b, cfg.block_size).bytes()
+    }
+
+    /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
+    /// allocates them: the activation slab, its gradient slab, and the input and target tokens.
+    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize) -> u64 {
+        let slab = Self::activation_slab_bytes(cfg, b);
+        let tokens = ((b * cfg.block_size).max(1) as u64 * 4).next_multiple_of(4);
+        2 * slab + 2 * tokens
     }
 
     /// (Re)allocate the activation slabs for micro-batch `b` and record the programs that bind
@@ -423,7 +425,14 @@ impl GpuGpt {
     /// `dloss` is the weight of each counted target's loss in the gradient: 1 for the correct
     /// normalization (reduction = sum, divided once by the window count at the step);
     /// 1/(count_j * K) reproduces the per-micro-batch-mean bug.
-    pub fn micro_step(&mut self, inputs: &[u32], targets: &[u32], first_in_window: bool, dloss: f32) {
+    /// `index` is the micro-batch's position j in the window: the cumulative loss sum and count
+    /// after it are copied to the figures buffer (read with the window figures, no extra wait).
+    pub fn micro_step(&mut self, inputs: &[u32], targets: &[u32], index: usize, dloss: f32) {
+        let first_in_window = index == 0;
+        if index >= self.figures_cap {
+            self.figures_cap = (index + 1).next_power_of_two();
+            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
+        }
         let mb = self.mb.as_ref().expect("set_micro_batch before micro_step");
         let bt = mb.layout.b * mb.layout.t;
         assert_eq!(inputs.len(), bt, "inputs must be [B,T]");
@@ -438,6 +447,7 @@ impl GpuGpt {
             s.clear(&self.grads).clear(&self.scratch);
         }
         s.run(&mb.train);
+        s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
         s.submit();
     }
 
@@ -446,8 +456,9 @@ impl GpuGpt {
     /// Call `finish_clipped_window` before `optimizer_step(.., divide_by_count = false)`
     /// with clipping off (the gradient is then already normalized and clipped).
     pub fn micro_step_clipped(
-        &mut self, inputs: &[u32], targets: &[u32], first_in_window: bool, window_count: f32, max_norm: f32,
+        &mut self, inputs: &[u32], targets: &[u32], index: usize, window_count: f32, max_norm: f32,
     ) -> Result<(), ProgramError> {
+        let first_in_window = index == 0;
         if self.micro_clip.is_none() {
             let n = self.cfg.num_params();
             let accum = self.gpu.storage("per-micro-batch clip sum", Category::Gradients, n);
@@ -464,7 +475,7 @@ impl GpuGpt {
             s.clear(&self.grads);
             s.submit();
         }
-        self.micro_step(inputs, targets, first_in_window, 1.0);
+        self.micro_step(inputs, targets, index, 1.0);
         let mc = self.micro_clip.as_ref().unwrap();
         let n = self.cfg.num_params();
         let grads = View::of(&self.grads);
@@ -523,6 +534,7 @@ impl GpuGpt {
             s.run(&prog.prologue_clip);
         }
         s.run(&prog.adamw);
+        s.copy(&scratch, 0, &self.figures, 0, Scratch::LEN);
         s.submit();
         Ok(())
     }
@@ -543,10 +555,29 @@ impl GpuGpt {
         Ok(self.read_grads()?)
     }
 
-    /// Read the window figures (waits for the device): the logged loss and norm.
-    pub fn window_figures(&self) -> Result<WindowFigures, crate::gpu::readback::ReadbackError> {
-        let f: Vec<f32> = self.gpu.read(&self.scratch, 0, Scratch::LEN)?;
-        Ok(WindowFigures { loss_sum: f[Scratch::LOSS_SUM] as f64, count: f[Scratch::COUNT] as f64, grad_norm: f[Scratch::NORM] as f64 })
+    /// Read the figures of the window of `k` micro-batches just stepped (one wait): the logged
+    /// loss, count and norm, and each micro-batch's loss sum and count.
+    pub fn window_figures(&self, k: usize) -> Result<WindowFigures, crate::gpu::readback::ReadbackError> {
+        let f: Vec<f32> = self.gpu.read(&self.figures, 0, Scratch::LEN + 2 * k)?;
+        let mut micro = Vec::with_capacity(k);
+        let (mut prev_l, mut prev_c) = (0.0f64, 0.0f64);
+        for j in 0..k {
+            let (l, c) = (f[Scratch::LEN + 2 * j] as f64, f[Scratch::LEN + 2 * j + 1] as f64);
+            micro.push((l - prev_l, c - prev_c));
+            (prev_l, prev_c) = (l, c);
+        }
+        Ok(WindowFigures {
+            loss_sum: f[Scratch::LOSS_SUM] as f64,
+            count: f[Scratch::COUNT] as f64,
+            grad_norm: f[Scratch::NORM] as f64,
+            micro,
+        })
+    }
+
+    /// The window so far, without stepping (stepping mode; waits): cumulative loss sum and count.
+    pub fn running_figures(&self) -> Result<(f64, f64), crate::gpu::readback::ReadbackError> {
+        let f: Vec<f32> = self.gpu.read(&self.scratch, 0, 2)?;
+        Ok((f[0] as f64, f[1] as f64))
     }
 
     /// Mean loss over `batches` of (inputs, targets), each [B,T], forward only. Clobbers the
@@ -614,7 +645,7 @@ pub enum GpuGptError {
 }
 
 /// What a window leaves on the device, read once per optimizer step.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WindowFigures {
     /// Sum of the losses of every counted target of the window.
     pub loss_sum: f64,
@@ -622,6 +653,8 @@ pub struct WindowFigures {
     pub count: f64,
     /// Global L2 norm of the normalized gradient before clipping.
     pub grad_norm: f64,
+    /// Per micro-batch: (loss sum, count of targets).
+    pub micro: Vec<(f64, f64)>,
 }
 
 impl WindowFigures {

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod live;
 pub mod metrics;
 pub mod sample;
 pub mod trainer;

@@ -41,6 +41,97 @@ pub struct StepMetrics {
     pub micro_batch: usize,
     pub accum_steps: usize,
     pub memory: MemorySnapshot,
+    pub health: Health,
+}
+
+/// A window in progress: its packed micro-batches and how many have run.
+pub struct PendingWindow {
+    pub batches: Vec<(Vec<u32>, Vec<u32>)>,
+    pub next: usize,
+    /// Counted targets of the whole window.
+    pub count: usize,
+    started: Instant,
+}
+
+impl PendingWindow {
+    pub fn done(&self) -> bool {
+        self.next >= self.batches.len()
+    }
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// Gradient health of one step, judged against the recent history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Health {
+    /// The loss or the gradient norm is NaN or infinite.
+    pub nonfinite: bool,
+    /// The loss is more than 4 standard deviations above the recent mean.
+    pub loss_spike: bool,
+    /// The gradient norm's z-score against the recent history exceeds 4.
+    pub grad_outlier: bool,
+}
+
+impl Health {
+    pub fn any(&self) -> bool {
+        self.nonfinite || self.loss_spike || self.grad_outlier
+    }
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.nonfinite {
+            v.push("non-finite");
+        }
+        if self.loss_spike {
+            v.push("loss spike");
+        }
+        if self.grad_outlier {
+            v.push("grad-norm outlier");
+        }
+        v.join("+")
+    }
+}
+
+/// Rolling statistics of the last `HEALTH_WINDOW` steps.
+#[derive(Clone, Debug, Default)]
+pub struct HealthMonitor {
+    losses: std::collections::VecDeque<f64>,
+    norms: std::collections::VecDeque<f64>,
+}
+
+const HEALTH_WINDOW: usize = 50;
+
+fn zscore(hist: &std::collections::VecDeque<f64>, x: f64) -> f64 {
+    if hist.len() < 10 {
+        return 0.0;
+    }
+    let n = hist.len() as f64;
+    let mean = hist.iter().sum::<f64>() / n;
+    let var = hist.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    if var <= 0.0 { 0.0 } else { (x - mean) / var.sqrt() }
+}
+
+impl HealthMonitor {
+    pub fn observe(&mut self, loss: f64, norm: f64) -> Health {
+        let nonfinite = !loss.is_finite() || !norm.is_finite();
+        let h = Health {
+            nonfinite,
+            loss_spike: !nonfinite && zscore(&self.losses, loss) > 4.0,
+            grad_outlier: !nonfinite && zscore(&self.norms, norm).abs() > 4.0,
+        };
+        if !nonfinite {
+            for (q, v) in [(&mut self.losses, loss), (&mut self.norms, norm)] {
+                q.push_back(v);
+                if q.len() > HEALTH_WINDOW {
+                    q.pop_front();
+                }
+            }
+        }
+        h
+    }
 }
 
 /// Numbers derived from the config, printed at start.
@@ -68,6 +159,7 @@ pub struct Trainer {
     pub sampler: TextSampler,
     /// Optimizer steps completed.
     pub step: usize,
+    pub health: HealthMonitor,
 }
 
 impl Trainer {
@@ -95,7 +187,7 @@ impl Trainer {
         let mut model = GpuGpt::new(gpu, gcfg, &params)?;
         model.set_micro_batch(cfg.micro_batch)?;
         let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
-        Ok(Self { cfg, gcfg, data, model, sampler, step: 0 })
+        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, health: HealthMonitor::default() })
     }
 
     pub fn derived(&self) -> Derived {
@@ -141,38 +233,47 @@ impl Trainer {
         samples.chunks(self.cfg.micro_batch).map(|c| c.to_vec()).collect()
     }
 
-    /// Run the micro-batches of the next window (gradients accumulate on the device; nothing is
-    /// read back). Returns the number of micro-batches K of this window.
-    pub fn accumulate_window(&mut self) -> anyhow::Result<usize> {
-        let window = self.draw_window();
-        let k = window.len();
+    /// Draw the next window and pack its micro-batches (nothing runs yet).
+    pub fn begin_window(&mut self) -> PendingWindow {
         let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
+        let batches: Vec<(Vec<u32>, Vec<u32>)> = self.draw_window().iter().map(|mb| pack(mb, b, t)).collect();
+        let count = batches.iter().map(|(_, y)| count_targets(y)).sum();
+        PendingWindow { batches, next: 0, count, started: Instant::now() }
+    }
+
+    /// Run the next micro-batch of `w` (one submission, no readback).
+    pub fn run_micro(&mut self, w: &mut PendingWindow) -> anyhow::Result<()> {
+        let j = w.next;
+        anyhow::ensure!(j < w.batches.len(), "the window's micro-batches are all done");
+        let k = w.batches.len();
+        let (x, y) = &w.batches[j];
         if self.cfg.clip_mode == ClipMode::PerMicroBatch {
-            return self.accumulate_window_clipping_each(window);
-        }
-        for (j, mb) in window.iter().enumerate() {
-            let (x, y) = pack(mb, b, t);
+            // the per-micro-batch clipping mistake (for verify)
+            self.model.micro_step_clipped(x, y, j, w.count.max(1) as f32, self.cfg.grad_clip as f32)?;
+            if j + 1 == k {
+                self.model.finish_clipped_window();
+            }
+        } else {
             let dloss = match self.cfg.normalization {
                 // reduction = sum; the window's count divides once at the step
                 Normalization::WindowCount => 1.0,
                 // the bug: mean of this micro-batch, divided by K
-                Normalization::PerMicroBatchMean => 1.0 / (count_targets(&y).max(1) as f32 * k as f32),
+                Normalization::PerMicroBatchMean => 1.0 / (count_targets(y).max(1) as f32 * k as f32),
             };
-            self.model.micro_step(&x, &y, j == 0, dloss);
+            self.model.micro_step(x, y, j, dloss);
         }
-        Ok(k)
+        w.next += 1;
+        Ok(())
     }
 
-    /// The per-micro-batch clipping mistake (clip_mode = per-micro-batch), for `verify`.
-    fn accumulate_window_clipping_each(&mut self, window: Vec<Vec<Sample>>) -> anyhow::Result<usize> {
-        let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
-        let packed: Vec<_> = window.iter().map(|mb| pack(mb, b, t)).collect();
-        let count: usize = packed.iter().map(|(_, y)| count_targets(y)).sum();
-        for (j, (x, y)) in packed.iter().enumerate() {
-            self.model.micro_step_clipped(x, y, j == 0, count.max(1) as f32, self.cfg.grad_clip as f32)?;
+    /// Run the micro-batches of the next window (gradients accumulate on the device; nothing is
+    /// read back). Returns the number of micro-batches K of this window.
+    pub fn accumulate_window(&mut self) -> anyhow::Result<usize> {
+        let mut w = self.begin_window();
+        while !w.done() {
+            self.run_micro(&mut w)?;
         }
-        self.model.finish_clipped_window();
-        Ok(packed.len())
+        Ok(w.batches.len())
     }
 
     /// Whether the accumulated gradient still has to be divided by the window's count at the
@@ -183,8 +284,20 @@ impl Trainer {
 
     /// Run one window and the optimizer step; returns the step's figures (one readback).
     pub fn train_step(&mut self) -> anyhow::Result<(StepMetrics, WindowFigures)> {
-        let start = Instant::now();
-        let k = self.accumulate_window()?;
+        let mut w = self.begin_window();
+        while !w.done() {
+            self.run_micro(&mut w)?;
+        }
+        self.finish_window(w)
+    }
+
+    /// Run what is left of `w`, then the optimizer step: normalize once by the window count,
+    /// clip once on the global norm, AdamW with this step's count and learning rate.
+    pub fn finish_window(&mut self, mut w: PendingWindow) -> anyhow::Result<(StepMetrics, WindowFigures)> {
+        while !w.done() {
+            self.run_micro(&mut w)?;
+        }
+        let k = w.batches.len();
         let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
         let mut st = self.settings();
         if self.cfg.clip_mode == ClipMode::PerMicroBatch {
@@ -192,22 +305,25 @@ impl Trainer {
             st.grad_clip = 0.0;
         }
         self.model.optimizer_step(&st, (self.step + 1) as u32, self.divides_by_window_count())?;
-        let fig = self.model.window_figures()?;
+        let fig = self.model.window_figures(k)?;
         self.step += 1;
-        let secs = start.elapsed().as_secs_f64();
-        let tokens = (self.cfg.effective() * t) as f64;
+        let secs = w.started.elapsed().as_secs_f64();
+        let tokens = fig.count;
+        let train_loss = fig.mean_loss();
+        let health = self.health.observe(train_loss, fig.grad_norm);
         let m = StepMetrics {
             step: self.step,
-            train_loss: fig.mean_loss(),
+            train_loss,
             val_loss: None,
             lr: st.lr as f64,
             grad_norm: fig.grad_norm,
             clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
             tokens,
-            tokens_per_s: tokens / secs,
+            tokens_per_s: (k * b * t) as f64 / secs,
             micro_batch: b,
             accum_steps: k,
             memory: self.model.gpu.ledger.snapshot(),
+            health,
         };
         Ok((m, fig))
     }

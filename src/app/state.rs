@@ -1,0 +1,371 @@
+//! The app's state without a window: persisted settings, what the trainer has confirmed,
+//! bounded histories for the plots, and the accumulation window being stepped. UI actions become
+//! `Control`s here and trainer events become history here, so both are unit-tested headless.
+
+use std::collections::VecDeque;
+
+use crate::gpu::MemorySnapshot;
+use crate::train::live::{Control, LiveEvent, MicroReport, StepReport};
+use crate::train::{Derived, TrainConfig};
+
+/// Settings kept between launches (eframe storage). Runtime state is not persisted.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub lr: f64,
+    pub grad_clip: f64,
+    pub data: String,
+    pub max_steps: usize,
+    pub eval_every: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub block_size: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let c = TrainConfig::default();
+        Self {
+            micro_batch: c.micro_batch,
+            accum_steps: c.accum_steps,
+            lr: c.lr,
+            grad_clip: c.grad_clip,
+            data: c.data,
+            max_steps: 2000,
+            eval_every: 25,
+            n_embd: c.n_embd,
+            n_layer: c.n_layer,
+            n_head: c.n_head,
+            block_size: c.block_size,
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_config(c: &TrainConfig) -> Self {
+        Self {
+            micro_batch: c.micro_batch,
+            accum_steps: c.accum_steps,
+            lr: c.lr,
+            grad_clip: c.grad_clip,
+            data: c.data.clone(),
+            max_steps: c.max_steps,
+            eval_every: c.eval_every,
+            n_embd: c.n_embd,
+            n_layer: c.n_layer,
+            n_head: c.n_head,
+            block_size: c.block_size,
+        }
+    }
+
+    /// The training config of a new run with these settings.
+    pub fn to_config(&self, base: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            micro_batch: self.micro_batch,
+            accum_steps: self.accum_steps,
+            effective_batch: 0,
+            lr: self.lr,
+            grad_clip: self.grad_clip,
+            data: self.data.clone(),
+            max_steps: self.max_steps,
+            eval_every: self.eval_every,
+            n_embd: self.n_embd,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            block_size: self.block_size,
+            ..base.clone()
+        }
+    }
+}
+
+/// A plot series bounded in length: when full, the older half is merged pairwise (averaged), so
+/// hours of training keep a fixed cost per frame while recent points stay at full resolution.
+#[derive(Clone, Debug)]
+pub struct History {
+    pub points: Vec<[f64; 2]>,
+    cap: usize,
+}
+
+impl History {
+    pub fn new(cap: usize) -> Self {
+        Self { points: Vec::new(), cap: cap.max(4) }
+    }
+    pub fn push(&mut self, x: f64, y: f64) {
+        if !y.is_finite() {
+            return;
+        }
+        if self.points.len() >= self.cap {
+            let half = self.points.len() / 2;
+            let merged: Vec<[f64; 2]> = self.points[..half]
+                .chunks(2)
+                .map(|c| {
+                    let n = c.len() as f64;
+                    [c.iter().map(|p| p[0]).sum::<f64>() / n, c.iter().map(|p| p[1]).sum::<f64>() / n]
+                })
+                .collect();
+            let rest = self.points.split_off(half);
+            self.points = merged;
+            self.points.extend(rest);
+        }
+        self.points.push([x, y]);
+    }
+    pub fn last(&self) -> Option<[f64; 2]> {
+        self.points.last().copied()
+    }
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.points.clear();
+    }
+}
+
+const CAP: usize = 2000;
+
+/// The accumulation window as the stepping panel shows it.
+#[derive(Clone, Debug, Default)]
+pub struct WindowView {
+    /// The optimizer step the window will make.
+    pub step: usize,
+    pub k: usize,
+    /// One cell per micro-batch; filled as micro-batches run.
+    pub cells: Vec<Option<MicroReport>>,
+    /// The step that applied the last completed window.
+    pub applied: Option<StepReport>,
+}
+
+impl WindowView {
+    pub fn done(&self) -> usize {
+        self.cells.iter().filter(|c| c.is_some()).count()
+    }
+}
+
+/// Settings as confirmed by the trainer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Confirmed {
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub lr: f64,
+    pub grad_clip: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// What the user asked for (persisted).
+    pub settings: Settings,
+    pub confirmed: Option<Confirmed>,
+    pub base_config: TrainConfig,
+    pub derived: Option<Derived>,
+    pub paused: bool,
+    pub finished: bool,
+    pub step: usize,
+    pub train_loss: History,
+    pub micro_loss: History,
+    pub val_loss: History,
+    pub lr: History,
+    pub grad_norm: History,
+    pub tokens_per_s: History,
+    /// (step, bytes per category), bounded like the histories.
+    pub memory: VecDeque<(f64, MemorySnapshot)>,
+    pub window: WindowView,
+    /// (step, description) of gradient-health flags.
+    pub health: Vec<(usize, String)>,
+    pub log: VecDeque<String>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, base_config: TrainConfig) -> Self {
+        Self {
+            settings,
+            confirmed: None,
+            base_config,
+            derived: None,
+            paused: false,
+            finished: false,
+            step: 0,
+            train_loss: History::new(CAP),
+            micro_loss: History::new(CAP),
+            val_loss: History::new(CAP),
+            lr: History::new(CAP),
+            grad_norm: History::new(CAP),
+            tokens_per_s: History::new(CAP),
+            memory: VecDeque::new(),
+            window: WindowView::default(),
+            health: Vec::new(),
+            log: VecDeque::new(),
+        }
+    }
+
+    /// The config of a new run from the current settings.
+    pub fn run_config(&self) -> TrainConfig {
+        self.settings.to_config(&self.base_config)
+    }
+
+    fn note(&mut self, s: String) {
+        self.log.push_back(s);
+        while self.log.len() > 200 {
+            self.log.pop_front();
+        }
+    }
+
+    // ---- UI actions -> controls ----
+
+    pub fn set_micro_batch(&mut self, b: usize) -> Option<Control> {
+        if b == 0 || b == self.settings.micro_batch {
+            return None;
+        }
+        self.settings.micro_batch = b;
+        Some(Control::SetMicroBatch(b))
+    }
+    pub fn set_accum_steps(&mut self, k: usize) -> Option<Control> {
+        if k == 0 || k == self.settings.accum_steps {
+            return None;
+        }
+        self.settings.accum_steps = k;
+        Some(Control::SetAccumSteps(k))
+    }
+    pub fn set_lr(&mut self, lr: f64) -> Option<Control> {
+        if !(lr > 0.0 && lr.is_finite()) || lr == self.settings.lr {
+            return None;
+        }
+        self.settings.lr = lr;
+        Some(Control::SetLr(lr))
+    }
+    pub fn set_grad_clip(&mut self, c: f64) -> Option<Control> {
+        if !(c >= 0.0 && c.is_finite()) || c == self.settings.grad_clip {
+            return None;
+        }
+        self.settings.grad_clip = c;
+        Some(Control::SetGradClip(c))
+    }
+    pub fn toggle_pause(&self) -> Control {
+        if self.paused { Control::Resume } else { Control::Pause }
+    }
+    /// A new run: clears the histories.
+    pub fn reset(&mut self) -> Control {
+        self.clear();
+        Control::Reset(Box::new(self.run_config()))
+    }
+
+    fn clear(&mut self) {
+        for h in [&mut self.train_loss, &mut self.micro_loss, &mut self.val_loss, &mut self.lr, &mut self.grad_norm, &mut self.tokens_per_s] {
+            h.clear();
+        }
+        self.memory.clear();
+        self.window = WindowView::default();
+        self.health.clear();
+        self.step = 0;
+        self.finished = false;
+        self.confirmed = None;
+    }
+
+    /// Which settings the trainer has not confirmed yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        let Some(c) = self.confirmed else { return vec!["all settings"] };
+        let s = &self.settings;
+        let mut v = Vec::new();
+        if c.micro_batch != s.micro_batch {
+            v.push("micro-batch");
+        }
+        if c.accum_steps != s.accum_steps {
+            v.push("accumulation steps");
+        }
+        if c.lr != s.lr {
+            v.push("learning rate");
+        }
+        if c.grad_clip != s.grad_clip {
+            v.push("clip");
+        }
+        v
+    }
+
+    // ---- trainer events -> state ----
+
+    pub fn apply(&mut self, e: LiveEvent) {
+        match e {
+            LiveEvent::Started { derived, config } => {
+                self.base_config = config;
+                self.derived = Some(derived);
+            }
+            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip } => {
+                self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip });
+            }
+            LiveEvent::Paused(p) => self.paused = p,
+            LiveEvent::MicroBatch(r) => {
+                if self.window.step != r.step || self.window.k != r.of || self.window.done() == self.window.k {
+                    self.window.step = r.step;
+                    self.window.k = r.of;
+                    self.window.cells = vec![None; r.of];
+                }
+                let i = r.index;
+                if i < self.window.cells.len() {
+                    self.window.cells[i] = Some(r);
+                }
+            }
+            LiveEvent::Step(rep) => {
+                let m = &rep.metrics;
+                let s = m.step as f64;
+                self.step = m.step;
+                self.train_loss.push(s, m.train_loss);
+                let k = rep.micro.len().max(1) as f64;
+                for (j, (l, _)) in rep.micro.iter().enumerate() {
+                    self.micro_loss.push(s - 1.0 + (j + 1) as f64 / k, *l);
+                }
+                self.lr.push(s, m.lr);
+                self.grad_norm.push(s, m.grad_norm);
+                self.tokens_per_s.push(s, m.tokens_per_s);
+                self.memory.push_back((s, m.memory));
+                if self.memory.len() > CAP {
+                    // keep every other old sample
+                    let keep: VecDeque<_> = self.memory.iter().enumerate().filter(|(i, _)| i % 2 == 0 || *i >= CAP / 2).map(|(_, x)| *x).collect();
+                    self.memory = keep;
+                }
+                if m.health.any() {
+                    self.health.push((m.step, m.health.describe()));
+                }
+                // the stepped window is complete: show its micro-batches as filled cells
+                if self.window.step == m.step && self.window.done() < self.window.k {
+                    // run by the loop after some hand steps: mark the rest done from the step's figures
+                    for (j, (l, c)) in rep.micro.iter().enumerate() {
+                        if j < self.window.cells.len() && self.window.cells[j].is_none() {
+                            self.window.cells[j] = Some(MicroReport {
+                                step: m.step, index: j, of: rep.micro.len(), loss: *l, tokens: *c,
+                                accumulated_norm: f64::NAN, micro_norm: f64::NAN, cosine: f64::NAN, tensor_norms: vec![],
+                            });
+                        }
+                    }
+                }
+                self.window.applied = Some(*rep);
+            }
+            LiveEvent::Eval { step, val_loss } => {
+                self.val_loss.push(step as f64, val_loss);
+                self.note(format!("step {step}: validation loss {val_loss:.4}"));
+            }
+            LiveEvent::Saved(p) => self.note(format!("saved {}", p.display())),
+            LiveEvent::Error(e) => self.note(format!("error: {e}")),
+            LiveEvent::Finished { step } => {
+                self.finished = true;
+                self.note(format!("finished at step {step} (resume to continue)"));
+            }
+        }
+    }
+
+    /// Metrics history as CSV (what the plots show).
+    pub fn history_csv(&self) -> String {
+        let mut out = String::from("step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+        let val: std::collections::HashMap<u64, f64> = self.val_loss.points.iter().map(|p| (p[0] as u64, p[1])).collect();
+        for (i, p) in self.train_loss.points.iter().enumerate() {
+            let step = p[0];
+            let get = |h: &History| h.points.get(i).map(|q| q[1]).map(|v| v.to_string()).unwrap_or_default();
+            let v = val.get(&(step as u64)).map(|v| v.to_string()).unwrap_or_default();
+            out.push_str(&format!("{step},{},{v},{},{},{}\n", p[1], get(&self.lr), get(&self.grad_norm), get(&self.tokens_per_s)));
+        }
+        out
+    }
+}

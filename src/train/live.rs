@@ -1,0 +1,395 @@
+//! A live training session on its own thread, steered by `Control`s and reporting `LiveEvent`s:
+//! the seam between the trainer and the desktop app (which never blocks on it). The trainer side
+//! knows nothing of egui: the front end passes a `wake` callback that it calls after each event.
+//!
+//! When settings apply: B and K at the next optimizer-step boundary (a window always runs with
+//! one B and one K, so what the panel shows is exactly what was stepped; normalization by the
+//! real count would make a mid-window change exact too, but a boundary is easier to read);
+//! learning rate and clip threshold at the next optimizer step. Each applied change is confirmed
+//! with `LiveEvent::Settings`, so the front end can show changes as pending until then.
+//!
+//! Stepping (paused): `StepMicroBatch` runs one micro-batch of the current window and reads back
+//! what the panel shows (loss and count of that micro-batch, the accumulated gradient's norm,
+//! per-tensor norms, the cosine between the micro-batch's gradient and the accumulated one);
+//! `StepOptimizer` runs what is left of the window and the step, and reports the global norm,
+//! whether it was clipped and the update-to-weight ratio per tensor. These readbacks happen only
+//! when stepping by hand; the running loop reads back once per window.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+
+use crate::gpu::Gpu;
+use crate::reference::gpt::GptConfig;
+
+use super::trainer::{Derived, PendingWindow, StepMetrics, Trainer};
+use super::TrainConfig;
+
+/// Commands from a front end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    SetMicroBatch(usize),
+    SetAccumSteps(usize),
+    SetLr(f64),
+    SetGradClip(f64),
+    Pause,
+    Resume,
+    /// Paused: run the next micro-batch of the current window.
+    StepMicroBatch,
+    /// Paused: run the rest of the window and the optimizer step.
+    StepOptimizer,
+    /// Start a new run with this config.
+    Reset(Box<TrainConfig>),
+    Save(PathBuf),
+    Shutdown,
+}
+
+/// One micro-batch, as the stepping panel shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MicroReport {
+    /// The optimizer step this window will make (1-based).
+    pub step: usize,
+    pub index: usize,
+    pub of: usize,
+    /// Mean loss over this micro-batch's counted targets.
+    pub loss: f64,
+    pub tokens: f64,
+    /// L2 norm of the accumulated (summed, not yet normalized) gradient.
+    pub accumulated_norm: f64,
+    /// L2 norm of this micro-batch's own (summed) gradient.
+    pub micro_norm: f64,
+    /// Cosine between this micro-batch's gradient and the accumulated gradient.
+    pub cosine: f64,
+    /// Per-tensor L2 norm of the accumulated gradient.
+    pub tensor_norms: Vec<(String, f64)>,
+}
+
+/// One optimizer step with its micro-batches and, when stepped by hand, the details.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub metrics: StepMetrics,
+    /// Per micro-batch: (mean loss, counted targets).
+    pub micro: Vec<(f64, f64)>,
+    /// Per tensor ||update|| / ||weight|| (stepping only).
+    pub update_ratios: Option<Vec<(String, f64)>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum LiveEvent {
+    Started { derived: Derived, config: TrainConfig },
+    /// Settings in effect (confirms pending changes).
+    Settings { micro_batch: usize, accum_steps: usize, lr: f64, grad_clip: f64 },
+    Paused(bool),
+    MicroBatch(MicroReport),
+    Step(Box<StepReport>),
+    Eval { step: usize, val_loss: f64 },
+    Saved(PathBuf),
+    /// A control that could not be applied, or a failed run; the session keeps going if it can.
+    Error(String),
+    /// max_steps reached; Resume or Reset to go on.
+    Finished { step: usize },
+}
+
+/// The front end's handle on a session.
+pub struct Session {
+    pub controls: Sender<Control>,
+    pub events: Receiver<LiveEvent>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Start a session on `gpu` (the app passes the device eframe created).
+pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send + Sync>) -> Session {
+    let (ctx, crx) = channel();
+    let (etx, erx) = channel();
+    let thread = std::thread::Builder::new()
+        .name("gradscope trainer".into())
+        .spawn(move || {
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, window: None, finished: false };
+            w.run(cfg, crx);
+        })
+        .expect("spawn the trainer thread");
+    Session { controls: ctx, events: erx, thread }
+}
+
+struct Worker {
+    gpu: Gpu,
+    tx: Sender<LiveEvent>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    paused: bool,
+    pending_b: Option<usize>,
+    pending_k: Option<usize>,
+    /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
+    window: Option<(PendingWindow, Vec<f32>)>,
+    finished: bool,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Worker {
+    fn send(&self, e: LiveEvent) {
+        let _ = self.tx.send(e);
+        (self.wake)();
+    }
+
+    fn start(&mut self, cfg: TrainConfig) -> Option<Trainer> {
+        self.window = None;
+        self.finished = false;
+        self.pending_b = None;
+        self.pending_k = None;
+        match Trainer::new(&self.gpu, cfg.clone()) {
+            Ok(t) => {
+                self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg.clone() });
+                self.send_settings(&t);
+                self.send(LiveEvent::Paused(self.paused));
+                Some(t)
+            }
+            Err(e) => {
+                self.send(LiveEvent::Error(format!("{e:#}")));
+                None
+            }
+        }
+    }
+
+    fn send_settings(&self, t: &Trainer) {
+        self.send(LiveEvent::Settings {
+            micro_batch: t.cfg.micro_batch,
+            accum_steps: t.cfg.accum_steps,
+            lr: t.cfg.lr,
+            grad_clip: t.cfg.grad_clip,
+        });
+    }
+
+    fn run(&mut self, cfg: TrainConfig, rx: Receiver<Control>) {
+        let mut trainer = self.start(cfg);
+        loop {
+            // Wait for a control when there is nothing to do; poll while training.
+            let idle = self.paused || self.finished || trainer.is_none();
+            let ctl = if idle {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            };
+            if let Some(c) = ctl {
+                if let Flow::Stop = self.handle(c, &mut trainer) {
+                    return;
+                }
+                continue;
+            }
+            if let Some(t) = trainer.as_mut() {
+                if let Err(e) = self.step(t, false) {
+                    self.send(LiveEvent::Error(format!("{e:#}")));
+                    self.paused = true;
+                    self.send(LiveEvent::Paused(true));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Control, trainer: &mut Option<Trainer>) -> Flow {
+        match c {
+            Control::Shutdown => return Flow::Stop,
+            Control::Reset(cfg) => *trainer = self.start(*cfg),
+            Control::Pause => {
+                self.paused = true;
+                self.send(LiveEvent::Paused(true));
+            }
+            Control::Resume => {
+                if let Some(t) = trainer.as_mut() {
+                    if self.finished {
+                        t.cfg.max_steps = t.step + t.cfg.max_steps.max(1);
+                        self.finished = false;
+                    }
+                }
+                self.paused = false;
+                self.send(LiveEvent::Paused(false));
+            }
+            Control::SetMicroBatch(b) => {
+                if b == 0 {
+                    self.send(LiveEvent::Error("micro-batch size must be at least 1".into()));
+                } else if let Some(t) = trainer.as_mut() {
+                    match super::trainer::check_device_limits(&self.gpu, &t.gcfg, b) {
+                        Ok(()) => self.pending_b = Some(b),
+                        Err(e) => self.send(LiveEvent::Error(format!("{e:#}"))),
+                    }
+                    self.apply_at_boundary(t);
+                }
+            }
+            Control::SetAccumSteps(k) => {
+                if k == 0 {
+                    self.send(LiveEvent::Error("accumulation steps must be at least 1".into()));
+                } else if let Some(t) = trainer.as_mut() {
+                    self.pending_k = Some(k);
+                    self.apply_at_boundary(t);
+                }
+            }
+            Control::SetLr(lr) => {
+                if let Some(t) = trainer.as_mut() {
+                    if lr.is_finite() && lr > 0.0 {
+                        t.cfg.lr = lr;
+                        self.send_settings(t);
+                    } else {
+                        self.send(LiveEvent::Error(format!("learning rate must be positive, got {lr}")));
+                    }
+                }
+            }
+            Control::SetGradClip(c) => {
+                if let Some(t) = trainer.as_mut() {
+                    if c.is_finite() && c >= 0.0 {
+                        t.cfg.grad_clip = c;
+                        self.send_settings(t);
+                    } else {
+                        self.send(LiveEvent::Error(format!("clip threshold must be >= 0, got {c}")));
+                    }
+                }
+            }
+            Control::StepMicroBatch => {
+                if let Some(t) = trainer.as_mut() {
+                    if let Err(e) = self.step_micro(t) {
+                        self.send(LiveEvent::Error(format!("{e:#}")));
+                    }
+                }
+            }
+            Control::StepOptimizer => {
+                if let Some(t) = trainer.as_mut() {
+                    if let Err(e) = self.step(t, true) {
+                        self.send(LiveEvent::Error(format!("{e:#}")));
+                    }
+                }
+            }
+            Control::Save(path) => {
+                if let Some(t) = trainer.as_ref() {
+                    match t.save(&path) {
+                        Ok(()) => self.send(LiveEvent::Saved(path)),
+                        Err(e) => self.send(LiveEvent::Error(format!("saving {}: {e:#}", path.display()))),
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Apply pending B and K if no window is in progress.
+    fn apply_at_boundary(&mut self, t: &mut Trainer) {
+        if self.window.is_some() {
+            return;
+        }
+        let mut changed = false;
+        if let Some(b) = self.pending_b.take() {
+            if b != t.cfg.micro_batch {
+                if let Err(e) = t.set_micro_batch(b) {
+                    self.send(LiveEvent::Error(format!("{e:#}")));
+                }
+                changed = true;
+            }
+        }
+        if let Some(k) = self.pending_k.take() {
+            t.cfg.accum_steps = k;
+            t.cfg.effective_batch = 0;
+            changed = true;
+        }
+        if changed {
+            self.send_settings(t);
+            self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg.clone() });
+        }
+    }
+
+    /// Finish the current window (or run a whole one) and step.
+    fn step(&mut self, t: &mut Trainer, by_hand: bool) -> anyhow::Result<()> {
+        if t.step >= t.cfg.max_steps {
+            self.finished = true;
+            self.send(LiveEvent::Finished { step: t.step });
+            return Ok(());
+        }
+        let w = match self.window.take() {
+            Some((w, _)) => w,
+            None => t.begin_window(),
+        };
+        let before = if by_hand { Some(t.model.read_params()?) } else { None };
+        let (metrics, fig) = t.finish_window(w)?;
+        let update_ratios = match before {
+            Some(before) => Some(update_ratios(&t.gcfg, &before, &t.model.read_params()?)),
+            None => None,
+        };
+        let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
+        let step = metrics.step;
+        self.send(LiveEvent::Step(Box::new(StepReport { metrics, micro, update_ratios })));
+        if t.cfg.eval_every > 0 && step % t.cfg.eval_every == 0 {
+            let val_loss = t.eval()?;
+            self.send(LiveEvent::Eval { step, val_loss });
+        }
+        // apply pending settings at the boundary
+        self.apply_at_boundary(t);
+        if t.step >= t.cfg.max_steps {
+            self.finished = true;
+            self.send(LiveEvent::Finished { step: t.step });
+        }
+        Ok(())
+    }
+
+    /// Run one micro-batch of the current window and report it (stepping mode).
+    fn step_micro(&mut self, t: &mut Trainer) -> anyhow::Result<()> {
+        if self.window.as_ref().is_some_and(|(w, _)| w.done()) {
+            anyhow::bail!("the window is complete: press \"optimizer step\" to apply it");
+        }
+        let (mut w, prev) = match self.window.take() {
+            Some(x) => x,
+            None => (t.begin_window(), vec![0.0; t.gcfg.num_params()]),
+        };
+        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.running_figures()? };
+        t.run_micro(&mut w)?;
+        let (l1, c1) = t.model.running_figures()?;
+        let g = t.model.read_grads()?;
+        let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let (gn, mn) = (norm(&g), norm(&micro));
+        let dot: f64 = g.iter().zip(&micro).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let report = MicroReport {
+            step: t.step + 1,
+            index: w.next - 1,
+            of: w.len(),
+            loss: (l1 - l0) / (c1 - c0).max(1.0),
+            tokens: c1 - c0,
+            accumulated_norm: gn,
+            micro_norm: mn,
+            cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
+            tensor_norms: tensor_norms(&t.gcfg, &g),
+        };
+        self.window = Some((w, g));
+        self.send(LiveEvent::MicroBatch(report));
+        Ok(())
+    }
+}
+
+/// Per-tensor L2 norms over the llm.c slab (layers of one tensor kind together).
+pub fn tensor_norms(cfg: &GptConfig, v: &[f32]) -> Vec<(String, f64)> {
+    let off = cfg.param_offsets();
+    let sizes = cfg.param_sizes();
+    GptConfig::param_names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let s = &v[off[i]..off[i] + sizes[i]];
+            (n.to_string(), s.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt())
+        })
+        .collect()
+}
+
+/// Per-tensor ||after - before|| / ||before||.
+pub fn update_ratios(cfg: &GptConfig, before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
+    let d: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    tensor_norms(cfg, &d)
+        .into_iter()
+        .zip(tensor_norms(cfg, before))
+        .map(|((n, du), (_, w))| (n, if w > 0.0 { du / w } else { du }))
+        .collect()
+}
