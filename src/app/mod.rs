@@ -418,7 +418,10 @@ impl GradscopeApp {
                 }
             });
             ui.end_row();
-            plot_cell(ui, "learning rate", wdt, h, |p| p.line(Line::new("lr", self.state.lr.points.clone())));
+            plot_cell(ui, "learning rate and |update| / |grad|", wdt, h, |p| {
+                p.line(Line::new("lr", self.state.lr.points.clone()));
+                p.line(Line::new("|update|/|grad|", self.state.update_ratio.points.clone()));
+            });
             plot_cell(ui, "tokens / s", wdt, h, |p| p.line(Line::new("tokens/s", self.state.tokens_per_s.points.clone())));
             ui.end_row();
             plot_cell(ui, "device memory (MiB, byte ledger)", wdt, h, |p| {

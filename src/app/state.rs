@@ -170,6 +170,7 @@ pub struct AppState {
     pub val_loss: History,
     pub lr: History,
     pub grad_norm: History,
+    pub update_ratio: History,
     pub tokens_per_s: History,
     /// (step, bytes per category), bounded like the histories.
     pub memory: VecDeque<(f64, MemorySnapshot)>,
@@ -194,6 +195,7 @@ impl AppState {
             val_loss: History::new(CAP),
             lr: History::new(CAP),
             grad_norm: History::new(CAP),
+            update_ratio: History::new(CAP),
             tokens_per_s: History::new(CAP),
             memory: VecDeque::new(),
             window: WindowView::default(),
@@ -254,7 +256,7 @@ impl AppState {
     }
 
     fn clear(&mut self) {
-        for h in [&mut self.train_loss, &mut self.micro_loss, &mut self.val_loss, &mut self.lr, &mut self.grad_norm, &mut self.tokens_per_s] {
+        for h in [&mut self.train_loss, &mut self.micro_loss, &mut self.val_loss, &mut self.lr, &mut self.grad_norm, &mut self.update_ratio, &mut self.tokens_per_s] {
             h.clear();
         }
         self.memory.clear();
@@ -319,6 +321,7 @@ impl AppState {
                 }
                 self.lr.push(s, m.lr);
                 self.grad_norm.push(s, m.grad_norm);
+                self.update_ratio.push(s, m.update_grad_ratio);
                 self.tokens_per_s.push(s, m.tokens_per_s);
                 self.memory.push_back((s, m.memory));
                 if self.memory.len() > CAP {
@@ -367,5 +370,111 @@ impl AppState {
             out.push_str(&format!("{step},{},{v},{},{},{}\n", p[1], get(&self.lr), get(&self.grad_norm), get(&self.tokens_per_s)));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::MemorySnapshot;
+    use crate::train::trainer::{Health, StepMetrics};
+
+    fn state() -> AppState {
+        AppState::new(Settings::default(), TrainConfig::default())
+    }
+
+    fn metrics(step: usize, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            train_loss: loss,
+            val_loss: None,
+            lr: 3e-3,
+            grad_norm: 0.5,
+            clipped: false,
+            update_grad_ratio: 0.01,
+            tokens: 4096.0,
+            tokens_per_s: 1000.0,
+            micro_batch: 16,
+            accum_steps: 2,
+            memory: MemorySnapshot { bytes: [1, 2, 3, 4, 5] },
+            health: Health::default(),
+        }
+    }
+
+    #[test]
+    fn controls_become_messages_and_stay_pending_until_confirmed() {
+        let mut s = state();
+        assert_eq!(s.set_micro_batch(8), Some(Control::SetMicroBatch(8)));
+        assert_eq!(s.set_micro_batch(8), None, "no message when nothing changes");
+        assert_eq!(s.set_micro_batch(0), None, "B = 0 is refused");
+        assert_eq!(s.set_accum_steps(2), Some(Control::SetAccumSteps(2)));
+        assert_eq!(s.set_lr(1e-3), Some(Control::SetLr(1e-3)));
+        assert_eq!(s.set_lr(-1.0), None);
+        assert_eq!(s.set_grad_clip(0.5), Some(Control::SetGradClip(0.5)));
+        assert_eq!(s.toggle_pause(), Control::Pause);
+        assert_eq!(s.pending(), vec!["all settings"]);
+        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5 });
+        assert_eq!(s.pending(), vec!["micro-batch"], "B applies at the next step boundary");
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5 });
+        assert!(s.pending().is_empty());
+        s.apply(LiveEvent::Paused(true));
+        assert_eq!(s.toggle_pause(), Control::Resume);
+        match s.reset() {
+            Control::Reset(cfg) => assert_eq!((cfg.micro_batch, cfg.accum_steps, cfg.lr), (8, 2, 1e-3)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_fill_histories_and_the_window_strip() {
+        let mut s = state();
+        for j in 0..2 {
+            s.apply(LiveEvent::MicroBatch(MicroReport {
+                step: 1, index: j, of: 2, loss: 4.0 - j as f64, tokens: 100.0, accumulated_norm: 1.0 + j as f64,
+                micro_norm: 1.0, cosine: 0.9, tensor_norms: vec![],
+            }));
+        }
+        assert_eq!((s.window.k, s.window.done()), (2, 2));
+        s.apply(LiveEvent::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None })));
+        assert_eq!(s.step, 1);
+        assert_eq!(s.train_loss.points, vec![[1.0, 3.5]]);
+        assert_eq!(s.micro_loss.points, vec![[0.5, 4.0], [1.0, 3.0]], "micro-batch losses at fractional steps");
+        assert_eq!(s.memory.len(), 1);
+        s.apply(LiveEvent::Eval { step: 1, val_loss: 3.6 });
+        assert_eq!(s.val_loss.last(), Some([1.0, 3.6]));
+        // a new window starts a new strip
+        s.apply(LiveEvent::MicroBatch(MicroReport {
+            step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, accumulated_norm: 1.0, micro_norm: 1.0, cosine: 1.0, tensor_norms: vec![],
+        }));
+        assert_eq!((s.window.step, s.window.done()), (2, 1));
+        // health flags are collected
+        let mut m = metrics(2, f64::NAN);
+        m.health.nonfinite = true;
+        s.apply(LiveEvent::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None })));
+        assert_eq!(s.health, vec![(2, "non-finite".to_string())]);
+        assert!(s.history_csv().starts_with("step,train_loss"));
+    }
+
+    #[test]
+    fn histories_stay_bounded() {
+        let mut h = History::new(100);
+        for i in 0..100_000 {
+            h.push(i as f64, (i % 7) as f64);
+        }
+        assert!(h.len() <= 100, "{}", h.len());
+        assert_eq!(h.last(), Some([99_999.0, (99_999 % 7) as f64]), "the newest point is kept exactly");
+        let xs: Vec<f64> = h.points.iter().map(|p| p[0]).collect();
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "x stays increasing after merging");
+    }
+
+    #[test]
+    fn settings_round_trip_through_storage_format() {
+        let s = Settings { micro_batch: 7, ..Settings::default() };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+        // settings saved by an older version (missing keys) load with defaults
+        let old: Settings = serde_json::from_str(r#"{"micro_batch": 3}"#).unwrap();
+        assert_eq!(old.micro_batch, 3);
+        assert_eq!(old.accum_steps, Settings::default().accum_steps);
     }
 }

@@ -122,7 +122,9 @@ impl Scratch {
     pub const LOSS_SUM: usize = 0;
     pub const COUNT: usize = 1;
     pub const NORM: usize = 2;
-    pub const LEN: usize = 4;
+    /// L2 norm of the step's parameter update (and its square at +1).
+    pub const UPDATE_NORM: usize = 4;
+    pub const LEN: usize = 8;
 }
 
 /// Optimizer settings of one step.
@@ -164,6 +166,8 @@ pub struct GpuGpt {
     figures: GpuBuffer,
     figures_cap: usize,
     pub partials: GpuBuffer, // [NORM_GROUPS]
+    /// The parameters before the step, then the update (for ||update||); scratch.
+    prev: GpuBuffer,         // [num_params]
     pub offsets: [usize; NUM_PARAM_TENSORS],
     pub sizes: [usize; NUM_PARAM_TENSORS],
     mb: Option<MicroBatch>,
@@ -228,6 +232,7 @@ impl GpuGpt {
         let adam_v = gpu.storage("adamw v", Category::OptimizerState, n);
         let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
         let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
+        let prev = gpu.storage("parameters before the step", Category::Scratch, n);
         gpu.upload(&pbuf, 0, params);
         let zeros = vec![0.0f32; n];
         gpu.upload(&adam_m, 0, &zeros);
@@ -239,7 +244,7 @@ impl GpuGpt {
         let offsets = cfg.param_offsets();
         let sizes = cfg.param_sizes();
         Ok(Self {
-            gpu: gpu.clone(), cfg, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, offsets, sizes,
+            gpu: gpu.clone(), cfg, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev, offsets, sizes,
             mb: None, step_prog: None, micro_clip: None,
         })
     }
@@ -412,6 +417,11 @@ impl GpuGpt {
                 pb.adamw(&self.pv(i), &self.gv(i), &View::at(&self.adam_m, self.offsets[i]),
                     &View::at(&self.adam_v, self.offsets[i]), self.sizes[i], &hp, 1)?;
             }
+            // update = params - prev; its norm
+            let prev = View::of(&self.prev);
+            pb.scale(&prev, -1.0, n)?;
+            pb.accumulate(&prev, &View::of(&self.params), n)?;
+            pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
             let adamw = pb.finish("adamw");
             self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, adamw });
         }
@@ -511,6 +521,7 @@ impl GpuGpt {
         let sizes = self.sizes;
         let (params, grads, m, v) = (self.params.clone(), self.grads.clone(), self.adam_m.clone(), self.adam_v.clone());
         let scratch = self.scratch.clone();
+        let (prev, figures) = (self.prev.clone(), self.figures.clone());
         let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
         for i in 0..NUM_PARAM_TENSORS {
@@ -533,8 +544,9 @@ impl GpuGpt {
             prog.prologue_clip.set_uniform(prog.clip_index, &u);
             s.run(&prog.prologue_clip);
         }
+        s.copy(&params, 0, &prev, 0, n);
         s.run(&prog.adamw);
-        s.copy(&scratch, 0, &self.figures, 0, Scratch::LEN);
+        s.copy(&scratch, 0, &figures, 0, Scratch::LEN);
         s.submit();
         Ok(())
     }
@@ -570,6 +582,7 @@ impl GpuGpt {
             loss_sum: f[Scratch::LOSS_SUM] as f64,
             count: f[Scratch::COUNT] as f64,
             grad_norm: f[Scratch::NORM] as f64,
+            update_norm: f[Scratch::UPDATE_NORM] as f64,
             micro,
         })
     }
@@ -653,6 +666,8 @@ pub struct WindowFigures {
     pub count: f64,
     /// Global L2 norm of the normalized gradient before clipping.
     pub grad_norm: f64,
+    /// L2 norm of the parameter update of the step.
+    pub update_norm: f64,
     /// Per micro-batch: (loss sum, count of targets).
     pub micro: Vec<(f64, f64)>,
 }

@@ -36,6 +36,8 @@ pub struct StepMetrics {
     /// Global L2 norm of the normalized window gradient, before clipping.
     pub grad_norm: f64,
     pub clipped: bool,
+    /// ||parameter update|| / ||gradient|| of the step (gradient after normalization, before clip).
+    pub update_grad_ratio: f64,
     pub tokens: f64,
     pub tokens_per_s: f64,
     pub micro_batch: usize,
@@ -318,6 +320,7 @@ impl Trainer {
             lr: st.lr as f64,
             grad_norm: fig.grad_norm,
             clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
+            update_grad_ratio: fig.update_norm / fig.grad_norm.max(1e-30),
             tokens,
             tokens_per_s: (k * b * t) as f64 / secs,
             micro_batch: b,
