@@ -11,7 +11,10 @@ use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::gpu::{AdapterChoice, Category, Gpu, list_adapters};
 use gradscope::train::metrics::MetricsWriter;
 use gradscope::train::verify::{VerifyReport, verify};
-use gradscope::train::{Event, TrainConfig, Trainer};
+use gradscope::train::{Event, RunOutcome, TrainConfig, Trainer};
+
+/// Exit code of a run stopped by Ctrl-C or SIGTERM after saving its checkpoint.
+const EXIT_INTERRUPTED: i32 = 3;
 
 #[derive(Parser)]
 #[command(name = "gradscope", version, about = "A WebGPU trainer with exact, visible gradient accumulation")]
@@ -327,7 +330,11 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
     };
     let started = std::time::Instant::now();
     let first_step = t.step;
-    let val = t.run(Some(&mut metrics), &mut |ev| match ev {
+    // Ctrl-C and SIGTERM finish the current window, save a checkpoint and exit with code 3.
+    static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    ctrlc::set_handler(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    let outcome = t.run(Some(&mut metrics), Some(&INTERRUPT), &mut |ev| match ev {
         Event::Started(d) => {
             println!("adapter          {}", d.adapter);
             println!("parameters       {}", d.params);
@@ -348,6 +355,17 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
         Event::Checkpoint { step, path } => say(&bar, quiet, format!("step {step:>5}  saved {}", path.display())),
         Event::Finished { .. } => bar.finish(),
     })?;
+    let val = match outcome {
+        RunOutcome::Finished { val_loss } => val_loss,
+        RunOutcome::Interrupted { step, checkpoint } => {
+            bar.abandon();
+            eprintln!(
+                "interrupted at step {step}: saved {} and flushed the metrics; continue with\n  gradscope train --resume {}",
+                checkpoint.display(), checkpoint.display()
+            );
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+    };
     let ck = out.join("ckpt.safetensors");
     t.save(&ck)?;
     let secs = started.elapsed().as_secs_f64();

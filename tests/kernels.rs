@@ -255,6 +255,10 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         let (gr, norm, parts) = (ts.f32(&grads), ts.poisoned(2), ts.poisoned(256));
         let (g2, g3, totals) = (ts.f32(&grads), ts.f32(&grads), ts.f32(&[0.0, 7.0]));
         let (p, m, v, ga) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0), ts.f32(&grads));
+        // window figures: finite loss and norm (step applies); non-finite norm (step skipped)
+        let ok = ts.f32(&[1.5, 2.0]);
+        let bad = ts.f32(&[1.5, f32::INFINITY, f32::NAN]);
+        let (p2, m2, v2) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0));
         ts.upload();
         let max_norm = 0.5;
         let s = 0.37f32;
@@ -264,7 +268,8 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
             pb.clip_by_norm(ts.view(gr), ts.view(norm), max_norm, n).unwrap();
             pb.scale(ts.view(g2), s, n).unwrap();
             pb.scale_by_inverse_count(ts.view(g3), ts.view(totals), n).unwrap();
-            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ts.view(ok), &ts.view(ok).add(1), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p2), ts.view(ga), ts.view(m2), ts.view(v2), ts.view(bad), &ts.view(bad).add(2), n, &hp, 3).unwrap();
         });
         let want_norm = r::grad_norm(&f64s(&grads), n);
         check("grad_norm", "norm", &ts.read(norm)[..1], &[want_norm], TOL);
@@ -282,6 +287,8 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         check("adamw", "params", &ts.read(p), &pr, TOL);
         check("adamw", "m", &ts.read(m), &mr, TOL);
         check("adamw", "v", &ts.read(v), &vr, TOL);
+        assert_eq!(ts.read(p2), params, "a non-finite norm skips the step: weights untouched");
+        assert_eq!((ts.read(m2), ts.read(v2)), (m0.clone(), v0.clone()), "and moments untouched");
     }
 }
 

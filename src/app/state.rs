@@ -392,6 +392,7 @@ mod tests {
             grad_norm: 0.5,
             clipped: false,
             update_grad_ratio: 0.01,
+            skipped: false,
             tokens: 4096.0,
             tokens_per_s: 1000.0,
             micro_batch: 16,

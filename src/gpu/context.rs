@@ -130,6 +130,8 @@ pub enum GpuError {
     },
     #[error("the device has no {0}")]
     MissingFeature(&'static str),
+    #[error("device error in {what}: {message}")]
+    Device { what: String, message: String },
 }
 
 /// The environment variables that pick a backend (`WGPU_BACKEND=vulkan|gl|metal|dx12`).
@@ -225,6 +227,10 @@ pub struct Gpu {
     pub kind: DeviceKind,
     pub ledger: Ledger,
     pub registry: Arc<Registry>,
+    /// Device errors wgpu reported outside an error scope (validation, out of memory), kept
+    /// instead of panicking; the trainer checks them after each step.
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gpu {
@@ -246,7 +252,48 @@ impl Gpu {
             _ => DeviceKind::Gpu,
         };
         let registry = Arc::new(Registry::new(&device));
-        Self { device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry }
+        let errors: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let lost: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let e = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+            e.lock().unwrap().push(err.to_string());
+        }));
+        let l = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            l.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("gradscope: the GPU device was lost ({reason:?}): {msg}");
+        });
+        Self { device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry, errors, lost }
+    }
+
+    /// Device errors since the last call (validation, out of memory).
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap())
+    }
+
+    /// Whether the device is lost (driver reset, removal, or `lose_device`).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Destroy the device (fault injection for tests of device loss).
+    pub fn lose_device(&self) {
+        self.device.destroy();
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes; an error becomes `Err` naming
+    /// `what` (the kernel or buffer involved) instead of a panic.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        match (v, o) {
+            (None, None) => Ok(out),
+            (Some(e), _) | (None, Some(e)) => Err(GpuError::Device { what: what.to_string(), message: e.to_string() }),
+        }
     }
 
     /// The device eframe created for the app (one device for the UI and the trainer).

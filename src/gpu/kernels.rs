@@ -251,13 +251,15 @@ impl ProgramBuilder {
         Ok(())
     }
 
-    /// One AdamW step over n elements. Returns the dispatch index: `adamw_uniforms` rebuilds the
-    /// uniform for the next step (step count, learning rate).
+    /// One AdamW step over n elements, skipped on the device when `loss[0]` or `norm[0]` is
+    /// non-finite. Returns the dispatch index: `adamw_uniforms` rebuilds the uniform for the next
+    /// step (step count, learning rate).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
-        &mut self, params: &View, grads: &View, m: &View, v: &View, n: usize, hp: &AdamW, step: u32,
+        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW,
+        step: u32,
     ) -> Result<usize, ProgramError> {
-        let args = [params, grads, m, v];
+        let args = [params, grads, m, v, loss, norm];
         self.call("adamw", "adamw", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
     }
 }
@@ -277,8 +279,11 @@ fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
 }
 
 /// The full uniform of an `adamw` dispatch, for `Program::set_uniform`.
-pub fn adamw_uniforms(params: &View, grads: &View, m: &View, v: &View, n: usize, hp: &AdamW, step: u32) -> Uniforms {
-    let mut u = offsets8(&[params, grads, m, v]);
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_uniforms(
+    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW, step: u32,
+) -> Uniforms {
+    let mut u = offsets8(&[params, grads, m, v, loss, norm]);
     u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
     u
 }

@@ -106,6 +106,8 @@ pub struct ProgramBuilder {
 pub enum ProgramError {
     #[error(transparent)]
     Shader(#[from] ShaderError),
+    #[error(transparent)]
+    Device(#[from] super::context::GpuError),
     #[error("{kernel}: expects {expected} buffers, got {got}")]
     Arity { kernel: String, expected: u32, got: usize },
     #[error("{kernel}: {message}")]

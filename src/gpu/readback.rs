@@ -26,6 +26,20 @@ impl Gpu {
         GpuBuffer::new(&self.device, &self.ledger, label, category, len as u64 * 4, STORAGE)
     }
 
+    /// A storage buffer created inside an error scope: running out of device memory (or a size
+    /// past the device's limits) is an error naming the buffer, not a panic.
+    pub fn try_storage(&self, label: &str, category: Category, len: usize) -> Result<GpuBuffer, super::GpuError> {
+        let bytes = len as u64 * 4;
+        let max = self.limits().max_buffer_size;
+        if bytes > max {
+            return Err(super::GpuError::Device {
+                what: format!("buffer {label:?}"),
+                message: format!("{} exceeds the device's max buffer size {}", super::human_bytes(bytes), super::human_bytes(max)),
+            });
+        }
+        self.scoped(&format!("allocating {label:?} ({})", super::human_bytes(bytes)), || self.storage(label, category, len))
+    }
+
     /// Queue a write of `data` at element `offset` (executed before the next submit).
     pub fn upload<T: bytemuck::Pod>(&self, buf: &GpuBuffer, offset: usize, data: &[T]) {
         if !data.is_empty() {

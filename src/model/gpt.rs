@@ -226,13 +226,13 @@ impl GpuGpt {
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
         let n = cfg.num_params();
         assert_eq!(params.len(), n, "parameter count");
-        let pbuf = gpu.storage("parameters", Category::Parameters, n);
-        let grads = gpu.storage("gradients", Category::Gradients, n);
-        let adam_m = gpu.storage("adamw m", Category::OptimizerState, n);
-        let adam_v = gpu.storage("adamw v", Category::OptimizerState, n);
+        let pbuf = gpu.try_storage("parameters", Category::Parameters, n)?;
+        let grads = gpu.try_storage("gradients", Category::Gradients, n)?;
+        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, n)?;
+        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, n)?;
         let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
         let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
-        let prev = gpu.storage("parameters before the step", Category::Scratch, n);
+        let prev = gpu.try_storage("parameters before the step", Category::Scratch, n)?;
         gpu.upload(&pbuf, 0, params);
         let zeros = vec![0.0f32; n];
         gpu.upload(&adam_m, 0, &zeros);
@@ -283,10 +283,10 @@ impl GpuGpt {
         self.mb = None; // free the old slabs before allocating new ones
         let t = self.cfg.block_size;
         let layout = ActLayout::new(&self.cfg, b, t);
-        let acts = self.gpu.storage("activations", Category::Activations, layout.len);
-        let dacts = self.gpu.storage("activation gradients", Category::Activations, layout.len);
-        let inputs = self.gpu.storage("input tokens", Category::Activations, b * t);
-        let targets = self.gpu.storage("target tokens", Category::Activations, b * t);
+        let acts = self.gpu.try_storage("activations", Category::Activations, layout.len)?;
+        let dacts = self.gpu.try_storage("activation gradients", Category::Activations, layout.len)?;
+        let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
+        let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
 
         let mut pb = ProgramBuilder::new(&self.gpu);
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
@@ -415,7 +415,7 @@ impl GpuGpt {
             let hp = AdamW { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
             for i in 0..NUM_PARAM_TENSORS {
                 pb.adamw(&self.pv(i), &self.gv(i), &View::at(&self.adam_m, self.offsets[i]),
-                    &View::at(&self.adam_v, self.offsets[i]), self.sizes[i], &hp, 1)?;
+                    &View::at(&self.adam_v, self.offsets[i]), &totals, &norm, self.sizes[i], &hp, 1)?;
             }
             // update = params - prev; its norm
             let prev = View::of(&self.prev);
@@ -530,7 +530,8 @@ impl GpuGpt {
                 weight_decay: if decays(i) { st.weight_decay } else { 0.0 },
             };
             let u = adamw_uniforms(&View::at(&params, offsets[i]), &View::at(&grads, offsets[i]),
-                &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), sizes[i], &hp, step);
+                &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), &View::at(&scratch, Scratch::LOSS_SUM),
+                &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
             prog.adamw.set_uniform(i, &u);
         }
         let mut s = gpu.submission();

@@ -6,9 +6,10 @@
 //! [C,C], `blocks.{i}.attn_proj.bias` [C], `blocks.{i}.ln2.weight|bias` [C], `blocks.{i}.c_fc.weight`
 //! [4C,C], `blocks.{i}.c_fc.bias` [4C], `blocks.{i}.mlp_proj.weight` [C,4C], `blocks.{i}.mlp_proj.bias`
 //! [C], `ln_f.weight|bias` [C]; its metadata holds the model config, the vocabulary, the training
-//! config, the optimizer step and the sampler state.
-//! `NAME.optim.safetensors` (sibling) holds the AdamW moments `adamw.m` and `adamw.v` (flat, in the
-//! slab order) and the same step, so `--resume` continues bit-exactly.
+//! config, the step, AdamW's step count and the sampler state. The same file holds the AdamW
+//! moments `optimizer.adamw.m` and `optimizer.adamw.v` (flat, in the slab order), so that one
+//! atomic rename publishes a complete state and `--resume` continues bit-exactly. Tools that want
+//! only the weights skip the `optimizer.` tensors.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -37,8 +38,6 @@ pub enum CheckpointError {
     Metadata { path: PathBuf, key: String, detail: String },
     #[error("{path} was saved for a different model: checkpoint {found:?}, asked for {wanted:?}")]
     ConfigMismatch { path: PathBuf, found: GptConfig, wanted: GptConfig },
-    #[error("{model} is at step {model_step} but its optimizer file {optim} is at step {optim_step}")]
-    StepMismatch { model: PathBuf, model_step: u64, optim: PathBuf, optim_step: u64 },
 }
 
 /// The PyTorch name and shape of every tensor, with its offset in the flat slab.
@@ -82,16 +81,12 @@ pub struct TrainState {
     pub train: TrainConfig,
     pub vocab: Vec<char>,
     pub step: u64,
+    /// AdamW's step count (optimizer steps applied; skipped non-finite steps do not count).
+    pub adam_step: u64,
     pub sampler: TextSampler,
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
-}
-
-/// The optimizer file beside a model file.
-pub fn optim_path(model: &Path) -> PathBuf {
-    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    model.with_file_name(format!("{stem}.optim.safetensors"))
 }
 
 fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -107,6 +102,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        if std::env::var("GRADSCOPE_FAULT").as_deref() == Ok("abort-mid-checkpoint") {
+            // fault injection for the crash test: die with half a temp file written
+            f.write_all(&bytes[..bytes.len() / 2]).map_err(err)?;
+            let _ = f.sync_all();
+            std::process::abort();
+        }
         f.write_all(bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
@@ -117,8 +118,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// Save model + optimizer state (optimizer file first, so the model file names a step whose
-/// optimizer state is already on disk).
+pub const OPT_M: &str = "optimizer.adamw.m";
+pub const OPT_V: &str = "optimizer.adamw.v";
+
+/// Save the whole training state in one file, atomically.
 pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     let werr = |e: safetensors::SafeTensorError| CheckpointError::Write {
         path: path.into(),
@@ -130,23 +133,16 @@ pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     meta.insert("train_config".to_string(), serde_json::to_string(&st.train).unwrap());
     meta.insert("vocab".to_string(), serde_json::to_string(&st.vocab.iter().collect::<String>()).unwrap());
     meta.insert("step".to_string(), st.step.to_string());
+    meta.insert("adam_step".to_string(), st.adam_step.to_string());
     meta.insert("sampler".to_string(), serde_json::to_string(&st.sampler).unwrap());
-
-    let mut om = meta.clone();
-    om.insert("format".to_string(), "gradscope-adamw".to_string());
     let n = st.params.len();
-    let optim = vec![
-        ("adamw.m".to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_m)).map_err(werr)?),
-        ("adamw.v".to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_v)).map_err(werr)?),
-    ];
-    let bytes = safetensors::serialize(optim, Some(om)).map_err(werr)?;
-    write_atomic(&optim_path(path), &bytes)?;
-
     let mut tensors = Vec::new();
     for (name, shape, off) in tensor_table(&st.gpt) {
         let len: usize = shape.iter().product();
         tensors.push((name, TensorView::new(Dtype::F32, shape, f32_bytes(&st.params[off..off + len])).map_err(werr)?));
     }
+    tensors.push((OPT_M.to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_m)).map_err(werr)?));
+    tensors.push((OPT_V.to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_v)).map_err(werr)?));
     let bytes = safetensors::serialize(tensors, Some(meta)).map_err(werr)?;
     write_atomic(path, &bytes)
 }
@@ -221,22 +217,16 @@ pub fn read_header(path: &Path) -> Result<(GptConfig, Vec<char>, TrainConfig, u6
     Ok((cfg, vocab.chars().collect(), train, step))
 }
 
-/// Load a full training state (model file + optimizer sibling).
+/// Load a full training state.
 pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
     let (gpt, vocab, train, step) = read_header(path)?;
     let params = load_weights(path, &gpt)?;
     let bytes = read(path)?;
-    let (_, meta) = parse(path, &bytes)?;
+    let (st, meta) = parse(path, &bytes)?;
     let sampler: TextSampler = meta_json(path, &meta, "sampler")?;
-    let op = optim_path(path);
-    let obytes = read(&op)?;
-    let (ost, ometa) = parse(&op, &obytes)?;
-    let ostep: u64 = meta_json(&op, &ometa, "step")?;
-    if ostep != step {
-        return Err(CheckpointError::StepMismatch { model: path.into(), model_step: step, optim: op, optim_step: ostep });
-    }
+    let adam_step: u64 = meta_json(path, &meta, "adam_step")?;
     let n = gpt.num_params();
-    let adam_m = tensor_f32(&op, &ost, "adamw.m", &[n])?;
-    let adam_v = tensor_f32(&op, &ost, "adamw.v", &[n])?;
-    Ok(TrainState { gpt, train, vocab, step, sampler, params, adam_m, adam_v })
+    let adam_m = tensor_f32(path, &st, OPT_M, &[n])?;
+    let adam_v = tensor_f32(path, &st, OPT_V, &[n])?;
+    Ok(TrainState { gpt, train, vocab, step, adam_step, sampler, params, adam_m, adam_v })
 }

@@ -28,6 +28,17 @@ pub enum ClipMode {
     PerMicroBatch,
 }
 
+/// What to do when a window's loss or gradient is NaN or infinite (detected on the device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNonFinite {
+    /// The device skips the AdamW step (weights and moments untouched); training goes on.
+    #[default]
+    Skip,
+    /// Stop with a diagnosis naming the first tensor that went non-finite.
+    Stop,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -79,6 +90,12 @@ pub struct TrainConfig {
     pub out_dir: String,
     /// Start from these weights (a gradscope or PyTorch-named safetensors file).
     pub init_from: String,
+    /// Save `ckpt-stepNNNNNN.safetensors` (and the latest `ckpt.safetensors`) every N steps; 0 = only at the end.
+    pub save_every: usize,
+    /// Keep the last M periodic checkpoints.
+    pub keep_last: usize,
+    /// NaN/Inf in a window: `skip` the step (default) or `stop` with a diagnosis.
+    pub on_nonfinite: OnNonFinite,
 }
 
 impl Default for TrainConfig {
@@ -111,6 +128,9 @@ impl Default for TrainConfig {
             eval_windows: 512,
             out_dir: "runs/gpt".into(),
             init_from: String::new(),
+            save_every: 0,
+            keep_last: 3,
+            on_nonfinite: OnNonFinite::Skip,
         }
     }
 }
@@ -198,6 +218,9 @@ impl TrainConfig {
         }
         if self.max_steps == 0 {
             return bad("max_steps must be at least 1".into());
+        }
+        if self.keep_last == 0 {
+            return bad("keep_last must be at least 1".into());
         }
         if self.eval_windows == 0 {
             return bad("eval_windows must be at least 1".into());

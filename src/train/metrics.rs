@@ -14,7 +14,7 @@ pub struct MetricsWriter {
 }
 
 pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
-bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health";
+bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped";
 
 impl MetricsWriter {
     /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
@@ -47,7 +47,7 @@ impl MetricsWriter {
         for c in Category::ALL {
             write!(self.csv, ",{}", m.memory.get(c))?;
         }
-        writeln!(self.csv, ",{}", m.health.describe())?;
+        writeln!(self.csv, ",{},{}", m.health.describe(), m.skipped)?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ pub mod trainer;
 pub mod verify;
 
 pub use config::TrainConfig;
-pub use trainer::{Derived, StepMetrics, Trainer};
+pub use trainer::{Derived, RunOutcome, StepMetrics, Trainer};
 
 /// What the training loop reports.
 #[derive(Clone, Debug)]

@@ -38,6 +38,8 @@ pub struct StepMetrics {
     pub clipped: bool,
     /// ||parameter update|| / ||gradient|| of the step (gradient after normalization, before clip).
     pub update_grad_ratio: f64,
+    /// The window was non-finite and the device skipped the AdamW step.
+    pub skipped: bool,
     pub tokens: f64,
     pub tokens_per_s: f64,
     pub micro_batch: usize,
@@ -159,9 +161,13 @@ pub struct Trainer {
     pub data: TextData,
     pub model: GpuGpt,
     pub sampler: TextSampler,
-    /// Optimizer steps completed.
+    /// Windows completed (optimizer steps taken or skipped); drives the schedule and the logs.
     pub step: usize,
+    /// AdamW's step count: steps actually applied (a skipped non-finite window does not count).
+    pub adam_step: usize,
     pub health: HealthMonitor,
+    /// A host copy of the last good state, written out if the device is lost.
+    last_good: Option<TrainState>,
 }
 
 impl Trainer {
@@ -189,7 +195,7 @@ impl Trainer {
         let mut model = GpuGpt::new(gpu, gcfg, &params)?;
         model.set_micro_batch(cfg.micro_batch)?;
         let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
-        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, health: HealthMonitor::default() })
+        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, adam_step: 0, health: HealthMonitor::default(), last_good: None })
     }
 
     pub fn derived(&self) -> Derived {
@@ -306,9 +312,14 @@ impl Trainer {
             // already clipped micro-batch by micro-batch
             st.grad_clip = 0.0;
         }
-        self.model.optimizer_step(&st, (self.step + 1) as u32, self.divides_by_window_count())?;
+        self.model.optimizer_step(&st, (self.adam_step + 1) as u32, self.divides_by_window_count())?;
         let fig = self.model.window_figures(k)?;
         self.step += 1;
+        // the device skipped AdamW if the loss or the norm was non-finite
+        let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
+        if !skipped {
+            self.adam_step += 1;
+        }
         let secs = w.started.elapsed().as_secs_f64();
         let tokens = fig.count;
         let train_loss = fig.mean_loss();
@@ -320,7 +331,8 @@ impl Trainer {
             lr: st.lr as f64,
             grad_norm: fig.grad_norm,
             clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
-            update_grad_ratio: fig.update_norm / fig.grad_norm.max(1e-30),
+            update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
+            skipped,
             tokens,
             tokens_per_s: (k * b * t) as f64 / secs,
             micro_batch: b,
@@ -362,6 +374,7 @@ impl Trainer {
             train: self.cfg.clone(),
             vocab: self.data.vocab.clone(),
             step: self.step as u64,
+            adam_step: self.adam_step as u64,
             sampler: self.sampler.clone(),
             params: self.model.read_params()?,
             adam_m,
@@ -397,27 +410,110 @@ impl Trainer {
         }
         t.model.load_state(&st.params, &st.adam_m, &st.adam_v);
         t.step = st.step as usize;
+        t.adam_step = st.adam_step as usize;
         t.sampler = st.sampler;
         t.sampler.block = t.cfg.block_size;
         Ok(t)
     }
 
+    /// Name the first tensor (in forward order) whose parameters, else whose gradient, holds a
+    /// NaN or infinity: the diagnosis of `on_nonfinite = "stop"`.
+    pub fn diagnose_nonfinite(&self) -> anyhow::Result<String> {
+        let params = self.model.read_params()?;
+        let grads = self.model.read_grads()?;
+        let bad = |v: &[f32]| v.iter().filter(|x| !x.is_finite()).count();
+        for (name, shape, off) in checkpoint::tensor_table(&self.gcfg) {
+            let n: usize = shape.iter().product();
+            let k = bad(&params[off..off + n]);
+            if k > 0 {
+                return Ok(format!("parameter {name} has {k} non-finite values (of {n})"));
+            }
+        }
+        for (name, shape, off) in checkpoint::tensor_table(&self.gcfg) {
+            let n: usize = shape.iter().product();
+            let k = bad(&grads[off..off + n]);
+            if k > 0 {
+                return Ok(format!("the gradient of {name} is the first to go non-finite ({k} of {n} values)"));
+            }
+        }
+        Ok("the loss is non-finite but no parameter or gradient is (check the data)".into())
+    }
+
+    /// Periodic checkpoint: `ckpt-stepNNNNNN.safetensors` and the latest `ckpt.safetensors`,
+    /// keeping the last `keep_last` periodic ones.
+    pub fn save_periodic(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+        let st = self.state()?;
+        let p = dir.join(format!("ckpt-step{:06}.safetensors", self.step));
+        checkpoint::save(&p, &st)?;
+        checkpoint::save(&dir.join("ckpt.safetensors"), &st)?;
+        let mut old: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                n.starts_with("ckpt-step") && n.ends_with(".safetensors")
+            })
+            .collect();
+        old.sort();
+        let excess = old.len().saturating_sub(self.cfg.keep_last);
+        for p in &old[..excess] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(p)
+    }
+
     /// Train to `max_steps`, evaluating every `eval_every` steps and at the end, reporting
-    /// through `on_event` and writing metrics. Returns the final validation loss.
+    /// through `on_event` and writing metrics. `interrupt` (Ctrl-C, SIGTERM) stops after the
+    /// current window with a checkpoint. Device errors stop the run with their message; a lost
+    /// device stops it with a checkpoint of the last good step.
     pub fn run(
         &mut self,
         mut metrics: Option<&mut MetricsWriter>,
+        interrupt: Option<&std::sync::atomic::AtomicBool>,
         on_event: &mut dyn FnMut(&Event),
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<RunOutcome> {
+        use std::sync::atomic::Ordering;
+        let dir = std::path::PathBuf::from(&self.cfg.out_dir);
         on_event(&Event::Started(self.derived()));
         let mut last_val = f64::NAN;
+        // a host copy each step is cheap for small models (it is 16 bytes per parameter)
+        let snapshot_each_step = self.gcfg.num_params() * 16 <= 64 << 20;
+        self.last_good = Some(self.state()?);
         while self.step < self.cfg.max_steps {
-            let (mut m, _) = self.train_step()?;
-            if !m.train_loss.is_finite() {
+            if interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                if let Some(w) = metrics.as_deref_mut() {
+                    w.flush()?;
+                }
+                let path = dir.join("ckpt.safetensors");
+                self.save(&path)?;
+                on_event(&Event::Checkpoint { step: self.step, path: path.clone() });
+                return Ok(RunOutcome::Interrupted { step: self.step, checkpoint: path });
+            }
+            let result = self.train_step();
+            let errors = self.model.gpu.take_errors();
+            if self.model.gpu.is_lost() || (result.is_err() && self.model.gpu.is_lost()) {
+                let path = dir.join("ckpt-last-good.safetensors");
+                let st = self.last_good.as_ref().expect("a snapshot is taken before the first step");
+                checkpoint::save(&path, st)?;
                 anyhow::bail!(
-                    "training diverged at step {}: the window's loss is {} (grad norm {}); lower lr or check the data",
-                    m.step, m.train_loss, m.grad_norm
+                    "the GPU device was lost at step {}; saved the last good state (step {}) to {}{}",
+                    self.step + 1, st.step, path.display(),
+                    if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) }
                 );
+            }
+            if !errors.is_empty() {
+                anyhow::bail!("device error at step {}: {}", self.step + 1, errors.join("; "));
+            }
+            let (mut m, _) = result?;
+            if m.skipped {
+                if self.cfg.on_nonfinite == super::config::OnNonFinite::Stop {
+                    let why = self.diagnose_nonfinite()?;
+                    anyhow::bail!(
+                        "non-finite loss or gradient at step {} (loss {}, grad norm {}); the step was not applied. {why}",
+                        m.step, m.train_loss, m.grad_norm
+                    );
+                }
+            } else if snapshot_each_step {
+                self.last_good = Some(self.state()?);
             }
             let at_end = self.step == self.cfg.max_steps;
             if at_end || (self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0) {
@@ -432,6 +528,17 @@ impl Trainer {
                 }
             }
             on_event(&Event::Step(m));
+            if self.cfg.save_every > 0 && self.step % self.cfg.save_every == 0 {
+                let path = self.save_periodic(&dir)?;
+                if !snapshot_each_step {
+                    self.last_good = Some(self.state()?);
+                }
+                on_event(&Event::Checkpoint { step: self.step, path });
+            }
+            if std::env::var("GRADSCOPE_FAULT").ok().and_then(|f| f.strip_prefix("lose-device-after-step-").and_then(|n| n.parse().ok())) == Some(self.step) {
+                // fault injection for the device-loss test
+                self.model.gpu.lose_device();
+            }
         }
         if let Some(w) = metrics.as_deref_mut() {
             w.flush()?;
@@ -440,8 +547,16 @@ impl Trainer {
             last_val = self.eval()?;
         }
         on_event(&Event::Finished { step: self.step, val_loss: last_val });
-        Ok(last_val)
+        Ok(RunOutcome::Finished { val_loss: last_val })
     }
+}
+
+/// How `Trainer::run` ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    Finished { val_loss: f64 },
+    /// Ctrl-C or SIGTERM: the state at `step` is in `checkpoint`.
+    Interrupted { step: usize, checkpoint: std::path::PathBuf },
 }
 
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
