@@ -181,7 +181,24 @@ fn run() -> anyhow::Result<()> {
             let gpu = device(&choice)?;
             println!("selected: {} ({:?} kernels)", gpu.summary.name, gpu.kind);
         }
-        Command::Train { config, resume, quiet, overrides } => train(&choice, config, resume, quiet, &overrides)?,
+        Command::Train { mut config, mut resume, mut quiet, overrides } => {
+            // the subcommand's own flags may also come after the first --key value override
+            let mut rest = Vec::new();
+            let mut it = overrides.into_iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--quiet" => quiet = true,
+                    "--resume" => resume = Some(it.next().context("--resume needs a checkpoint path")?.into()),
+                    "--config" => config = Some(it.next().context("--config needs a file")?.into()),
+                    _ => match (a.strip_prefix("--resume="), a.strip_prefix("--config=")) {
+                        (Some(p), _) => resume = Some(p.into()),
+                        (_, Some(p)) => config = Some(p.into()),
+                        _ => rest.push(a),
+                    },
+                }
+            }
+            train(&choice, config, resume, quiet, &rest)?
+        }
         Command::Eval { checkpoint, eval_windows, data } => {
             let gpu = device(&choice)?;
             let mut ov = vec![];

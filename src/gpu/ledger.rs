@@ -121,6 +121,12 @@ impl Drop for Tracked {
     }
 }
 
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer({:?}, {} bytes)", self.category(), self.size())
+    }
+}
+
 impl GpuBuffer {
     /// Create a buffer of `size` bytes (rounded up to 4) and register it. Storage buffers can also
     /// be copied from and to (uploads, readback, clears).

@@ -102,11 +102,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        if std::env::var("GRADSCOPE_FAULT").as_deref() == Ok("abort-mid-checkpoint") {
-            // fault injection for the crash test: die with half a temp file written
-            f.write_all(&bytes[..bytes.len() / 2]).map_err(err)?;
-            let _ = f.sync_all();
-            std::process::abort();
+        // fault injection for the crash test: GRADSCOPE_FAULT=abort-in-write-N dies with half of
+        // the N-th checkpoint write on disk
+        static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if let Ok(fault) = std::env::var("GRADSCOPE_FAULT") {
+            if fault.strip_prefix("abort-in-write-").and_then(|n| n.parse::<usize>().ok()) == Some(nth) {
+                f.write_all(&bytes[..bytes.len() / 2]).map_err(err)?;
+                let _ = f.sync_all();
+                std::process::abort();
+            }
         }
         f.write_all(bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
