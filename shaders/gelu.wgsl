@@ -20,10 +20,10 @@ const WG: u32 = 64u;
 const S: f32 = 0.7978845608028654; // sqrt(2/pi)
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
-// tanh written out: WGSL's tanh overflows to NaN for |u| > ~44 on some drivers.
-fn tanh_safe(u: f32) -> f32 {
-    let e = exp(-2.0 * abs(u));
-    return sign(u) * (1.0 - e) / (1.0 + e);
+// 0.5 (1 + tanh u) = sigmoid(2u) = 1 / (1 + exp(-2u)): no cancellation for very negative x
+// (where 1 + tanh u loses every digit in f32), and exp overflowing to +inf gives 0, not NaN.
+fn half_one_plus_tanh(u: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-2.0 * u));
 }
 
 @compute @workgroup_size(64)
@@ -33,7 +33,7 @@ fn gelu_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n:
     if (i >= p.N) { return; }
     let x = inp[p.o1 + i];
     let u = S * (x + 0.044715 * x * x * x);
-    out[p.o0 + i] = 0.5 * x * (1.0 + tanh_safe(u));
+    out[p.o0 + i] = x * half_one_plus_tanh(u);
 }
 
 @compute @workgroup_size(64)
@@ -43,7 +43,8 @@ fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.N) { return; }
     let x = b_inp[p.o1 + i];
     let u = S * (x + 0.044715 * x * x * x);
-    let th = tanh_safe(u);
-    let grad = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * S * (1.0 + 3.0 * 0.044715 * x * x);
+    // with s = 0.5 (1 + tanh u): 0.5 (1 - tanh^2 u) = 2 s (1 - s)
+    let sg = half_one_plus_tanh(u);
+    let grad = sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
     dinp[p.o0 + i] += grad * dout[p.o2 + i];
 }

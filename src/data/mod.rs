@@ -1,3 +1,4 @@
 //! Data sets and seeded samplers.
 
+pub mod idx;
 pub mod text;
