@@ -3,6 +3,7 @@
 //! imports wgpu. Every function is generic over `num_traits::Float`, so finite-difference checks
 //! run in f64 and GPU checks compare f32 kernels against f64 math.
 
+pub mod cnn;
 pub mod gpt;
 pub mod layers;
 pub mod rng;
