@@ -197,3 +197,18 @@ fn device_limits_and_data_errors_are_clear() {
     let cfg = TrainConfig { data: short.display().to_string(), ..small(&dir) };
     assert!(Trainer::new(&g, cfg).err().unwrap().to_string().contains("too short"));
 }
+
+#[test]
+fn init_from_starts_from_given_weights() {
+    let g = common::gpu();
+    let dir = tmpdir("initfrom");
+    let mut a = Trainer::new(&g, small(&dir)).unwrap();
+    a.train_step().unwrap();
+    let ck = dir.join("a.safetensors");
+    a.save(&ck).unwrap();
+    let b = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), seed: 999, ..small(&dir) }).unwrap();
+    assert_eq!(b.model.read_params().unwrap(), a.model.read_params().unwrap(), "weights come from the file, not the seed");
+    assert_eq!(b.step, 0, "a new run: step, optimizer state and sampler start fresh");
+    let e = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), n_embd: 64, ..small(&dir) }).err().unwrap();
+    assert!(format!("{e:#}").contains("different model"), "{e:#}");
+}

@@ -350,7 +350,11 @@ impl GradscopeApp {
         }
         let w = &self.state.window;
         let k = if w.k > 0 { w.k } else { self.state.confirmed.map_or(self.state.settings.accum_steps, |c| c.accum_steps) };
-        ui.label(format!("window of step {}: {}/{k} micro-batches", w.step.max(self.state.step + 1), w.done()));
+        if w.step == 0 || w.step > self.state.step {
+            ui.label(format!("window of step {}: {}/{k} micro-batches", self.state.step + 1, w.done()));
+        } else {
+            ui.label(format!("last window stepped by hand: step {} ({} micro-batches)", w.step, w.done()));
+        }
         // the strip of K cells
         let (rect, _) = ui.allocate_exact_size(egui::vec2(ui.available_width().min(280.0), 18.0), egui::Sense::hover());
         let cw = rect.width() / k.max(1) as f32;

@@ -61,6 +61,21 @@ pub enum ShaderError {
     Convention { file: String, message: String },
     #[error("no shader file named {0}")]
     Missing(String),
+    #[error("device error {what}: {message}")]
+    Device { what: String, message: String },
+}
+
+/// Run `f` in validation and out-of-memory error scopes (no panic on a device error).
+fn scoped<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> Result<T, ShaderError> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = f();
+    let v = pollster::block_on(val.pop());
+    let o = pollster::block_on(oom.pop());
+    match v.or(o) {
+        None => Ok(out),
+        Some(e) => Err(ShaderError::Device { what: what.into(), message: e.to_string() }),
+    }
 }
 
 /// Parse, validate and reflect a WGSL source with naga (no device needed).
@@ -167,10 +182,12 @@ impl Registry {
             return Ok(f.clone());
         }
         let reflection = reflect(name, source)?;
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl((*source).into()),
-        });
+        let module = scoped(&self.device, &format!("compiling {name}.wgsl"), || {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl((*source).into()),
+            })
+        })?;
         let f = Arc::new(ShaderFile { name, reflection, module });
         files.insert(name, f.clone());
         Ok(f)
@@ -220,14 +237,16 @@ impl Registry {
             bind_group_layouts: &[Some(&bind_group_layout)],
             immediate_size: 0,
         });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&pipeline_layout),
-            module: &f.module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = scoped(&self.device, &format!("building the pipeline of {file}.wgsl {entry}"), || {
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &f.module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })?;
         let kernel = Arc::new(Kernel {
             file: f.name,
             entry: entry.into(),
