@@ -93,11 +93,11 @@ fn each_window_starts_from_zero_gradients() {
     let mut a = Trainer::new(&g, small(4, 2)).unwrap();
     a.accumulate_window().unwrap();
     a.accumulate_window().unwrap();
-    let ga = a.model.normalized_window_gradient(true).unwrap();
+    let ga = a.model.slabs.normalized_window_gradient(true).unwrap();
     let mut b = Trainer::new(&g, small(4, 2)).unwrap();
     b.draw_window(); // skip the first window's samples
     b.accumulate_window().unwrap();
-    let gb = b.model.normalized_window_gradient(true).unwrap();
+    let gb = b.model.slabs.normalized_window_gradient(true).unwrap();
     assert_eq!(ga, gb, "the second window's gradient must not include the first window's");
 }
 
@@ -117,12 +117,12 @@ fn gpu_training_step_equals_cpu_reference() {
     let norm0 = g0.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     cfg.grad_clip = norm0 * 0.7;
     let mut t = Trainer::new(&g, cfg.clone()).unwrap();
-    let params0 = t.model.read_params().unwrap();
+    let params0 = t.model.slabs.read_params().unwrap();
     // the same samples as the GPU window, drawn from a copy of the sampler
     let mut sampler = t.sampler.clone();
     let samples = sampler.window(&t.data.train, cfg.effective());
     let (m, fig) = t.train_step().unwrap();
-    let params1 = t.model.read_params().unwrap();
+    let params1 = t.model.slabs.read_params().unwrap();
 
     let gc = t.gcfg;
     let tt = cfg.block_size;

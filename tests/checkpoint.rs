@@ -54,10 +54,10 @@ fn resume_continues_bit_exactly() {
     while resumed.step < 5 {
         resumed.train_step().unwrap();
     }
-    let (a, b) = (straight.model.read_params().unwrap(), resumed.model.read_params().unwrap());
+    let (a, b) = (straight.model.slabs.read_params().unwrap(), resumed.model.slabs.read_params().unwrap());
     let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
     assert!(same, "parameters after resume differ from the straight run");
-    assert_eq!(straight.model.read_adam().unwrap(), resumed.model.read_adam().unwrap());
+    assert_eq!(straight.model.slabs.read_adam().unwrap(), resumed.model.slabs.read_adam().unwrap());
     assert_eq!(straight.sampler, resumed.sampler);
 }
 
@@ -95,7 +95,7 @@ fn checkpoint_has_pytorch_names_and_shapes() {
     }
     // values round-trip: the flat slab rebuilt from the file equals the device's parameters
     let back = checkpoint::load_weights(&ck, &t.gcfg).unwrap();
-    assert_eq!(back, t.model.read_params().unwrap());
+    assert_eq!(back, t.model.slabs.read_params().unwrap());
     // no temp files left behind
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -207,7 +207,7 @@ fn init_from_starts_from_given_weights() {
     let ck = dir.join("a.safetensors");
     a.save(&ck).unwrap();
     let b = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), seed: 999, ..small(&dir) }).unwrap();
-    assert_eq!(b.model.read_params().unwrap(), a.model.read_params().unwrap(), "weights come from the file, not the seed");
+    assert_eq!(b.model.slabs.read_params().unwrap(), a.model.slabs.read_params().unwrap(), "weights come from the file, not the seed");
     assert_eq!(b.step, 0, "a new run: step, optimizer state and sampler start fresh");
     let e = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), n_embd: 64, ..small(&dir) }).err().unwrap();
     assert!(format!("{e:#}").contains("different model"), "{e:#}");

@@ -5,9 +5,10 @@
 //! L layers. Activations are sized by B; changing B rebuilds only the activation slabs and the
 //! programs that bind them.
 
-use crate::gpu::kernels::{AdamW, adamw_uniforms};
 use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
 use crate::reference::gpt::GptConfig;
+
+pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowFigures};
 
 /// Number of parameter tensors (see `GptConfig::param_names`).
 pub const NUM_PARAM_TENSORS: usize = 16;
@@ -116,72 +117,13 @@ impl ActLayout {
     }
 }
 
-/// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2].
-pub struct Scratch;
-impl Scratch {
-    pub const LOSS_SUM: usize = 0;
-    pub const COUNT: usize = 1;
-    pub const NORM: usize = 2;
-    /// L2 norm of the step's parameter update (and its square at +1).
-    pub const UPDATE_NORM: usize = 4;
-    pub const LEN: usize = 8;
-}
-
-/// Optimizer settings of one step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepSettings {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// Global-norm clip threshold; 0 disables clipping.
-    pub grad_clip: f32,
-}
-
-/// How the window's gradient is normalized before the step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Normalization {
-    /// Correct: losses summed over every counted target of the window, the gradient divided
-    /// once by the window's total count.
-    #[default]
-    WindowCount,
-    /// The Oct-2024 bug, kept to show what `verify` catches: each micro-batch's mean loss
-    /// (divided by its own count), the sum divided by K. Wrong whenever counts differ.
-    PerMicroBatchMean,
-}
-
-/// The GPT's GPU state: slabs and recorded programs.
+/// The GPT's GPU state: the shared parameter/optimizer slabs and the programs of the current
+/// micro-batch size.
 pub struct GpuGpt {
     pub gpu: Gpu,
     pub cfg: GptConfig,
-    pub params: GpuBuffer,   // [num_params]
-    pub grads: GpuBuffer,    // [num_params]
-    pub adam_m: GpuBuffer,   // [num_params]
-    pub adam_v: GpuBuffer,   // [num_params]
-    pub scratch: GpuBuffer,  // [Scratch::LEN]
-    /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
-    /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
-    figures: GpuBuffer,
-    figures_cap: usize,
-    pub partials: GpuBuffer, // [NORM_GROUPS]
-    /// The parameters before the step, then the update (for ||update||); scratch.
-    prev: GpuBuffer,         // [num_params]
-    pub offsets: [usize; NUM_PARAM_TENSORS],
-    pub sizes: [usize; NUM_PARAM_TENSORS],
+    pub slabs: Slabs,
     mb: Option<MicroBatch>,
-    step_prog: Option<StepProgram>,
-    micro_clip: Option<MicroClip>,
-}
-
-/// The per-micro-batch clipping mistake, kept for `verify`: a sum slab and the program that
-/// normalizes, clips and adds one micro-batch's gradient to it.
-struct MicroClip {
-    accum: GpuBuffer,
-    prog: Program,
-    scale_index: usize,
-    clip_index: usize,
 }
 
 /// Everything sized by the micro-batch: activation slabs, token buffers and the programs that
@@ -210,50 +152,22 @@ struct CeUniform {
     v: usize,
 }
 
-struct StepProgram {
-    /// window-count normalization, global norm, clip
-    prologue_norm: Program,
-    prologue_clip: Program,
-    clip_index: usize,
-    /// norm only (no clipping, per-micro-batch-mean mode already scaled)
-    norm_only: Program,
-    adamw: Program,
-}
 
 impl GpuGpt {
     /// Allocate parameter, gradient and optimizer slabs and upload `params` (host layout =
     /// `GptConfig::param_offsets`).
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
-        let n = cfg.num_params();
-        assert_eq!(params.len(), n, "parameter count");
-        let pbuf = gpu.try_storage("parameters", Category::Parameters, n)?;
-        let grads = gpu.try_storage("gradients", Category::Gradients, n)?;
-        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, n)?;
-        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, n)?;
-        let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
-        let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
-        let prev = gpu.try_storage("parameters before the step", Category::Scratch, n)?;
-        gpu.upload(&pbuf, 0, params);
-        let zeros = vec![0.0f32; n];
-        gpu.upload(&adam_m, 0, &zeros);
-        gpu.upload(&adam_v, 0, &zeros);
-        gpu.upload(&grads, 0, &zeros);
-        gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
-        let figures_cap = 16;
-        let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
-        let offsets = cfg.param_offsets();
-        let sizes = cfg.param_sizes();
-        Ok(Self {
-            gpu: gpu.clone(), cfg, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev, offsets, sizes,
-            mb: None, step_prog: None, micro_clip: None,
-        })
+        assert_eq!(params.len(), cfg.num_params(), "parameter count");
+        let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
+        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
+        Ok(Self { gpu: gpu.clone(), cfg, slabs, mb: None })
     }
 
     fn pv(&self, i: usize) -> View {
-        View::at(&self.params, self.offsets[i])
+        self.slabs.pv(i)
     }
     fn gv(&self, i: usize) -> View {
-        View::at(&self.grads, self.offsets[i])
+        self.slabs.gv(i)
     }
 
     /// The current micro-batch size (0 before `set_micro_batch`).
@@ -337,7 +251,7 @@ impl GpuGpt {
         pb.matmul_forward(&act(a.logits), &act(a.lnf), &self.pv(p::WTE), None, bt, c, v)?;
         pb.crossentropy_forward(&act(a.losses), &act(a.logits), &View::of(targets), bt, v)?;
         // window figures: loss sum and count accumulate over the micro-batches of the window
-        pb.crossentropy_reduce(&View::at(&self.scratch, Scratch::LOSS_SUM), &act(a.losses), &View::of(targets), bt)?;
+        pb.crossentropy_reduce(&View::at(&self.slabs.scratch, Scratch::LOSS_SUM), &act(a.losses), &View::of(targets), bt)?;
         Ok(())
     }
 
@@ -389,45 +303,6 @@ impl GpuGpt {
         Ok((ce_idx, ce))
     }
 
-    /// Record the end-of-window programs (once; they bind only the fixed slabs).
-    fn step_programs(&mut self) -> Result<&StepProgram, ProgramError> {
-        if self.step_prog.is_none() {
-            let n = self.cfg.num_params();
-            let grads = View::of(&self.grads);
-            let norm = View::at(&self.scratch, Scratch::NORM);
-            let totals = View::at(&self.scratch, Scratch::LOSS_SUM);
-            let parts = View::of(&self.partials);
-
-            let mut pb = ProgramBuilder::new(&self.gpu);
-            pb.scale_by_inverse_count(&grads, &totals, n)?;
-            pb.grad_norm(&norm, &parts, &grads, n)?;
-            let prologue_norm = pb.finish("window normalize + norm");
-
-            let mut pb = ProgramBuilder::new(&self.gpu);
-            pb.grad_norm(&norm, &parts, &grads, n)?;
-            let norm_only = pb.finish("window norm");
-
-            let mut pb = ProgramBuilder::new(&self.gpu);
-            let clip_index = pb.clip_by_norm(&grads, &norm, 1.0, n)?;
-            let prologue_clip = pb.finish("window clip");
-
-            let mut pb = ProgramBuilder::new(&self.gpu);
-            let hp = AdamW { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-            for i in 0..NUM_PARAM_TENSORS {
-                pb.adamw(&self.pv(i), &self.gv(i), &View::at(&self.adam_m, self.offsets[i]),
-                    &View::at(&self.adam_v, self.offsets[i]), &totals, &norm, self.sizes[i], &hp, 1)?;
-            }
-            // update = params - prev; its norm
-            let prev = View::of(&self.prev);
-            pb.scale(&prev, -1.0, n)?;
-            pb.accumulate(&prev, &View::of(&self.params), n)?;
-            pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
-            let adamw = pb.finish("adamw");
-            self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, adamw });
-        }
-        Ok(self.step_prog.as_ref().unwrap())
-    }
-
     /// Run one micro-batch: upload its tokens, and on micro-step 0 of a window zero the
     /// gradients and the window figures first; then forward, loss and backward, with parameter
     /// gradients accumulating into the gradient slab. One submission, no readback.
@@ -438,11 +313,7 @@ impl GpuGpt {
     /// `index` is the micro-batch's position j in the window: the cumulative loss sum and count
     /// after it are copied to the figures buffer (read with the window figures, no extra wait).
     pub fn micro_step(&mut self, inputs: &[u32], targets: &[u32], index: usize, dloss: f32) {
-        let first_in_window = index == 0;
-        if index >= self.figures_cap {
-            self.figures_cap = (index + 1).next_power_of_two();
-            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
-        }
+        let mut s = self.slabs.begin_micro(index);
         let mb = self.mb.as_ref().expect("set_micro_batch before micro_step");
         let bt = mb.layout.b * mb.layout.t;
         assert_eq!(inputs.len(), bt, "inputs must be [B,T]");
@@ -452,146 +323,18 @@ impl GpuGpt {
         let ce = &mb.ce_uniform_base;
         let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, dloss, ce.n, ce.v);
         mb.train.set_uniform(mb.ce_backward, &u);
-        let mut s = self.gpu.submission();
-        if first_in_window {
-            s.clear(&self.grads).clear(&self.scratch);
-        }
         s.run(&mb.train);
-        s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
-        s.submit();
+        self.slabs.end_micro(s, index);
     }
 
     /// The per-micro-batch clipping mistake (for `verify`): this micro-batch's gradient alone is
-    /// divided by the window count, clipped on its own norm to `max_norm`, and added to a sum.
-    /// Call `finish_clipped_window` before `optimizer_step(.., divide_by_count = false)`
-    /// with clipping off (the gradient is then already normalized and clipped).
+    /// divided by the window count, clipped on its own norm and added to a sum (see
+    /// `Slabs::clip_micro_batch`).
     pub fn micro_step_clipped(
         &mut self, inputs: &[u32], targets: &[u32], index: usize, window_count: f32, max_norm: f32,
     ) -> Result<(), ProgramError> {
-        let first_in_window = index == 0;
-        if self.micro_clip.is_none() {
-            let n = self.cfg.num_params();
-            let accum = self.gpu.storage("per-micro-batch clip sum", Category::Gradients, n);
-            let grads = View::of(&self.grads);
-            let mut pb = ProgramBuilder::new(&self.gpu);
-            let scale_index = pb.scale(&grads, 1.0, n)?;
-            pb.grad_norm(&View::at(&self.scratch, Scratch::NORM), &View::of(&self.partials), &grads, n)?;
-            let clip_index = pb.clip_by_norm(&grads, &View::at(&self.scratch, Scratch::NORM), 1.0, n)?;
-            pb.accumulate(&View::of(&accum), &grads, n)?;
-            self.micro_clip = Some(MicroClip { accum, prog: pb.finish("per-micro-batch clip"), scale_index, clip_index });
-        }
-        if !first_in_window {
-            let mut s = self.gpu.submission();
-            s.clear(&self.grads);
-            s.submit();
-        }
         self.micro_step(inputs, targets, index, 1.0);
-        let mc = self.micro_clip.as_ref().unwrap();
-        let n = self.cfg.num_params();
-        let grads = View::of(&self.grads);
-        mc.prog.set_uniform(mc.scale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / window_count, n));
-        let clip = if max_norm > 0.0 { max_norm } else { f32::MAX };
-        mc.prog.set_uniform(mc.clip_index, &crate::gpu::kernels::clip_uniforms(&grads, &View::at(&self.scratch, Scratch::NORM), clip, n));
-        let mut s = self.gpu.submission();
-        if first_in_window {
-            s.clear(&mc.accum);
-        }
-        s.run(&mc.prog);
-        s.submit();
-        Ok(())
-    }
-
-    /// Move the per-micro-batch-clipped sum into the gradient slab.
-    pub fn finish_clipped_window(&self) {
-        if let Some(mc) = &self.micro_clip {
-            let mut s = self.gpu.submission();
-            s.copy(&mc.accum, 0, &self.grads, 0, self.cfg.num_params());
-            s.submit();
-        }
-    }
-
-    /// The optimizer step at the end of a window: normalize the accumulated gradient by the
-    /// window's real count (read on the device), take its global L2 norm, clip once, AdamW.
-    /// `step` is the 1-based optimizer step count (AdamW bias correction). One submission.
-    /// `divide_by_count`: false when the gradient slab is already normalized (the
-    /// per-micro-batch-mean mode, or after `normalized_window_gradient`).
-    pub fn optimizer_step(&mut self, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
-        let n = self.cfg.num_params();
-        let offsets = self.offsets;
-        let sizes = self.sizes;
-        let (params, grads, m, v) = (self.params.clone(), self.grads.clone(), self.adam_m.clone(), self.adam_v.clone());
-        let scratch = self.scratch.clone();
-        let (prev, figures) = (self.prev.clone(), self.figures.clone());
-        let gpu = self.gpu.clone();
-        let prog = self.step_programs()?;
-        for i in 0..NUM_PARAM_TENSORS {
-            let hp = AdamW {
-                lr: st.lr, beta1: st.beta1, beta2: st.beta2, eps: st.eps,
-                weight_decay: if decays(i) { st.weight_decay } else { 0.0 },
-            };
-            let u = adamw_uniforms(&View::at(&params, offsets[i]), &View::at(&grads, offsets[i]),
-                &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), &View::at(&scratch, Scratch::LOSS_SUM),
-                &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
-            prog.adamw.set_uniform(i, &u);
-        }
-        let mut s = gpu.submission();
-        if divide_by_count {
-            s.run(&prog.prologue_norm);
-        } else {
-            s.run(&prog.norm_only);
-        }
-        if st.grad_clip > 0.0 {
-            let u = crate::gpu::kernels::clip_uniforms(&View::of(&grads), &View::at(&scratch, Scratch::NORM), st.grad_clip, n);
-            prog.prologue_clip.set_uniform(prog.clip_index, &u);
-            s.run(&prog.prologue_clip);
-        }
-        s.copy(&params, 0, &prev, 0, n);
-        s.run(&prog.adamw);
-        s.copy(&scratch, 0, &figures, 0, Scratch::LEN);
-        s.submit();
-        Ok(())
-    }
-
-    /// Normalize the accumulated window gradient exactly as `optimizer_step` would (before
-    /// clipping) and read it back, without stepping: for `verify`, tests and the app's stepping
-    /// view. The gradient slab then holds the normalized gradient; start a new window after it.
-    pub fn normalized_window_gradient(&mut self, divide_by_count: bool) -> Result<Vec<f32>, GpuGptError> {
-        let gpu = self.gpu.clone();
-        let prog = self.step_programs()?;
-        let mut s = gpu.submission();
-        if divide_by_count {
-            s.run(&prog.prologue_norm);
-        } else {
-            s.run(&prog.norm_only);
-        }
-        s.submit();
-        Ok(self.read_grads()?)
-    }
-
-    /// Read the figures of the window of `k` micro-batches just stepped (one wait): the logged
-    /// loss, count and norm, and each micro-batch's loss sum and count.
-    pub fn window_figures(&self, k: usize) -> Result<WindowFigures, crate::gpu::readback::ReadbackError> {
-        let f: Vec<f32> = self.gpu.read(&self.figures, 0, Scratch::LEN + 2 * k)?;
-        let mut micro = Vec::with_capacity(k);
-        let (mut prev_l, mut prev_c) = (0.0f64, 0.0f64);
-        for j in 0..k {
-            let (l, c) = (f[Scratch::LEN + 2 * j] as f64, f[Scratch::LEN + 2 * j + 1] as f64);
-            micro.push((l - prev_l, c - prev_c));
-            (prev_l, prev_c) = (l, c);
-        }
-        Ok(WindowFigures {
-            loss_sum: f[Scratch::LOSS_SUM] as f64,
-            count: f[Scratch::COUNT] as f64,
-            grad_norm: f[Scratch::NORM] as f64,
-            update_norm: f[Scratch::UPDATE_NORM] as f64,
-            micro,
-        })
-    }
-
-    /// The window so far, without stepping (stepping mode; waits): cumulative loss sum and count.
-    pub fn running_figures(&self) -> Result<(f64, f64), crate::gpu::readback::ReadbackError> {
-        let f: Vec<f32> = self.gpu.read(&self.scratch, 0, 2)?;
-        Ok((f[0] as f64, f[1] as f64))
+        self.slabs.clip_micro_batch(index, window_count, max_norm)
     }
 
     /// Mean loss over `batches` of (inputs, targets), each [B,T], forward only. Clobbers the
@@ -604,13 +347,13 @@ impl GpuGpt {
             self.gpu.upload(&mb.targets, 0, y);
             let mut s = self.gpu.submission();
             if first {
-                s.clear(&self.scratch);
+                s.clear(&self.slabs.scratch);
                 first = false;
             }
             s.run(&mb.eval);
             s.submit();
         }
-        let f: Vec<f32> = self.gpu.read(&self.scratch, 0, 2)?;
+        let f: Vec<f32> = self.gpu.read(&self.slabs.scratch, 0, 2)?;
         Ok((f[0] as f64, f[1] as f64))
     }
 
@@ -631,51 +374,5 @@ impl GpuGpt {
         s.submit();
     }
 
-    pub fn read_params(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        self.gpu.read_all(&self.params).map(|mut v: Vec<f32>| { v.truncate(self.cfg.num_params()); v })
-    }
-    pub fn read_grads(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        self.gpu.read_all(&self.grads).map(|mut v: Vec<f32>| { v.truncate(self.cfg.num_params()); v })
-    }
-    /// AdamW first and second moments.
-    pub fn read_adam(&self) -> Result<(Vec<f32>, Vec<f32>), crate::gpu::readback::ReadbackError> {
-        let n = self.cfg.num_params();
-        Ok((self.gpu.read(&self.adam_m, 0, n)?, self.gpu.read(&self.adam_v, 0, n)?))
-    }
-    /// Restore parameters and AdamW moments (resume).
-    pub fn load_state(&self, params: &[f32], m: &[f32], v: &[f32]) {
-        self.gpu.upload(&self.params, 0, params);
-        self.gpu.upload(&self.adam_m, 0, m);
-        self.gpu.upload(&self.adam_v, 0, v);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GpuGptError {
-    #[error(transparent)]
-    Program(#[from] ProgramError),
-    #[error(transparent)]
-    Readback(#[from] crate::gpu::readback::ReadbackError),
-}
-
-/// What a window leaves on the device, read once per optimizer step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WindowFigures {
-    /// Sum of the losses of every counted target of the window.
-    pub loss_sum: f64,
-    /// Number of counted targets.
-    pub count: f64,
-    /// Global L2 norm of the normalized gradient before clipping.
-    pub grad_norm: f64,
-    /// L2 norm of the parameter update of the step.
-    pub update_norm: f64,
-    /// Per micro-batch: (loss sum, count of targets).
-    pub micro: Vec<(f64, f64)>,
-}
-
-impl WindowFigures {
-    pub fn mean_loss(&self) -> f64 {
-        self.loss_sum / self.count.max(1.0)
-    }
 }
 

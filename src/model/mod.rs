@@ -2,3 +2,4 @@
 //! forward/backward recorded as dispatch lists.
 
 pub mod gpt;
+pub mod optim;

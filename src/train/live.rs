@@ -314,10 +314,10 @@ impl Worker {
             Some((w, _)) => w,
             None => t.begin_window(),
         };
-        let before = if by_hand { Some(t.model.read_params()?) } else { None };
+        let before = if by_hand { Some(t.model.slabs.read_params()?) } else { None };
         let (metrics, fig) = t.finish_window(w)?;
         let update_ratios = match before {
-            Some(before) => Some(update_ratios(&t.gcfg, &before, &t.model.read_params()?)),
+            Some(before) => Some(update_ratios(&t.gcfg, &before, &t.model.slabs.read_params()?)),
             None => None,
         };
         let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
@@ -345,10 +345,10 @@ impl Worker {
             Some(x) => x,
             None => (t.begin_window(), vec![0.0; t.gcfg.num_params()]),
         };
-        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.running_figures()? };
+        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.slabs.running_figures()? };
         t.run_micro(&mut w)?;
-        let (l1, c1) = t.model.running_figures()?;
-        let g = t.model.read_grads()?;
+        let (l1, c1) = t.model.slabs.running_figures()?;
+        let g = t.model.slabs.read_grads()?;
         let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
         let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let (gn, mn) = (norm(&g), norm(&micro));

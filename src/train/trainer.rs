@@ -259,7 +259,7 @@ impl Trainer {
             // the per-micro-batch clipping mistake (for verify)
             self.model.micro_step_clipped(x, y, j, w.count.max(1) as f32, self.cfg.grad_clip as f32)?;
             if j + 1 == k {
-                self.model.finish_clipped_window();
+                self.model.slabs.finish_clipped_window();
             }
         } else {
             let dloss = match self.cfg.normalization {
@@ -312,8 +312,8 @@ impl Trainer {
             // already clipped micro-batch by micro-batch
             st.grad_clip = 0.0;
         }
-        self.model.optimizer_step(&st, (self.adam_step + 1) as u32, self.divides_by_window_count())?;
-        let fig = self.model.window_figures(k)?;
+        self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, self.divides_by_window_count())?;
+        let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
         // the device skipped AdamW if the loss or the norm was non-finite
         let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
@@ -368,7 +368,7 @@ impl Trainer {
 impl Trainer {
     /// The state a checkpoint holds (reads parameters and AdamW moments back).
     pub fn state(&self) -> anyhow::Result<TrainState> {
-        let (adam_m, adam_v) = self.model.read_adam()?;
+        let (adam_m, adam_v) = self.model.slabs.read_adam()?;
         Ok(TrainState {
             gpt: self.gcfg,
             train: self.cfg.clone(),
@@ -376,7 +376,7 @@ impl Trainer {
             step: self.step as u64,
             adam_step: self.adam_step as u64,
             sampler: self.sampler.clone(),
-            params: self.model.read_params()?,
+            params: self.model.slabs.read_params()?,
             adam_m,
             adam_v,
         })
@@ -408,7 +408,7 @@ impl Trainer {
         if t.data.vocab != st.vocab {
             anyhow::bail!("{}: the data's vocabulary differs from the checkpoint's", path.display());
         }
-        t.model.load_state(&st.params, &st.adam_m, &st.adam_v);
+        t.model.slabs.load_state(&st.params, &st.adam_m, &st.adam_v);
         t.step = st.step as usize;
         t.adam_step = st.adam_step as usize;
         t.sampler = st.sampler;
@@ -419,8 +419,8 @@ impl Trainer {
     /// Name the first tensor (in forward order) whose parameters, else whose gradient, holds a
     /// NaN or infinity: the diagnosis of `on_nonfinite = "stop"`.
     pub fn diagnose_nonfinite(&self) -> anyhow::Result<String> {
-        let params = self.model.read_params()?;
-        let grads = self.model.read_grads()?;
+        let params = self.model.slabs.read_params()?;
+        let grads = self.model.slabs.read_grads()?;
         let bad = |v: &[f32]| v.iter().filter(|x| !x.is_finite()).count();
         for (name, shape, off) in checkpoint::tensor_table(&self.gcfg) {
             let n: usize = shape.iter().product();

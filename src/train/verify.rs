@@ -153,5 +153,5 @@ pub fn first_window_gradient(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<Vec
     let mut t = Trainer::new(gpu, cfg.clone())?;
     t.accumulate_window()?;
     let divide = t.divides_by_window_count();
-    Ok(t.model.normalized_window_gradient(divide)?)
+    Ok(t.model.slabs.normalized_window_gradient(divide)?)
 }

@@ -1,0 +1,358 @@
+//! What every model shares at the end of a window: the parameter, gradient and AdamW slabs, the
+//! device-side window figures, and the end-of-window programs (normalize by the window's count,
+//! global norm, clip once, AdamW per tensor with its own weight decay). A model (GPT, CNN) owns
+//! one `Slabs` and records its forward/backward against `params` and `grads`.
+
+use crate::gpu::kernels::{AdamW, adamw_uniforms};
+use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
+use crate::gpu::submit::Submission;
+
+/// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2].
+pub struct Scratch;
+impl Scratch {
+    pub const LOSS_SUM: usize = 0;
+    pub const COUNT: usize = 1;
+    pub const NORM: usize = 2;
+    /// L2 norm of the step's parameter update (and its square at +1).
+    pub const UPDATE_NORM: usize = 4;
+    pub const LEN: usize = 8;
+}
+
+/// Optimizer settings of one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSettings {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Global-norm clip threshold; 0 disables clipping.
+    pub grad_clip: f32,
+}
+
+/// How the window's gradient is normalized before the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// Correct: losses summed over every counted target of the window, the gradient divided
+    /// once by the window's total count.
+    #[default]
+    WindowCount,
+    /// The Oct-2024 bug, kept to show what `verify` catches: each micro-batch's mean loss
+    /// (divided by its own count), the sum divided by K. Wrong whenever counts differ.
+    PerMicroBatchMean,
+}
+
+/// Parameter, gradient and optimizer slabs with the window machinery.
+pub struct Slabs {
+    pub gpu: Gpu,
+    /// Number of parameters.
+    pub n: usize,
+    pub params: GpuBuffer,   // [n]
+    pub grads: GpuBuffer,    // [n]
+    pub adam_m: GpuBuffer,   // [n]
+    pub adam_v: GpuBuffer,   // [n]
+    pub scratch: GpuBuffer,  // [Scratch::LEN]
+    /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
+    /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
+    figures: GpuBuffer,
+    figures_cap: usize,
+    pub partials: GpuBuffer, // [NORM_GROUPS]
+    /// The parameters before the step, then the update (for ||update||); scratch.
+    prev: GpuBuffer,         // [n]
+    /// Offset, size and weight decay (or not) of each parameter tensor.
+    pub offsets: Vec<usize>,
+    pub sizes: Vec<usize>,
+    pub decay: Vec<bool>,
+    step_prog: Option<StepProgram>,
+    micro_clip: Option<MicroClip>,
+}
+
+/// The per-micro-batch clipping mistake, kept for `verify`: a sum slab and the program that
+/// normalizes, clips and adds one micro-batch's gradient to it.
+struct MicroClip {
+    accum: GpuBuffer,
+    prog: Program,
+    scale_index: usize,
+    clip_index: usize,
+}
+
+struct StepProgram {
+    /// window-count normalization and global norm
+    prologue_norm: Program,
+    prologue_clip: Program,
+    clip_index: usize,
+    /// norm only (the gradient is already normalized)
+    norm_only: Program,
+    adamw: Program,
+}
+
+impl Slabs {
+    /// Allocate the slabs for `params` (tensors at `offsets` with `sizes`; `decay[i]`: whether
+    /// AdamW decays tensor i) and upload them; moments start at zero.
+    pub fn new(gpu: &Gpu, params: &[f32], offsets: Vec<usize>, sizes: Vec<usize>, decay: Vec<bool>) -> Result<Self, ProgramError> {
+        let n = params.len();
+        let pbuf = gpu.try_storage("parameters", Category::Parameters, n)?;
+        let grads = gpu.try_storage("gradients", Category::Gradients, n)?;
+        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, n)?;
+        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, n)?;
+        let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
+        let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
+        let prev = gpu.try_storage("parameters before the step", Category::Scratch, n)?;
+        gpu.upload(&pbuf, 0, params);
+        let zeros = vec![0.0f32; n];
+        gpu.upload(&adam_m, 0, &zeros);
+        gpu.upload(&adam_v, 0, &zeros);
+        gpu.upload(&grads, 0, &zeros);
+        gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
+        let figures_cap = 16;
+        let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
+        Ok(Self {
+            gpu: gpu.clone(), n, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev,
+            offsets, sizes, decay, step_prog: None, micro_clip: None,
+        })
+    }
+
+    /// Parameter tensor i.
+    pub fn pv(&self, i: usize) -> View {
+        View::at(&self.params, self.offsets[i])
+    }
+    /// Gradient of parameter tensor i.
+    pub fn gv(&self, i: usize) -> View {
+        View::at(&self.grads, self.offsets[i])
+    }
+
+    /// Open the submission of micro-batch `index` of a window: micro-step 0 zeroes the gradients
+    /// and the window figures (gradients then accumulate with `+=`).
+    pub fn begin_micro(&mut self, index: usize) -> Submission {
+        if index >= self.figures_cap {
+            self.figures_cap = (index + 1).next_power_of_two();
+            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
+        }
+        let mut s = self.gpu.submission();
+        if index == 0 {
+            s.clear(&self.grads).clear(&self.scratch);
+        }
+        s
+    }
+
+    /// Close it: copy the cumulative loss sum and count after micro-batch `index` to the figures
+    /// buffer (read with the window figures, no extra wait), and submit.
+    pub fn end_micro(&self, mut s: Submission, index: usize) {
+        s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
+        s.submit();
+    }
+
+    /// Record the end-of-window programs (once; they bind only the fixed slabs).
+    fn step_programs(&mut self) -> Result<&StepProgram, ProgramError> {
+        if self.step_prog.is_none() {
+            let n = self.n;
+            let grads = View::of(&self.grads);
+            let norm = View::at(&self.scratch, Scratch::NORM);
+            let totals = View::at(&self.scratch, Scratch::LOSS_SUM);
+            let parts = View::of(&self.partials);
+
+            let mut pb = ProgramBuilder::new(&self.gpu);
+            pb.scale_by_inverse_count(&grads, &totals, n)?;
+            pb.grad_norm(&norm, &parts, &grads, n)?;
+            let prologue_norm = pb.finish("window normalize + norm");
+
+            let mut pb = ProgramBuilder::new(&self.gpu);
+            pb.grad_norm(&norm, &parts, &grads, n)?;
+            let norm_only = pb.finish("window norm");
+
+            let mut pb = ProgramBuilder::new(&self.gpu);
+            let clip_index = pb.clip_by_norm(&grads, &norm, 1.0, n)?;
+            let prologue_clip = pb.finish("window clip");
+
+            let mut pb = ProgramBuilder::new(&self.gpu);
+            let hp = AdamW { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+            for i in 0..self.offsets.len() {
+                pb.adamw(&self.pv(i), &self.gv(i), &View::at(&self.adam_m, self.offsets[i]),
+                    &View::at(&self.adam_v, self.offsets[i]), &totals, &norm, self.sizes[i], &hp, 1)?;
+            }
+            // update = params - prev; its norm
+            let prev = View::of(&self.prev);
+            pb.scale(&prev, -1.0, n)?;
+            pb.accumulate(&prev, &View::of(&self.params), n)?;
+            pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
+            let adamw = pb.finish("adamw");
+            self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, adamw });
+        }
+        Ok(self.step_prog.as_ref().unwrap())
+    }
+
+    /// The per-micro-batch clipping mistake (for `verify`), after the micro-batch `index` ran
+    /// with the gradients cleared: its gradient alone is divided by the window count, clipped
+    /// on its own norm to `max_norm`, and added to a sum. Call `finish_clipped_window` before
+    /// `optimizer_step(.., divide_by_count = false)` with clipping off.
+    pub fn clip_micro_batch(&mut self, index: usize, window_count: f32, max_norm: f32) -> Result<(), ProgramError> {
+        let n = self.n;
+        if self.micro_clip.is_none() {
+            let accum = self.gpu.storage("per-micro-batch clip sum", Category::Gradients, n);
+            let grads = View::of(&self.grads);
+            let mut pb = ProgramBuilder::new(&self.gpu);
+            let scale_index = pb.scale(&grads, 1.0, n)?;
+            pb.grad_norm(&View::at(&self.scratch, Scratch::NORM), &View::of(&self.partials), &grads, n)?;
+            let clip_index = pb.clip_by_norm(&grads, &View::at(&self.scratch, Scratch::NORM), 1.0, n)?;
+            pb.accumulate(&View::of(&accum), &grads, n)?;
+            self.micro_clip = Some(MicroClip { accum, prog: pb.finish("per-micro-batch clip"), scale_index, clip_index });
+        }
+        let mc = self.micro_clip.as_ref().unwrap();
+        let grads = View::of(&self.grads);
+        mc.prog.set_uniform(mc.scale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / window_count, n));
+        let clip = if max_norm > 0.0 { max_norm } else { f32::MAX };
+        mc.prog.set_uniform(mc.clip_index, &crate::gpu::kernels::clip_uniforms(&grads, &View::at(&self.scratch, Scratch::NORM), clip, n));
+        let mut s = self.gpu.submission();
+        if index == 0 {
+            s.clear(&mc.accum);
+        }
+        s.run(&mc.prog);
+        // the next micro-batch's gradient starts from zero
+        s.clear(&self.grads);
+        s.submit();
+        Ok(())
+    }
+
+    /// Move the per-micro-batch-clipped sum into the gradient slab.
+    pub fn finish_clipped_window(&self) {
+        if let Some(mc) = &self.micro_clip {
+            let mut s = self.gpu.submission();
+            s.copy(&mc.accum, 0, &self.grads, 0, self.n);
+            s.submit();
+        }
+    }
+
+    /// The optimizer step at the end of a window: normalize the accumulated gradient by the
+    /// window's real count (read on the device), take its global L2 norm, clip once, AdamW.
+    /// `step` is the 1-based optimizer step count (AdamW bias correction). One submission.
+    /// `divide_by_count`: false when the gradient slab is already normalized (the
+    /// per-micro-batch-mean mode, or after `normalized_window_gradient`).
+    pub fn optimizer_step(&mut self, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
+        let n = self.n;
+        let offsets = self.offsets.clone();
+        let sizes = self.sizes.clone();
+        let decay = self.decay.clone();
+        let (params, grads, m, v) = (self.params.clone(), self.grads.clone(), self.adam_m.clone(), self.adam_v.clone());
+        let scratch = self.scratch.clone();
+        let (prev, figures) = (self.prev.clone(), self.figures.clone());
+        let gpu = self.gpu.clone();
+        let prog = self.step_programs()?;
+        for i in 0..offsets.len() {
+            let hp = AdamW {
+                lr: st.lr, beta1: st.beta1, beta2: st.beta2, eps: st.eps,
+                weight_decay: if decay[i] { st.weight_decay } else { 0.0 },
+            };
+            let u = adamw_uniforms(&View::at(&params, offsets[i]), &View::at(&grads, offsets[i]),
+                &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), &View::at(&scratch, Scratch::LOSS_SUM),
+                &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
+            prog.adamw.set_uniform(i, &u);
+        }
+        let mut s = gpu.submission();
+        if divide_by_count {
+            s.run(&prog.prologue_norm);
+        } else {
+            s.run(&prog.norm_only);
+        }
+        if st.grad_clip > 0.0 {
+            let u = crate::gpu::kernels::clip_uniforms(&View::of(&grads), &View::at(&scratch, Scratch::NORM), st.grad_clip, n);
+            prog.prologue_clip.set_uniform(prog.clip_index, &u);
+            s.run(&prog.prologue_clip);
+        }
+        s.copy(&params, 0, &prev, 0, n);
+        s.run(&prog.adamw);
+        s.copy(&scratch, 0, &figures, 0, Scratch::LEN);
+        s.submit();
+        Ok(())
+    }
+
+    /// Normalize the accumulated window gradient exactly as `optimizer_step` would (before
+    /// clipping) and read it back, without stepping: for `verify`, tests and the app's stepping
+    /// view. The gradient slab then holds the normalized gradient; start a new window after it.
+    pub fn normalized_window_gradient(&mut self, divide_by_count: bool) -> Result<Vec<f32>, ModelError> {
+        let gpu = self.gpu.clone();
+        let prog = self.step_programs()?;
+        let mut s = gpu.submission();
+        if divide_by_count {
+            s.run(&prog.prologue_norm);
+        } else {
+            s.run(&prog.norm_only);
+        }
+        s.submit();
+        Ok(self.read_grads()?)
+    }
+
+    /// Read the figures of the window of `k` micro-batches just stepped (one wait): the logged
+    /// loss, count and norm, and each micro-batch's loss sum and count.
+    pub fn window_figures(&self, k: usize) -> Result<WindowFigures, crate::gpu::readback::ReadbackError> {
+        let f: Vec<f32> = self.gpu.read(&self.figures, 0, Scratch::LEN + 2 * k)?;
+        let mut micro = Vec::with_capacity(k);
+        let (mut prev_l, mut prev_c) = (0.0f64, 0.0f64);
+        for j in 0..k {
+            let (l, c) = (f[Scratch::LEN + 2 * j] as f64, f[Scratch::LEN + 2 * j + 1] as f64);
+            micro.push((l - prev_l, c - prev_c));
+            (prev_l, prev_c) = (l, c);
+        }
+        Ok(WindowFigures {
+            loss_sum: f[Scratch::LOSS_SUM] as f64,
+            count: f[Scratch::COUNT] as f64,
+            grad_norm: f[Scratch::NORM] as f64,
+            update_norm: f[Scratch::UPDATE_NORM] as f64,
+            micro,
+        })
+    }
+
+    /// The window so far, without stepping (stepping mode; waits): cumulative loss sum and count.
+    pub fn running_figures(&self) -> Result<(f64, f64), crate::gpu::readback::ReadbackError> {
+        let f: Vec<f32> = self.gpu.read(&self.scratch, 0, 2)?;
+        Ok((f[0] as f64, f[1] as f64))
+    }
+
+    pub fn read_params(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
+        self.gpu.read_all(&self.params).map(|mut v: Vec<f32>| { v.truncate(self.n); v })
+    }
+    pub fn read_grads(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
+        self.gpu.read_all(&self.grads).map(|mut v: Vec<f32>| { v.truncate(self.n); v })
+    }
+    /// AdamW first and second moments.
+    pub fn read_adam(&self) -> Result<(Vec<f32>, Vec<f32>), crate::gpu::readback::ReadbackError> {
+        let n = self.n;
+        Ok((self.gpu.read(&self.adam_m, 0, n)?, self.gpu.read(&self.adam_v, 0, n)?))
+    }
+    /// Restore parameters and AdamW moments (resume).
+    pub fn load_state(&self, params: &[f32], m: &[f32], v: &[f32]) {
+        self.gpu.upload(&self.params, 0, params);
+        self.gpu.upload(&self.adam_m, 0, m);
+        self.gpu.upload(&self.adam_v, 0, v);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    Readback(#[from] crate::gpu::readback::ReadbackError),
+}
+
+/// What a window leaves on the device, read once per optimizer step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowFigures {
+    /// Sum of the losses of every counted target of the window.
+    pub loss_sum: f64,
+    /// Number of counted targets.
+    pub count: f64,
+    /// Global L2 norm of the normalized gradient before clipping.
+    pub grad_norm: f64,
+    /// L2 norm of the parameter update of the step.
+    pub update_norm: f64,
+    /// Per micro-batch: (loss sum, count of targets).
+    pub micro: Vec<(f64, f64)>,
+}
+
+impl WindowFigures {
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.count.max(1.0)
+    }
+}
+
