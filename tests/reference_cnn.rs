@@ -134,3 +134,58 @@ fn relu_and_maxpool_backward_match_finite_differences() {
         dot(&out, &gr)
     });
 }
+
+#[test]
+fn the_cnn_has_20586_parameters_on_mnist() {
+    use gradscope::reference::cnn_model::{CnnConfig, NormKind};
+    let cfg = CnnConfig::new(28, 28, 10, NormKind::Group);
+    assert_eq!(cfg.num_params(), 20_586);
+    assert_eq!(cfg.features(), 1568);
+}
+
+#[test]
+fn whole_cnn_gradient_matches_finite_differences_with_both_norms() {
+    use gradscope::reference::cnn_model::{CnnConfig, NormKind, cnn_forward_backward, init_cnn_params};
+    let mut rng = Rng::fresh("fd cnn");
+    for norm in [NormKind::Group, NormKind::Batch] {
+        let cfg = CnnConfig { c1: 4, c2: 4, groups: 2, ..CnnConfig::new(8, 8, 3, norm) };
+        let b = 3;
+        let params: Vec<f64> = init_cnn_params(&cfg, rng.next_u64()).iter().map(|&x| x as f64 + 0.05 * rng.uniform() as f64).collect();
+        let x = rand(&mut rng, b * 64);
+        let labels = [0u32, 2, gradscope::reference::layers::IGNORE_INDEX];
+        let running0: Vec<f64> = cfg.running_init().iter().map(|&v| v as f64).collect();
+        let mut grads = vec![0.0; params.len()];
+        let mut run = running0.clone();
+        cnn_forward_backward(&cfg, &params, &mut run, &x, &labels, b, true, 0.1, Some(&mut grads), 1.0);
+        let loss = |p: &[f64]| {
+            let mut run = running0.clone();
+            cnn_forward_backward(&cfg, p, &mut run, &x, &labels, b, true, 0.1, None, 1.0).0
+        };
+        let mut worst = 0.0f64;
+        let mut kinks = 0;
+        let mut p = params.clone();
+        for i in 0..p.len() {
+            let orig = p[i];
+            let mut central = |h: f64| {
+                p[i] = orig + h;
+                let lp = loss(&p);
+                p[i] = orig - h;
+                let lm = loss(&p);
+                p[i] = orig;
+                (lp - lm) / (2.0 * h)
+            };
+            let (d1, d2) = (central(1e-4), central(5e-5));
+            // a ReLU or max-pool switch inside the step makes the two estimates disagree: the
+            // loss is not differentiable there, so that parameter is not judged (and counted)
+            if (d1 - d2).abs() > 1e-4 * d1.abs().max(d2.abs()).max(1e-2) {
+                kinks += 1;
+                continue;
+            }
+            let num = (4.0 * d2 - d1) / 3.0;
+            worst = worst.max((num - grads[i]).abs() / (num.abs() + grads[i].abs()).max(1e-2));
+        }
+        println!("cnn ({norm:?}) gradient   max rel err vs finite differences {worst:.2e} ({} parameters, {kinks} at a kink)", p.len());
+        assert!(kinks * 10 < p.len(), "{norm:?}: {kinks} of {} parameters sit at a kink", p.len());
+        assert!(worst < 1e-5, "{norm:?}: CNN gradient differs from finite differences by {worst:.3e}");
+    }
+}

@@ -4,6 +4,7 @@
 //! run in f64 and GPU checks compare f32 kernels against f64 math.
 
 pub mod cnn;
+pub mod cnn_model;
 pub mod gpt;
 pub mod layers;
 pub mod rng;
