@@ -118,17 +118,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         overrides: Vec<String>,
     },
-    /// Measure kernel throughput on the selected adapter.
+    /// Measure the matmul kernels and end-to-end GPT training on the selected adapter.
     Bench {
         /// Matrix sizes for the matmul benchmark.
         #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
         sizes: Vec<usize>,
-        /// Seconds of timed work per measurement.
+        /// Seconds of timed work per matmul measurement.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Timed optimizer steps per GPT configuration (after one warm-up step); 0 skips the GPT.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
     },
 }
 
@@ -247,7 +252,7 @@ fn run() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         }
-        Command::Bench { sizes, seconds, json } => {
+        Command::Bench { sizes, seconds, steps, json, overrides } => {
             let gpu = device(&choice)?;
             let mut results = Vec::new();
             for &n in &sizes {
@@ -262,9 +267,36 @@ fn run() -> anyhow::Result<()> {
                     results.push(r);
                 }
             }
+            let ceiling = results.iter().map(|r| r.gflops).fold(0.0, f64::max);
+            let mut gpt = Vec::new();
+            if steps > 0 {
+                let base = TrainConfig::load(None, &overrides)?;
+                let e = base.micro_batch * base.accum_steps;
+                for (b, k) in [(base.micro_batch, base.accum_steps), (e, 1)] {
+                    let r = gradscope::bench::gpt::bench_gpt(&gpu, &base, b, k, 1, steps)?;
+                    if !json {
+                        let p = &r.phases;
+                        println!(
+                            "gpt B {:>3} x K {:>2}: {:>7.0} tokens/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling {:.2})  {:.3} s/step",
+                            b, k, r.tokens_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), ceiling, r.seconds_per_step
+                        );
+                        println!(
+                            "    per step: forward {:.3} s, backward {:.3} s, accumulate {:.3} s (fused: += in backward), clip {:.4} s, optimizer {:.4} s",
+                            p.forward, p.backward, p.accumulate, p.clip, p.optimizer
+                        );
+                    }
+                    gpt.push(r);
+                }
+                if !json && gpt.len() == 2 {
+                    println!(
+                        "accumulation tax: B {} x K {} takes {:.3}x the time of B {} x K 1 per effective batch",
+                        gpt[0].micro_batch, gpt[0].accum_steps, gpt[0].seconds_per_step / gpt[1].seconds_per_step, e
+                    );
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "adapter": gpu.summary.name, "matmul": results }))?);
+                    "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt }))?);
             }
         }
     }

@@ -1,3 +1,4 @@
 //! `gradscope bench`: measured figures, printed as a table or JSON.
 
+pub mod gpt;
 pub mod matmul;

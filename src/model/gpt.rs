@@ -374,5 +374,25 @@ impl GpuGpt {
         s.submit();
     }
 
+    /// Wall-clock seconds per run of the micro-batch's forward program (forward + loss) and of
+    /// its train program (forward + loss + backward), each averaged over `reps` submissions
+    /// with a wait (for `gradscope bench`; the uploads of `inputs`/`targets` happen once).
+    pub fn time_micro_programs(&mut self, inputs: &[u32], targets: &[u32], reps: usize) -> Result<(f64, f64), crate::gpu::readback::ReadbackError> {
+        let mb = self.mb.as_ref().expect("set_micro_batch first");
+        self.gpu.upload(&mb.inputs, 0, inputs);
+        self.gpu.upload(&mb.targets, 0, targets);
+        let time = |prog: &Program| -> Result<f64, crate::gpu::readback::ReadbackError> {
+            self.gpu.wait()?;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let mut s = self.gpu.submission();
+                s.run(prog);
+                s.submit();
+                self.gpu.wait()?;
+            }
+            Ok(t.elapsed().as_secs_f64() / reps as f64)
+        };
+        Ok((time(&mb.eval)?, time(&mb.train)?))
+    }
 }
 

@@ -182,6 +182,26 @@ impl Slabs {
         Ok(self.step_prog.as_ref().unwrap())
     }
 
+    /// Wall-clock seconds of the end-of-window phases, each averaged over `reps` submissions
+    /// with a wait: (normalize + global norm, clip, AdamW). For `gradscope bench`; it changes the
+    /// parameters like real steps would.
+    pub fn time_step_programs(&mut self, reps: usize) -> Result<(f64, f64, f64), ModelError> {
+        let gpu = self.gpu.clone();
+        let prog = self.step_programs()?;
+        let time = |p: &Program| -> Result<f64, ModelError> {
+            gpu.wait()?;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let mut s = gpu.submission();
+                s.run(p);
+                s.submit();
+                gpu.wait()?;
+            }
+            Ok(t.elapsed().as_secs_f64() / reps as f64)
+        };
+        Ok((time(&prog.prologue_norm)?, time(&prog.prologue_clip)?, time(&prog.adamw)?))
+    }
+
     /// The per-micro-batch clipping mistake (for `verify`), after the micro-batch `index` ran
     /// with the gradients cleared: its gradient alone is divided by the window count, clipped
     /// on its own norm to `max_norm`, and added to a sum. Call `finish_clipped_window` before

@@ -1,0 +1,76 @@
+//! End-to-end GPT throughput: tokens/s and achieved model GFLOP/s (FLOPs counted analytically),
+//! time per optimizer step split by phase, and the accumulation tax (B x K against one batch of
+//! B*K with the same effective batch).
+
+use std::time::Instant;
+
+use crate::gpu::Gpu;
+use crate::train::{TrainConfig, Trainer};
+
+/// Model FLOPs per token of one training step (forward + backward = 3 x forward), counting
+/// full (not causal-halved) attention: 24 C^2 L (the four linear layers) + 2 C V (lm_head)
+/// + 4 T C L (scores and weighted sum), times 3.
+pub fn flops_per_token(c: usize, l: usize, v: usize, t: usize) -> f64 {
+    let fwd = 24.0 * (c * c * l) as f64 + 2.0 * (c * v) as f64 + 4.0 * (t * c * l) as f64;
+    3.0 * fwd
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GptBench {
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub steps: usize,
+    pub tokens_per_s: f64,
+    pub gflops: f64,
+    pub seconds_per_step: f64,
+    /// Per optimizer step: forward, backward, accumulate, clip (normalize + norm + clip), optimizer.
+    pub phases: Phases,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Phases {
+    pub forward: f64,
+    pub backward: f64,
+    /// Gradients accumulate with `+=` inside the backward kernels: no separate pass.
+    pub accumulate: f64,
+    pub clip: f64,
+    pub optimizer: f64,
+}
+
+/// Train `steps` optimizer steps of the GPT of `base` at B x K after `warmup` steps.
+pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usize, steps: usize) -> anyhow::Result<GptBench> {
+    let cfg = TrainConfig { micro_batch: b, accum_steps: k, effective_batch: 0, max_steps: usize::MAX, ..base.clone() };
+    let mut t = Trainer::new(gpu, cfg)?;
+    for _ in 0..warmup {
+        t.train_step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        t.train_step()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let tokens = (steps * b * k * t.cfg.block_size) as f64;
+    let g = &t.gcfg;
+    let flops = tokens * flops_per_token(g.n_embd, g.n_layer, g.vocab_size, g.block_size);
+    // phases, timed program by program with waits
+    let w = t.begin_window();
+    let (x, y) = w.batches[0].clone();
+    let reps = 3;
+    let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
+    let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
+    Ok(GptBench {
+        micro_batch: b,
+        accum_steps: k,
+        steps,
+        tokens_per_s: tokens / secs,
+        gflops: flops / secs / 1e9,
+        seconds_per_step: secs / steps as f64,
+        phases: Phases {
+            forward: fwd * k as f64,
+            backward: (train - fwd).max(0.0) * k as f64,
+            accumulate: 0.0,
+            clip: norm + clip,
+            optimizer: adamw,
+        },
+    })
+}
