@@ -284,6 +284,13 @@ fn run() -> anyhow::Result<()> {
                             "    per step: forward {:.3} s, backward {:.3} s, accumulate {:.3} s (fused: += in backward), clip {:.4} s, optimizer {:.4} s",
                             p.forward, p.backward, p.accumulate, p.clip, p.optimizer
                         );
+                        if !r.kernels.is_empty() {
+                            let total: f64 = r.kernels.iter().map(|k| k.1).sum();
+                            println!("    kernels of one micro-batch (timestamp queries, {:.3} s):", total);
+                            for (name, s) in r.kernels.iter().take(8) {
+                                println!("      {name:<32} {:>8.2} ms  {:>5.1}%", s * 1e3, 100.0 * s / total);
+                            }
+                        }
                     }
                     gpt.push(r);
                 }

@@ -25,6 +25,8 @@ pub struct GptBench {
     pub seconds_per_step: f64,
     /// Per optimizer step: forward, backward, accumulate, clip (normalize + norm + clip), optimizer.
     pub phases: Phases,
+    /// Device time per kernel entry point for one micro-batch (timestamp queries), largest first.
+    pub kernels: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -58,6 +60,16 @@ pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
     let reps = 3;
     let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
     let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
+    let mut kernels: Vec<(String, f64)> = Vec::new();
+    if let Some(prof) = t.model.profile_micro_batch(&x, &y) {
+        for (name, secs) in prof {
+            match kernels.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += secs,
+                None => kernels.push((name, secs)),
+            }
+        }
+        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
     Ok(GptBench {
         micro_batch: b,
         accum_steps: k,
@@ -72,5 +84,6 @@ pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
             clip: norm + clip,
             optimizer: adamw,
         },
+        kernels,
     })
 }

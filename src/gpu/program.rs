@@ -329,6 +329,49 @@ impl Program {
         self.dispatches.is_empty()
     }
 
+    /// Time every dispatch with timestamp queries (one compute pass per dispatch, so the
+    /// timestamps bracket exactly one kernel). Returns (entry point, seconds) in dispatch order,
+    /// or None when the device has no timestamp queries. Waits for the device: for profiling,
+    /// never inside the training loop.
+    pub fn profile(&self) -> Option<Vec<(String, f64)>> {
+        if !self.gpu.has_timestamps() || self.dispatches.is_empty() {
+            return None;
+        }
+        let n = self.dispatches.len() as u32;
+        let device = &self.gpu.device;
+        let qs = device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
+        let bytes = 2 * n as u64 * 8;
+        let resolve = GpuBuffer::new(device, &self.gpu.ledger, "profile resolve", Category::Scratch, bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for (i, d) in self.dispatches.iter().enumerate() {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.kernel.entry),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &qs,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            pass.set_pipeline(&d.kernel.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[d.offset]);
+            let [x, y, z] = d.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        encoder.resolve_query_set(&qs, 0..2 * n, resolve.buffer(), 0);
+        self.gpu.queue.submit([encoder.finish()]);
+        let words: Vec<u32> = self.gpu.read(&resolve, 0, 4 * n as usize).ok()?;
+        let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
+        let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        Some(
+            self.dispatches
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.kernel.entry.clone(), ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period))
+                .collect(),
+        )
+    }
+
     /// Entry-point names in dispatch order (for profiles and error reports).
     pub fn labels(&self) -> Vec<&str> {
         self.dispatches.iter().map(|d| d.kernel.entry.as_str()).collect()

@@ -374,6 +374,15 @@ impl GpuGpt {
         s.submit();
     }
 
+    /// Per-kernel device time of one micro-batch's train program (timestamp queries), or None
+    /// without timestamp support.
+    pub fn profile_micro_batch(&mut self, inputs: &[u32], targets: &[u32]) -> Option<Vec<(String, f64)>> {
+        let mb = self.mb.as_ref()?;
+        self.gpu.upload(&mb.inputs, 0, inputs);
+        self.gpu.upload(&mb.targets, 0, targets);
+        mb.train.profile()
+    }
+
     /// Wall-clock seconds per run of the micro-batch's forward program (forward + loss) and of
     /// its train program (forward + loss + backward), each averaged over `reps` submissions
     /// with a wait (for `gradscope bench`; the uploads of `inputs`/`targets` happen once).
