@@ -29,6 +29,11 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("accumulate", include_str!("../../shaders/accumulate.wgsl")),
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
+    ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
+    ("groupnorm", include_str!("../../shaders/groupnorm.wgsl")),
+    ("batchnorm", include_str!("../../shaders/batchnorm.wgsl")),
+    ("relu", include_str!("../../shaders/relu.wgsl")),
+    ("maxpool", include_str!("../../shaders/maxpool.wgsl")),
 ];
 
 /// The source of one shader file by name.

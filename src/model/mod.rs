@@ -1,5 +1,6 @@
 //! Models on the GPU: parameter layout, activation layout sized by the micro-batch, and
 //! forward/backward recorded as dispatch lists.
 
+pub mod cnn;
 pub mod gpt;
 pub mod optim;

@@ -1,0 +1,132 @@
+// conv2d.wgsl: 2-D convolution, stride 1, zero padding PAD, NCHW layout; HO = H + 2 PAD - K + 1.
+//   forward:  out[b,o,y,x] = bias[o] + sum_{i,ky,kx} weight[o,i,ky,kx] inp[b,i,y+ky-PAD,x+kx-PAD]
+//   backward: dinp[b,i,iy,ix] += sum_{o,ky,kx} weight[o,i,ky,kx] dout[b,o,iy-ky+PAD,ix-kx+PAD]
+//             dweight[o,i,ky,kx] += sum_{b,y,x} dout[b,o,y,x] inp[b,i,y+ky-PAD,x+kx-PAD]
+//             dbias[o] += sum_{b,y,x} dout[b,o,y,x]
+// Each backward output has one owner invocation that sums in a fixed order (no atomics).
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    B: u32, IC: u32, OC: u32, H: u32, W: u32, K: u32, PAD: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// conv2d_forward(out [B,OC,HO,WO], inp [B,IC,H,W], weight [OC,IC,K,K], bias [OC])
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> inp: array<f32>;
+@group(0) @binding(3) var<storage, read_write> weight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+
+// conv2d_backward(dinp [B,IC,H,W], dweight [OC,IC,K,K], dbias [OC], dout [B,OC,HO,WO],
+//                 inp [B,IC,H,W], weight [OC,IC,K,K])
+@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
+
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+fn ho() -> u32 { return p.H + 2u * p.PAD + 1u - p.K; }
+fn wo() -> u32 { return p.W + 2u * p.PAD + 1u - p.K; }
+
+// one invocation per output element
+@compute @workgroup_size(64)
+fn conv2d_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                  @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    let HO = ho();
+    let WO = wo();
+    if (idx >= p.B * p.OC * HO * WO) { return; }
+    let x = idx % WO;
+    let y = (idx / WO) % HO;
+    let o = (idx / (WO * HO)) % p.OC;
+    let b = idx / (WO * HO * p.OC);
+    var acc = bias[p.o3 + o];
+    for (var i = 0u; i < p.IC; i++) {
+        for (var ky = 0u; ky < p.K; ky++) {
+            let iy = i32(y + ky) - i32(p.PAD);
+            if (iy < 0 || iy >= i32(p.H)) { continue; }
+            for (var kx = 0u; kx < p.K; kx++) {
+                let ix = i32(x + kx) - i32(p.PAD);
+                if (ix < 0 || ix >= i32(p.W)) { continue; }
+                acc += weight[p.o2 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
+                     * inp[p.o1 + ((b * p.IC + i) * p.H + u32(iy)) * p.W + u32(ix)];
+            }
+        }
+    }
+    out[p.o0 + idx] = acc;
+}
+
+// one invocation per input element
+@compute @workgroup_size(64)
+fn conv2d_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                         @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    if (idx >= p.B * p.IC * p.H * p.W) { return; }
+    let HO = ho();
+    let WO = wo();
+    let ix = idx % p.W;
+    let iy = (idx / p.W) % p.H;
+    let i = (idx / (p.W * p.H)) % p.IC;
+    let b = idx / (p.W * p.H * p.IC);
+    var acc = 0.0;
+    for (var o = 0u; o < p.OC; o++) {
+        for (var ky = 0u; ky < p.K; ky++) {
+            let y = i32(iy + p.PAD) - i32(ky);
+            if (y < 0 || y >= i32(HO)) { continue; }
+            for (var kx = 0u; kx < p.K; kx++) {
+                let x = i32(ix + p.PAD) - i32(kx);
+                if (x < 0 || x >= i32(WO)) { continue; }
+                acc += b_weight[p.o5 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
+                     * dout[p.o3 + ((b * p.OC + o) * HO + u32(y)) * WO + u32(x)];
+            }
+        }
+    }
+    dinp[p.o0 + idx] += acc;
+}
+
+// one invocation per weight element
+@compute @workgroup_size(64)
+fn conv2d_backward_weight(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                          @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, n, l);
+    if (idx >= p.OC * p.IC * p.K * p.K) { return; }
+    let HO = ho();
+    let WO = wo();
+    let kx = idx % p.K;
+    let ky = (idx / p.K) % p.K;
+    let i = (idx / (p.K * p.K)) % p.IC;
+    let o = idx / (p.K * p.K * p.IC);
+    var acc = 0.0;
+    for (var b = 0u; b < p.B; b++) {
+        for (var y = 0u; y < HO; y++) {
+            let iy = i32(y + ky) - i32(p.PAD);
+            if (iy < 0 || iy >= i32(p.H)) { continue; }
+            let drow = p.o3 + ((b * p.OC + o) * HO + y) * WO;
+            let irow = p.o4 + ((b * p.IC + i) * p.H + u32(iy)) * p.W;
+            for (var x = 0u; x < WO; x++) {
+                let ix = i32(x + kx) - i32(p.PAD);
+                if (ix < 0 || ix >= i32(p.W)) { continue; }
+                acc += dout[drow + x] * b_inp[irow + u32(ix)];
+            }
+        }
+    }
+    dweight[p.o1 + idx] += acc;
+}
+
+// one invocation per output channel
+@compute @workgroup_size(64)
+fn conv2d_backward_bias(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                        @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, n, l);
+    if (o >= p.OC) { return; }
+    let HW = ho() * wo();
+    var acc = 0.0;
+    for (var b = 0u; b < p.B; b++) {
+        let base = p.o3 + (b * p.OC + o) * HW;
+        for (var k = 0u; k < HW; k++) { acc += dout[base + k]; }
+    }
+    dbias[p.o2 + o] += acc;
+}

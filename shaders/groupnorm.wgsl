@@ -1,0 +1,115 @@
+// groupnorm.wgsl: GroupNorm over NCHW: statistics per (image, group of C/G channels) over its
+// (C/G)*HW elements (eps 1e-5, biased variance). Independent of the batch: accumulation-safe.
+//   forward:  norm = (x - mean) * rstd;  out = norm * weight[c] + bias[c]
+//   backward: dnorm = dout * weight[c]
+//             dinp += (dnorm - mean_set(dnorm) - norm * mean_set(dnorm * norm)) * rstd
+//             dweight[c] += sum_{b,hw} dout * norm;  dbias[c] += sum_{b,hw} dout
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    B: u32, C: u32, HW: u32, G: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// groupnorm_forward(out [B,C,HW], mean [B*G], rstd [B*G], inp [B,C,HW], weight [C], bias [C])
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> inp: array<f32>;
+@group(0) @binding(5) var<storage, read_write> weight: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bias: array<f32>;
+
+// groupnorm_backward(dinp, dweight [C], dbias [C], dout, inp, weight [C], mean [B*G], rstd [B*G])
+@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
+@group(0) @binding(15) var<storage, read_write> b_mean: array<f32>;
+@group(0) @binding(16) var<storage, read_write> b_rstd: array<f32>;
+
+const WG: u32 = 64u;
+const EPS: f32 = 1e-5;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// one invocation per (b, group)
+@compute @workgroup_size(64)
+fn groupnorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                     @builtin(local_invocation_index) l: u32) {
+    let bg = flat(w, n, l);
+    if (bg >= p.B * p.G) { return; }
+    let cg = p.C / p.G;
+    let g = bg % p.G;
+    let b = bg / p.G;
+    let start = (b * p.C + g * cg) * p.HW;
+    let count = cg * p.HW;
+    var m = 0.0;
+    for (var k = 0u; k < count; k++) { m += inp[p.o3 + start + k]; }
+    m = m / f32(count);
+    var v = 0.0;
+    for (var k = 0u; k < count; k++) { let d = inp[p.o3 + start + k] - m; v += d * d; }
+    v = v / f32(count);
+    let s = 1.0 / sqrt(v + EPS);
+    for (var k = 0u; k < count; k++) {
+        let c = g * cg + k / p.HW;
+        out[p.o0 + start + k] = (inp[p.o3 + start + k] - m) * s * weight[p.o4 + c] + bias[p.o5 + c];
+    }
+    mean[p.o1 + bg] = m;
+    rstd[p.o2 + bg] = s;
+}
+
+// one invocation per (b, group): the input gradient
+@compute @workgroup_size(64)
+fn groupnorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                            @builtin(local_invocation_index) l: u32) {
+    let bg = flat(w, n, l);
+    if (bg >= p.B * p.G) { return; }
+    let cg = p.C / p.G;
+    let g = bg % p.G;
+    let b = bg / p.G;
+    let start = (b * p.C + g * cg) * p.HW;
+    let count = cg * p.HW;
+    let m = b_mean[p.o6 + bg];
+    let s = b_rstd[p.o7 + bg];
+    var dm = 0.0;
+    var dnn = 0.0;
+    for (var k = 0u; k < count; k++) {
+        let c = g * cg + k / p.HW;
+        let norm = (b_inp[p.o4 + start + k] - m) * s;
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + c];
+        dm += dn;
+        dnn += dn * norm;
+    }
+    dm = dm / f32(count);
+    dnn = dnn / f32(count);
+    for (var k = 0u; k < count; k++) {
+        let c = g * cg + k / p.HW;
+        let norm = (b_inp[p.o4 + start + k] - m) * s;
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + c];
+        dinp[p.o0 + start + k] += (dn - dm - norm * dnn) * s;
+    }
+}
+
+// one invocation per channel: weight and bias gradients
+@compute @workgroup_size(64)
+fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                             @builtin(local_invocation_index) l: u32) {
+    let c = flat(w, n, l);
+    if (c >= p.C) { return; }
+    let g = c / (p.C / p.G);
+    var dw = 0.0;
+    var db = 0.0;
+    for (var b = 0u; b < p.B; b++) {
+        let m = b_mean[p.o6 + b * p.G + g];
+        let s = b_rstd[p.o7 + b * p.G + g];
+        let base = (b * p.C + c) * p.HW;
+        for (var k = 0u; k < p.HW; k++) {
+            let d = dout[p.o3 + base + k];
+            dw += d * (b_inp[p.o4 + base + k] - m) * s;
+            db += d;
+        }
+    }
+    dweight[p.o1 + c] += dw;
+    dbias[p.o2 + c] += db;
+}

@@ -1,0 +1,38 @@
+// relu.wgsl: ReLU.
+//   forward:  out = max(x, 0)
+//   backward: dinp += dout where x > 0 (0 at x <= 0)
+
+struct Params {
+    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    N: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+// relu_forward(out [N], inp [N])
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> inp: array<f32>;
+// relu_backward(dinp [N], inp [N], dout [N])
+@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(10) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dout: array<f32>;
+
+const WG: u32 = 64u;
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+@compute @workgroup_size(64)
+fn relu_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.N) { return; }
+    out[p.o0 + i] = max(inp[p.o1 + i], 0.0);
+}
+
+@compute @workgroup_size(64)
+fn relu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                 @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.N) { return; }
+    if (b_inp[p.o1 + i] > 0.0) {
+        dinp[p.o0 + i] += dout[p.o2 + i];
+    }
+}

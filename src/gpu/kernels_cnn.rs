@@ -1,0 +1,115 @@
+//! Typed launchers of the CNN kernels, with the names and argument order of their CPU twins in
+//! `crate::reference::cnn`. Backward launchers accumulate (`+=`) like the reference.
+
+use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
+
+type R = Result<(), ProgramError>;
+
+impl ProgramBuilder {
+    /// out [B,OC,HO,WO] = conv(inp [B,IC,H,W], weight [OC,IC,K,K]) + bias [OC]; stride 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_forward(
+        &mut self, out: &View, inp: &View, weight: &View, bias: &View, b: usize, ic: usize, oc: usize, h: usize, w: usize,
+        k: usize, pad: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
+        let n = b * oc * (h + 2 * pad + 1 - k) * (w + 2 * pad + 1 - k);
+        self.call("conv2d", "conv2d_forward", 1, &[out, inp, weight, bias], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward(
+        &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, b: usize, ic: usize,
+        oc: usize, h: usize, w: usize, k: usize, pad: usize,
+    ) -> R {
+        let args = [dinp, dweight, dbias, dout, inp, weight];
+        let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
+        self.call("conv2d", "conv2d_backward_input", 9, &args, dims.clone(), Grid::Threads(b * ic * h * w))?;
+        self.call("conv2d", "conv2d_backward_weight", 9, &args, dims.clone(), Grid::Threads(oc * ic * k * k))?;
+        self.call("conv2d", "conv2d_backward_bias", 9, &args, dims, Grid::Threads(oc))?;
+        Ok(())
+    }
+
+    /// GroupNorm over G groups per image: out, inp [B,C,HW]; mean, rstd [B*G].
+    #[allow(clippy::too_many_arguments)]
+    pub fn groupnorm_forward(
+        &mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, b: usize, c: usize,
+        hw: usize, g: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
+        self.call("groupnorm", "groupnorm_forward", 1, &[out, mean, rstd, inp, weight, bias], dims, Grid::Threads(b * g))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn groupnorm_backward(
+        &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, mean: &View,
+        rstd: &View, b: usize, c: usize, hw: usize, g: usize,
+    ) -> R {
+        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
+        self.call("groupnorm", "groupnorm_backward_input", 9, &args, dims.clone(), Grid::Threads(b * g))?;
+        self.call("groupnorm", "groupnorm_backward_params", 9, &args, dims, Grid::Threads(c))?;
+        Ok(())
+    }
+
+    /// BatchNorm, training mode: batch statistics, running statistics updated with `momentum`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_forward_train(
+        &mut self, out: &View, mean: &View, rstd: &View, running_mean: &View, running_var: &View, inp: &View,
+        weight: &View, bias: &View, b: usize, c: usize, hw: usize, momentum: f32,
+    ) -> R {
+        let args = [out, mean, rstd, running_mean, running_var, inp, weight, bias];
+        let dims = Uniforms::new().n(b).n(c).n(hw).f(momentum);
+        self.call("batchnorm", "batchnorm_forward_train", 1, &args, dims, Grid::Threads(c))?;
+        Ok(())
+    }
+
+    /// BatchNorm, evaluation mode (running statistics).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_forward_eval(
+        &mut self, out: &View, inp: &View, weight: &View, bias: &View, running_mean: &View, running_var: &View, b: usize,
+        c: usize, hw: usize,
+    ) -> R {
+        let args = [out, inp, weight, bias, running_mean, running_var];
+        let dims = Uniforms::new().n(b).n(c).n(hw).f(0.0);
+        self.call("batchnorm", "batchnorm_forward_eval", 17, &args, dims, Grid::Threads(b * c * hw))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_backward(
+        &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, mean: &View,
+        rstd: &View, b: usize, c: usize, hw: usize,
+    ) -> R {
+        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let dims = Uniforms::new().n(b).n(c).n(hw).f(0.0);
+        self.call("batchnorm", "batchnorm_backward", 9, &args, dims, Grid::Threads(c))?;
+        Ok(())
+    }
+
+    pub fn relu_forward(&mut self, out: &View, inp: &View, n: usize) -> R {
+        self.call("relu", "relu_forward", 1, &[out, inp], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    pub fn relu_backward(&mut self, dinp: &View, inp: &View, dout: &View, n: usize) -> R {
+        self.call("relu", "relu_backward", 9, &[dinp, inp, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// out, idx [B,C,H/2,W/2] from inp [B,C,H,W]; idx (u32) indexes inp.
+    #[allow(clippy::too_many_arguments)]
+    pub fn maxpool2_forward(&mut self, out: &View, idx: &View, inp: &View, b: usize, c: usize, h: usize, w: usize) -> R {
+        let dims = Uniforms::new().n(b).n(c).n(h).n(w).n(0);
+        self.call("maxpool", "maxpool2_forward", 1, &[out, idx, inp], dims, Grid::Threads(b * c * (h / 2) * (w / 2)))?;
+        Ok(())
+    }
+
+    pub fn maxpool2_backward(&mut self, dinp: &View, idx: &View, dout: &View, n_out: usize) -> R {
+        let dims = Uniforms::new().n(0).n(0).n(0).n(0).n(n_out);
+        self.call("maxpool", "maxpool2_backward", 9, &[dinp, idx, dout], dims, Grid::Threads(n_out))?;
+        Ok(())
+    }
+}
