@@ -355,8 +355,48 @@ fn run_verify(gpu: &Gpu, cfg: &TrainConfig, tolerance: f64, title: &str, json: b
     Ok(report)
 }
 
+/// `gradscope train --model cnn`: epochs over the images, test accuracy after each epoch.
+fn train_cnn(gpu: &Gpu, cfg: TrainConfig, quiet: bool) -> anyhow::Result<()> {
+    let mut t = gradscope::train::cnn::CnnTrainer::new(gpu, cfg)?;
+    let out = PathBuf::from(&t.cfg.out_dir);
+    let mut metrics = MetricsWriter::create(&out, false).with_context(|| format!("cannot write metrics in {}", out.display()))?;
+    let e = t.cfg.effective();
+    println!("adapter          {} ({:?} kernels)", gpu.summary.name, gpu.kind);
+    println!("model            CNN ({:?} norm), {} parameters", t.ccfg.norm, t.ccfg.num_params());
+    println!("data             {:?}: {} training images {}x{}, {} test images", t.cfg.dataset, t.data.train.n, t.data.train.h, t.data.train.w, t.data.test.n);
+    println!("window           B = {} x K = {} = E {} images; {} steps per epoch (the last window has {} images)",
+        t.cfg.micro_batch, t.cfg.accum_steps, e, t.steps_per_epoch, t.data.train.n - (t.steps_per_epoch - 1) * e);
+    println!("device memory (byte ledger):\n{}", gpu.ledger.snapshot());
+    let total = (t.cfg.epochs * t.steps_per_epoch) as u64;
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").unwrap());
+    let started = std::time::Instant::now();
+    let mut images = 0.0;
+    for epoch in 1..=t.cfg.epochs {
+        for _ in 0..t.steps_per_epoch {
+            let (m, _) = t.train_step()?;
+            images += m.tokens;
+            bar.set_position(t.step as u64);
+            bar.set_message(format!("epoch {epoch} loss {:.4}  {:.0} images/s", m.train_loss, m.tokens_per_s));
+            metrics.write(&m)?;
+        }
+        let ev = t.test()?;
+        say(&bar, quiet, format!("epoch {epoch:>3}  test accuracy {:.2}%  test loss {:.4}  ({:.0} training images/s so far)",
+            100.0 * ev.accuracy, ev.loss, images / started.elapsed().as_secs_f64()));
+        metrics.flush()?;
+    }
+    bar.finish();
+    Ok(())
+}
+
 fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf>, quiet: bool, overrides: &[String]) -> anyhow::Result<()> {
     let gpu = device(choice)?;
+    if resume.is_none() {
+        let cfg = TrainConfig::load(config.as_deref(), overrides)?;
+        if cfg.model == gradscope::train::config::ModelKind::Cnn {
+            return train_cnn(&gpu, cfg, quiet);
+        }
+    }
     let mut t = match &resume {
         Some(ck) => {
             anyhow::ensure!(config.is_none(), "--resume takes its config from the checkpoint; pass overrides instead");

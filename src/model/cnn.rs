@@ -237,6 +237,14 @@ impl GpuCnn {
         Ok(self.gpu.read(&self.acts, self.layout.logits, rows * self.cfg.classes)?)
     }
 
+    /// Per-kernel device time of one full micro-batch's train program (timestamp queries).
+    pub fn profile_micro_batch(&mut self, pixels: &[f32], labels: &[u32]) -> Option<Vec<(String, f64)>> {
+        self.gpu.upload(&self.acts, self.layout.x, pixels);
+        self.gpu.upload(&self.labels, 0, labels);
+        let rows = labels.len();
+        self.programs(rows).ok()?.train.profile()
+    }
+
     pub fn read_running(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
         self.gpu.read(&self.running, 0, self.cfg.running_len())
     }

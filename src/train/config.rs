@@ -39,9 +39,30 @@ pub enum OnNonFinite {
     Stop,
 }
 
+/// Which model to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// The char-level GPT on a text file.
+    #[default]
+    Gpt,
+    /// The CNN on MNIST or the 8x8 digits.
+    Cnn,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// `gpt` or `cnn`. With `cnn` the defaults that differ are lr 2e-3, beta2 0.999,
+    /// weight_decay 0.01, grad_clip 0 (off), micro_batch 32, accum_steps 4, eval_every 0.
+    pub model: ModelKind,
+    // --- CNN ---
+    /// `group` (GroupNorm(4), default) or `batch` (BatchNorm).
+    pub norm: crate::reference::cnn_model::NormKind,
+    /// `mnist` (5k train, 10k test) or `digits` (8x8, tiny).
+    pub dataset: crate::data::images::Dataset,
+    /// CNN: epochs over the training images (max_steps is derived from them).
+    pub epochs: usize,
     // --- data ---
     /// Char-level text corpus; train = first 90%, validation = last 10%.
     pub data: String,
@@ -101,6 +122,10 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            model: ModelKind::Gpt,
+            norm: Default::default(),
+            dataset: Default::default(),
+            epochs: 1,
             data: "assets/data/tinyshakespeare.txt".into(),
             padded: false,
             data_seed: 42,
@@ -176,6 +201,21 @@ impl TrainConfig {
             table.insert(key, parse_value(&value));
             i += 1;
         }
+        // the CNN's own defaults, for the keys not given
+        if table.get("model").and_then(|v| v.as_str()) == Some("cnn") {
+            for (k, v) in [
+                ("lr", toml::Value::Float(2e-3)),
+                ("beta2", toml::Value::Float(0.999)),
+                ("weight_decay", toml::Value::Float(0.01)),
+                ("grad_clip", toml::Value::Float(0.0)),
+                ("micro_batch", toml::Value::Integer(32)),
+                ("accum_steps", toml::Value::Integer(4)),
+                ("eval_every", toml::Value::Integer(0)),
+                ("out_dir", toml::Value::String("runs/cnn".into())),
+            ] {
+                table.entry(k.to_string()).or_insert(v);
+            }
+        }
         let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -218,6 +258,9 @@ impl TrainConfig {
         }
         if self.max_steps == 0 {
             return bad("max_steps must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
         }
         if self.keep_last == 0 {
             return bad("keep_last must be at least 1".into());

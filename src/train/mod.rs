@@ -2,6 +2,7 @@
 //! the verify procedure. It never imports egui; front ends (CLI, app) receive `Event`s.
 
 pub mod checkpoint;
+pub mod cnn;
 pub mod config;
 pub mod live;
 pub mod metrics;

@@ -1,0 +1,151 @@
+//! The CNN trainer: the same accumulation contract as the GPT's, over epochs of images.
+//!
+//! Each optimizer step takes the next E = B*K images of the epoch's shuffle, in micro-batches of
+//! B; the epoch's last window is short (and its last micro-batch too): it is stepped, normalized
+//! by its real count of images. Losses are summed and the gradient divided once by the window's
+//! count on the device; the global norm is clipped once; AdamW's step count advances per step.
+//! BatchNorm's running statistics are updated by every micro-batch (K times per step): the
+//! drift `verify --model cnn --norm batch` measures.
+
+use std::time::Instant;
+
+use crate::data::images::{EpochSampler, ImageData, Images, pack};
+use crate::gpu::Gpu;
+use crate::model::cnn::GpuCnn;
+use crate::model::gpt::{StepSettings, WindowFigures};
+use crate::reference::cnn_model::{CnnConfig, init_cnn_params};
+
+use super::trainer::{HealthMonitor, StepMetrics};
+use super::TrainConfig;
+
+pub struct CnnTrainer {
+    pub cfg: TrainConfig,
+    pub ccfg: CnnConfig,
+    pub data: ImageData,
+    pub model: GpuCnn,
+    pub sampler: EpochSampler,
+    /// Optimizer steps taken (windows).
+    pub step: usize,
+    pub adam_step: usize,
+    /// Windows per epoch: ceil(n_train / E).
+    pub steps_per_epoch: usize,
+    health: HealthMonitor,
+}
+
+/// Accuracy and mean loss over a set of images.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub images: usize,
+}
+
+impl CnnTrainer {
+    pub fn new(gpu: &Gpu, cfg: TrainConfig) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data");
+        let dir = if std::path::Path::new("assets/data").exists() { std::path::PathBuf::from("assets/data") } else { dir };
+        let data = ImageData::load(&dir, cfg.dataset)?;
+        let ccfg = CnnConfig::new(data.train.h, data.train.w, data.train.classes.max(data.test.classes), cfg.norm);
+        let bytes = GpuCnn::predicted_activation_bytes(&ccfg, cfg.micro_batch) / 2;
+        let max = gpu.limits().max_storage_buffer_binding_size;
+        if bytes > max {
+            anyhow::bail!(
+                "micro_batch {} needs an activation slab of {} but this device's max storage binding is {}",
+                cfg.micro_batch, crate::gpu::human_bytes(bytes), crate::gpu::human_bytes(max)
+            );
+        }
+        let params = init_cnn_params(&ccfg, cfg.seed);
+        let model = GpuCnn::new(gpu, ccfg, &params, cfg.micro_batch)?;
+        let e = cfg.effective();
+        let steps_per_epoch = data.train.n.div_ceil(e);
+        let sampler = EpochSampler::new(cfg.data_seed);
+        Ok(Self { cfg, ccfg, data, model, sampler, step: 0, adam_step: 0, steps_per_epoch, health: HealthMonitor::default() })
+    }
+
+    fn settings(&self) -> StepSettings {
+        StepSettings {
+            lr: self.cfg.lr_at(self.step) as f32,
+            beta1: self.cfg.beta1 as f32,
+            beta2: self.cfg.beta2 as f32,
+            eps: self.cfg.eps as f32,
+            weight_decay: self.cfg.weight_decay as f32,
+            grad_clip: self.cfg.grad_clip as f32,
+        }
+    }
+
+    /// Run the micro-batches of the next window (no step). Returns K of the window.
+    pub fn accumulate_window(&mut self) -> anyhow::Result<usize> {
+        let (idx, _) = self.sampler.window(self.data.train.n, self.cfg.effective());
+        let chunks: Vec<&[usize]> = idx.chunks(self.cfg.micro_batch).collect();
+        for (j, c) in chunks.iter().enumerate() {
+            let (x, y) = pack(&self.data.train, c, c.len());
+            self.model.micro_step(&x, &y, j)?;
+        }
+        Ok(chunks.len())
+    }
+
+    /// One window and its optimizer step.
+    pub fn train_step(&mut self) -> anyhow::Result<(StepMetrics, WindowFigures)> {
+        let start = Instant::now();
+        let k = self.accumulate_window()?;
+        let st = self.settings();
+        self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, true)?;
+        let fig = self.model.slabs.window_figures(k)?;
+        self.step += 1;
+        let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
+        if !skipped {
+            self.adam_step += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let train_loss = fig.mean_loss();
+        let health = self.health.observe(train_loss, fig.grad_norm);
+        let m = StepMetrics {
+            step: self.step,
+            train_loss,
+            val_loss: None,
+            lr: st.lr as f64,
+            grad_norm: fig.grad_norm,
+            clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
+            update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
+            skipped,
+            tokens: fig.count,
+            tokens_per_s: fig.count / secs,
+            micro_batch: self.cfg.micro_batch,
+            accum_steps: k,
+            memory: self.model.gpu.ledger.snapshot(),
+            health,
+        };
+        Ok((m, fig))
+    }
+
+    /// Test-set evaluation (BatchNorm in evaluation mode).
+    pub fn test(&mut self) -> anyhow::Result<Evaluation> {
+        evaluate(&mut self.model, self.cfg.micro_batch, &self.data.test)
+    }
+
+    /// Evaluation on the training images.
+    pub fn train_eval(&mut self) -> anyhow::Result<Evaluation> {
+        evaluate(&mut self.model, self.cfg.micro_batch, &self.data.train)
+    }
+}
+
+/// Loss and accuracy of `model` over `set`, in batches of `b`.
+pub fn evaluate(model: &mut GpuCnn, b: usize, set: &Images) -> anyhow::Result<Evaluation> {
+    let nc = model.cfg.classes;
+    let (mut correct, mut loss) = (0usize, 0.0f64);
+    let idx: Vec<usize> = (0..set.n).collect();
+    for c in idx.chunks(b) {
+        let (x, y) = pack(set, c, c.len());
+        let logits = model.eval_logits(&x, &y)?;
+        for (r, &label) in y.iter().enumerate() {
+            let row = &logits[r * nc..(r + 1) * nc];
+            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            correct += (best as u32 == label) as usize;
+            let m = row.iter().fold(f32::MIN, |a, &v| a.max(v)) as f64;
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            loss += lse - row[label as usize] as f64;
+        }
+    }
+    Ok(Evaluation { loss: loss / set.n as f64, accuracy: correct as f64 / set.n as f64, images: set.n })
+}
