@@ -52,3 +52,46 @@ fn gpu_cnn_window_gradient_equals_the_cpu_reference() {
         }
     }
 }
+
+fn digits(norm: NormKind, b: usize, k: usize) -> gradscope::train::TrainConfig {
+    let ov: Vec<String> = ["--model", "cnn", "--dataset", "digits"].iter().map(|s| s.to_string()).collect();
+    let base = gradscope::train::TrainConfig::load(None, &ov).unwrap();
+    gradscope::train::TrainConfig { norm, micro_batch: b, accum_steps: k, ..base }
+}
+
+/// Rule 7: GroupNorm's accumulated gradient equals the true batch's; BatchNorm's does not
+/// (its statistics come from each micro-batch), so the check has teeth.
+#[test]
+fn groupnorm_accumulates_exactly_and_batchnorm_does_not() {
+    use gradscope::train::cnn::first_window_gradient;
+    use gradscope::train::verify::gradient_rel_diff;
+    let g = common::gpu();
+    let truth = first_window_gradient(&g, &digits(NormKind::Group, 32, 1)).unwrap();
+    for (b, k) in [(8, 4), (4, 8), (5, 7)] {
+        let acc = first_window_gradient(&g, &digits(NormKind::Group, b, k)).unwrap();
+        let d = gradient_rel_diff(&acc, &gradscope::train::cnn::first_window_gradient(&g, &digits(NormKind::Group, b * k, 1)).unwrap());
+        println!("GroupNorm {b} x {k}: max rel diff to the true batch {d:.2e}");
+        assert!(d < 1e-5, "GroupNorm {b}x{k}: {d}");
+    }
+    let d = gradient_rel_diff(&first_window_gradient(&g, &digits(NormKind::Group, 4, 8)).unwrap(), &truth);
+    assert!(d < 1e-5);
+    let truth = first_window_gradient(&g, &digits(NormKind::Batch, 32, 1)).unwrap();
+    let acc = first_window_gradient(&g, &digits(NormKind::Batch, 4, 8)).unwrap();
+    let d = gradient_rel_diff(&acc, &truth);
+    println!("BatchNorm 4 x 8: max rel diff to the true batch {d:.2e}");
+    assert!(d > 1e-2, "BatchNorm's micro-batch statistics must change the gradient: {d}");
+}
+
+#[test]
+fn cnn_learns_the_digits() {
+    let g = common::gpu();
+    let mut t = gradscope::train::cnn::CnnTrainer::new(&g, gradscope::train::TrainConfig { epochs: 3, ..digits(NormKind::Group, 16, 2) }).unwrap();
+    let before = t.test().unwrap();
+    for _ in 0..3 * t.steps_per_epoch {
+        t.train_step().unwrap();
+    }
+    let after = t.test().unwrap();
+    println!("digits test accuracy {:.1}% -> {:.1}% after 3 epochs", 100.0 * before.accuracy, 100.0 * after.accuracy);
+    assert!(after.accuracy > 0.85, "{after:?}");
+    assert!(after.loss < before.loss);
+}

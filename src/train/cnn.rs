@@ -130,6 +130,13 @@ impl CnnTrainer {
     }
 }
 
+/// The normalized gradient of the first window of a fresh CNN trainer (for `verify` and tests).
+pub fn first_window_gradient(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<Vec<f32>> {
+    let mut t = CnnTrainer::new(gpu, cfg.clone())?;
+    t.accumulate_window()?;
+    Ok(t.model.slabs.normalized_window_gradient(true)?)
+}
+
 /// Loss and accuracy of `model` over `set`, in batches of `b`.
 pub fn evaluate(model: &mut GpuCnn, b: usize, set: &Images) -> anyhow::Result<Evaluation> {
     let nc = model.cfg.classes;
