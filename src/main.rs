@@ -227,6 +227,9 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Verify { quick, show_broken, tolerance, config, json, overrides } => {
             let gpu = device(&choice)?;
+            if overrides.windows(2).any(|w| w[0] == "--model" && w[1] == "cnn") || overrides.iter().any(|o| o == "--model=cnn") {
+                return verify_cnn_cli(&gpu, quick, config.as_deref(), &overrides, json);
+            }
             let profile = if quick { "quick" } else { "default" };
             let base = verify_config(quick, config.as_deref(), &overrides)?;
             let report = run_verify(&gpu, &base, tolerance, &format!("{profile} profile"), json)?;
@@ -306,6 +309,44 @@ fn run() -> anyhow::Result<()> {
                     "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt }))?);
             }
         }
+    }
+    Ok(())
+}
+
+/// `gradscope verify --model cnn --norm group|batch`. Profiles: default MNIST, B 4 x K 16 = 64,
+/// 40 steps; quick: the 8x8 digits, B 4 x K 8, 30 steps.
+fn verify_cnn_cli(gpu: &Gpu, quick: bool, file: Option<&std::path::Path>, overrides: &[String], json: bool) -> anyhow::Result<()> {
+    let mut ov: Vec<String> = if quick {
+        ["--dataset=digits", "--micro_batch=4", "--accum_steps=8", "--max_steps=30"].map(String::from).to_vec()
+    } else {
+        ["--micro_batch=4", "--accum_steps=16", "--max_steps=40"].map(String::from).to_vec()
+    };
+    ov.extend_from_slice(overrides);
+    let cfg = TrainConfig::load(file, &ov)?;
+    let e = cfg.effective();
+    if !json {
+        println!("== verify (cnn, {:?} norm, {:?}): true batch {e} x 1 vs micro-batch {} x {} = {e}, {} steps",
+            cfg.norm, cfg.dataset, cfg.micro_batch, cfg.windows_micro_batches(), cfg.max_steps);
+    }
+    let r = gradscope::train::verify_cnn::verify_cnn(gpu, &cfg, cfg.max_steps)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("first-window gradient: max relative difference {:.2e}", r.first_gradient_rel_diff);
+        for (name, run) in [("true batch", &r.true_batch), ("accumulated", &r.accumulated)] {
+            print!("{name:<12} B {:>3} x K {:>2}: test accuracy {:.2}% (running statistics)", run.micro_batch, run.accum_steps, 100.0 * run.test_accuracy);
+            for d in &run.drift {
+                print!("; BN{} running-mean error {:.4}, running-var ratio {:.3}", d.layer, d.running_mean_error, d.running_var_ratio);
+            }
+            println!();
+        }
+        for (t, a) in r.true_batch.drift.iter().zip(&r.accumulated.drift) {
+            println!("BN{}: running-mean error {:.1}x the true batch's", t.layer, a.running_mean_error / t.running_mean_error.max(1e-12));
+        }
+        println!("{}: {}", if r.passed { "PASS" } else { "FAIL" }, r.diagnosis);
+    }
+    if !r.passed {
+        std::process::exit(2);
     }
     Ok(())
 }

@@ -95,3 +95,24 @@ fn cnn_learns_the_digits() {
     assert!(after.accuracy > 0.85, "{after:?}");
     assert!(after.loss < before.loss);
 }
+
+/// `verify --model cnn`: GroupNorm passes, BatchNorm at micro-batch 4 is caught (its first
+/// window's gradient differs and the report carries its running-statistics drift).
+#[test]
+fn verify_cnn_passes_groupnorm_and_catches_batchnorm() {
+    use gradscope::train::verify_cnn::verify_cnn;
+    let g = common::gpu();
+    let gn = verify_cnn(&g, &digits(NormKind::Group, 4, 8), 10).unwrap();
+    println!("{gn:?}");
+    assert!(gn.passed, "{}", gn.diagnosis);
+    assert!(gn.first_gradient_rel_diff < 1e-5);
+    assert!(gn.true_batch.drift.is_empty() && gn.accumulated.drift.is_empty(), "GroupNorm has no running statistics");
+    let bn = verify_cnn(&g, &digits(NormKind::Batch, 4, 8), 10).unwrap();
+    println!("{bn:?}");
+    assert!(!bn.passed);
+    assert!(bn.first_gradient_rel_diff > 1e-2);
+    assert_eq!(bn.accumulated.drift.len(), 2, "one drift figure per BatchNorm layer");
+    for d in bn.accumulated.drift.iter().chain(&bn.true_batch.drift) {
+        assert!(d.running_mean_error.is_finite() && d.running_var_ratio > 0.0);
+    }
+}

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod sample;
 pub mod trainer;
 pub mod verify;
+pub mod verify_cnn;
 
 pub use config::TrainConfig;
 pub use trainer::{Derived, RunOutcome, StepMetrics, Trainer};
