@@ -6,6 +6,12 @@
 //   backward (training mode, through the batch statistics), per channel with dnorm = dout * w:
 //             dinp += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd
 //             dweight += sum dout * norm;  dbias += sum dout
+//             (mean(dnorm) = w * sum dout / n and mean(dnorm * norm) = w * sum dout * norm / n)
+// The per-channel kernels run one WORKGROUP per channel: lane l sums elements l, l+64, ... of the
+// channel's B*HW set in order, then a fixed tree combines the 64 partials (deterministic, no
+// atomics). One invocation walking the whole set would not do: Mesa's llvmpipe/lavapipe stops
+// every loop of an invocation after 65535 iterations in total (LP_MAX_TGSI_LOOP_ITERATIONS),
+// silently, which three passes over B*HW = 32*784 already exceed.
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -47,40 +53,51 @@ const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
-// one invocation per channel
+var<workgroup> part: array<vec2<f32>, 64>;
+
+// Sum of v over the 64 lanes in a fixed tree order; every lane gets the result. Call from
+// uniform control flow.
+fn reduce(l: u32, v: vec2<f32>) -> vec2<f32> {
+    part[l] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (l < stride) { part[l] += part[l + stride]; }
+        workgroupBarrier();
+    }
+    let r = part[0];
+    workgroupBarrier(); // everyone has read part[0] before it is written again
+    return r;
+}
+
+// element j (0 <= j < B*HW) of channel c's set -> its index in [B,C,HW]
+fn at(c: u32, j: u32) -> u32 { return ((j / p.HW) * p.C + c) * p.HW + j % p.HW; }
+
+// one workgroup per channel (workgroup_id.x = channel)
 @compute @workgroup_size(64)
-fn batchnorm_forward_train(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
-                           @builtin(local_invocation_index) l: u32) {
-    let c = flat(w, n, l);
-    if (c >= p.C) { return; }
+fn batchnorm_forward_train(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let c = w.x;
     let count = p.B * p.HW;
-    var m = 0.0;
-    for (var b = 0u; b < p.B; b++) {
-        let base = p.o5 + (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) { m += inp[base + k]; }
-    }
-    m = m / f32(count);
-    var v = 0.0;
-    for (var b = 0u; b < p.B; b++) {
-        let base = p.o5 + (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) { let d = inp[base + k] - m; v += d * d; }
-    }
-    v = v / f32(count);
-    let s = 1.0 / sqrt(v + EPS);
+    var s = 0.0;
+    for (var j = l; j < count; j += WG) { s += inp[p.o5 + at(c, j)]; }
+    let m = reduce(l, vec2<f32>(s, 0.0)).x / f32(count);
+    var q = 0.0;
+    for (var j = l; j < count; j += WG) { let d = inp[p.o5 + at(c, j)] - m; q += d * d; }
+    let v = reduce(l, vec2<f32>(q, 0.0)).x / f32(count);
+    let r = 1.0 / sqrt(v + EPS);
     let wc = weight[p.o6 + c];
     let bc = bias[p.o7 + c];
-    for (var b = 0u; b < p.B; b++) {
-        let base = (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) {
-            out[p.o0 + base + k] = (inp[p.o5 + base + k] - m) * s * wc + bc;
-        }
+    for (var j = l; j < count; j += WG) {
+        let i = at(c, j);
+        out[p.o0 + i] = (inp[p.o5 + i] - m) * r * wc + bc;
     }
-    mean[p.o1 + c] = m;
-    rstd[p.o2 + c] = s;
-    var unbiased = v;
-    if (count > 1u) { unbiased = v * f32(count) / f32(count - 1u); }
-    running_mean[p.o3 + c] = (1.0 - p.momentum) * running_mean[p.o3 + c] + p.momentum * m;
-    running_var[p.o4 + c] = (1.0 - p.momentum) * running_var[p.o4 + c] + p.momentum * unbiased;
+    if (l == 0u) {
+        mean[p.o1 + c] = m;
+        rstd[p.o2 + c] = r;
+        var unbiased = v;
+        if (count > 1u) { unbiased = v * f32(count) / f32(count - 1u); }
+        running_mean[p.o3 + c] = (1.0 - p.momentum) * running_mean[p.o3 + c] + p.momentum * m;
+        running_var[p.o4 + c] = (1.0 - p.momentum) * running_var[p.o4 + c] + p.momentum * unbiased;
+    }
 }
 
 // one invocation per element
@@ -94,40 +111,30 @@ fn batchnorm_forward_eval(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
     e_out[p.o0 + i] = (e_inp[p.o1 + i] - e_rmean[p.o4 + c]) * s * e_weight[p.o2 + c] + e_bias[p.o3 + c];
 }
 
-// one invocation per channel: input, weight and bias gradients of the channel's set
+// one workgroup per channel: input, weight and bias gradients of the channel's set
 @compute @workgroup_size(64)
-fn batchnorm_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
-                      @builtin(local_invocation_index) l: u32) {
-    let c = flat(w, n, l);
-    if (c >= p.C) { return; }
-    let count = f32(p.B * p.HW);
+fn batchnorm_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let c = w.x;
+    let count = p.B * p.HW;
     let m = b_mean[p.o6 + c];
     let s = b_rstd[p.o7 + c];
     let wc = b_weight[p.o5 + c];
-    var dm = 0.0;
-    var dnn = 0.0;
-    var dw = 0.0;
-    var db = 0.0;
-    for (var b = 0u; b < p.B; b++) {
-        let base = (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) {
-            let d = dout[p.o3 + base + k];
-            let norm = (b_inp[p.o4 + base + k] - m) * s;
-            dm += d * wc;
-            dnn += d * wc * norm;
-            dw += d * norm;
-            db += d;
-        }
+    var acc = vec2<f32>(0.0); // (sum dout * norm, sum dout)
+    for (var j = l; j < count; j += WG) {
+        let i = at(c, j);
+        let d = dout[p.o3 + i];
+        acc += vec2<f32>(d * (b_inp[p.o4 + i] - m) * s, d);
     }
-    dm = dm / count;
-    dnn = dnn / count;
-    for (var b = 0u; b < p.B; b++) {
-        let base = (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) {
-            let norm = (b_inp[p.o4 + base + k] - m) * s;
-            dinp[p.o0 + base + k] += (dout[p.o3 + base + k] * wc - dm - norm * dnn) * s;
-        }
+    let sums = reduce(l, acc);
+    let dm = wc * sums.y / f32(count);   // mean(dnorm)
+    let dnn = wc * sums.x / f32(count);  // mean(dnorm * norm)
+    for (var j = l; j < count; j += WG) {
+        let i = at(c, j);
+        let norm = (b_inp[p.o4 + i] - m) * s;
+        dinp[p.o0 + i] += (dout[p.o3 + i] * wc - dm - norm * dnn) * s;
     }
-    dweight[p.o1 + c] += dw;
-    dbias[p.o2 + c] += db;
+    if (l == 0u) {
+        dweight[p.o1 + c] += sums.x;
+        dbias[p.o2 + c] += sums.y;
+    }
 }

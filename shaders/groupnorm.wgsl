@@ -4,6 +4,9 @@
 //   backward: dnorm = dout * weight[c]
 //             dinp += (dnorm - mean_set(dnorm) - norm * mean_set(dnorm * norm)) * rstd
 //             dweight[c] += sum_{b,hw} dout * norm;  dbias[c] += sum_{b,hw} dout
+// Forward and input gradient: one invocation per (b, group), three passes over its (C/G)*HW
+// elements; on lavapipe (65535 loop iterations per invocation, silently) that caps (C/G)*HW at
+// about 21000.
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -91,25 +94,31 @@ fn groupnorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     }
 }
 
-// one invocation per channel: weight and bias gradients
+// one WORKGROUP per channel (workgroup_id.x = channel): weight and bias gradients summed over the
+// channel's B*HW elements, lane l taking elements l, l+64, ... in order, then a fixed tree
+// (deterministic). The set grows with the batch; one invocation walking it would run into
+// lavapipe's silent cap of 65535 loop iterations per invocation.
+var<workgroup> part: array<vec2<f32>, 64>;
+
 @compute @workgroup_size(64)
-fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
-                             @builtin(local_invocation_index) l: u32) {
-    let c = flat(w, n, l);
-    if (c >= p.C) { return; }
+fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let c = w.x;
     let g = c / (p.C / p.G);
-    var dw = 0.0;
-    var db = 0.0;
-    for (var b = 0u; b < p.B; b++) {
-        let m = b_mean[p.o6 + b * p.G + g];
-        let s = b_rstd[p.o7 + b * p.G + g];
-        let base = (b * p.C + c) * p.HW;
-        for (var k = 0u; k < p.HW; k++) {
-            let d = dout[p.o3 + base + k];
-            dw += d * (b_inp[p.o4 + base + k] - m) * s;
-            db += d;
-        }
+    var acc = vec2<f32>(0.0); // (sum dout * norm, sum dout)
+    for (var j = l; j < p.B * p.HW; j += WG) {
+        let b = j / p.HW;
+        let i = (b * p.C + c) * p.HW + j % p.HW;
+        let d = dout[p.o3 + i];
+        acc += vec2<f32>(d * (b_inp[p.o4 + i] - b_mean[p.o6 + b * p.G + g]) * b_rstd[p.o7 + b * p.G + g], d);
     }
-    dweight[p.o1 + c] += dw;
-    dbias[p.o2 + c] += db;
+    part[l] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (l < stride) { part[l] += part[l + stride]; }
+        workgroupBarrier();
+    }
+    if (l == 0u) {
+        dweight[p.o1 + c] += part[0].x;
+        dbias[p.o2 + c] += part[0].y;
+    }
 }

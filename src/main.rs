@@ -206,6 +206,13 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Eval { checkpoint, eval_windows, data } => {
             let gpu = device(&choice)?;
+            if gradscope::train::checkpoint::format_of(&checkpoint)?.as_deref() == Some("gradscope-cnn") {
+                let mut t = gradscope::train::cnn::CnnTrainer::load(&gpu, &checkpoint)?;
+                let ev = t.test()?;
+                println!("{}: step {}, CNN ({:?} norm), test accuracy {:.2}% and loss {:.4} over {} images (running statistics)",
+                    checkpoint.display(), t.step, t.ccfg.norm, 100.0 * ev.accuracy, ev.loss, ev.images);
+                return Ok(());
+            }
             let mut ov = vec![];
             if let Some(n) = eval_windows {
                 ov.push(format!("--eval_windows={n}"));
@@ -427,6 +434,9 @@ fn train_cnn(gpu: &Gpu, cfg: TrainConfig, quiet: bool) -> anyhow::Result<()> {
         metrics.flush()?;
     }
     bar.finish();
+    let ck = out.join("ckpt.safetensors");
+    t.save(&ck)?;
+    println!("done: step {}, {:.0} training images/s overall; checkpoint {}", t.step, images / started.elapsed().as_secs_f64(), ck.display());
     Ok(())
 }
 

@@ -100,3 +100,21 @@ fn verify_quick_passes_and_catches_the_broken_normalization() {
     assert_eq!(out.status.code(), Some(2), "the broken normalization must fail the check");
     assert!(s.contains("FAIL") && s.contains("diagnosis"), "{s}");
 }
+
+#[test]
+fn cnn_trains_and_evaluates_from_the_command_line() {
+    let dir = tmpdir("cnn");
+    let out = gradscope()
+        .args(["train", "--quiet", "--model", "cnn", "--dataset", "digits", "--norm", "batch", "--epochs", "1", "--micro_batch", "16", "--out_dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    println!("{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(s.contains("test accuracy") && s.contains("images/s"), "{s}");
+    let out = gradscope().arg("eval").arg(dir.join("ckpt.safetensors")).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.contains("CNN (Batch norm), test accuracy"), "{s}");
+}

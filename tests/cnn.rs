@@ -116,3 +116,31 @@ fn verify_cnn_passes_groupnorm_and_catches_batchnorm() {
         assert!(d.running_mean_error.is_finite() && d.running_var_ratio > 0.0);
     }
 }
+
+#[test]
+fn cnn_checkpoints_round_trip_with_running_statistics() {
+    let g = common::gpu();
+    let dir = std::env::temp_dir().join(format!("gradscope-cnnck-{}", std::process::id()));
+    let cfg = gradscope::train::TrainConfig { out_dir: dir.display().to_string(), ..digits(NormKind::Batch, 8, 2) };
+    let mut t = gradscope::train::cnn::CnnTrainer::new(&g, cfg).unwrap();
+    for _ in 0..3 {
+        t.train_step().unwrap();
+    }
+    let ck = dir.join("cnn.safetensors");
+    t.save(&ck).unwrap();
+    let mut u = gradscope::train::cnn::CnnTrainer::load(&g, &ck).unwrap();
+    assert_eq!(u.step, 3);
+    assert_eq!(u.model.slabs.read_params().unwrap(), t.model.slabs.read_params().unwrap());
+    assert_eq!(u.model.read_running().unwrap(), t.model.read_running().unwrap());
+    assert_eq!(u.test().unwrap(), t.test().unwrap());
+    // PyTorch names and shapes
+    let bytes = std::fs::read(&ck).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("conv2.weight").unwrap().shape(), &[32, 16, 3, 3]);
+    assert_eq!(st.tensor("fc.weight").unwrap().shape(), &[10, 128]);
+    assert_eq!(st.tensor("norm2.running_var").unwrap().shape(), &[32]);
+    // and the next steps continue identically
+    t.train_step().unwrap();
+    u.train_step().unwrap();
+    assert_eq!(u.model.slabs.read_params().unwrap(), t.model.slabs.read_params().unwrap(), "resume is exact");
+}

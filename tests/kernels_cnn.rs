@@ -57,7 +57,7 @@ fn conv2d_matches_reference() {
 fn groupnorm_matches_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("groupnorm");
-    for (i, &(b, c, hw, gr)) in [(2, 4, 5, 2), (3, 6, 7, 3), (1, 4, 1, 4), (32, 16, 784, 4), (32, 32, 196, 4)].iter().enumerate() {
+    for (i, &(b, c, hw, gr)) in [(2, 4, 5, 2), (3, 6, 7, 3), (1, 4, 1, 4), (32, 16, 784, 4), (32, 32, 196, 4), (96, 4, 784, 2)].iter().enumerate() {
         let n = b * c * hw;
         let x: Vec<f32> = rng.vec(n, 2.0).iter().map(|v| v + 0.3).collect();
         let (wt, bs, dout) = (rng.vec(c, 1.0), rng.vec(c, 1.0), rng.vec(n, 1.0));
@@ -90,7 +90,7 @@ fn groupnorm_matches_reference() {
 fn batchnorm_matches_reference_in_training_and_evaluation() {
     let g = gpu();
     let mut rng = Rng::fresh("batchnorm");
-    for (i, &(b, c, hw)) in [(2, 3, 5), (4, 5, 7), (1, 2, 9), (32, 16, 784), (32, 32, 196)].iter().enumerate() {
+    for (i, &(b, c, hw)) in [(2, 3, 5), (4, 5, 7), (1, 2, 9), (32, 16, 784), (32, 32, 196), (96, 4, 784)].iter().enumerate() {
         let n = b * c * hw;
         let x: Vec<f32> = rng.vec(n, 2.0).iter().map(|v| v - 0.4).collect();
         let (wt, bs, dout) = (rng.vec(c, 1.0), rng.vec(c, 1.0), rng.vec(n, 1.0));
@@ -118,17 +118,6 @@ fn batchnorm_matches_reference_in_training_and_evaluation() {
         let mut eout = vec![0.0; n];
         r::batchnorm_forward_eval(&mut eout, &f64s(&x), &f64s(&wt), &f64s(&bs), &rrm, &rrv, b, c, hw);
         let name = format!("batchnorm {b}x{c}x{hw}");
-        for (lab, t, want) in [("out", o, &out), ("mean", m, &rm), ("rstd", s, &rs), ("rm", rmi, &rrm), ("rv", rvi, &rrv), ("dinp", dx, &rdx), ("dw", dw, &rdw), ("db", db, &rdb), ("eo", eo, &eout)] {
-            let got = ts.read(t);
-            let bad: Vec<usize> = got.iter().enumerate().filter(|(_, v)| v.is_nan()).map(|(i, _)| i).collect();
-            println!("DEBUG {lab}: {} NaN of {}, first {:?} last {:?}; e={:.2e}", bad.len(), got.len(), bad.first(), bad.last(), common::rel_err(&got, want));
-            if lab == "out" && !bad.is_empty() {
-                for ch in 0..c {
-                    let bb: Vec<usize> = bad.iter().copied().filter(|i| (i / hw) % c == ch).collect();
-                    if let Some(&f) = bb.first() { println!("  ch {ch}: {} NaN, first b {} p {}, last b {} p {}", bb.len(), f / (hw*c), f % hw, bb.last().unwrap() / (hw*c), bb.last().unwrap() % hw); }
-                }
-            }
-        }
         check(&name, "out", &ts.read(o), &out, TOL);
         check(&name, "mean", &ts.read(m), &rm, TOL);
         check(&name, "rstd", &ts.read(s), &rs, TOL);

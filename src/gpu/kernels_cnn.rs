@@ -50,7 +50,7 @@ impl ProgramBuilder {
         let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
         let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
         self.call("groupnorm", "groupnorm_backward_input", 9, &args, dims.clone(), Grid::Threads(b * g))?;
-        self.call("groupnorm", "groupnorm_backward_params", 9, &args, dims, Grid::Threads(c))?;
+        self.call("groupnorm", "groupnorm_backward_params", 9, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
         Ok(())
     }
 
@@ -62,7 +62,7 @@ impl ProgramBuilder {
     ) -> R {
         let args = [out, mean, rstd, running_mean, running_var, inp, weight, bias];
         let dims = Uniforms::new().n(b).n(c).n(hw).f(momentum);
-        self.call("batchnorm", "batchnorm_forward_train", 1, &args, dims, Grid::Threads(c))?;
+        self.call("batchnorm", "batchnorm_forward_train", 1, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
         Ok(())
     }
 
@@ -85,7 +85,7 @@ impl ProgramBuilder {
     ) -> R {
         let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
         let dims = Uniforms::new().n(b).n(c).n(hw).f(0.0);
-        self.call("batchnorm", "batchnorm_backward", 9, &args, dims, Grid::Threads(c))?;
+        self.call("batchnorm", "batchnorm_backward", 9, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
         Ok(())
     }
 

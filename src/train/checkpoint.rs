@@ -89,7 +89,7 @@ pub struct TrainState {
     pub adam_v: Vec<f32>,
 }
 
-fn f32_bytes(v: &[f32]) -> &[u8] {
+pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
@@ -152,11 +152,11 @@ pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     write_atomic(path, &bytes)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })
 }
 
-fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
     let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt { path: path.into(), message: e.to_string() };
     let (_, md) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let meta = md.metadata().clone().unwrap_or_default();
@@ -164,7 +164,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
     Ok((st, meta))
 }
 
-fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+pub(crate) fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
     let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
     if t.shape() != want || t.dtype() != Dtype::F32 {
         return Err(CheckpointError::Shape {
@@ -179,7 +179,7 @@ fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Resu
     Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
-fn meta_json<T: serde::de::DeserializeOwned>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T, CheckpointError> {
+pub(crate) fn meta_json<T: serde::de::DeserializeOwned>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T, CheckpointError> {
     let raw = meta.get(key).ok_or_else(|| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: String::new() })?;
     serde_json::from_str(raw).map_err(|e| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: format!(": {e}") })
 }
@@ -234,4 +234,22 @@ pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
     let adam_m = tensor_f32(path, &st, OPT_M, &[n])?;
     let adam_v = tensor_f32(path, &st, OPT_V, &[n])?;
     Ok(TrainState { gpt, train, vocab, step, adam_step, sampler, params, adam_m, adam_v })
+}
+
+/// Write named f32 tensors and metadata as one safetensors file, atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, String>) -> Result<(), CheckpointError> {
+    let werr = |e: safetensors::SafeTensorError| CheckpointError::Write { path: path.into(), source: std::io::Error::other(e.to_string()) };
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, shape, data) in tensors {
+        views.push((name.clone(), TensorView::new(Dtype::F32, shape.clone(), f32_bytes(data)).map_err(werr)?));
+    }
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(werr)?;
+    write_atomic(path, &bytes)
+}
+
+/// The `format` metadata of a checkpoint (`gradscope-gpt`, `gradscope-cnn`), if any.
+pub fn format_of(path: &Path) -> Result<Option<String>, CheckpointError> {
+    let bytes = read(path)?;
+    let (_, meta) = parse(path, &bytes)?;
+    Ok(meta.get("format").cloned())
 }

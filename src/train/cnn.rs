@@ -130,6 +130,73 @@ impl CnnTrainer {
     }
 }
 
+impl CnnTrainer {
+    /// Save weights (PyTorch names: `conv1.weight` [16,1,3,3], ..., `fc.weight` [10,F]), BatchNorm's
+    /// running statistics (`norm1.running_mean`, ...), AdamW moments and the config, atomically.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use std::collections::HashMap;
+        let params = self.model.slabs.read_params()?;
+        let (m, v) = self.model.slabs.read_adam()?;
+        let running = self.model.read_running()?;
+        let (c1, c2) = (self.ccfg.c1, self.ccfg.c2);
+        let off = self.ccfg.param_offsets();
+        let mut t: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        for (i, (name, shape)) in CnnConfig::param_names().iter().zip(self.ccfg.param_shapes()).enumerate() {
+            let n: usize = shape.iter().product();
+            t.push((name.to_string(), shape, &params[off[i]..off[i] + n]));
+        }
+        if self.ccfg.norm == crate::reference::cnn_model::NormKind::Batch {
+            t.push(("norm1.running_mean".into(), vec![c1], &running[..c1]));
+            t.push(("norm1.running_var".into(), vec![c1], &running[c1..2 * c1]));
+            t.push(("norm2.running_mean".into(), vec![c2], &running[2 * c1..2 * c1 + c2]));
+            t.push(("norm2.running_var".into(), vec![c2], &running[2 * c1 + c2..]));
+        }
+        t.push((super::checkpoint::OPT_M.into(), vec![m.len()], &m));
+        t.push((super::checkpoint::OPT_V.into(), vec![v.len()], &v));
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "gradscope-cnn".to_string());
+        meta.insert("cnn_config".to_string(), serde_json::to_string(&self.ccfg)?);
+        meta.insert("train_config".to_string(), serde_json::to_string(&self.cfg)?);
+        meta.insert("step".to_string(), self.step.to_string());
+        meta.insert("adam_step".to_string(), self.adam_step.to_string());
+        meta.insert("sampler".to_string(), serde_json::to_string(&self.sampler)?);
+        super::checkpoint::save_tensors(path, &t, meta)?;
+        Ok(())
+    }
+
+    /// A trainer restored from a CNN checkpoint (weights, running statistics, AdamW state, step).
+    pub fn load(gpu: &Gpu, path: &std::path::Path) -> anyhow::Result<Self> {
+        use super::checkpoint::{meta_json, parse, read, tensor_f32};
+        let bytes = read(path)?;
+        let (st, meta) = parse(path, &bytes)?;
+        let ccfg: CnnConfig = meta_json(path, &meta, "cnn_config")?;
+        let cfg: TrainConfig = meta_json(path, &meta, "train_config")?;
+        let mut t = CnnTrainer::new(gpu, cfg)?;
+        if t.ccfg != ccfg {
+            anyhow::bail!("{} was saved for {:?}; its data gives {:?}", path.display(), ccfg, t.ccfg);
+        }
+        let mut params = Vec::with_capacity(ccfg.num_params());
+        for (name, shape) in CnnConfig::param_names().iter().zip(ccfg.param_shapes()) {
+            params.extend(tensor_f32(path, &st, name, &shape)?);
+        }
+        let n = params.len();
+        let m = tensor_f32(path, &st, super::checkpoint::OPT_M, &[n])?;
+        let v = tensor_f32(path, &st, super::checkpoint::OPT_V, &[n])?;
+        t.model.slabs.load_state(&params, &m, &v);
+        if ccfg.norm == crate::reference::cnn_model::NormKind::Batch {
+            let mut run = Vec::with_capacity(ccfg.running_len());
+            for (name, c) in [("norm1.running_mean", ccfg.c1), ("norm1.running_var", ccfg.c1), ("norm2.running_mean", ccfg.c2), ("norm2.running_var", ccfg.c2)] {
+                run.extend(tensor_f32(path, &st, name, &[c])?);
+            }
+            t.model.gpu.upload(&t.model.running, 0, &run);
+        }
+        t.step = meta_json(path, &meta, "step")?;
+        t.adam_step = meta_json(path, &meta, "adam_step")?;
+        t.sampler = meta_json(path, &meta, "sampler")?;
+        Ok(t)
+    }
+}
+
 /// The normalized gradient of the first window of a fresh CNN trainer (for `verify` and tests).
 pub fn first_window_gradient(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<Vec<f32>> {
     let mut t = CnnTrainer::new(gpu, cfg.clone())?;
