@@ -182,6 +182,12 @@ fn device_limits_and_data_errors_are_clear() {
     let e = Trainer::new(&g, cfg).err().unwrap().to_string();
     println!("{e}");
     assert!(e.contains("max storage binding"), "{e}");
+    // rows past a CPU adapter's loop limit (Mesa stops shader loops after 65,535 iterations)
+    if g.kind == gradscope::gpu::DeviceKind::Cpu {
+        let cfg = TrainConfig { n_layer: 1, n_head: 1, n_embd: 8, micro_batch: 4200, ..small(&dir) };
+        let e = Trainer::new(&g, cfg).err().unwrap().to_string();
+        assert!(e.contains("65535 loop iterations"), "{e}");
+    }
     // missing data
     let cfg = TrainConfig { data: "/nonexistent/text.txt".into(), ..small(&dir) };
     let e = Trainer::new(&g, cfg).err().unwrap().to_string();

@@ -120,6 +120,25 @@ impl GpuCnn {
         self.b
     }
 
+    /// Reallocate the activation slabs for micro-batch `b` (parameters and optimizer state stay);
+    /// the programs are recorded again on first use.
+    pub fn set_micro_batch(&mut self, b: usize) -> Result<(), ProgramError> {
+        if b == self.b {
+            return Ok(());
+        }
+        self.programs.clear();
+        // free the old slabs before allocating the new ones
+        self.acts = self.gpu.storage("activations", Category::Activations, 1);
+        self.dacts = self.gpu.storage("activation gradients", Category::Activations, 1);
+        self.labels = self.gpu.storage("labels", Category::Activations, 1);
+        self.layout = CnnActs::new(&self.cfg, b);
+        self.acts = self.gpu.try_storage("activations", Category::Activations, self.layout.len)?;
+        self.dacts = self.gpu.try_storage("activation gradients", Category::Activations, self.layout.len)?;
+        self.labels = self.gpu.try_storage("labels", Category::Activations, b)?;
+        self.b = b;
+        Ok(())
+    }
+
     /// Bytes in the activations category at micro-batch `b` (exactly what `new` allocates).
     pub fn predicted_activation_bytes(cfg: &CnnConfig, b: usize) -> u64 {
         2 * (CnnActs::new(cfg, b).len.max(1) as u64 * 4) + (b.max(1) as u64 * 4)

@@ -18,6 +18,25 @@ use crate::reference::cnn_model::{CnnConfig, init_cnn_params};
 use super::trainer::{HealthMonitor, StepMetrics};
 use super::TrainConfig;
 
+/// A CNN window in progress: packed micro-batches (pixels, labels) and how many have run.
+pub struct CnnWindow {
+    pub batches: Vec<(Vec<f32>, Vec<u32>)>,
+    pub next: usize,
+    started: Instant,
+}
+
+impl CnnWindow {
+    pub fn done(&self) -> bool {
+        self.next >= self.batches.len()
+    }
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
 pub struct CnnTrainer {
     pub cfg: TrainConfig,
     pub ccfg: CnnConfig,
@@ -55,6 +74,8 @@ impl CnnTrainer {
                 cfg.micro_batch, crate::gpu::human_bytes(bytes), crate::gpu::human_bytes(max)
             );
         }
+        // conv2d_backward_weight sums over micro_batch x H x W in one invocation
+        super::trainer::check_loop_limit(gpu, "micro_batch x height x width", cfg.micro_batch * ccfg.h * ccfg.w)?;
         let params = init_cnn_params(&ccfg, cfg.seed);
         let model = GpuCnn::new(gpu, ccfg, &params, cfg.micro_batch)?;
         let e = cfg.effective();
@@ -74,21 +95,53 @@ impl CnnTrainer {
         }
     }
 
+    /// Draw the next window (up to E images of the epoch) and pack its micro-batches.
+    pub fn begin_window(&mut self) -> CnnWindow {
+        let (idx, _) = self.sampler.window(self.data.train.n, self.cfg.effective());
+        let batches = idx.chunks(self.cfg.micro_batch).map(|c| pack(&self.data.train, c, c.len())).collect();
+        CnnWindow { batches, next: 0, started: Instant::now() }
+    }
+
+    /// Run the next micro-batch of `w` (one submission, no readback).
+    pub fn run_micro(&mut self, w: &mut CnnWindow) -> anyhow::Result<()> {
+        anyhow::ensure!(w.next < w.batches.len(), "the window's micro-batches are all done");
+        let (x, y) = &w.batches[w.next];
+        self.model.micro_step(x, y, w.next)?;
+        w.next += 1;
+        Ok(())
+    }
+
     /// Run the micro-batches of the next window (no step). Returns K of the window.
     pub fn accumulate_window(&mut self) -> anyhow::Result<usize> {
-        let (idx, _) = self.sampler.window(self.data.train.n, self.cfg.effective());
-        let chunks: Vec<&[usize]> = idx.chunks(self.cfg.micro_batch).collect();
-        for (j, c) in chunks.iter().enumerate() {
-            let (x, y) = pack(&self.data.train, c, c.len());
-            self.model.micro_step(&x, &y, j)?;
+        let mut w = self.begin_window();
+        while w.next < w.batches.len() {
+            self.run_micro(&mut w)?;
         }
-        Ok(chunks.len())
+        Ok(w.batches.len())
+    }
+
+    /// Change the micro-batch size (between windows).
+    pub fn set_micro_batch(&mut self, b: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(b >= 1, "micro_batch must be at least 1");
+        super::trainer::check_loop_limit(&self.model.gpu, "micro_batch x height x width", b * self.ccfg.h * self.ccfg.w)?;
+        self.model.set_micro_batch(b)?;
+        self.cfg.micro_batch = b;
+        Ok(())
     }
 
     /// One window and its optimizer step.
     pub fn train_step(&mut self) -> anyhow::Result<(StepMetrics, WindowFigures)> {
-        let start = Instant::now();
-        let k = self.accumulate_window()?;
+        let w = self.begin_window();
+        self.finish_window(w)
+    }
+
+    /// Run what is left of `w`, then the optimizer step.
+    pub fn finish_window(&mut self, mut w: CnnWindow) -> anyhow::Result<(StepMetrics, WindowFigures)> {
+        while w.next < w.batches.len() {
+            self.run_micro(&mut w)?;
+        }
+        let start = w.started;
+        let k = w.batches.len();
         let st = self.settings();
         self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, true)?;
         let fig = self.model.slabs.window_figures(k)?;
@@ -111,7 +164,7 @@ impl CnnTrainer {
             skipped,
             tokens: fig.count,
             tokens_per_s: fig.count / secs,
-            micro_batch: self.cfg.micro_batch,
+            micro_batch: w.batches.first().map_or(self.cfg.micro_batch, |b| b.1.len()).max(self.cfg.micro_batch.min(1)),
             accum_steps: k,
             memory: self.model.gpu.ledger.snapshot(),
             health,

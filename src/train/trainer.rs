@@ -578,6 +578,7 @@ pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize) -> anyhow::Resu
             max_bind.min(max_buf) / per_seq.max(1)
         );
     }
+    check_loop_limit(gpu, "micro_batch x block_size", b * cfg.block_size)?;
     let params_bytes = cfg.num_params() as u64 * 4;
     if params_bytes > max_bind {
         anyhow::bail!(
@@ -585,6 +586,22 @@ pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize) -> anyhow::Resu
             cfg.num_params(),
             crate::gpu::human_bytes(params_bytes),
             crate::gpu::human_bytes(max_bind)
+        );
+    }
+    Ok(())
+}
+
+/// Mesa's CPU adapters (lavapipe, llvmpipe) stop a shader invocation's loops after 65,535
+/// iterations in total, silently. Kernels that reduce over the rows of a micro-batch in one
+/// invocation (deterministic sums without atomics) would then return wrong numbers, so larger
+/// micro-batches are refused on such adapters.
+pub const CPU_ADAPTER_MAX_LOOP: usize = 65_535;
+
+pub fn check_loop_limit(gpu: &Gpu, what: &str, rows: usize) -> anyhow::Result<()> {
+    if gpu.kind == crate::gpu::DeviceKind::Cpu && rows > CPU_ADAPTER_MAX_LOOP {
+        anyhow::bail!(
+            "{what} = {rows} rows is more than this CPU adapter's {CPU_ADAPTER_MAX_LOOP} loop iterations per shader \
+             invocation (Mesa's limit): use a smaller micro_batch and more accum_steps for the same effective batch"
         );
     }
     Ok(())
