@@ -43,4 +43,23 @@ fn app_trains_and_takes_a_screenshot_under_xvfb() {
     let px = &buf[..info.buffer_size()];
     let distinct: std::collections::HashSet<&[u8]> = px.chunks(4).step_by(97).collect();
     assert!(distinct.len() > 20, "the screenshot shows more than a blank window ({} colours)", distinct.len());
+
+    // the CNN with BatchNorm on the 8x8 digits, through the same scripted path
+    let shot = dir.join("cnn.png");
+    let out = Command::new("xvfb-run")
+        .args(["-a", "-s", "-screen 0 1280x800x24"])
+        .arg(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["app", "--step-first-window", "--exit-after-steps", "3", "--screenshot"])
+        .arg(&shot)
+        .args(["--model", "cnn", "--norm", "batch", "--dataset", "digits", "--micro_batch", "8", "--accum_steps", "2", "--out_dir"])
+        .arg(&dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the app failed with the CNN");
+    let steps: usize = stdout.lines().find_map(|l| l.strip_prefix("steps ")).and_then(|n| n.trim().parse().ok()).unwrap();
+    assert!(steps >= 3, "CNN training advanced to step {steps}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }

@@ -261,7 +261,11 @@ impl GradscopeApp {
         }
         let t = self.state.base_config.block_size;
         let e = b * k;
-        ui.label(format!("B x K = {b} x {k} = E {e} sequences = {} tokens per step", e * t));
+        if self.state.base_config.model == crate::train::config::ModelKind::Cnn {
+            ui.label(format!("B x K = {b} x {k} = E {e} images per step"));
+        } else {
+            ui.label(format!("B x K = {b} x {k} = E {e} sequences = {} tokens per step", e * t));
+        }
         ui.heading("Optimizer");
         let mut lr = self.state.settings.lr;
         let mut clip = self.state.settings.grad_clip;
@@ -286,7 +290,24 @@ impl GradscopeApp {
             ui.colored_label(egui::Color32::YELLOW, format!("pending: {} (B and K apply at the next optimizer step)", pending.join(", ")));
         }
         ui.collapsing("Model and data (new run)", |ui| {
+            use crate::reference::cnn_model::NormKind;
+            use crate::train::config::ModelKind;
             let s = &mut self.state.settings;
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut s.model, ModelKind::Gpt, "GPT");
+                ui.radio_value(&mut s.model, ModelKind::Cnn, "CNN");
+            });
+            if s.model == ModelKind::Cnn {
+                ui.horizontal(|ui| {
+                    ui.radio_value(&mut s.norm, NormKind::Group, "GroupNorm");
+                    ui.radio_value(&mut s.norm, NormKind::Batch, "BatchNorm");
+                });
+                ui.horizontal(|ui| {
+                    ui.radio_value(&mut s.dataset, crate::data::images::Dataset::Mnist, "MNIST");
+                    ui.radio_value(&mut s.dataset, crate::data::images::Dataset::Digits, "8x8 digits");
+                });
+                ui.label("BatchNorm's statistics come from each micro-batch: under accumulation they drift.");
+            }
             ui.label("GPT (char-level), pre-LN, tied lm_head");
             ui.horizontal(|ui| {
                 ui.label("layers");
@@ -317,7 +338,11 @@ impl GradscopeApp {
         });
         if let Some(d) = &self.state.derived {
             ui.separator();
-            ui.label(format!("{} parameters, vocabulary {}", d.params, d.vocab_size));
+            if self.state.base_config.model == crate::train::config::ModelKind::Cnn {
+                ui.label(format!("CNN ({:?} norm): {} parameters, {} classes", self.state.base_config.norm, d.params, d.vocab_size));
+            } else {
+                ui.label(format!("{} parameters, vocabulary {}", d.params, d.vocab_size));
+            }
         }
         if !self.state.health.is_empty() {
             ui.separator();
@@ -426,7 +451,8 @@ impl GradscopeApp {
                 p.line(Line::new("lr", self.state.lr.points.clone()));
                 p.line(Line::new("|update|/|grad|", self.state.update_ratio.points.clone()));
             });
-            plot_cell(ui, "tokens / s", wdt, h, |p| p.line(Line::new("tokens/s", self.state.tokens_per_s.points.clone())));
+            let unit = if self.state.base_config.model == crate::train::config::ModelKind::Cnn { "images" } else { "tokens" };
+            plot_cell(ui, &format!("{unit} / s"), wdt, h, |p| p.line(Line::new(format!("{unit}/s"), self.state.tokens_per_s.points.clone())));
             ui.end_row();
             plot_cell(ui, "device memory (MiB, byte ledger)", wdt, h, |p| {
                 // stacked: each line is the running sum of the categories up to it
@@ -447,14 +473,26 @@ impl GradscopeApp {
     fn memory_vs_b(&self, ui: &mut egui::Ui, w: f32, h: f32) {
         let c = &self.state.base_config;
         let vocab = self.state.derived.as_ref().map_or(65, |d| d.vocab_size);
-        let cfg = GptConfig { vocab_size: vocab, block_size: c.block_size, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd };
         let b_now = self.state.confirmed.map_or(self.state.settings.micro_batch, |c| c.micro_batch);
         let max_b = (b_now * 2).max(64);
         let mib = |x: u64| x as f64 / (1 << 20) as f64;
-        let slab: Vec<[f64; 2]> = (1..=max_b).map(|b| [b as f64, mib(GpuGpt::activation_slab_bytes(&cfg, b))]).collect();
-        let total: Vec<[f64; 2]> = (1..=max_b)
-            .map(|b| [b as f64, mib(GpuGpt::predicted_activation_bytes(&cfg, b) + 4 * 4 * cfg.num_params() as u64)])
-            .collect();
+        // (activation slab, activations + parameters/gradients/AdamW) for micro-batch b
+        let predict = |b: usize| -> (u64, u64) {
+            match c.model {
+                crate::train::config::ModelKind::Gpt => {
+                    let cfg = GptConfig { vocab_size: vocab, block_size: c.block_size, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd };
+                    (GpuGpt::activation_slab_bytes(&cfg, b), GpuGpt::predicted_activation_bytes(&cfg, b) + 16 * cfg.num_params() as u64)
+                }
+                crate::train::config::ModelKind::Cnn => {
+                    let side = if c.dataset == crate::data::images::Dataset::Mnist { 28 } else { 8 };
+                    let cfg = crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm);
+                    let acts = crate::model::cnn::GpuCnn::predicted_activation_bytes(&cfg, b);
+                    (acts / 2, acts + 16 * cfg.num_params() as u64)
+                }
+            }
+        };
+        let slab: Vec<[f64; 2]> = (1..=max_b).map(|b| [b as f64, mib(predict(b).0)]).collect();
+        let total: Vec<[f64; 2]> = (1..=max_b).map(|b| [b as f64, mib(predict(b).1)]).collect();
         let limit = mib(self.gpu.limits().max_storage_buffer_binding_size);
         plot_cell(ui, &format!("memory vs micro-batch (limit: one binding ≤ {})", human_bytes(self.gpu.limits().max_storage_buffer_binding_size)), w, h, |p| {
             p.line(Line::new("activation slab", slab));

@@ -12,6 +12,9 @@ use crate::train::{Derived, TrainConfig};
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    pub model: crate::train::config::ModelKind,
+    pub norm: crate::reference::cnn_model::NormKind,
+    pub dataset: crate::data::images::Dataset,
     pub micro_batch: usize,
     pub accum_steps: usize,
     pub lr: f64,
@@ -29,6 +32,9 @@ impl Default for Settings {
     fn default() -> Self {
         let c = TrainConfig::default();
         Self {
+            model: c.model,
+            norm: c.norm,
+            dataset: c.dataset,
             micro_batch: c.micro_batch,
             accum_steps: c.accum_steps,
             lr: c.lr,
@@ -47,6 +53,9 @@ impl Default for Settings {
 impl Settings {
     pub fn from_config(c: &TrainConfig) -> Self {
         Self {
+            model: c.model,
+            norm: c.norm,
+            dataset: c.dataset,
             micro_batch: c.micro_batch,
             accum_steps: c.accum_steps,
             lr: c.lr,
@@ -64,6 +73,9 @@ impl Settings {
     /// The training config of a new run with these settings.
     pub fn to_config(&self, base: &TrainConfig) -> TrainConfig {
         TrainConfig {
+            model: self.model,
+            norm: self.norm,
+            dataset: self.dataset,
             micro_batch: self.micro_batch,
             accum_steps: self.accum_steps,
             effective_batch: 0,
@@ -422,6 +434,13 @@ mod tests {
         assert_eq!(s.toggle_pause(), Control::Resume);
         match s.reset() {
             Control::Reset(cfg) => assert_eq!((cfg.micro_batch, cfg.accum_steps, cfg.lr), (8, 2, 1e-3)),
+            other => panic!("{other:?}"),
+        }
+        // a new run of the CNN with BatchNorm
+        s.settings.model = crate::train::config::ModelKind::Cnn;
+        s.settings.norm = crate::reference::cnn_model::NormKind::Batch;
+        match s.reset() {
+            Control::Reset(cfg) => assert_eq!((cfg.model, cfg.norm), (crate::train::config::ModelKind::Cnn, crate::reference::cnn_model::NormKind::Batch)),
             other => panic!("{other:?}"),
         }
     }

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::gpu::Gpu;
-use crate::reference::gpt::GptConfig;
+use crate::model::optim::Slabs;
 
-use super::trainer::{Derived, PendingWindow, StepMetrics, Trainer};
+use super::any::{AnyTrainer, AnyWindow};
+use super::trainer::{Derived, StepMetrics};
 use super::TrainConfig;
 
 /// Commands from a front end.
@@ -119,7 +120,7 @@ struct Worker {
     pending_b: Option<usize>,
     pending_k: Option<usize>,
     /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
-    window: Option<(PendingWindow, Vec<f32>)>,
+    window: Option<(AnyWindow, Vec<f32>)>,
     finished: bool,
 }
 
@@ -134,14 +135,14 @@ impl Worker {
         (self.wake)();
     }
 
-    fn start(&mut self, cfg: TrainConfig) -> Option<Trainer> {
+    fn start(&mut self, cfg: TrainConfig) -> Option<AnyTrainer> {
         self.window = None;
         self.finished = false;
         self.pending_b = None;
         self.pending_k = None;
-        match Trainer::new(&self.gpu, cfg.clone()) {
+        match AnyTrainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
-                self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg.clone() });
+                self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
                 self.send_settings(&t);
                 self.send(LiveEvent::Paused(self.paused));
                 Some(t)
@@ -153,13 +154,9 @@ impl Worker {
         }
     }
 
-    fn send_settings(&self, t: &Trainer) {
-        self.send(LiveEvent::Settings {
-            micro_batch: t.cfg.micro_batch,
-            accum_steps: t.cfg.accum_steps,
-            lr: t.cfg.lr,
-            grad_clip: t.cfg.grad_clip,
-        });
+    fn send_settings(&self, t: &AnyTrainer) {
+        let c = t.cfg();
+        self.send(LiveEvent::Settings { micro_batch: c.micro_batch, accum_steps: c.accum_steps, lr: c.lr, grad_clip: c.grad_clip });
     }
 
     fn run(&mut self, cfg: TrainConfig, rx: Receiver<Control>) {
@@ -195,7 +192,7 @@ impl Worker {
         }
     }
 
-    fn handle(&mut self, c: Control, trainer: &mut Option<Trainer>) -> Flow {
+    fn handle(&mut self, c: Control, trainer: &mut Option<AnyTrainer>) -> Flow {
         match c {
             Control::Shutdown => return Flow::Stop,
             Control::Reset(cfg) => *trainer = self.start(*cfg),
@@ -206,7 +203,9 @@ impl Worker {
             Control::Resume => {
                 if let Some(t) = trainer.as_mut() {
                     if self.finished {
-                        t.cfg.max_steps = t.step + t.cfg.max_steps.max(1);
+                        let step = t.step();
+                        let c = t.cfg_mut();
+                        c.max_steps = step + c.max_steps.max(1);
                         self.finished = false;
                     }
                 }
@@ -217,7 +216,7 @@ impl Worker {
                 if b == 0 {
                     self.send(LiveEvent::Error("micro-batch size must be at least 1".into()));
                 } else if let Some(t) = trainer.as_mut() {
-                    match super::trainer::check_device_limits(&self.gpu, &t.gcfg, b) {
+                    match t.check_micro_batch(&self.gpu, b) {
                         Ok(()) => self.pending_b = Some(b),
                         Err(e) => self.send(LiveEvent::Error(format!("{e:#}"))),
                     }
@@ -235,7 +234,7 @@ impl Worker {
             Control::SetLr(lr) => {
                 if let Some(t) = trainer.as_mut() {
                     if lr.is_finite() && lr > 0.0 {
-                        t.cfg.lr = lr;
+                        t.cfg_mut().lr = lr;
                         self.send_settings(t);
                     } else {
                         self.send(LiveEvent::Error(format!("learning rate must be positive, got {lr}")));
@@ -245,7 +244,7 @@ impl Worker {
             Control::SetGradClip(c) => {
                 if let Some(t) = trainer.as_mut() {
                     if c.is_finite() && c >= 0.0 {
-                        t.cfg.grad_clip = c;
+                        t.cfg_mut().grad_clip = c;
                         self.send_settings(t);
                     } else {
                         self.send(LiveEvent::Error(format!("clip threshold must be >= 0, got {c}")));
@@ -279,13 +278,13 @@ impl Worker {
     }
 
     /// Apply pending B and K if no window is in progress.
-    fn apply_at_boundary(&mut self, t: &mut Trainer) {
+    fn apply_at_boundary(&mut self, t: &mut AnyTrainer) {
         if self.window.is_some() {
             return;
         }
         let mut changed = false;
         if let Some(b) = self.pending_b.take() {
-            if b != t.cfg.micro_batch {
+            if b != t.cfg().micro_batch {
                 if let Err(e) = t.set_micro_batch(b) {
                     self.send(LiveEvent::Error(format!("{e:#}")));
                 }
@@ -293,76 +292,76 @@ impl Worker {
             }
         }
         if let Some(k) = self.pending_k.take() {
-            t.cfg.accum_steps = k;
-            t.cfg.effective_batch = 0;
+            t.cfg_mut().accum_steps = k;
+            t.cfg_mut().effective_batch = 0;
             changed = true;
         }
         if changed {
             self.send_settings(t);
-            self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg.clone() });
+            self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
         }
     }
 
     /// Finish the current window (or run a whole one) and step.
-    fn step(&mut self, t: &mut Trainer, by_hand: bool) -> anyhow::Result<()> {
-        if t.step >= t.cfg.max_steps {
+    fn step(&mut self, t: &mut AnyTrainer, by_hand: bool) -> anyhow::Result<()> {
+        if t.step() >= t.cfg().max_steps {
             self.finished = true;
-            self.send(LiveEvent::Finished { step: t.step });
+            self.send(LiveEvent::Finished { step: t.step() });
             return Ok(());
         }
         let w = match self.window.take() {
             Some((w, _)) => w,
             None => t.begin_window(),
         };
-        let before = if by_hand { Some(t.model.slabs.read_params()?) } else { None };
+        let before = if by_hand { Some(t.slabs().read_params()?) } else { None };
         let (metrics, fig) = t.finish_window(w)?;
         let update_ratios = match before {
-            Some(before) => Some(update_ratios(&t.gcfg, &before, &t.model.slabs.read_params()?)),
+            Some(before) => Some(update_ratios(t.slabs(), &t.param_names(), &before, &t.slabs().read_params()?)),
             None => None,
         };
         let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
         let step = metrics.step;
         self.send(LiveEvent::Step(Box::new(StepReport { metrics, micro, update_ratios })));
-        if t.cfg.eval_every > 0 && step % t.cfg.eval_every == 0 {
+        if t.cfg().eval_every > 0 && step % t.cfg().eval_every == 0 {
             let val_loss = t.eval()?;
             self.send(LiveEvent::Eval { step, val_loss });
         }
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
-        if t.step >= t.cfg.max_steps {
+        if t.step() >= t.cfg().max_steps {
             self.finished = true;
-            self.send(LiveEvent::Finished { step: t.step });
+            self.send(LiveEvent::Finished { step: t.step() });
         }
         Ok(())
     }
 
     /// Run one micro-batch of the current window and report it (stepping mode).
-    fn step_micro(&mut self, t: &mut Trainer) -> anyhow::Result<()> {
+    fn step_micro(&mut self, t: &mut AnyTrainer) -> anyhow::Result<()> {
         if self.window.as_ref().is_some_and(|(w, _)| w.done()) {
             anyhow::bail!("the window is complete: press \"optimizer step\" to apply it");
         }
         let (mut w, prev) = match self.window.take() {
             Some(x) => x,
-            None => (t.begin_window(), vec![0.0; t.gcfg.num_params()]),
+            None => (t.begin_window(), vec![0.0; t.slabs().n]),
         };
-        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.slabs.running_figures()? };
+        let (l0, c0) = if w.next() == 0 { (0.0, 0.0) } else { t.slabs().running_figures()? };
         t.run_micro(&mut w)?;
-        let (l1, c1) = t.model.slabs.running_figures()?;
-        let g = t.model.slabs.read_grads()?;
+        let (l1, c1) = t.slabs().running_figures()?;
+        let g = t.slabs().read_grads()?;
         let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
         let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let (gn, mn) = (norm(&g), norm(&micro));
         let dot: f64 = g.iter().zip(&micro).map(|(a, b)| *a as f64 * *b as f64).sum();
         let report = MicroReport {
-            step: t.step + 1,
-            index: w.next - 1,
+            step: t.step() + 1,
+            index: w.next() - 1,
             of: w.len(),
             loss: (l1 - l0) / (c1 - c0).max(1.0),
             tokens: c1 - c0,
             accumulated_norm: gn,
             micro_norm: mn,
             cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
-            tensor_norms: tensor_norms(&t.gcfg, &g),
+            tensor_norms: tensor_norms(t.slabs(), &t.param_names(), &g),
         };
         self.window = Some((w, g));
         self.send(LiveEvent::MicroBatch(report));
@@ -370,26 +369,24 @@ impl Worker {
     }
 }
 
-/// Per-tensor L2 norms over the llm.c slab (layers of one tensor kind together).
-pub fn tensor_norms(cfg: &GptConfig, v: &[f32]) -> Vec<(String, f64)> {
-    let off = cfg.param_offsets();
-    let sizes = cfg.param_sizes();
-    GptConfig::param_names()
+/// Per-tensor L2 norms of `v` (laid out like the parameter slab).
+pub fn tensor_norms(slabs: &Slabs, names: &[&str], v: &[f32]) -> Vec<(String, f64)> {
+    names
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let s = &v[off[i]..off[i] + sizes[i]];
+            let s = &v[slabs.offsets[i]..slabs.offsets[i] + slabs.sizes[i]];
             (n.to_string(), s.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt())
         })
         .collect()
 }
 
 /// Per-tensor ||after - before|| / ||before||.
-pub fn update_ratios(cfg: &GptConfig, before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
+pub fn update_ratios(slabs: &Slabs, names: &[&str], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
     let d: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    tensor_norms(cfg, &d)
+    tensor_norms(slabs, names, &d)
         .into_iter()
-        .zip(tensor_norms(cfg, before))
+        .zip(tensor_norms(slabs, names, before))
         .map(|((n, du), (_, w))| (n, if w > 0.0 { du / w } else { du }))
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The trainer: the accumulation loop, optimizer settings and schedule, metrics, checkpoints and
 //! the verify procedure. It never imports egui; front ends (CLI, app) receive `Event`s.
 
+pub mod any;
 pub mod checkpoint;
 pub mod cnn;
 pub mod config;
