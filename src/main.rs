@@ -311,9 +311,31 @@ fn run() -> anyhow::Result<()> {
                     );
                 }
             }
+            let mut cnn = Vec::new();
+            if steps > 0 {
+                let base = TrainConfig::load(None, &["--model".to_string(), "cnn".to_string()])?;
+                // (B, K) and the same effective batch in one micro-batch (64 x 784 rows stay under
+                // a CPU adapter's loop limit)
+                for (b, k) in [(16, 4), (64, 1)] {
+                    let r = gradscope::bench::gpt::bench_cnn(&gpu, &base, b, k, 1, steps)?;
+                    if !json {
+                        println!(
+                            "cnn B {:>3} x K {:>2}: {:>7.0} images/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling)  {:.3} s/step",
+                            b, k, r.images_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), r.seconds_per_step
+                        );
+                        for (name, s) in r.kernels.iter().take(5) {
+                            println!("      {name:<32} {:>8.2} ms", s * 1e3);
+                        }
+                    }
+                    cnn.push(r);
+                }
+                if !json {
+                    println!("accumulation tax (cnn): B 16 x K 4 takes {:.3}x the time of B 64 x K 1", cnn[0].seconds_per_step / cnn[1].seconds_per_step);
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt }))?);
+                    "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt, "cnn": cnn }))?);
             }
         }
     }

@@ -87,3 +87,61 @@ pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
         kernels,
     })
 }
+
+/// Model FLOPs per image of one CNN training step (3 x forward): the two convolutions and the
+/// linear layer (2 multiply-adds per weight use); norms, ReLU and pooling are not counted.
+pub fn cnn_flops_per_image(c: &crate::reference::cnn_model::CnnConfig) -> f64 {
+    let (h, w) = (c.h, c.w);
+    let conv1 = 2.0 * (h * w * c.c1 * 9) as f64;
+    let conv2 = 2.0 * ((h / 2) * (w / 2) * c.c2 * c.c1 * 9) as f64;
+    let fc = 2.0 * (c.features() * c.classes) as f64;
+    3.0 * (conv1 + conv2 + fc)
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CnnBench {
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub steps: usize,
+    pub images_per_s: f64,
+    pub gflops: f64,
+    pub seconds_per_step: f64,
+    /// Device time per kernel entry point for one micro-batch, largest first.
+    pub kernels: Vec<(String, f64)>,
+}
+
+/// Train `steps` CNN steps at B x K after `warmup` steps (MNIST unless `base` says otherwise).
+pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usize, steps: usize) -> anyhow::Result<CnnBench> {
+    let cfg = TrainConfig { micro_batch: b, accum_steps: k, effective_batch: 0, ..base.clone() };
+    let mut t = crate::train::cnn::CnnTrainer::new(gpu, cfg)?;
+    for _ in 0..warmup {
+        t.train_step()?;
+    }
+    let start = Instant::now();
+    let mut images = 0.0;
+    for _ in 0..steps {
+        images += t.train_step()?.0.tokens;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let w = t.begin_window();
+    let (x, y) = w.batches[0].clone();
+    let mut kernels: Vec<(String, f64)> = Vec::new();
+    if let Some(prof) = t.model.profile_micro_batch(&x, &y) {
+        for (name, s) in prof {
+            match kernels.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += s,
+                None => kernels.push((name, s)),
+            }
+        }
+        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
+    Ok(CnnBench {
+        micro_batch: b,
+        accum_steps: k,
+        steps,
+        images_per_s: images / secs,
+        gflops: images * cnn_flops_per_image(&t.ccfg) / secs / 1e9,
+        seconds_per_step: secs / steps as f64,
+        kernels,
+    })
+}
