@@ -34,10 +34,15 @@ fn conv2d_matches_reference() {
         let (dx0, dw0, db0) = (rng.vec(x.len(), 1.0), rng.vec(wt.len(), 1.0), rng.vec(oc, 1.0));
         let mut ts = Tensors::new(&g, i % 2 == 0);
         let (o, xi, wi, bi) = (ts.poisoned(b * oc * ho * wo), ts.f32(&x), ts.f32(&wt), ts.f32(&bs));
+        let o_plain = ts.poisoned(b * oc * ho * wo);
         let (dx, dw, db, dy) = (ts.f32(&dx0), ts.f32(&dw0), ts.f32(&db0), ts.f32(&dout));
+        let (dx_p, dw_p, db_p) = (ts.f32(&dx0), ts.f32(&dw0), ts.f32(&db0));
         ts.upload();
         run(&g, |pb| {
-            pb.conv2d_forward(ts.view(o), ts.view(xi), ts.view(wi), ts.view(bi), b, ic, oc, h, w, k, pad).unwrap();
+            pb.conv2d_backward_with(false, ts.view(dx_p), ts.view(dw_p), ts.view(db_p), ts.view(dy), ts.view(xi), ts.view(wi), b, ic, oc, h, w, k, pad)
+                .unwrap();
+            pb.conv2d_forward_with(true, ts.view(o), ts.view(xi), ts.view(wi), ts.view(bi), b, ic, oc, h, w, k, pad).unwrap();
+            pb.conv2d_forward_with(false, ts.view(o_plain), ts.view(xi), ts.view(wi), ts.view(bi), b, ic, oc, h, w, k, pad).unwrap();
             pb.conv2d_backward(ts.view(dx), ts.view(dw), ts.view(db), ts.view(dy), ts.view(xi), ts.view(wi), b, ic, oc, h, w, k, pad)
                 .unwrap();
         });
@@ -46,8 +51,11 @@ fn conv2d_matches_reference() {
         let (mut rdx, mut rdw, mut rdb) = (f64s(&dx0), f64s(&dw0), f64s(&db0));
         r::conv2d_backward(&mut rdx, &mut rdw, &mut rdb, &f64s(&dout), &f64s(&x), &f64s(&wt), b, ic, oc, h, w, k, pad);
         let name = format!("conv2d {b}x{ic}->{oc} {h}x{w} k{k}p{pad}");
-        check(&name, "out", &ts.read(o), &out, TOL);
-        check(&name, "dinp", &ts.read(dx), &rdx, TOL);
+        check(&name, "out (x4)", &ts.read(o), &out, TOL);
+        check(&name, "out", &ts.read(o_plain), &out, TOL);
+        check(&name, "dinp (x4)", &ts.read(dx), &rdx, TOL);
+        check(&name, "dinp", &ts.read(dx_p), &rdx, TOL);
+        check(&name, "dweight (2)", &ts.read(dw_p), &rdw, TOL);
         check(&name, "dweight", &ts.read(dw), &rdw, TOL);
         check(&name, "dbias", &ts.read(db), &rdb, TOL);
     }

@@ -7,25 +7,56 @@ type R = Result<(), ProgramError>;
 
 impl ProgramBuilder {
     /// out [B,OC,HO,WO] = conv(inp [B,IC,H,W], weight [OC,IC,K,K]) + bias [OC]; stride 1.
+    /// Uses the register-blocked kernel (4 channels x 4 columns per invocation).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_forward(
         &mut self, out: &View, inp: &View, weight: &View, bias: &View, b: usize, ic: usize, oc: usize, h: usize, w: usize,
         k: usize, pad: usize,
     ) -> R {
+        self.conv2d_forward_with(true, out, inp, weight, bias, b, ic, oc, h, w, k, pad)
+    }
+
+    /// `blocked`: conv2d_forward_x4, else the one-output-per-invocation conv2d_forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_forward_with(
+        &mut self, blocked: bool, out: &View, inp: &View, weight: &View, bias: &View, b: usize, ic: usize, oc: usize,
+        h: usize, w: usize, k: usize, pad: usize,
+    ) -> R {
         let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
-        let n = b * oc * (h + 2 * pad + 1 - k) * (w + 2 * pad + 1 - k);
-        self.call("conv2d", "conv2d_forward", 1, &[out, inp, weight, bias], dims, Grid::Threads(n))?;
+        let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+        let args = [out, inp, weight, bias];
+        if blocked {
+            let n = b * oc.div_ceil(4) * ho * wo.div_ceil(4);
+            self.call("conv2d", "conv2d_forward_x4", 1, &args, dims, Grid::Threads(n))?;
+        } else {
+            self.call("conv2d", "conv2d_forward", 1, &args, dims, Grid::Threads(b * oc * ho * wo))?;
+        }
         Ok(())
     }
 
+    /// Uses the register-blocked input gradient (4 channels x 4 columns per invocation).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_backward(
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, b: usize, ic: usize,
         oc: usize, h: usize, w: usize, k: usize, pad: usize,
     ) -> R {
+        self.conv2d_backward_with(true, dinp, dweight, dbias, dout, inp, weight, b, ic, oc, h, w, k, pad)
+    }
+
+    /// `blocked`: conv2d_backward_input_x4, else one input element per invocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward_with(
+        &mut self, blocked: bool, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
+        b: usize, ic: usize, oc: usize, h: usize, w: usize, k: usize, pad: usize,
+    ) -> R {
         let args = [dinp, dweight, dbias, dout, inp, weight];
         let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
-        self.call("conv2d", "conv2d_backward_input", 9, &args, dims.clone(), Grid::Threads(b * ic * h * w))?;
+        if blocked {
+            let n = b * ic.div_ceil(4) * h * w.div_ceil(4);
+            self.call("conv2d", "conv2d_backward_input_x4", 9, &args, dims.clone(), Grid::Threads(n))?;
+        } else {
+            self.call("conv2d", "conv2d_backward_input", 9, &args, dims.clone(), Grid::Threads(b * ic * h * w))?;
+        }
         self.call("conv2d", "conv2d_backward_weight", 9, &args, dims.clone(), Grid::Threads(oc * ic * k * k))?;
         self.call("conv2d", "conv2d_backward_bias", 9, &args, dims, Grid::Threads(oc))?;
         Ok(())
