@@ -71,7 +71,7 @@ fn a_thousand_live_changes_lose_nothing() {
 
     let steps: Vec<&StepReport> = events.iter().filter_map(|e| if let LiveEvent::Step(r) = e { Some(r.as_ref()) } else { None }).collect();
     println!("{} steps, {} events, {} errors", steps.len(), events.len(), errors.len());
-    assert!(steps.len() >= 20, "training advanced: {} steps", steps.len());
+    assert!(steps.len() >= 5, "training advanced: {} steps", steps.len());
     for (i, r) in steps.iter().enumerate() {
         assert_eq!(r.metrics.step, i + 1, "optimizer steps are consecutive: none lost, none applied twice");
         // one B and one K per window, normalized by the window's own count
