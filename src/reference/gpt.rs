@@ -208,7 +208,7 @@ impl<T> Acts<T> {
 
 fn check_shapes(cfg: &GptConfig, inputs: &[u32], b: usize, t: usize) {
     assert!(t >= 1 && t <= cfg.block_size, "T = {t} must be in 1..={}", cfg.block_size);
-    assert!(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "n_head must divide n_embd");
+    assert!(cfg.n_head > 0 && cfg.n_embd.is_multiple_of(cfg.n_head), "n_head must divide n_embd");
     assert_eq!(inputs.len(), b * t, "inputs must be [B,T]");
     assert!(inputs.iter().all(|&x| (x as usize) < cfg.vocab_size), "an input token is >= vocab_size");
 }

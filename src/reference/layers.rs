@@ -175,7 +175,7 @@ pub fn matmul_backward<T: Float>(
 pub fn attention_forward<T: Float>(
     out: &mut [T], preatt: &mut [T], att: &mut [T], qkv: &[T], b: usize, t: usize, c: usize, nh: usize,
 ) {
-    assert!(nh > 0 && c % nh == 0, "C = {c} is not a multiple of NH = {nh}");
+    assert!(nh > 0 && c.is_multiple_of(nh), "C = {c} is not a multiple of NH = {nh}");
     let hs = c / nh;
     let scale: T = lit(1.0 / (hs as f64).sqrt());
     let c3 = 3 * c;
@@ -242,7 +242,7 @@ pub fn attention_backward<T: Float>(
     dqkv: &mut [T], dpreatt: &mut [T], datt: &mut [T], dout: &[T], qkv: &[T], att: &[T], b: usize, t: usize, c: usize,
     nh: usize,
 ) {
-    assert!(nh > 0 && c % nh == 0, "C = {c} is not a multiple of NH = {nh}");
+    assert!(nh > 0 && c.is_multiple_of(nh), "C = {c} is not a multiple of NH = {nh}");
     let hs = c / nh;
     let scale: T = lit(1.0 / (hs as f64).sqrt());
     let c3 = 3 * c;
@@ -631,7 +631,7 @@ mod tests {
             let pre_q = rng.vec(b * t * 3 * c, 1.0);
             let (mut dqkv, mut dpre, mut datt) = (pre_q.clone(), vec![0.0; tt], vec![0.0; tt]);
             attention_backward(&mut dqkv, &mut dpre, &mut datt, &w, &qkv, &att, b, t, c, nh);
-            let r = fd_check(&[qkv.clone()], &[added(&dqkv, &pre_q)], |x| {
+            let r = fd_check(std::slice::from_ref(&qkv), &[added(&dqkv, &pre_q)], |x| {
                 let (mut out, mut pre, mut att) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; tt]);
                 attention_forward(&mut out, &mut pre, &mut att, &x[0], b, t, c, nh);
                 dot(&out, &w)
@@ -811,7 +811,7 @@ mod tests {
                 dx[r * c + i] = (dn[i] - mean_dn) * rstd[r];
             }
         }
-        let m1 = fd_check(&[x.clone()], &[dx], loss);
+        let m1 = fd_check(std::slice::from_ref(&x), &[dx], loss);
         assert!(!m1.passes(), "layernorm without the variance term must fail: {m1:?}");
         // mutant 2: a backward that overwrites (=) instead of accumulating (+=) into a used buffer
         let pre = rng.vec(n * c, 1.0);
@@ -819,7 +819,7 @@ mod tests {
         let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
         layernorm_backward(&mut dx, &mut dw, &mut db, &w, &x, &wt, &mean, &rstd, n, c);
         let overwritten: Vec<f64> = added(&dx, &pre).iter().zip(&pre).map(|(d, p)| d - p).collect();
-        let m2 = fd_check(&[x.clone()], &[overwritten], loss);
+        let m2 = fd_check(std::slice::from_ref(&x), &[overwritten], loss);
         assert!(!m2.passes(), "an overwriting backward must fail: {m2:?}");
         // mutant 3: GELU's derivative without the tanh' term, and the true one perturbed by 1e-5
         let g = rng.vec(9, 3.0);
@@ -834,10 +834,10 @@ mod tests {
             .zip(&gw)
             .map(|(&x, &d)| 0.5 * (1.0 + (GELU_S * (x + GELU_A * x * x * x)).tanh()) * d)
             .collect();
-        assert!(!fd_check(&[g.clone()], &[wrong], gl).passes());
+        assert!(!fd_check(std::slice::from_ref(&g), &[wrong], gl).passes());
         let mut good = vec![0.0; 9];
         gelu_backward(&mut good, &g, &gw, 9);
-        assert!(fd_check(&[g.clone()], &[good.clone()], gl).passes());
+        assert!(fd_check(std::slice::from_ref(&g), &[good.clone()], gl).passes());
         let big = (0..9).max_by(|&a, &b| good[a].abs().total_cmp(&good[b].abs())).unwrap();
         good[big] *= 1.0 + 1e-5;
         assert!(!fd_check(&[g], &[good], gl).passes(), "a 1e-5 relative error must be seen");
