@@ -174,7 +174,7 @@ fn whole_cnn_gradient_matches_finite_differences_with_both_norms() {
                 p[i] = orig;
                 (lp - lm) / (2.0 * h)
             };
-            let (d1, d2) = (central(1e-4), central(5e-5));
+            let (d1, d2) = (central(1e-5), central(5e-6));
             // a ReLU or max-pool switch inside the step makes the two estimates disagree: the
             // loss is not differentiable there, so that parameter is not judged (and counted)
             if (d1 - d2).abs() > 1e-4 * d1.abs().max(d2.abs()).max(1e-2) {

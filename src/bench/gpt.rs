@@ -15,6 +15,19 @@ pub fn flops_per_token(c: usize, l: usize, v: usize, t: usize) -> f64 {
     3.0 * fwd
 }
 
+/// Sum a per-dispatch profile by entry point, largest first (empty without timestamps).
+fn by_kernel(profile: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
+    let mut kernels: Vec<(String, f64)> = Vec::new();
+    for (name, secs) in profile.unwrap_or_default() {
+        match kernels.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) => e.1 += secs,
+            None => kernels.push((name, secs)),
+        }
+    }
+    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kernels
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GptBench {
     pub micro_batch: usize,
@@ -60,16 +73,7 @@ pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
     let reps = 3;
     let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
     let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
-    let mut kernels: Vec<(String, f64)> = Vec::new();
-    if let Some(prof) = t.model.profile_micro_batch(&x, &y) {
-        for (name, secs) in prof {
-            match kernels.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 += secs,
-                None => kernels.push((name, secs)),
-            }
-        }
-        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    }
+    let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
     Ok(GptBench {
         micro_batch: b,
         accum_steps: k,
@@ -125,16 +129,7 @@ pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
     let secs = start.elapsed().as_secs_f64();
     let w = t.begin_window();
     let (x, y) = w.batches[0].clone();
-    let mut kernels: Vec<(String, f64)> = Vec::new();
-    if let Some(prof) = t.model.profile_micro_batch(&x, &y) {
-        for (name, s) in prof {
-            match kernels.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 += s,
-                None => kernels.push((name, s)),
-            }
-        }
-        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    }
+    let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
     Ok(CnnBench {
         micro_batch: b,
         accum_steps: k,

@@ -15,7 +15,7 @@ use crate::model::cnn::GpuCnn;
 use crate::model::gpt::{StepSettings, WindowFigures};
 use crate::reference::cnn_model::{CnnConfig, init_cnn_params};
 
-use super::trainer::{HealthMonitor, StepMetrics};
+use super::trainer::{HealthMonitor, StepMetrics, step_metrics};
 use super::TrainConfig;
 
 /// A CNN window in progress: packed micro-batches (pixels, labels) and how many have run.
@@ -140,35 +140,16 @@ impl CnnTrainer {
         while w.next < w.batches.len() {
             self.run_micro(&mut w)?;
         }
-        let start = w.started;
         let k = w.batches.len();
         let st = self.settings();
         self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, true)?;
         let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
-        let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
-        if !skipped {
+        let images_per_s = fig.count / w.started.elapsed().as_secs_f64();
+        let m = step_metrics(self.step, &fig, &st, &mut self.health, images_per_s, self.cfg.micro_batch, k, self.model.gpu.ledger.snapshot());
+        if !m.skipped {
             self.adam_step += 1;
         }
-        let secs = start.elapsed().as_secs_f64();
-        let train_loss = fig.mean_loss();
-        let health = self.health.observe(train_loss, fig.grad_norm);
-        let m = StepMetrics {
-            step: self.step,
-            train_loss,
-            val_loss: None,
-            lr: st.lr as f64,
-            grad_norm: fig.grad_norm,
-            clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
-            update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
-            skipped,
-            tokens: fig.count,
-            tokens_per_s: fig.count / secs,
-            micro_batch: w.batches.first().map_or(self.cfg.micro_batch, |b| b.1.len()).max(self.cfg.micro_batch.min(1)),
-            accum_steps: k,
-            memory: self.model.gpu.ledger.snapshot(),
-            health,
-        };
         Ok((m, fig))
     }
 

@@ -69,6 +69,33 @@ impl PendingWindow {
     }
 }
 
+/// The figures of a finished optimizer step. The device skipped AdamW if the window's loss or
+/// norm was non-finite (`skipped`); `work_per_s` is tokens or images per second.
+#[allow(clippy::too_many_arguments)]
+pub fn step_metrics(
+    step: usize, fig: &WindowFigures, st: &StepSettings, health: &mut HealthMonitor, work_per_s: f64, b: usize, k: usize,
+    memory: MemorySnapshot,
+) -> StepMetrics {
+    let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
+    let train_loss = fig.mean_loss();
+    StepMetrics {
+        step,
+        train_loss,
+        val_loss: None,
+        lr: st.lr as f64,
+        grad_norm: fig.grad_norm,
+        clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
+        update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
+        skipped,
+        tokens: fig.count,
+        tokens_per_s: work_per_s,
+        micro_batch: b,
+        accum_steps: k,
+        memory,
+        health: health.observe(train_loss, fig.grad_norm),
+    }
+}
+
 /// Gradient health of one step, judged against the recent history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Health {
@@ -315,31 +342,11 @@ impl Trainer {
         self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, self.divides_by_window_count())?;
         let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
-        // the device skipped AdamW if the loss or the norm was non-finite
-        let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
-        if !skipped {
+        let tokens_per_s = (k * b * t) as f64 / w.started.elapsed().as_secs_f64();
+        let m = step_metrics(self.step, &fig, &st, &mut self.health, tokens_per_s, b, k, self.model.gpu.ledger.snapshot());
+        if !m.skipped {
             self.adam_step += 1;
         }
-        let secs = w.started.elapsed().as_secs_f64();
-        let tokens = fig.count;
-        let train_loss = fig.mean_loss();
-        let health = self.health.observe(train_loss, fig.grad_norm);
-        let m = StepMetrics {
-            step: self.step,
-            train_loss,
-            val_loss: None,
-            lr: st.lr as f64,
-            grad_norm: fig.grad_norm,
-            clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
-            update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
-            skipped,
-            tokens,
-            tokens_per_s: (k * b * t) as f64 / secs,
-            micro_batch: b,
-            accum_steps: k,
-            memory: self.model.gpu.ledger.snapshot(),
-            health,
-        };
         Ok((m, fig))
     }
 
