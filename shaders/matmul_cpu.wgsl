@@ -27,6 +27,8 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> dout: array<f32>;
 @group(0) @binding(13) var<storage, read_write> b_inp: array<vec4<f32>>;
 @group(0) @binding(14) var<storage, read_write> b_weight: array<vec4<f32>>;
+// the same dout read as vec4 along N (N % 4 == 0): the *_v4 entries get dout twice
+@group(0) @binding(15) var<storage, read_write> dout4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
@@ -189,5 +191,107 @@ fn matmul_backward_weight_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
     if (n0 + 3u < p.N) {
         dweight[ob + (n0 + 3u) * K4 + k0] += c30;
         if (second) { dweight[ob + (n0 + 3u) * K4 + k0 + 1u] += c31; }
+    }
+}
+
+// dinp[m, k] += sum_n dout[m, n] weight[n, k], reading dout as vec4 along n (N % 4 == 0):
+// per 4 n, 4 dout loads and 8 weight loads feed 32 vec4 multiply-adds (as the forward kernel).
+@compute @workgroup_size(64)
+fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+                                @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, nw, l);
+    let K4 = p.K / 4u;
+    let N4 = p.N / 4u;
+    let nbk = (K4 + 1u) / 2u;
+    let nbm = (p.M + 3u) / 4u;
+    if (idx >= nbk * nbm) { return; }
+    let m0 = (idx / nbk) * 4u;
+    let k0 = (idx % nbk) * 2u;
+    let k1 = min(k0 + 1u, K4 - 1u);
+    let r0 = p.o6 / 4u + min(m0, p.M - 1u) * N4;
+    let r1 = p.o6 / 4u + min(m0 + 1u, p.M - 1u) * N4;
+    let r2 = p.o6 / 4u + min(m0 + 2u, p.M - 1u) * N4;
+    let r3 = p.o6 / 4u + min(m0 + 3u, p.M - 1u) * N4;
+    let wb = p.o5 / 4u;
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < N4; n4++) {
+        let d0 = dout4[r0 + n4]; let d1 = dout4[r1 + n4]; let d2 = dout4[r2 + n4]; let d3 = dout4[r3 + n4];
+        let n = n4 * 4u;
+        let wa0 = b_weight[wb + n * K4 + k0];        let wb0 = b_weight[wb + n * K4 + k1];
+        let wa1 = b_weight[wb + (n + 1u) * K4 + k0]; let wb1 = b_weight[wb + (n + 1u) * K4 + k1];
+        let wa2 = b_weight[wb + (n + 2u) * K4 + k0]; let wb2 = b_weight[wb + (n + 2u) * K4 + k1];
+        let wa3 = b_weight[wb + (n + 3u) * K4 + k0]; let wb3 = b_weight[wb + (n + 3u) * K4 + k1];
+        c00 += d0.x * wa0 + d0.y * wa1 + d0.z * wa2 + d0.w * wa3;
+        c01 += d0.x * wb0 + d0.y * wb1 + d0.z * wb2 + d0.w * wb3;
+        c10 += d1.x * wa0 + d1.y * wa1 + d1.z * wa2 + d1.w * wa3;
+        c11 += d1.x * wb0 + d1.y * wb1 + d1.z * wb2 + d1.w * wb3;
+        c20 += d2.x * wa0 + d2.y * wa1 + d2.z * wa2 + d2.w * wa3;
+        c21 += d2.x * wb0 + d2.y * wb1 + d2.z * wb2 + d2.w * wb3;
+        c30 += d3.x * wa0 + d3.y * wa1 + d3.z * wa2 + d3.w * wa3;
+        c31 += d3.x * wb0 + d3.y * wb1 + d3.z * wb2 + d3.w * wb3;
+    }
+    let ob = p.o0 / 4u;
+    let second = k0 + 1u < K4;
+    if (m0 < p.M) {
+        dinp[ob + m0 * K4 + k0] += c00;
+        if (second) { dinp[ob + m0 * K4 + k0 + 1u] += c01; }
+    }
+    if (m0 + 1u < p.M) {
+        dinp[ob + (m0 + 1u) * K4 + k0] += c10;
+        if (second) { dinp[ob + (m0 + 1u) * K4 + k0 + 1u] += c11; }
+    }
+    if (m0 + 2u < p.M) {
+        dinp[ob + (m0 + 2u) * K4 + k0] += c20;
+        if (second) { dinp[ob + (m0 + 2u) * K4 + k0 + 1u] += c21; }
+    }
+    if (m0 + 3u < p.M) {
+        dinp[ob + (m0 + 3u) * K4 + k0] += c30;
+        if (second) { dinp[ob + (m0 + 3u) * K4 + k0 + 1u] += c31; }
+    }
+}
+
+// dweight[n, k] += sum_m dout[m, n] inp[m, k], reading dout[m, n0..n0+4] as one vec4
+// (N % 4 == 0): 3 loads per 8 vec4 multiply-adds instead of 6.
+@compute @workgroup_size(64)
+fn matmul_backward_weight_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+                                 @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, nw, l);
+    let K4 = p.K / 4u;
+    let N4 = p.N / 4u;
+    let nbk = (K4 + 1u) / 2u;
+    if (idx >= nbk * N4) { return; }
+    let n4 = idx / nbk;
+    let n0 = n4 * 4u;
+    let k0 = (idx % nbk) * 2u;
+    let k1 = min(k0 + 1u, K4 - 1u);
+    let xb = p.o4 / 4u;
+    let db = p.o6 / 4u;
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    for (var m = 0u; m < p.M; m++) {
+        let x0 = b_inp[xb + m * K4 + k0];
+        let x1 = b_inp[xb + m * K4 + k1];
+        let d = dout4[db + m * N4 + n4];
+        c00 += d.x * x0; c01 += d.x * x1;
+        c10 += d.y * x0; c11 += d.y * x1;
+        c20 += d.z * x0; c21 += d.z * x1;
+        c30 += d.w * x0; c31 += d.w * x1;
+    }
+    let ob = p.o1 / 4u;
+    let second = k0 + 1u < K4;
+    dweight[ob + n0 * K4 + k0] += c00;
+    dweight[ob + (n0 + 1u) * K4 + k0] += c10;
+    dweight[ob + (n0 + 2u) * K4 + k0] += c20;
+    dweight[ob + (n0 + 3u) * K4 + k0] += c30;
+    if (second) {
+        dweight[ob + n0 * K4 + k0 + 1u] += c01;
+        dweight[ob + (n0 + 1u) * K4 + k0 + 1u] += c11;
+        dweight[ob + (n0 + 2u) * K4 + k0 + 1u] += c21;
+        dweight[ob + (n0 + 3u) * K4 + k0 + 1u] += c31;
     }
 }

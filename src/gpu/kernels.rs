@@ -128,15 +128,24 @@ impl ProgramBuilder {
         let dinp_v = dinp.unwrap_or(dweight);
         let dbias_v = dbias.unwrap_or(dweight);
         let args = [dinp_v, dweight, dbias_v, dout, inp, weight];
+        // the _v4 entries also read dout as vec4 along N (binding 15 = the 7th argument)
+        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout];
+        let dout_v4 = n % 4 == 0 && aligned(&[dout]);
         if let Some(dinp) = dinp {
-            if cpu && aligned(&[dinp, weight]) {
+            if cpu && aligned(&[dinp, weight]) && dout_v4 {
+                let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
+                self.call("matmul_cpu", "matmul_backward_input_cpu_v4", 9, &args_v4, dims.clone(), Grid::Threads(blocks))?;
+            } else if cpu && aligned(&[dinp, weight]) {
                 let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
                 self.call("matmul_cpu", "matmul_backward_input_cpu", 9, &args, dims.clone(), Grid::Threads(blocks))?;
             } else {
                 self.call("matmul", "matmul_backward_input", 9, &args, dims.clone(), tiles(m, k))?;
             }
         }
-        if cpu && aligned(&[dweight, inp]) {
+        if cpu && aligned(&[dweight, inp]) && dout_v4 {
+            let blocks = (n / 4) * (k / 4).div_ceil(2);
+            self.call("matmul_cpu", "matmul_backward_weight_cpu_v4", 9, &args_v4, dims.clone(), Grid::Threads(blocks))?;
+        } else if cpu && aligned(&[dweight, inp]) {
             let blocks = n.div_ceil(4) * (k / 4).div_ceil(2);
             self.call("matmul_cpu", "matmul_backward_weight_cpu", 9, &args, dims.clone(), Grid::Threads(blocks))?;
         } else {
