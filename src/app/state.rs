@@ -29,24 +29,9 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The training defaults, with a longer run and more frequent evaluation for watching.
     fn default() -> Self {
-        let c = TrainConfig::default();
-        Self {
-            model: c.model,
-            norm: c.norm,
-            dataset: c.dataset,
-            micro_batch: c.micro_batch,
-            accum_steps: c.accum_steps,
-            lr: c.lr,
-            grad_clip: c.grad_clip,
-            data: c.data,
-            max_steps: 2000,
-            eval_every: 25,
-            n_embd: c.n_embd,
-            n_layer: c.n_layer,
-            n_head: c.n_head,
-            block_size: c.block_size,
-        }
+        Self { max_steps: 2000, eval_every: 25, ..Self::from_config(&TrainConfig::default()) }
     }
 }
 
