@@ -118,6 +118,29 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         overrides: Vec<String>,
     },
+    /// Predict device memory per category and choose the largest micro-batch under a budget.
+    #[command(after_help = "Example: gradscope plan --effective-batch 64 --memory-budget 512MiB --checkpoint-activations. \
+        Config keys select the model (--model cnn, --n_layer 6, ...). The numbers are the byte ledger's categories, \
+        predicted from the layouts the trainer allocates (no probing).")]
+    Plan {
+        /// E: sequences (images) per optimizer step. Default: the config's (B x K).
+        #[arg(long)]
+        effective_batch: Option<usize>,
+        /// Device-memory budget, e.g. 512MiB, 2GiB, 300MB. Default: the config's memory_budget,
+        /// else the device's max buffer size.
+        #[arg(long)]
+        memory_budget: Option<String>,
+        /// Plan with GPT activation checkpointing.
+        #[arg(long)]
+        checkpoint_activations: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
     /// Measure the matmul kernels and end-to-end GPT training on the selected adapter.
     Bench {
         /// Matrix sizes for the matmul benchmark.
@@ -262,6 +285,27 @@ fn run() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         }
+        Command::Plan { mut effective_batch, mut memory_budget, mut checkpoint_activations, mut config, mut json, overrides } => {
+            // the subcommand's own flags may also come after the first --key value override
+            let mut rest = Vec::new();
+            let mut it = overrides.into_iter();
+            while let Some(a) = it.next() {
+                let (flag, inline) = match a.split_once('=') {
+                    Some((f, v)) => (f.to_string(), Some(v.to_string())),
+                    None => (a.clone(), None),
+                };
+                let mut value = |name: &str| inline.clone().or_else(|| it.next()).with_context(|| format!("{name} needs a value"));
+                match flag.as_str() {
+                    "--checkpoint-activations" if inline.is_none() => checkpoint_activations = true,
+                    "--json" if inline.is_none() => json = true,
+                    "--effective-batch" => effective_batch = Some(value("--effective-batch")?.parse().context("--effective-batch")?),
+                    "--memory-budget" => memory_budget = Some(value("--memory-budget")?),
+                    "--config" => config = Some(value("--config")?.into()),
+                    _ => rest.push(a),
+                }
+            }
+            plan_cli(&choice, effective_batch, memory_budget, checkpoint_activations, config, json, &rest)?
+        }
         Command::Bench { sizes, seconds, steps, json, overrides } => {
             let gpu = device(&choice)?;
             let mut results = Vec::new();
@@ -344,6 +388,97 @@ fn run() -> anyhow::Result<()> {
 
 /// `gradscope verify --model cnn --norm group|batch`. Profiles: default MNIST, B 4 x K 16 = 64,
 /// 40 steps; quick: the 8x8 digits, B 4 x K 8, 30 steps.
+#[allow(clippy::too_many_arguments)]
+fn plan_cli(
+    choice: &AdapterChoice, e: Option<usize>, budget: Option<String>, checkpoint: bool, config: Option<PathBuf>, json: bool,
+    overrides: &[String],
+) -> anyhow::Result<()> {
+    use gradscope::model::memory::{MemoryOptions, parse_bytes, plan};
+    use gradscope::train::plan::{device_limits, model_spec};
+    let mut cfg = TrainConfig::load(config.as_deref(), overrides)?;
+    if checkpoint {
+        cfg.checkpoint_activations = true;
+        cfg.validate()?;
+    }
+    let e = e.unwrap_or_else(|| cfg.effective());
+    let gpu = device(choice)?;
+    let limits = device_limits(&gpu);
+    let budget_text = budget.unwrap_or_else(|| cfg.memory_budget.clone());
+    let budget = if budget_text.is_empty() {
+        limits.max_buffer
+    } else {
+        parse_bytes(&budget_text).map_err(|m| anyhow::anyhow!("--memory-budget: {m}"))?
+    };
+    let spec = model_spec(&cfg)?;
+    let opts = MemoryOptions { checkpoint_activations: cfg.checkpoint_activations };
+    let p = plan(&spec, e, budget, &limits, opts)?;
+    // a sweep of B: powers of two up to E, and the chosen B
+    let mut bs: Vec<usize> = (0..).map(|i| 1usize << i).take_while(|&b| b <= e).collect();
+    if !bs.contains(&p.micro_batch) {
+        bs.push(p.micro_batch);
+        bs.sort_unstable();
+    }
+    let sweep: Vec<_> = bs
+        .iter()
+        .map(|&b| {
+            let k = e.div_ceil(b);
+            let m = spec.predict(b, k, e - (k - 1) * b, opts);
+            (b, k, m, b <= p.micro_batch)
+        })
+        .collect();
+    if json {
+        let rows: Vec<_> = sweep
+            .iter()
+            .map(|(b, k, m, fits)| serde_json::json!({ "micro_batch": b, "accum_steps": k, "bytes": m, "total": m.total(), "fits": fits }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": p, "total": p.predicted.total(), "sweep": rows }))?);
+        return Ok(());
+    }
+    let what = match &spec {
+        gradscope::model::memory::ModelSpec::Gpt(c) => format!(
+            "GPT: {} layers, n_embd {}, block_size {}, vocab {}, {} parameters", c.n_layer, c.n_embd, c.block_size, c.vocab_size, c.num_params()
+        ),
+        gradscope::model::memory::ModelSpec::Cnn(c) => {
+            format!("CNN ({:?} norm) on {}x{} images, {} parameters", c.norm, c.h, c.w, c.num_params())
+        }
+    };
+    println!("{what}");
+    println!(
+        "adapter {} ({:?}): max binding {}, max buffer {}{}",
+        gpu.summary.name, gpu.kind, gradscope::gpu::human_bytes(limits.max_binding), gradscope::gpu::human_bytes(limits.max_buffer),
+        limits.max_loop_rows.map_or(String::new(), |r| format!(", at most {r} rows per shader loop"))
+    );
+    println!(
+        "effective batch E = {e}, budget {}, activation checkpointing {}",
+        gradscope::gpu::human_bytes(budget), if opts.checkpoint_activations { "on" } else { "off" }
+    );
+    println!();
+    let rem = if p.last_micro_batch == p.micro_batch {
+        "B divides E".to_string()
+    } else {
+        format!("the last micro-batch of each window has {} of {} rows and is normalized by its real count", p.last_micro_batch, p.micro_batch)
+    };
+    println!("largest micro-batch that fits: B = {} (limited by {}), K = {} ({rem})", p.micro_batch, p.limited_by, p.accum_steps);
+    println!("predicted device memory at B {} x K {} (byte ledger categories):\n{}", p.micro_batch, p.accum_steps, p.predicted);
+    println!();
+    println!("{:>6} {:>4} {:>14} {:>14} {:>14}  fits", "B", "K", "activations", "scratch", "total");
+    for (b, k, m, fits) in &sweep {
+        println!(
+            "{b:>6} {k:>4} {:>14} {:>14} {:>14}  {}",
+            gradscope::gpu::human_bytes(m.get(Category::Activations)), gradscope::gpu::human_bytes(m.get(Category::Scratch)),
+            gradscope::gpu::human_bytes(m.total()), if *fits { "yes" } else { "no" }
+        );
+    }
+    let mut args: Vec<String> = overrides.to_vec();
+    args.push(format!("--memory_budget {}", if budget_text.is_empty() { budget.to_string() } else { budget_text.clone() }));
+    args.push(format!("--effective_batch {e}"));
+    if opts.checkpoint_activations {
+        args.push("--checkpoint_activations true".into());
+    }
+    println!("\ntrain with: gradscope train {}", args.join(" "));
+    Ok(())
+}
+
 fn verify_cnn_cli(gpu: &Gpu, quick: bool, file: Option<&std::path::Path>, overrides: &[String], json: bool) -> anyhow::Result<()> {
     let mut ov: Vec<String> = if quick {
         ["--dataset=digits", "--micro_batch=4", "--accum_steps=8", "--max_steps=30"].map(String::from).to_vec()
@@ -425,6 +560,17 @@ fn run_verify(gpu: &Gpu, cfg: &TrainConfig, tolerance: f64, title: &str, json: b
     Ok(report)
 }
 
+/// The line `train` prints when B was chosen under a memory budget.
+fn print_plan(plan: Option<&gradscope::model::memory::Plan>) {
+    if let Some(p) = plan {
+        println!(
+            "memory budget    {}: B = {} is the largest micro-batch that fits (limited by {}), K = {}, predicted {}",
+            gradscope::gpu::human_bytes(p.budget), p.micro_batch, p.limited_by, p.accum_steps,
+            gradscope::gpu::human_bytes(p.predicted.total())
+        );
+    }
+}
+
 /// `gradscope train --model cnn`: epochs over the images, test accuracy after each epoch.
 fn train_cnn(gpu: &Gpu, cfg: TrainConfig, quiet: bool) -> anyhow::Result<()> {
     let mut t = gradscope::train::cnn::CnnTrainer::new(gpu, cfg)?;
@@ -436,6 +582,7 @@ fn train_cnn(gpu: &Gpu, cfg: TrainConfig, quiet: bool) -> anyhow::Result<()> {
     println!("data             {:?}: {} training images {}x{}, {} test images", t.cfg.dataset, t.data.train.n, t.data.train.h, t.data.train.w, t.data.test.n);
     println!("window           B = {} x K = {} = E {} images; {} steps per epoch (the last window has {} images)",
         t.cfg.micro_batch, t.cfg.accum_steps, e, t.steps_per_epoch, t.data.train.n - (t.steps_per_epoch - 1) * e);
+    print_plan(t.plan.as_ref());
     println!("device memory (byte ledger):\n{}", gpu.ledger.snapshot());
     let total = (t.cfg.epochs * t.steps_per_epoch) as u64;
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
@@ -503,6 +650,7 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
     static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     ctrlc::set_handler(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst))
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    let (plan, checkpointing) = (t.plan.clone(), t.cfg.checkpoint_activations);
     let outcome = t.run(Some(&mut metrics), Some(&INTERRUPT), &mut |ev| match ev {
         Event::Started(d) => {
             println!("adapter          {}", d.adapter);
@@ -511,6 +659,10 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
             println!("micro-batch      B = {} sequences = {} tokens", d.micro_batch, d.tokens_per_micro_batch);
             println!("window           K = {} micro-batches, E = {} sequences = {} tokens per step", d.micro_batches_per_window, d.effective_batch, d.tokens_per_step);
             println!("data             {} train tokens, {} validation tokens", d.train_tokens, d.val_tokens);
+            print_plan(plan.as_ref());
+            if checkpointing {
+                println!("activations      checkpointed: block inputs kept, blocks recomputed in backward");
+            }
             println!("device memory (byte ledger):\n{}", d.memory);
         }
         Event::Step(m) => {

@@ -118,3 +118,54 @@ fn cnn_trains_and_evaluates_from_the_command_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.contains("CNN (Batch norm), test accuracy"), "{s}");
 }
+
+/// `plan` prints the category table and the largest B under the budget; `--json` agrees with the
+/// library's plan; `train --memory_budget` then trains with that B and K.
+#[test]
+fn plan_and_train_under_a_memory_budget() {
+    let out = gradscope()
+        .args(["plan", "--effective-batch", "24", "--memory-budget", "2MiB", "--json"])
+        .args(TINY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (b, k) = (v["plan"]["micro_batch"].as_u64().unwrap(), v["plan"]["accum_steps"].as_u64().unwrap());
+    assert!(v["total"].as_u64().unwrap() <= 2 << 20);
+    assert!((1..24).contains(&b), "B = {b} should be limited by the budget");
+    assert_eq!(k, 24u64.div_ceil(b));
+
+    let out = gradscope().args(["plan", "--effective-batch", "24", "--memory-budget", "2MiB"]).args(TINY).arg("--checkpoint-activations").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success());
+    assert!(text.contains("activation checkpointing on"), "{text}");
+    assert!(text.contains("largest micro-batch that fits: B = "), "{text}");
+    for cat in ["parameters", "gradients", "optimizer state", "activations", "scratch", "total"] {
+        assert!(text.contains(cat), "{cat} row missing:\n{text}");
+    }
+
+    let dir = tmpdir("budget");
+    let out = gradscope()
+        .args(["train", "--quiet"])
+        .args(TINY)
+        .args(["--memory-budget", "2MiB", "--effective_batch", "24", "--max_steps", "2", "--out_dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(stdout.contains(&format!("micro-batch      B = {b} sequences")), "train should use the planned B = {b}:\n{stdout}");
+    assert!(stdout.contains("memory budget"), "{stdout}");
+
+    // bad budgets are clear errors
+    for bad in [["--memory-budget", "lots"], ["--memory-budget", "1KiB"]] {
+        let out = gradscope().args(["plan", "--effective-batch", "8"]).args(bad).args(TINY).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("error:"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

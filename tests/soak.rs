@@ -100,7 +100,7 @@ fn a_thousand_live_changes_lose_nothing() {
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b),
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, false),
         "activation bytes for the final B = {final_b}"
     );
     s.controls.send(Control::Shutdown).unwrap();

@@ -481,7 +481,7 @@ impl GradscopeApp {
             match c.model {
                 crate::train::config::ModelKind::Gpt => {
                     let cfg = GptConfig { vocab_size: vocab, block_size: c.block_size, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd };
-                    (GpuGpt::activation_slab_bytes(&cfg, b), GpuGpt::predicted_activation_bytes(&cfg, b) + 16 * cfg.num_params() as u64)
+                    (GpuGpt::activation_slab_bytes(&cfg, b, c.checkpoint_activations), GpuGpt::predicted_activation_bytes(&cfg, b, c.checkpoint_activations) + 16 * cfg.num_params() as u64)
                 }
                 crate::train::config::ModelKind::Cnn => {
                     let side = if c.dataset == crate::data::images::Dataset::Mnist { 28 } else { 8 };

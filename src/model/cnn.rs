@@ -97,6 +97,9 @@ pub struct GpuCnn {
     programs: HashMap<usize, Programs>,
 }
 
+/// Number of parameter tensors (conv1 w/b, norm1 w/b, conv2 w/b, norm2 w/b, linear w/b).
+pub const NUM_CNN_TENSORS: usize = 10;
+
 /// Weight decay on conv and linear weights only.
 pub fn cnn_decays(i: usize) -> bool {
     matches!(i, 0 | 4 | 8)
@@ -105,7 +108,7 @@ pub fn cnn_decays(i: usize) -> bool {
 impl GpuCnn {
     pub fn new(gpu: &Gpu, cfg: CnnConfig, params: &[f32], b: usize) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
-        let decay = (0..10).map(cnn_decays).collect();
+        let decay = (0..NUM_CNN_TENSORS).map(cnn_decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
         let running = gpu.try_storage("batchnorm running statistics", Category::Parameters, cfg.running_len())?;
         gpu.upload(&running, 0, &cfg.running_init());

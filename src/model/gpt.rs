@@ -41,11 +41,18 @@ pub fn decays(tensor: usize) -> bool {
 
 /// Offsets (in f32 elements) of every activation tensor of a micro-batch of B sequences.
 /// Each tensor starts at a multiple of 4 so the vec4 matmul can read it.
+///
+/// With activation checkpointing (`recompute`) only each block's input (`encoded` and the
+/// `residual3` of every layer) is kept per layer; the tensors inside a block have one copy shared
+/// by all layers (every per-layer vector then holds the same offset) and the backward pass
+/// recomputes a block's forward into it just before that block's backward.
 #[derive(Clone, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
+    pub recompute: bool,
     pub encoded: usize,          // [B,T,C]
+    pub residual3: Vec<usize>,   // L x [B,T,C] (block outputs = next block's inputs)
     pub ln1: Vec<usize>,         // L x [B,T,C]
     pub ln1_mean: Vec<usize>,    // L x [B,T]
     pub ln1_rstd: Vec<usize>,    // L x [B,T]
@@ -61,7 +68,10 @@ pub struct ActLayout {
     pub fch: Vec<usize>,         // L x [B,T,4C]
     pub fch_gelu: Vec<usize>,    // L x [B,T,4C]
     pub fcproj: Vec<usize>,      // L x [B,T,C]
-    pub residual3: Vec<usize>,   // L x [B,T,C]
+    /// The block-internal tensors (everything from `ln1` to `fcproj`) occupy
+    /// `block_start .. block_start + block_len`.
+    pub block_start: usize,
+    pub block_len: usize,
     pub lnf: usize,              // [B,T,C]
     pub lnf_mean: usize,         // [B,T]
     pub lnf_rstd: usize,         // [B,T]
@@ -72,7 +82,7 @@ pub struct ActLayout {
 }
 
 impl ActLayout {
-    pub fn new(cfg: &GptConfig, b: usize, t: usize) -> Self {
+    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> Self {
         let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
         let bt = b * t;
         let mut at = 0usize;
@@ -82,7 +92,14 @@ impl ActLayout {
             o
         };
         let encoded = take(bt * c);
-        let mut per = |n: usize| (0..l).map(|_| take(n)).collect::<Vec<_>>();
+        let residual3 = (0..l).map(|_| take(bt * c)).collect::<Vec<_>>();
+        // one copy per layer, or one shared copy when the backward recomputes blocks
+        let copies = if recompute { l.min(1) } else { l };
+        let block_start = take(0);
+        let mut per = |n: usize| {
+            let own: Vec<usize> = (0..copies).map(|_| take(n)).collect();
+            (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>()
+        };
         let ln1 = per(bt * c);
         let ln1_mean = per(bt);
         let ln1_rstd = per(bt);
@@ -98,16 +115,16 @@ impl ActLayout {
         let fch = per(bt * 4 * c);
         let fch_gelu = per(bt * 4 * c);
         let fcproj = per(bt * c);
-        let residual3 = per(bt * c);
+        let block_len = take(0) - block_start;
         let lnf = take(bt * c);
         let lnf_mean = take(bt);
         let lnf_rstd = take(bt);
         let logits = take(bt * v);
         let losses = take(bt);
         Self {
-            b, t, encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj, residual2, ln2,
-            ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3, lnf, lnf_mean, lnf_rstd, logits,
-            losses, len: at,
+            b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj,
+            residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_start, block_len, lnf, lnf_mean,
+            lnf_rstd, logits, losses, len: at,
         }
     }
 
@@ -123,6 +140,8 @@ pub struct GpuGpt {
     pub gpu: Gpu,
     pub cfg: GptConfig,
     pub slabs: Slabs,
+    /// Activation checkpointing: keep only block inputs, recompute blocks in the backward pass.
+    recompute: bool,
     mb: Option<MicroBatch>,
 }
 
@@ -160,7 +179,7 @@ impl GpuGpt {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, mb: None })
+        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, mb: None })
     }
 
     fn pv(&self, i: usize) -> View {
@@ -176,16 +195,36 @@ impl GpuGpt {
     }
 
     /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
-    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size).bytes()
+    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool) -> u64 {
+        ActLayout::new(cfg, b, cfg.block_size, recompute).bytes()
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, its gradient slab, and the input and target tokens.
-    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize) -> u64 {
-        let slab = Self::activation_slab_bytes(cfg, b);
+    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool) -> u64 {
+        let slab = Self::activation_slab_bytes(cfg, b, recompute);
         let tokens = ((b * cfg.block_size).max(1) as u64 * 4).next_multiple_of(4);
         2 * slab + 2 * tokens
+    }
+
+    /// Whether activation checkpointing is on.
+    pub fn activation_checkpointing(&self) -> bool {
+        self.recompute
+    }
+
+    /// Turn activation checkpointing on or off: the activation slabs and programs of the current
+    /// micro-batch size are rebuilt; parameters, gradients and AdamW state stay.
+    pub fn set_activation_checkpointing(&mut self, on: bool) -> Result<(), ProgramError> {
+        if self.recompute == on {
+            return Ok(());
+        }
+        self.recompute = on;
+        let b = self.micro_batch();
+        if b > 0 {
+            self.mb = None;
+            self.set_micro_batch(b)?;
+        }
+        Ok(())
     }
 
     /// (Re)allocate the activation slabs for micro-batch `b` and record the programs that bind
@@ -196,7 +235,7 @@ impl GpuGpt {
         }
         self.mb = None; // free the old slabs before allocating new ones
         let t = self.cfg.block_size;
-        let layout = ActLayout::new(&self.cfg, b, t);
+        let layout = ActLayout::new(&self.cfg, b, t, self.recompute);
         let acts = self.gpu.try_storage("activations", Category::Activations, layout.len)?;
         let dacts = self.gpu.try_storage("activation gradients", Category::Activations, layout.len)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
@@ -223,27 +262,13 @@ impl GpuGpt {
         &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, inputs: &GpuBuffer, targets: &GpuBuffer,
     ) -> Result<(), ProgramError> {
         let (b, t) = (a.b, a.t);
-        let (c, nh, v) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.vocab_size);
+        let (c, v, cl) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_layer);
         let bt = b * t;
         let act = |o: usize| View::at(acts, o);
-        let (ci, cl) = (self.cfg.n_embd, self.cfg.n_layer);
-        let lw = |i: usize, l: usize, per: usize| self.pv(i).add(l * per);
 
         pb.encoder_forward(&act(a.encoded), &View::of(inputs), &self.pv(p::WTE), &self.pv(p::WPE), b, t, c)?;
         for l in 0..cl {
-            let residual = if l == 0 { act(a.encoded) } else { act(a.residual3[l - 1]) };
-            pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
-                &lw(p::LN1W, l, ci), &lw(p::LN1B, l, ci), bt, c)?;
-            pb.matmul_forward(&act(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), Some(&lw(p::QKVB, l, 3 * c)), bt, c, 3 * c)?;
-            pb.attention_forward(&act(a.atty[l]), &act(a.preatt[l]), &act(a.att[l]), &act(a.qkv[l]), b, t, c, nh)?;
-            pb.matmul_forward(&act(a.attproj[l]), &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), Some(&lw(p::ATTPROJB, l, c)), bt, c, c)?;
-            pb.residual_forward(&act(a.residual2[l]), &residual, &act(a.attproj[l]), bt * c)?;
-            pb.layernorm_forward(&act(a.ln2[l]), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), &act(a.residual2[l]),
-                &lw(p::LN2W, l, ci), &lw(p::LN2B, l, ci), bt, c)?;
-            pb.matmul_forward(&act(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), Some(&lw(p::FCB, l, 4 * c)), bt, c, 4 * c)?;
-            pb.gelu_forward(&act(a.fch_gelu[l]), &act(a.fch[l]), bt * 4 * c)?;
-            pb.matmul_forward(&act(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c), Some(&lw(p::FCPROJB, l, c)), bt, 4 * c, c)?;
-            pb.residual_forward(&act(a.residual3[l]), &act(a.residual2[l]), &act(a.fcproj[l]), bt * c)?;
+            self.record_block_forward(pb, a, acts, l)?;
         }
         let last = if cl == 0 { act(a.encoded) } else { act(a.residual3[cl - 1]) };
         pb.layernorm_forward(&act(a.lnf), &act(a.lnf_mean), &act(a.lnf_rstd), &last, &self.pv(p::LNFW), &self.pv(p::LNFB), bt, c)?;
@@ -252,6 +277,30 @@ impl GpuGpt {
         pb.crossentropy_forward(&act(a.losses), &act(a.logits), &View::of(targets), bt, v)?;
         // window figures: loss sum and count accumulate over the micro-batches of the window
         pb.crossentropy_reduce(&View::at(&self.slabs.scratch, Scratch::LOSS_SUM), &act(a.losses), &View::of(targets), bt)?;
+        Ok(())
+    }
+
+    /// Transformer block `l`: from its input (`encoded` or the previous block's `residual3`) to
+    /// its `residual3`. Also what the backward pass replays under activation checkpointing.
+    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, l: usize) -> Result<(), ProgramError> {
+        let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
+        let (b, t) = (a.b, a.t);
+        let bt = b * t;
+        let act = |o: usize| View::at(acts, o);
+        let lw = |i: usize, per: usize| self.pv(i).add(l * per);
+        let residual = if l == 0 { act(a.encoded) } else { act(a.residual3[l - 1]) };
+        pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
+            &lw(p::LN1W, c), &lw(p::LN1B, c), bt, c)?;
+        pb.matmul_forward(&act(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, 3 * c * c), Some(&lw(p::QKVB, 3 * c)), bt, c, 3 * c)?;
+        pb.attention_forward(&act(a.atty[l]), &act(a.preatt[l]), &act(a.att[l]), &act(a.qkv[l]), b, t, c, nh)?;
+        pb.matmul_forward(&act(a.attproj[l]), &act(a.atty[l]), &lw(p::ATTPROJW, c * c), Some(&lw(p::ATTPROJB, c)), bt, c, c)?;
+        pb.residual_forward(&act(a.residual2[l]), &residual, &act(a.attproj[l]), bt * c)?;
+        pb.layernorm_forward(&act(a.ln2[l]), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), &act(a.residual2[l]),
+            &lw(p::LN2W, c), &lw(p::LN2B, c), bt, c)?;
+        pb.matmul_forward(&act(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, 4 * c * c), Some(&lw(p::FCB, 4 * c)), bt, c, 4 * c)?;
+        pb.gelu_forward(&act(a.fch_gelu[l]), &act(a.fch[l]), bt * 4 * c)?;
+        pb.matmul_forward(&act(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, 4 * c * c), Some(&lw(p::FCPROJB, c)), bt, 4 * c, c)?;
+        pb.residual_forward(&act(a.residual3[l]), &act(a.residual2[l]), &act(a.fcproj[l]), bt * c)?;
         Ok(())
     }
 
@@ -279,6 +328,13 @@ impl GpuGpt {
             &self.pv(p::LNFW), &act(a.lnf_mean), &act(a.lnf_rstd), bt, c)?;
         for l in (0..cl).rev() {
             let residual = if l == 0 { a.encoded } else { a.residual3[l - 1] };
+            if a.recompute && l + 1 < cl {
+                // Checkpointing: the shared block tensors hold block l+1; recompute block l from
+                // its kept input, and restart the shared block gradients from zero (the
+                // backward kernels accumulate). The last block's activations are still there.
+                self.record_block_forward(pb, a, acts, l)?;
+                pb.fill(&dact(a.block_start), 0.0, a.block_len)?;
+            }
             // residual3 = residual2 + fcproj
             pb.residual_backward(&dact(a.residual2[l]), &dact(a.fcproj[l]), &dact(a.residual3[l]), bt * c)?;
             pb.matmul_backward(Some(&dact(a.fch_gelu[l])), &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)),

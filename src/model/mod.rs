@@ -3,4 +3,5 @@
 
 pub mod cnn;
 pub mod gpt;
+pub mod memory;
 pub mod optim;

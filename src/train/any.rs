@@ -116,7 +116,7 @@ impl AnyTrainer {
     /// Check a micro-batch size against the device before asking for it.
     pub fn check_micro_batch(&self, gpu: &Gpu, b: usize) -> anyhow::Result<()> {
         match self {
-            AnyTrainer::Gpt(t) => super::trainer::check_device_limits(gpu, &t.gcfg, b),
+            AnyTrainer::Gpt(t) => super::trainer::check_device_limits(gpu, &t.gcfg, b, t.cfg.checkpoint_activations),
             AnyTrainer::Cnn(t) => super::trainer::check_loop_limit(gpu, "micro_batch x height x width", b * t.ccfg.h * t.ccfg.w),
         }
     }

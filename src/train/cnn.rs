@@ -49,6 +49,8 @@ pub struct CnnTrainer {
     /// Windows per epoch: ceil(n_train / E).
     pub steps_per_epoch: usize,
     health: HealthMonitor,
+    /// How B and K were chosen under `memory_budget`, if one was given.
+    pub plan: Option<crate::model::memory::Plan>,
 }
 
 /// Accuracy and mean loss over a set of images.
@@ -59,13 +61,21 @@ pub struct Evaluation {
     pub images: usize,
 }
 
+/// Where the image data sets are: `assets/data` under the working directory, else the crate's.
+pub fn image_dir() -> std::path::PathBuf {
+    if std::path::Path::new("assets/data").exists() {
+        std::path::PathBuf::from("assets/data")
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data")
+    }
+}
+
 impl CnnTrainer {
-    pub fn new(gpu: &Gpu, cfg: TrainConfig) -> anyhow::Result<Self> {
+    pub fn new(gpu: &Gpu, mut cfg: TrainConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data");
-        let dir = if std::path::Path::new("assets/data").exists() { std::path::PathBuf::from("assets/data") } else { dir };
-        let data = ImageData::load(&dir, cfg.dataset)?;
+        let data = ImageData::load(&image_dir(), cfg.dataset)?;
         let ccfg = CnnConfig::new(data.train.h, data.train.w, data.train.classes.max(data.test.classes), cfg.norm);
+        let plan = super::plan::apply_memory_budget(gpu, &mut cfg, &crate::model::memory::ModelSpec::Cnn(ccfg))?;
         let bytes = GpuCnn::predicted_activation_bytes(&ccfg, cfg.micro_batch) / 2;
         let max = gpu.limits().max_storage_buffer_binding_size;
         if bytes > max {
@@ -81,7 +91,7 @@ impl CnnTrainer {
         let e = cfg.effective();
         let steps_per_epoch = data.train.n.div_ceil(e);
         let sampler = EpochSampler::new(cfg.data_seed);
-        Ok(Self { cfg, ccfg, data, model, sampler, step: 0, adam_step: 0, steps_per_epoch, health: HealthMonitor::default() })
+        Ok(Self { cfg, ccfg, data, model, sampler, step: 0, adam_step: 0, steps_per_epoch, health: HealthMonitor::default(), plan })
     }
 
     fn settings(&self) -> StepSettings {

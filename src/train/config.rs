@@ -117,6 +117,13 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// NaN/Inf in a window: `skip` the step (default) or `stop` with a diagnosis.
     pub on_nonfinite: OnNonFinite,
+    // --- memory ---
+    /// GPT: keep only each block's input in forward and recompute the block in backward
+    /// (activation memory drops to the block inputs plus one block; costs one more forward).
+    pub checkpoint_activations: bool,
+    /// A device-memory budget such as "512MiB": micro_batch becomes the largest B whose
+    /// predicted memory fits it (and the device's limits), K = ceil(E / B). "" = off.
+    pub memory_budget: String,
 }
 
 impl Default for TrainConfig {
@@ -156,6 +163,8 @@ impl Default for TrainConfig {
             save_every: 0,
             keep_last: 3,
             on_nonfinite: OnNonFinite::Skip,
+            checkpoint_activations: false,
+            memory_budget: String::new(),
         }
     }
 }
@@ -268,7 +277,14 @@ impl TrainConfig {
         if self.eval_windows == 0 {
             return bad("eval_windows must be at least 1".into());
         }
-        if self.effective_batch != 0 && self.effective_batch < self.micro_batch {
+        if !self.memory_budget.is_empty() {
+            crate::model::memory::parse_bytes(&self.memory_budget).map_err(|e| ConfigError::Invalid(format!("memory_budget: {e}")))?;
+        }
+        if self.checkpoint_activations && self.model == ModelKind::Cnn {
+            return bad("checkpoint_activations is for the GPT (the CNN keeps every activation)".into());
+        }
+        // under a memory budget micro_batch is chosen (<= E) when the model is built
+        if self.memory_budget.is_empty() && self.effective_batch != 0 && self.effective_batch < self.micro_batch {
             return bad(format!(
                 "effective_batch {} is smaller than micro_batch {}", self.effective_batch, self.micro_batch
             ));

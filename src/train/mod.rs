@@ -7,6 +7,7 @@ pub mod cnn;
 pub mod config;
 pub mod live;
 pub mod metrics;
+pub mod plan;
 pub mod sample;
 pub mod trainer;
 pub mod verify;

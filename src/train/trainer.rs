@@ -195,12 +195,14 @@ pub struct Trainer {
     pub health: HealthMonitor,
     /// A host copy of the last good state, written out if the device is lost.
     last_good: Option<TrainState>,
+    /// How B and K were chosen under `memory_budget`, if one was given.
+    pub plan: Option<crate::model::memory::Plan>,
 }
 
 impl Trainer {
     /// Load the data, check the config against it and the device, initialize (or load) the
     /// weights and allocate every slab.
-    pub fn new(gpu: &Gpu, cfg: TrainConfig) -> anyhow::Result<Self> {
+    pub fn new(gpu: &Gpu, mut cfg: TrainConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
         let data = TextData::load(std::path::Path::new(&cfg.data))?;
         data.check_block(cfg.block_size)?;
@@ -211,7 +213,8 @@ impl Trainer {
             n_head: cfg.n_head,
             n_embd: cfg.n_embd,
         };
-        check_device_limits(gpu, &gcfg, cfg.micro_batch)?;
+        let plan = super::plan::apply_memory_budget(gpu, &mut cfg, &crate::model::memory::ModelSpec::Gpt(gcfg))?;
+        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations)?;
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
@@ -220,9 +223,10 @@ impl Trainer {
             ck
         };
         let mut model = GpuGpt::new(gpu, gcfg, &params)?;
+        model.set_activation_checkpointing(cfg.checkpoint_activations)?;
         model.set_micro_batch(cfg.micro_batch)?;
         let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
-        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, adam_step: 0, health: HealthMonitor::default(), last_good: None })
+        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, adam_step: 0, health: HealthMonitor::default(), last_good: None, plan })
     }
 
     pub fn derived(&self) -> Derived {
@@ -255,9 +259,17 @@ impl Trainer {
 
     /// Change the micro-batch size (between windows). Only the activation slabs are rebuilt.
     pub fn set_micro_batch(&mut self, b: usize) -> anyhow::Result<()> {
-        check_device_limits(&self.model.gpu, &self.gcfg, b)?;
+        check_device_limits(&self.model.gpu, &self.gcfg, b, self.cfg.checkpoint_activations)?;
         self.model.set_micro_batch(b)?;
         self.cfg.micro_batch = b;
+        Ok(())
+    }
+
+    /// Turn activation checkpointing on or off (between windows; gradients are the same).
+    pub fn set_activation_checkpointing(&mut self, on: bool) -> anyhow::Result<()> {
+        check_device_limits(&self.model.gpu, &self.gcfg, self.cfg.micro_batch, on)?;
+        self.model.set_activation_checkpointing(on)?;
+        self.cfg.checkpoint_activations = on;
         Ok(())
     }
 
@@ -568,13 +580,13 @@ pub enum RunOutcome {
 
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
 /// device is refused with the numbers, before anything is allocated.
-pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize) -> anyhow::Result<()> {
-    let bytes = GpuGpt::activation_slab_bytes(cfg, b);
+pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool) -> anyhow::Result<()> {
+    let bytes = GpuGpt::activation_slab_bytes(cfg, b, recompute);
     let limits = gpu.limits();
     let max_bind = limits.max_storage_buffer_binding_size;
     let max_buf = limits.max_buffer_size;
     if bytes > max_bind || bytes > max_buf {
-        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1);
+        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1, recompute);
         anyhow::bail!(
             "micro_batch {b} needs an activation slab of {} but this device's max storage binding is {} \
              (max buffer {}); the largest micro_batch that fits is about {}. Use a smaller micro_batch \

@@ -1,0 +1,249 @@
+//! The memory model: the bytes a training run holds on the device, per ledger category, computed
+//! from the same layouts the models allocate. No probing: wgpu has no memory-usage query and a
+//! driver may page instead of failing, so the numbers come from the layouts and the program
+//! shapes, and `tests/memory.rs` proves them equal to the byte ledger of the buffers created.
+//!
+//! The prediction is the steady state of training: after the first optimizer step, with the
+//! programs of micro-batch B recorded (and, for the CNN, those of the epoch's short remainder once
+//! it has run: `Remainder`). Readback staging buffers live only during a read and are not counted.
+
+use crate::gpu::{Category, MemorySnapshot};
+use crate::model::cnn::{CnnActs, GpuCnn};
+use crate::model::gpt::{GpuGpt, NUM_PARAM_TENSORS};
+use crate::model::optim::Scratch;
+use crate::reference::cnn_model::{CnnConfig, NormKind};
+use crate::reference::gpt::GptConfig;
+
+/// Bytes of one program's uniform arena slot (one per dispatch; `gpu::program`).
+pub const UNIFORM_SLOT: u64 = 256;
+
+/// A model whose memory can be predicted.
+#[derive(Clone, Debug)]
+pub enum ModelSpec {
+    Gpt(GptConfig),
+    Cnn(CnnConfig),
+}
+
+/// The memory choices of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// GPT activation checkpointing: keep block inputs only, recompute blocks in backward.
+    pub checkpoint_activations: bool,
+}
+
+impl ModelSpec {
+    pub fn num_params(&self) -> usize {
+        match self {
+            ModelSpec::Gpt(c) => c.num_params(),
+            ModelSpec::Cnn(c) => c.num_params(),
+        }
+    }
+
+    /// Bytes of the largest single buffer at micro-batch `b` (checked against the device's
+    /// max binding and buffer sizes): the activation slab or the parameter slab.
+    pub fn largest_buffer(&self, b: usize, opts: MemoryOptions) -> u64 {
+        let params = self.num_params() as u64 * 4;
+        let slab = match self {
+            ModelSpec::Gpt(c) => GpuGpt::activation_slab_bytes(c, b, opts.checkpoint_activations),
+            ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
+        };
+        slab.max(params)
+    }
+
+    /// Rows one shader invocation loops over at micro-batch `b` (Mesa's CPU adapters stop
+    /// loops after 65,535 iterations): B*T for the GPT, B*H*W for the CNN.
+    pub fn loop_rows(&self, b: usize) -> usize {
+        match self {
+            ModelSpec::Gpt(c) => b * c.block_size,
+            ModelSpec::Cnn(c) => b * c.h * c.w,
+        }
+    }
+
+    /// Predicted bytes per category while training at micro-batch `b` with `k` micro-batches
+    /// per window (`k` sizes the per-micro-batch figures buffer). `remainder`: the CNN's short
+    /// last micro-batch of an epoch (its programs are recorded once it has run); 0 for none.
+    pub fn predict(&self, b: usize, k: usize, remainder: usize, opts: MemoryOptions) -> MemorySnapshot {
+        let n = self.num_params() as u64;
+        let mut m = MemorySnapshot::default();
+        let mut add = |c: Category, bytes: u64| m.bytes[c.index()] += bytes;
+        add(Category::Parameters, buf(n * 4));
+        add(Category::Gradients, buf(n * 4));
+        add(Category::OptimizerState, 2 * buf(n * 4));
+        // window machinery (`optim::Slabs`)
+        let cap = if k <= 16 { 16 } else { k.next_power_of_two() } as u64;
+        add(Category::Scratch, buf(n * 4) + buf(Scratch::LEN as u64 * 4) + buf(crate::gpu::kernels::NORM_GROUPS as u64 * 4));
+        add(Category::Scratch, buf((Scratch::LEN as u64 + 2 * cap) * 4));
+        let tensors = match self {
+            ModelSpec::Gpt(_) => NUM_PARAM_TENSORS,
+            ModelSpec::Cnn(_) => crate::model::cnn::NUM_CNN_TENSORS,
+        } as u64;
+        // normalize + norm, norm only, clip, AdamW per tensor + update norm
+        for dispatches in [3, 2, 1, tensors + 4] {
+            add(Category::Scratch, dispatches * UNIFORM_SLOT);
+        }
+        match self {
+            ModelSpec::Gpt(c) => {
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations));
+                let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations);
+                add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
+            }
+            ModelSpec::Cnn(c) => {
+                add(Category::Parameters, buf(c.running_len() as u64 * 4));
+                add(Category::Activations, GpuCnn::predicted_activation_bytes(c, b));
+                let (train, eval) = cnn_dispatches(c);
+                let sets = if remainder > 0 && remainder != b { 2 } else { 1 };
+                add(Category::Scratch, sets * (train + eval) * UNIFORM_SLOT);
+            }
+        }
+        m
+    }
+}
+
+/// wgpu buffer size of `bytes` as `GpuBuffer::new` creates it.
+fn buf(bytes: u64) -> u64 {
+    bytes.max(4).next_multiple_of(4)
+}
+
+/// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
+/// backward 21 per block + 7, one fill; checkpointing replays L-1 blocks and clears the shared
+/// block gradients before each.
+pub fn gpt_dispatches(c: &GptConfig, recompute: bool) -> (u64, u64) {
+    let l = c.n_layer as u64;
+    let forward = 10 * l + 5;
+    let backward = 21 * l + 7;
+    let replay = if recompute { 11 * l.saturating_sub(1) } else { 0 };
+    (1 + forward + backward + replay, forward)
+}
+
+/// Dispatches of the CNN's (train, eval) programs for one row count (`model::cnn`).
+pub fn cnn_dispatches(c: &CnnConfig) -> (u64, u64) {
+    let forward = 11;
+    let norm_backward = match c.norm {
+        NormKind::Group => 2,
+        NormKind::Batch => 1,
+    };
+    (1 + forward + 14 + 2 * norm_backward, forward)
+}
+
+/// Activation bytes as a function of B for a plot or a table (GPT or CNN).
+pub fn activation_bytes(spec: &ModelSpec, b: usize, opts: MemoryOptions) -> u64 {
+    spec.predict(b, 1, 0, opts).get(Category::Activations)
+}
+
+/// What a micro-batch must fit besides a memory budget: the device's largest storage binding and
+/// buffer, and (CPU adapters) the loop-iteration cap of one shader invocation.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceLimits {
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub max_loop_rows: Option<usize>,
+}
+
+/// The micro-batch and accumulation chosen for an effective batch under a budget.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    /// B: the largest micro-batch that fits.
+    pub micro_batch: usize,
+    /// K = ceil(E / B).
+    pub accum_steps: usize,
+    /// E.
+    pub effective_batch: usize,
+    /// Rows of the window's last micro-batch (= B when B divides E; otherwise E - (K-1)B, and
+    /// that micro-batch is normalized by its real count like any other).
+    pub last_micro_batch: usize,
+    pub predicted: MemorySnapshot,
+    pub budget: u64,
+    /// What stopped B from growing: "effective batch", "memory budget", "max binding",
+    /// "loop limit".
+    pub limited_by: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("effective batch must be at least 1")]
+    NoEffectiveBatch,
+    #[error(
+        "not even micro_batch 1 fits: it needs {needed} ({why}) against {limit}. Lower the model size{hint}"
+    )]
+    NothingFits { needed: String, limit: String, why: &'static str, hint: &'static str },
+}
+
+/// Why micro-batch `b` does not fit, or None when it does.
+fn misfit(spec: &ModelSpec, b: usize, e: usize, budget: u64, limits: &DeviceLimits, opts: MemoryOptions) -> Option<(&'static str, u64, u64)> {
+    let k = e.div_ceil(b);
+    let rem = e - (k - 1) * b;
+    let largest = spec.largest_buffer(b, opts);
+    let bind = limits.max_binding.min(limits.max_buffer);
+    if largest > bind {
+        return Some(("max binding", largest, bind));
+    }
+    if let Some(max) = limits.max_loop_rows.filter(|&max| spec.loop_rows(b) > max) {
+        return Some(("loop limit", spec.loop_rows(b) as u64, max as u64));
+    }
+    let total = spec.predict(b, k, rem, opts).total();
+    if total > budget {
+        return Some(("memory budget", total, budget));
+    }
+    None
+}
+
+/// The largest micro-batch B <= E whose predicted memory fits `budget` and whose buffers fit the
+/// device, and the K that reaches E with it.
+pub fn plan(spec: &ModelSpec, e: usize, budget: u64, limits: &DeviceLimits, opts: MemoryOptions) -> Result<Plan, PlanError> {
+    if e == 0 {
+        return Err(PlanError::NoEffectiveBatch);
+    }
+    let mut best = None;
+    let mut stop = "effective batch";
+    for b in 1..=e {
+        match misfit(spec, b, e, budget, limits, opts) {
+            None => best = Some(b),
+            Some((why, needed, limit)) => {
+                if best.is_none() {
+                    let hint = match why {
+                        "memory budget" => " or raise the memory budget",
+                        "loop limit" => " (block_size or image size)",
+                        _ => "",
+                    };
+                    let (needed, limit) = if why == "loop limit" {
+                        (format!("{needed} rows"), format!("{limit} loop iterations"))
+                    } else {
+                        (crate::gpu::human_bytes(needed), crate::gpu::human_bytes(limit))
+                    };
+                    return Err(PlanError::NothingFits { needed, limit, why, hint });
+                }
+                stop = why;
+                break;
+            }
+        }
+    }
+    let b = best.expect("b = 1 fits");
+    let k = e.div_ceil(b);
+    let last = e - (k - 1) * b;
+    Ok(Plan {
+        micro_batch: b, accum_steps: k, effective_batch: e, last_micro_batch: last,
+        predicted: spec.predict(b, k, last, opts), budget, limited_by: stop,
+    })
+}
+
+/// "512MiB", "1.5 GiB", "300MB", "4096" (bytes) -> bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512MiB, 2GiB, 300MB, 65536)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => (1u64 << 20) as f64,
+        "g" | "gb" => 1e9,
+        "gib" => (1u64 << 30) as f64,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{s:?}: a memory budget must be positive"));
+    }
+    Ok((v * mult).round() as u64)
+}

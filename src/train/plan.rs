@@ -1,0 +1,61 @@
+//! Choosing B and K under a memory budget (`gradscope plan`, `train --memory-budget`): the
+//! device's limits plus the memory model of `model::memory`.
+
+use crate::gpu::{DeviceKind, Gpu};
+use crate::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, Plan, parse_bytes, plan};
+
+use super::config::TrainConfig;
+use super::trainer::CPU_ADAPTER_MAX_LOOP;
+
+/// The limits a micro-batch must fit on `gpu`.
+pub fn device_limits(gpu: &Gpu) -> DeviceLimits {
+    let l = gpu.limits();
+    DeviceLimits {
+        max_binding: l.max_storage_buffer_binding_size,
+        max_buffer: l.max_buffer_size,
+        max_loop_rows: (gpu.kind == DeviceKind::Cpu).then_some(CPU_ADAPTER_MAX_LOOP),
+    }
+}
+
+/// The memory options a config asks for.
+pub fn memory_options(cfg: &TrainConfig) -> MemoryOptions {
+    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations }
+}
+
+/// With `memory_budget` set: plan B and K for the config's effective batch (E, or B*K when E is
+/// 0) and write them into the config (micro_batch = B, effective_batch = E). Without: None.
+pub fn apply_memory_budget(gpu: &Gpu, cfg: &mut TrainConfig, spec: &ModelSpec) -> anyhow::Result<Option<Plan>> {
+    if cfg.memory_budget.is_empty() {
+        return Ok(None);
+    }
+    let budget = parse_bytes(&cfg.memory_budget).map_err(|e| anyhow::anyhow!("memory_budget: {e}"))?;
+    let e = cfg.effective();
+    let p = plan(spec, e, budget, &device_limits(gpu), memory_options(cfg))?;
+    cfg.micro_batch = p.micro_batch;
+    cfg.effective_batch = e;
+    cfg.accum_steps = p.accum_steps;
+    Ok(Some(p))
+}
+
+/// The model a config describes, with the data-dependent sizes (vocabulary, image size) read
+/// from its data set.
+pub fn model_spec(cfg: &TrainConfig) -> anyhow::Result<ModelSpec> {
+    use super::config::ModelKind;
+    Ok(match cfg.model {
+        ModelKind::Gpt => {
+            let data = crate::data::text::TextData::load(std::path::Path::new(&cfg.data))?;
+            ModelSpec::Gpt(crate::reference::gpt::GptConfig {
+                vocab_size: data.vocab_size(),
+                block_size: cfg.block_size,
+                n_layer: cfg.n_layer,
+                n_head: cfg.n_head,
+                n_embd: cfg.n_embd,
+            })
+        }
+        ModelKind::Cnn => {
+            let data = crate::data::images::ImageData::load(&super::cnn::image_dir(), cfg.dataset)?;
+            let classes = data.train.classes.max(data.test.classes);
+            ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(data.train.h, data.train.w, classes, cfg.norm))
+        }
+    })
+}
