@@ -1,4 +1,4 @@
-//! Soak: 1,000 random live changes of B, K, learning rate and pause / step through the same
+//! Soak: 1,000 random live changes of B, K, learning rate, activation checkpointing and pause / step through the same
 //! `Control` channel the app uses, while training. Afterwards: no step lost or applied twice,
 //! the byte ledger back to its exact expected value for the final B (no leaked buffers), and
 //! every window ran with one B and one K and was normalized by its own real count.
@@ -19,7 +19,7 @@ fn a_thousand_live_changes_lose_nothing() {
     let g = common::gpu();
     let dir = std::env::temp_dir().join(format!("gradscope-soak-{}", std::process::id()));
     let cfg = TrainConfig {
-        n_layer: 1, n_head: 2, n_embd: 32, block_size: 16, micro_batch: 2, accum_steps: 2, max_steps: 1_000_000,
+        n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, micro_batch: 2, accum_steps: 2, max_steps: 1_000_000,
         eval_every: 0, eval_windows: 4, out_dir: dir.display().to_string(), ..TrainConfig::default()
     };
     let before = g.ledger.snapshot();
@@ -38,13 +38,14 @@ fn a_thousand_live_changes_lose_nothing() {
     }
     // 1,000 random changes, in bursts, while training runs between them
     for i in 0..1000 {
-        let c = match rng.below(10) {
+        let c = match rng.below(11) {
             0 | 1 => Control::SetMicroBatch(1 + rng.below(6) as usize),
             2 | 3 => Control::SetAccumSteps(1 + rng.below(4) as usize),
             4 => Control::SetLr(1e-4 + rng.below(100) as f64 * 1e-4),
             5 => Control::Pause,
             6 | 7 => Control::Resume,
             8 => Control::StepMicroBatch,
+            10 => Control::SetActivationCheckpointing(rng.below(2) == 1),
             _ => Control::StepOptimizer,
         };
         s.controls.send(c).unwrap();
@@ -90,9 +91,13 @@ fn a_thousand_live_changes_lose_nothing() {
     assert!(b3 > first_step, "B = 3 is confirmed only after the window it was requested in was stepped");
 
     // the ledger: exact bytes for the final B, nothing leaked by hundreds of reallocations
-    let final_b = events.iter().rev().find_map(|e| if let LiveEvent::Settings { micro_batch, .. } = e { Some(*micro_batch) } else { None }).unwrap();
+    let (final_b, final_ck) = events
+        .iter()
+        .rev()
+        .find_map(|e| if let LiveEvent::Settings { micro_batch, checkpoint_activations, .. } = e { Some((*micro_batch, *checkpoint_activations)) } else { None })
+        .unwrap();
     let vocab = events.iter().find_map(|e| if let LiveEvent::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
-    let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 1, n_head: 2, n_embd: 32 };
+    let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32 };
     let now = g.ledger.snapshot();
     let n = gcfg.num_params() as u64 * 4;
     assert_eq!(now.get(Category::Parameters) - before.get(Category::Parameters), n);
@@ -100,8 +105,8 @@ fn a_thousand_live_changes_lose_nothing() {
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, false),
-        "activation bytes for the final B = {final_b}"
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck),
+        "activation bytes for the final B = {final_b}, checkpointing {final_ck}"
     );
     s.controls.send(Control::Shutdown).unwrap();
     s.thread.join().unwrap();

@@ -7,10 +7,9 @@ pub mod state;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot, VLine};
+use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot, Points, VLine};
 
 use crate::gpu::{Category, Gpu, human_bytes};
-use crate::model::gpt::GpuGpt;
 use crate::reference::gpt::GptConfig;
 use crate::train::TrainConfig;
 use crate::train::live::{self, Control, Session};
@@ -266,6 +265,14 @@ impl GradscopeApp {
         } else {
             ui.label(format!("B x K = {b} x {k} = E {e} sequences = {} tokens per step", e * t));
         }
+        if self.state.base_config.model == crate::train::config::ModelKind::Gpt {
+            let mut ck = self.state.settings.checkpoint_activations;
+            ui.checkbox(&mut ck, "activation checkpointing")
+                .on_hover_text("Keep only each block's input; recompute the block in backward. Less activation memory, one more forward pass; same gradients.");
+            if let Some(c) = self.state.set_activation_checkpointing(ck) {
+                self.send(c);
+            }
+        }
         ui.heading("Optimizer");
         let mut lr = self.state.settings.lr;
         let mut clip = self.state.settings.grad_clip;
@@ -469,36 +476,53 @@ impl GradscopeApp {
         });
     }
 
-    /// Predicted activation memory against B, the current B marked, the binding limit drawn.
+    /// Predicted memory against B (memory model, with and without activation checkpointing for
+    /// the GPT), the byte ledger's actual total at the current B, the binding limit.
     fn memory_vs_b(&self, ui: &mut egui::Ui, w: f32, h: f32) {
+        use crate::model::memory::{MemoryOptions, ModelSpec};
         let c = &self.state.base_config;
         let vocab = self.state.derived.as_ref().map_or(65, |d| d.vocab_size);
-        let b_now = self.state.confirmed.map_or(self.state.settings.micro_batch, |c| c.micro_batch);
+        let confirmed = self.state.confirmed;
+        let b_now = confirmed.map_or(self.state.settings.micro_batch, |c| c.micro_batch);
+        let k_now = confirmed.map_or(self.state.settings.accum_steps, |c| c.accum_steps);
+        let ck_now = confirmed.is_some_and(|c| c.checkpoint_activations);
         let max_b = (b_now * 2).max(64);
         let mib = |x: u64| x as f64 / (1 << 20) as f64;
-        // (activation slab, activations + parameters/gradients/AdamW) for micro-batch b
-        let predict = |b: usize| -> (u64, u64) {
-            match c.model {
-                crate::train::config::ModelKind::Gpt => {
-                    let cfg = GptConfig { vocab_size: vocab, block_size: c.block_size, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd };
-                    (GpuGpt::activation_slab_bytes(&cfg, b, c.checkpoint_activations), GpuGpt::predicted_activation_bytes(&cfg, b, c.checkpoint_activations) + 16 * cfg.num_params() as u64)
-                }
-                crate::train::config::ModelKind::Cnn => {
-                    let side = if c.dataset == crate::data::images::Dataset::Mnist { 28 } else { 8 };
-                    let cfg = crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm);
-                    let acts = crate::model::cnn::GpuCnn::predicted_activation_bytes(&cfg, b);
-                    (acts / 2, acts + 16 * cfg.num_params() as u64)
-                }
+        let spec = match c.model {
+            crate::train::config::ModelKind::Gpt => ModelSpec::Gpt(GptConfig {
+                vocab_size: vocab, block_size: c.block_size, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd,
+            }),
+            crate::train::config::ModelKind::Cnn => {
+                let side = if c.dataset == crate::data::images::Dataset::Mnist { 28 } else { 8 };
+                ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm))
             }
         };
-        let slab: Vec<[f64; 2]> = (1..=max_b).map(|b| [b as f64, mib(predict(b).0)]).collect();
-        let total: Vec<[f64; 2]> = (1..=max_b).map(|b| [b as f64, mib(predict(b).1)]).collect();
-        let limit = mib(self.gpu.limits().max_storage_buffer_binding_size);
-        plot_cell(ui, &format!("memory vs micro-batch (limit: one binding ≤ {})", human_bytes(self.gpu.limits().max_storage_buffer_binding_size)), w, h, |p| {
-            p.line(Line::new("activation slab", slab));
-            p.line(Line::new("total predicted", total));
+        let curve = |ck: bool| -> Vec<[f64; 2]> {
+            (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, MemoryOptions { checkpoint_activations: ck }).total())]).collect()
+        };
+        let predicted_now = spec.predict(b_now, k_now, 0, MemoryOptions { checkpoint_activations: ck_now }).total();
+        let actual_now = self.state.memory.back().map(|(_, m)| m.total());
+        let limit = self.gpu.limits().max_storage_buffer_binding_size;
+        let title = match actual_now {
+            Some(a) => format!("memory vs B: predicted {} / ledger {} at B {b_now}", human_bytes(predicted_now), human_bytes(a)),
+            None => format!("memory vs B: predicted {} at B {b_now}", human_bytes(predicted_now)),
+        };
+        plot_cell(ui, &title, w, h, |p| {
+            if matches!(spec, ModelSpec::Gpt(_)) {
+                p.line(Line::new("predicted total", curve(false)));
+                p.line(Line::new("predicted, checkpointed", curve(true)));
+            } else {
+                p.line(Line::new("predicted total", curve(false)));
+            }
+            let largest = (1..=max_b)
+                .map(|b| [b as f64, mib(spec.largest_buffer(b, MemoryOptions { checkpoint_activations: ck_now }))])
+                .collect::<Vec<_>>();
+            p.line(Line::new("largest buffer", largest));
+            if let Some(a) = actual_now {
+                p.points(Points::new("byte ledger now", vec![[b_now as f64, mib(a)]]).radius(5.0));
+            }
             p.vline(VLine::new("current B", b_now as f64));
-            p.hline(HLine::new("max binding", limit));
+            p.hline(HLine::new(format!("one binding ≤ {}", human_bytes(limit)), mib(limit)));
         });
     }
 }

@@ -26,6 +26,8 @@ pub struct Settings {
     pub n_layer: usize,
     pub n_head: usize,
     pub block_size: usize,
+    /// GPT activation checkpointing.
+    pub checkpoint_activations: bool,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Settings {
             n_layer: c.n_layer,
             n_head: c.n_head,
             block_size: c.block_size,
+            checkpoint_activations: c.checkpoint_activations,
         }
     }
 
@@ -73,6 +76,7 @@ impl Settings {
             n_layer: self.n_layer,
             n_head: self.n_head,
             block_size: self.block_size,
+            checkpoint_activations: self.checkpoint_activations && self.model == crate::train::config::ModelKind::Gpt,
             ..base.clone()
         }
     }
@@ -150,6 +154,7 @@ pub struct Confirmed {
     pub accum_steps: usize,
     pub lr: f64,
     pub grad_clip: f64,
+    pub checkpoint_activations: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -243,6 +248,13 @@ impl AppState {
         self.settings.grad_clip = c;
         Some(Control::SetGradClip(c))
     }
+    pub fn set_activation_checkpointing(&mut self, on: bool) -> Option<Control> {
+        if on == self.settings.checkpoint_activations {
+            return None;
+        }
+        self.settings.checkpoint_activations = on;
+        Some(Control::SetActivationCheckpointing(on))
+    }
     pub fn toggle_pause(&self) -> Control {
         if self.paused { Control::Resume } else { Control::Pause }
     }
@@ -281,6 +293,10 @@ impl AppState {
         if c.grad_clip != s.grad_clip {
             v.push("clip");
         }
+        let gpt = self.base_config.model == crate::train::config::ModelKind::Gpt;
+        if c.checkpoint_activations != (s.checkpoint_activations && gpt) {
+            v.push("activation checkpointing");
+        }
         v
     }
 
@@ -292,8 +308,8 @@ impl AppState {
                 self.base_config = config;
                 self.derived = Some(derived);
             }
-            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip } => {
-                self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip });
+            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations } => {
+                self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations });
             }
             LiveEvent::Paused(p) => self.paused = p,
             LiveEvent::MicroBatch(r) => {
@@ -411,14 +427,19 @@ mod tests {
         assert_eq!(s.set_grad_clip(0.5), Some(Control::SetGradClip(0.5)));
         assert_eq!(s.toggle_pause(), Control::Pause);
         assert_eq!(s.pending(), vec!["all settings"]);
-        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5 });
+        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false });
         assert_eq!(s.pending(), vec!["micro-batch"], "B applies at the next step boundary");
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5 });
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false });
+        assert!(s.pending().is_empty());
+        assert_eq!(s.set_activation_checkpointing(true), Some(Control::SetActivationCheckpointing(true)));
+        assert_eq!(s.set_activation_checkpointing(true), None);
+        assert_eq!(s.pending(), vec!["activation checkpointing"]);
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true });
         assert!(s.pending().is_empty());
         s.apply(LiveEvent::Paused(true));
         assert_eq!(s.toggle_pause(), Control::Resume);
         match s.reset() {
-            Control::Reset(cfg) => assert_eq!((cfg.micro_batch, cfg.accum_steps, cfg.lr), (8, 2, 1e-3)),
+            Control::Reset(cfg) => assert_eq!((cfg.micro_batch, cfg.accum_steps, cfg.lr, cfg.checkpoint_activations), (8, 2, 1e-3, true)),
             other => panic!("{other:?}"),
         }
         // a new run of the CNN with BatchNorm

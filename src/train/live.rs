@@ -33,6 +33,8 @@ pub enum Control {
     SetAccumSteps(usize),
     SetLr(f64),
     SetGradClip(f64),
+    /// GPT activation checkpointing on/off (at the next optimizer-step boundary).
+    SetActivationCheckpointing(bool),
     Pause,
     Resume,
     /// Paused: run the next micro-batch of the current window.
@@ -79,7 +81,7 @@ pub struct StepReport {
 pub enum LiveEvent {
     Started { derived: Derived, config: TrainConfig },
     /// Settings in effect (confirms pending changes).
-    Settings { micro_batch: usize, accum_steps: usize, lr: f64, grad_clip: f64 },
+    Settings { micro_batch: usize, accum_steps: usize, lr: f64, grad_clip: f64, checkpoint_activations: bool },
     Paused(bool),
     MicroBatch(MicroReport),
     Step(Box<StepReport>),
@@ -105,7 +107,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
     let thread = std::thread::Builder::new()
         .name("gradscope trainer".into())
         .spawn(move || {
-            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, window: None, finished: false };
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, window: None, finished: false };
             w.run(cfg, crx);
         })
         .expect("spawn the trainer thread");
@@ -119,6 +121,7 @@ struct Worker {
     paused: bool,
     pending_b: Option<usize>,
     pending_k: Option<usize>,
+    pending_ck: Option<bool>,
     /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
     window: Option<(AnyWindow, Vec<f32>)>,
     finished: bool,
@@ -140,6 +143,7 @@ impl Worker {
         self.finished = false;
         self.pending_b = None;
         self.pending_k = None;
+        self.pending_ck = None;
         match AnyTrainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
                 self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
@@ -156,7 +160,10 @@ impl Worker {
 
     fn send_settings(&self, t: &AnyTrainer) {
         let c = t.cfg();
-        self.send(LiveEvent::Settings { micro_batch: c.micro_batch, accum_steps: c.accum_steps, lr: c.lr, grad_clip: c.grad_clip });
+        self.send(LiveEvent::Settings {
+            micro_batch: c.micro_batch, accum_steps: c.accum_steps, lr: c.lr, grad_clip: c.grad_clip,
+            checkpoint_activations: c.checkpoint_activations,
+        });
     }
 
     fn run(&mut self, cfg: TrainConfig, rx: Receiver<Control>) {
@@ -251,6 +258,16 @@ impl Worker {
                     }
                 }
             }
+            Control::SetActivationCheckpointing(on) => {
+                if let Some(t) = trainer.as_mut() {
+                    if on && matches!(t, AnyTrainer::Cnn(_)) {
+                        self.send(LiveEvent::Error("activation checkpointing is for the GPT".into()));
+                    } else {
+                        self.pending_ck = Some(on);
+                        self.apply_at_boundary(t);
+                    }
+                }
+            }
             Control::StepMicroBatch => {
                 if let Some(t) = trainer.as_mut() {
                     if let Err(e) = self.step_micro(t) {
@@ -287,6 +304,16 @@ impl Worker {
             if b != t.cfg().micro_batch {
                 if let Err(e) = t.set_micro_batch(b) {
                     self.send(LiveEvent::Error(format!("{e:#}")));
+                }
+                changed = true;
+            }
+        }
+        if let Some(on) = self.pending_ck.take() {
+            if on != t.cfg().checkpoint_activations {
+                if let AnyTrainer::Gpt(g) = t {
+                    if let Err(e) = g.set_activation_checkpointing(on) {
+                        self.send(LiveEvent::Error(format!("{e:#}")));
+                    }
                 }
                 changed = true;
             }
