@@ -323,6 +323,7 @@ fn run() -> anyhow::Result<()> {
             }
             let ceiling = results.iter().map(|r| r.gflops).fold(0.0, f64::max);
             let mut gpt = Vec::new();
+            let mut gpt_checkpointed = None;
             if steps > 0 {
                 let base = TrainConfig::load(None, &overrides)?;
                 let e = base.micro_batch * base.accum_steps;
@@ -354,6 +355,21 @@ fn run() -> anyhow::Result<()> {
                         gpt[0].micro_batch, gpt[0].accum_steps, gpt[0].seconds_per_step / gpt[1].seconds_per_step, e
                     );
                 }
+                // the time cost of activation checkpointing at B x K
+                let ck = TrainConfig { checkpoint_activations: true, ..base.clone() };
+                let r = gradscope::bench::gpt::bench_gpt(&gpu, &ck, base.micro_batch, base.accum_steps, 1, steps)?;
+                if !json {
+                    let spec = gradscope::train::plan::model_spec(&base)?;
+                    let acts = |on: bool| {
+                        let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: on };
+                        gradscope::gpu::human_bytes(gradscope::model::memory::activation_bytes(&spec, base.micro_batch, opts))
+                    };
+                    println!(
+                        "activation checkpointing, B {} x K {}: {:.0} tokens/s, {:.3}x the time per step; activations {} -> {}",
+                        base.micro_batch, base.accum_steps, r.tokens_per_s, r.seconds_per_step / gpt[0].seconds_per_step, acts(false), acts(true)
+                    );
+                }
+                gpt_checkpointed = Some(r);
             }
             let mut cnn = Vec::new();
             if steps > 0 {
@@ -379,15 +395,15 @@ fn run() -> anyhow::Result<()> {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt, "cnn": cnn }))?);
+                    "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt,
+                    "gpt_checkpointed": gpt_checkpointed, "cnn": cnn }))?);
             }
         }
     }
     Ok(())
 }
 
-/// `gradscope verify --model cnn --norm group|batch`. Profiles: default MNIST, B 4 x K 16 = 64,
-/// 40 steps; quick: the 8x8 digits, B 4 x K 8, 30 steps.
+/// `gradscope plan`: the memory table for the chosen B and a sweep of B.
 #[allow(clippy::too_many_arguments)]
 fn plan_cli(
     choice: &AdapterChoice, e: Option<usize>, budget: Option<String>, checkpoint: bool, config: Option<PathBuf>, json: bool,
@@ -479,6 +495,8 @@ fn plan_cli(
     Ok(())
 }
 
+/// `gradscope verify --model cnn --norm group|batch`. Profiles: default MNIST, B 4 x K 16 = 64,
+/// 40 steps; quick: the 8x8 digits, B 4 x K 8, 30 steps.
 fn verify_cnn_cli(gpu: &Gpu, quick: bool, file: Option<&std::path::Path>, overrides: &[String], json: bool) -> anyhow::Result<()> {
     let mut ov: Vec<String> = if quick {
         ["--dataset=digits", "--micro_batch=4", "--accum_steps=8", "--max_steps=30"].map(String::from).to_vec()

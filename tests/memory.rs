@@ -135,7 +135,7 @@ fn roomy() -> DeviceLimits {
 }
 
 fn reference_gpt() -> ModelSpec {
-    ModelSpec::Gpt(GptConfig { vocab_size: 65, block_size: 128, n_layer: 4, n_head: 4, n_embd: 128 })
+    ModelSpec::Gpt(GptConfig { vocab_size: 65, block_size: 64, n_layer: 2, n_head: 4, n_embd: 128 })
 }
 
 /// The plan's B is the largest whose prediction fits: B fits, B+1 does not; K = ceil(E/B) and
@@ -181,8 +181,8 @@ fn plan_respects_device_limits() {
     assert!(spec.largest_buffer(p.micro_batch, opts) <= 128 << 20);
     assert!(spec.largest_buffer(p.micro_batch + 1, opts) > 128 << 20);
     let limits = DeviceLimits { max_loop_rows: Some(65_535), ..roomy() };
-    let p = plan(&spec, 1024, 1 << 40, &limits, opts).unwrap();
-    assert_eq!((p.micro_batch, p.limited_by), (511, "loop limit"), "511 x 128 = 65,408 rows");
+    let p = plan(&spec, 2048, 1 << 40, &limits, opts).unwrap();
+    assert_eq!((p.micro_batch, p.limited_by), (1023, "loop limit"), "1023 x 64 = 65,472 rows");
     let e = plan(&spec, 64, 1 << 20, &roomy(), opts).unwrap_err();
     assert!(matches!(e, PlanError::NothingFits { why: "memory budget", .. }), "{e}");
     println!("{e}");
