@@ -351,6 +351,23 @@ impl GradscopeApp {
                 ui.label(format!("{} parameters, vocabulary {}", d.params, d.vocab_size));
             }
         }
+        ui.collapsing("Kernel profile", |ui| {
+            if ui.button("profile one micro-batch").on_hover_text("device time of every kernel of one micro-batch (timestamp queries), between windows").clicked() {
+                self.send(Control::ProfileKernels);
+            }
+            if let Some((step, b, kernels)) = &self.state.profile {
+                let total: f64 = kernels.iter().map(|k| k.1).sum();
+                ui.label(format!("after step {step}, B {b}: {:.1} ms", total * 1e3));
+                egui::Grid::new("kernel profile").striped(true).show(ui, |ui| {
+                    for (name, secs) in kernels.iter().take(12) {
+                        ui.label(name);
+                        ui.label(format!("{:.2} ms", secs * 1e3));
+                        ui.label(format!("{:.1}%", 100.0 * secs / total.max(1e-12)));
+                        ui.end_row();
+                    }
+                });
+            }
+        });
         if !self.state.health.is_empty() {
             ui.separator();
             ui.colored_label(egui::Color32::LIGHT_RED, "Gradient health");

@@ -180,6 +180,8 @@ pub struct AppState {
     /// (step, description) of gradient-health flags.
     pub health: Vec<(usize, String)>,
     pub log: VecDeque<String>,
+    /// The last per-kernel profile: (after step, micro-batch, kernel -> seconds, largest first).
+    pub profile: Option<(usize, usize, Vec<(String, f64)>)>,
 }
 
 impl AppState {
@@ -203,6 +205,7 @@ impl AppState {
             window: WindowView::default(),
             health: Vec::new(),
             log: VecDeque::new(),
+            profile: None,
         }
     }
 
@@ -312,6 +315,7 @@ impl AppState {
                 self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations });
             }
             LiveEvent::Paused(p) => self.paused = p,
+            LiveEvent::Profile { step, micro_batch, kernels } => self.profile = Some((step, micro_batch, kernels)),
             LiveEvent::MicroBatch(r) => {
                 if self.window.step != r.step || self.window.k != r.of || self.window.done() == self.window.k {
                     self.window.step = r.step;

@@ -16,7 +16,7 @@ pub fn flops_per_token(c: usize, l: usize, v: usize, t: usize) -> f64 {
 }
 
 /// Sum a per-dispatch profile by entry point, largest first (empty without timestamps).
-fn by_kernel(profile: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
+pub fn by_kernel(profile: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
     let mut kernels: Vec<(String, f64)> = Vec::new();
     for (name, secs) in profile.unwrap_or_default() {
         match kernels.iter_mut().find(|(n, _)| *n == name) {

@@ -166,6 +166,41 @@ impl AnyTrainer {
         }
     }
 
+    /// Device time per kernel entry point of one micro-batch's train program (timestamp
+    /// queries), largest first, on a micro-batch of validation (test) data. Call between windows:
+    /// the program adds into the gradient slab and the window figures, which the next window's
+    /// first micro-batch zeroes; BatchNorm's running statistics are restored afterwards.
+    pub fn profile_kernels(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        let profile = match self {
+            AnyTrainer::Gpt(t) => {
+                let (b, bt) = (t.model.micro_batch(), t.cfg.block_size);
+                let n = t.data.val_windows(bt).max(1);
+                let rows: Vec<crate::data::text::Sample> = (0..b)
+                    .map(|i| {
+                        let (x, y) = t.data.val_window(i % n, bt);
+                        crate::data::text::Sample { inputs: x.to_vec(), targets: y.to_vec() }
+                    })
+                    .collect();
+                let (x, y) = crate::data::text::pack(&rows, b, bt);
+                t.model.profile_micro_batch(&x, &y)
+            }
+            AnyTrainer::Cnn(t) => {
+                let b = t.model.micro_batch();
+                let idx: Vec<usize> = (0..b).map(|i| i % t.data.test.n.max(1)).collect();
+                let (x, y) = crate::data::images::pack(&t.data.test, &idx, b);
+                let running = t.model.read_running()?;
+                let p = t.model.profile_micro_batch(&x, &y);
+                t.model.gpu.upload(&t.model.running, 0, &running);
+                p
+            }
+        };
+        anyhow::ensure!(
+            profile.is_some(),
+            "this adapter has no timestamp queries (TIMESTAMP_QUERY): no per-kernel profile"
+        );
+        Ok(crate::bench::gpt::by_kernel(profile))
+    }
+
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
         match self {
             AnyTrainer::Gpt(t) => t.save(path),

@@ -35,6 +35,8 @@ pub enum Control {
     SetGradClip(f64),
     /// GPT activation checkpointing on/off (at the next optimizer-step boundary).
     SetActivationCheckpointing(bool),
+    /// Time every kernel of one micro-batch (timestamp queries) between windows.
+    ProfileKernels,
     Pause,
     Resume,
     /// Paused: run the next micro-batch of the current window.
@@ -87,6 +89,9 @@ pub enum LiveEvent {
     Step(Box<StepReport>),
     Eval { step: usize, val_loss: f64 },
     Saved(PathBuf),
+    /// Device time per kernel entry point of one micro-batch (seconds), largest first, after
+    /// optimizer step `step`.
+    Profile { step: usize, micro_batch: usize, kernels: Vec<(String, f64)> },
     /// A control that could not be applied, or a failed run; the session keeps going if it can.
     Error(String),
     /// max_steps reached; Resume or Reset to go on.
@@ -265,6 +270,18 @@ impl Worker {
                     } else {
                         self.pending_ck = Some(on);
                         self.apply_at_boundary(t);
+                    }
+                }
+            }
+            Control::ProfileKernels => {
+                if let Some(t) = trainer.as_mut() {
+                    if self.window.is_some() {
+                        self.send(LiveEvent::Error("finish the window being stepped first: profiling runs a whole micro-batch".into()));
+                    } else {
+                        match t.profile_kernels() {
+                            Ok(kernels) => self.send(LiveEvent::Profile { step: t.step(), micro_batch: t.cfg().micro_batch, kernels }),
+                            Err(e) => self.send(LiveEvent::Error(format!("{e:#}"))),
+                        }
                     }
                 }
             }
