@@ -213,3 +213,29 @@ fn loss_decreases_on_tiny_shakespeare() {
     assert!((before - (65f64).ln()).abs() < 0.1, "an untrained model predicts ~uniformly: {before}");
     assert!(after < 3.5, "60 steps should bring the validation loss well below ln(65) = 4.17, got {after}");
 }
+
+/// The whole window as one submission (tokens uploaded once, copied between runs) trains exactly
+/// like one submission per micro-batch (the path the app's stepping takes).
+#[test]
+fn one_submission_per_window_equals_one_per_micro_batch() {
+    let g = common::gpu();
+    // K = 20 also checks that no micro-batch's figures are lost when the figures buffer grows
+    for cfg in [small(4, 3), with_e(5, 12), TrainConfig { padded: true, ..small(3, 4) }, small(1, 20)] {
+        let mut fused = Trainer::new(&g, cfg.clone()).unwrap();
+        let mut stepped = Trainer::new(&g, cfg.clone()).unwrap();
+        for _ in 0..3 {
+            let (a, fa) = fused.train_step().unwrap();
+            let mut w = stepped.begin_window();
+            while !w.done() {
+                stepped.run_micro(&mut w).unwrap();
+            }
+            let (b, fb) = stepped.finish_window(w).unwrap();
+            assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
+            assert_eq!(fa.micro, fb.micro, "per-micro-batch figures");
+            assert_eq!(fa.micro.len(), cfg.windows_micro_batches());
+            assert!(fa.micro.iter().all(|&(loss, count)| count > 0.0 && loss > 0.0), "{:?}", fa.micro);
+            assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits());
+        }
+        assert_eq!(fused.model.slabs.read_params().unwrap(), stepped.model.slabs.read_params().unwrap());
+    }
+}

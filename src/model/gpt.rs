@@ -143,6 +143,10 @@ pub struct GpuGpt {
     /// Activation checkpointing: keep only block inputs, recompute blocks in the backward pass.
     recompute: bool,
     mb: Option<MicroBatch>,
+    /// The tokens of the last window, [inputs of K micro-batches | targets of K micro-batches]
+    /// (2 K B T), uploaded once and copied into the micro-batch's token buffers between runs
+    /// (`record_micro_steps`); reallocated when K or B changes.
+    window_tokens: Option<GpuBuffer>,
 }
 
 /// Everything sized by the micro-batch: activation slabs, token buffers and the programs that
@@ -179,7 +183,7 @@ impl GpuGpt {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, mb: None })
+        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, mb: None, window_tokens: None })
     }
 
     fn pv(&self, i: usize) -> View {
@@ -381,6 +385,43 @@ impl GpuGpt {
         mb.train.set_uniform(mb.ce_backward, &u);
         s.run(&mb.train);
         self.slabs.end_micro(s, index);
+    }
+
+    /// Record micro-batches `first..first + batches.len()` of a window of `k` into one open
+    /// submission, with the correct normalization (each counted target's loss weighs 1; the
+    /// window's count divides once at the step): the window's tokens are uploaded once, and
+    /// each run is preceded by a copy of its tokens into the micro-batch's token buffers. With
+    /// `Slabs::record_optimizer_step` after it, a whole window is one submission.
+    pub fn record_micro_steps(
+        &mut self, s: &mut crate::gpu::submit::Submission, batches: &[(Vec<u32>, Vec<u32>)], first: usize, k: usize,
+    ) -> Result<(), ProgramError> {
+        let mb = self.mb.as_ref().expect("set_micro_batch before record_micro_steps");
+        let bt = mb.layout.b * mb.layout.t;
+        assert!(first + batches.len() <= k, "micro-batches past the window");
+        if self.window_tokens.as_ref().is_none_or(|w| w.len() != 2 * k * bt) {
+            self.window_tokens = None;
+            self.window_tokens = Some(self.gpu.try_storage("window tokens", Category::Activations, 2 * k * bt)?);
+        }
+        let tokens = self.window_tokens.clone().expect("allocated above");
+        let mb = self.mb.as_ref().expect("checked above");
+        self.slabs.reserve_figures(k);
+        let ce = &mb.ce_uniform_base;
+        let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, 1.0, ce.n, ce.v);
+        mb.train.set_uniform(mb.ce_backward, &u);
+        for (i, (x, y)) in batches.iter().enumerate() {
+            assert_eq!((x.len(), y.len()), (bt, bt), "inputs and targets must be [B,T]");
+            self.gpu.upload(&tokens, (first + i) * bt, x);
+            self.gpu.upload(&tokens, (k + first + i) * bt, y);
+        }
+        for i in 0..batches.len() {
+            let j = first + i;
+            self.slabs.record_begin_micro(s, j);
+            s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
+            s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
+            s.run(&mb.train);
+            self.slabs.record_end_micro(s, j);
+        }
+        Ok(())
     }
 
     /// The per-micro-batch clipping mistake (for `verify`): this micro-batch's gradient alone is

@@ -84,6 +84,8 @@ impl ModelSpec {
         match self {
             ModelSpec::Gpt(c) => {
                 add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations));
+                // the window's tokens (inputs and targets of K micro-batches), uploaded once
+                add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations);
                 add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
             }

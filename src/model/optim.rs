@@ -125,22 +125,38 @@ impl Slabs {
     /// Open the submission of micro-batch `index` of a window: micro-step 0 zeroes the gradients
     /// and the window figures (gradients then accumulate with `+=`).
     pub fn begin_micro(&mut self, index: usize) -> Submission {
-        if index >= self.figures_cap {
-            self.figures_cap = (index + 1).next_power_of_two();
-            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
-        }
         let mut s = self.gpu.submission();
-        if index == 0 {
-            s.clear(&self.grads).clear(&self.scratch);
-        }
+        self.record_begin_micro(&mut s, index);
         s
     }
 
     /// Close it: copy the cumulative loss sum and count after micro-batch `index` to the figures
     /// buffer (read with the window figures, no extra wait), and submit.
     pub fn end_micro(&self, mut s: Submission, index: usize) {
-        s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
+        self.record_end_micro(&mut s, index);
         s.submit();
+    }
+
+    /// Make room for the figures of a window of `k` micro-batches (before its first one: a
+    /// buffer replaced mid-window would lose the earlier micro-batches' figures).
+    pub fn reserve_figures(&mut self, k: usize) {
+        if k > self.figures_cap {
+            self.figures_cap = k.next_power_of_two();
+            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
+        }
+    }
+
+    /// What `begin_micro` records, into an open submission.
+    pub fn record_begin_micro(&mut self, s: &mut Submission, index: usize) {
+        self.reserve_figures(index + 1);
+        if index == 0 {
+            s.clear(&self.grads).clear(&self.scratch);
+        }
+    }
+
+    /// What `end_micro` records before submitting.
+    pub fn record_end_micro(&self, s: &mut Submission, index: usize) {
+        s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
     }
 
     /// Record the end-of-window programs (once; they bind only the fixed slabs).
@@ -249,6 +265,15 @@ impl Slabs {
     /// `divide_by_count`: false when the gradient slab is already normalized (the
     /// per-micro-batch-mean mode, or after `normalized_window_gradient`).
     pub fn optimizer_step(&mut self, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
+        let mut s = self.gpu.submission();
+        self.record_optimizer_step(&mut s, st, step, divide_by_count)?;
+        s.submit();
+        Ok(())
+    }
+
+    /// What `optimizer_step` records, into an open submission (the window's micro-batches and
+    /// its step can then go to the device as one submission).
+    pub fn record_optimizer_step(&mut self, s: &mut Submission, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
         let n = self.n;
         let offsets = self.offsets.clone();
         let sizes = self.sizes.clone();
@@ -256,7 +281,6 @@ impl Slabs {
         let (params, grads, m, v) = (self.params.clone(), self.grads.clone(), self.adam_m.clone(), self.adam_v.clone());
         let scratch = self.scratch.clone();
         let (prev, figures) = (self.prev.clone(), self.figures.clone());
-        let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
         for i in 0..offsets.len() {
             let hp = AdamW {
@@ -268,7 +292,6 @@ impl Slabs {
                 &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
             prog.adamw.set_uniform(i, &u);
         }
-        let mut s = gpu.submission();
         if divide_by_count {
             s.run(&prog.prologue_norm);
         } else {
@@ -282,7 +305,6 @@ impl Slabs {
         s.copy(&params, 0, &prev, 0, n);
         s.run(&prog.adamw);
         s.copy(&scratch, 0, &figures, 0, Scratch::LEN);
-        s.submit();
         Ok(())
     }
 

@@ -293,6 +293,9 @@ impl Trainer {
         let j = w.next;
         anyhow::ensure!(j < w.batches.len(), "the window's micro-batches are all done");
         let k = w.batches.len();
+        if j == 0 {
+            self.model.slabs.reserve_figures(k);
+        }
         let (x, y) = &w.batches[j];
         if self.cfg.clip_mode == ClipMode::PerMicroBatch {
             // the per-micro-batch clipping mistake (for verify)
@@ -340,10 +343,12 @@ impl Trainer {
 
     /// Run what is left of `w`, then the optimizer step: normalize once by the window count,
     /// clip once on the global norm, AdamW with this step's count and learning rate.
+    ///
+    /// With the correct normalization the remaining micro-batches and the step are one
+    /// submission (the window's tokens uploaded once); the broken modes kept for `verify` need
+    /// host work between micro-batches (a per-micro-batch loss weight, per-micro-batch clipping)
+    /// and submit each micro-batch on its own.
     pub fn finish_window(&mut self, mut w: PendingWindow) -> anyhow::Result<(StepMetrics, WindowFigures)> {
-        while !w.done() {
-            self.run_micro(&mut w)?;
-        }
         let k = w.batches.len();
         let (b, t) = (self.cfg.micro_batch, self.cfg.block_size);
         let mut st = self.settings();
@@ -351,7 +356,19 @@ impl Trainer {
             // already clipped micro-batch by micro-batch
             st.grad_clip = 0.0;
         }
-        self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, self.divides_by_window_count())?;
+        let adam_step = (self.adam_step + 1) as u32;
+        if self.divides_by_window_count() {
+            let mut s = self.model.gpu.submission();
+            self.model.record_micro_steps(&mut s, &w.batches[w.next..], w.next, k)?;
+            self.model.slabs.record_optimizer_step(&mut s, &st, adam_step, true)?;
+            s.submit();
+            w.next = k;
+        } else {
+            while !w.done() {
+                self.run_micro(&mut w)?;
+            }
+            self.model.slabs.optimizer_step(&st, adam_step, false)?;
+        }
         let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
         let tokens_per_s = (k * b * t) as f64 / w.started.elapsed().as_secs_f64();
