@@ -133,6 +133,22 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     worst
 }
 
+/// Like `check`, for an output that is a sum of a few terms per element (AdamW's moments):
+/// each element's error is judged against the magnitude of its terms (`terms[i]`, the sum of
+/// their absolute values) when that is larger, since f32 rounding is relative to the terms, not
+/// to a result that cancels to near zero. With one element the tensor's RMS is no floor at all.
+pub fn check_terms(kernel: &str, what: &str, got: &[f32], want: &[f64], terms: &[f64], tol: f64) {
+    assert_eq!((got.len(), want.len()), (terms.len(), terms.len()), "length mismatch");
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len().max(1) as f64).sqrt().max(1e-30);
+    let mut worst = 0.0f64;
+    for ((g, w), t) in got.iter().zip(want).zip(terms) {
+        let e = (*g as f64 - w).abs() / (w.abs() + 0.1 * rms).max(*t);
+        worst = if e.is_finite() && !g.is_nan() { worst.max(e) } else { f64::INFINITY };
+    }
+    println!("{kernel:<32} {what:<10} max rel err {worst:.2e}");
+    assert!(worst <= tol, "{kernel} {what}: max relative error {worst:.3e} > {tol:.0e}");
+}
+
 /// Assert and print the error of one output.
 pub fn check(kernel: &str, what: &str, got: &[f32], want: &[f64], tol: f64) {
     let e = rel_err(got, want);
