@@ -142,7 +142,9 @@ fn matmul_both_variants_match_reference() {
 fn attention_matches_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("attention");
-    for (shared, (b, t, c, nh)) in [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2))] {
+    // both variants; head sizes 4, 32, 4, 4 and 3 (not a multiple of 4: the vec4 variant falls back)
+    let cases = [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2)), (true, (2, 6, 6, 2))];
+    for (variant, (shared, (b, t, c, nh))) in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled].into_iter().flat_map(|v| cases.map(|c| (v, c))) {
         let qkv = rng.vec(b * t * 3 * c, 1.0);
         let dout = rng.vec(b * t * c, 1.0);
         let tt = b * nh * t * t;
@@ -152,14 +154,15 @@ fn attention_matches_reference() {
         let (dx, dpre, datt, dy) = (ts.f32(&dqkv0), ts.f32(&dpre0), ts.f32(&datt0), ts.f32(&dout));
         ts.upload();
         run(&g, |pb| {
-            pb.attention_forward(ts.view(o), ts.view(pre), ts.view(att), ts.view(x), b, t, c, nh).unwrap();
-            pb.attention_backward(ts.view(dx), ts.view(dpre), ts.view(datt), ts.view(dy), ts.view(x), ts.view(att), b, t, c, nh)
+            pb.attention_forward_with(variant, ts.view(o), ts.view(pre), ts.view(att), ts.view(x), b, t, c, nh).unwrap();
+            pb.attention_backward_with(variant, ts.view(dx), ts.view(dpre), ts.view(datt), ts.view(dy), ts.view(x), ts.view(att), b, t, c, nh)
                 .unwrap();
         });
         let (mut out, mut preatt, mut attr) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; tt]);
         r::attention_forward(&mut out, &mut preatt, &mut attr, &f64s(&qkv), b, t, c, nh);
         let (mut dqkv, mut dpreatt, mut dattr) = (f64s(&dqkv0), f64s(&dpre0), f64s(&datt0));
         r::attention_backward(&mut dqkv, &mut dpreatt, &mut dattr, &f64s(&dout), &f64s(&qkv), &attr, b, t, c, nh);
+        println!("{variant:?} B {b} T {t} C {c} NH {nh}");
         check("attention_forward", "out", &ts.read(o), &out, TOL);
         check("attention_forward", "preatt", &ts.read(pre), &preatt, TOL);
         check("attention_forward", "att", &ts.read(att), &attr, TOL);

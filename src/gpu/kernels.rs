@@ -36,6 +36,11 @@ fn aligned(views: &[&View]) -> bool {
     views.iter().all(|v| v.offset % 4 == 0)
 }
 
+/// Whether attention can use the vec4 kernels of attention_cpu.wgsl.
+fn attention_v4(variant: MatmulVariant, c: usize, nh: usize, vec4_views: &[&View]) -> bool {
+    variant == MatmulVariant::RegisterBlocked && c % 4 == 0 && (c / nh) % 4 == 0 && aligned(vec4_views)
+}
+
 /// Number of partial sums of the two-stage norm: enough workgroups to fill the device, few
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
@@ -157,13 +162,29 @@ impl ProgramBuilder {
         Ok(())
     }
 
-    /// Causal multi-head self-attention over qkv [B,T,3C].
+    /// Causal multi-head self-attention over qkv [B,T,3C], with the device's variant.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &mut self, out: &View, preatt: &View, att: &View, qkv: &View, b: usize, t: usize, c: usize, nh: usize,
     ) -> R {
+        let v = self.variant();
+        self.attention_forward_with(v, out, preatt, att, qkv, b, t, c, nh)
+    }
+
+    /// `RegisterBlocked` (CPU adapters) uses attention_cpu.wgsl (vec4 along the head dimension)
+    /// when C and the head size are multiples of 4 and the vec4 operands are 4-aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_with(
+        &mut self, variant: MatmulVariant, out: &View, preatt: &View, att: &View, qkv: &View, b: usize, t: usize, c: usize,
+        nh: usize,
+    ) -> R {
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
-        self.call("attention", "attention_forward", 1, &[out, preatt, att, qkv], dims, Grid::Threads(b * nh * t))?;
+        let args = [out, preatt, att, qkv];
+        if attention_v4(variant, c, nh, &[out, qkv]) {
+            self.call("attention_cpu", "attention_forward_cpu", 1, &args, dims, Grid::Threads(b * nh * t))?;
+        } else {
+            self.call("attention", "attention_forward", 1, &args, dims, Grid::Threads(b * nh * t))?;
+        }
         Ok(())
     }
 
@@ -172,10 +193,24 @@ impl ProgramBuilder {
         &mut self, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
         b: usize, t: usize, c: usize, nh: usize,
     ) -> R {
+        let v = self.variant();
+        self.attention_backward_with(v, dqkv, dpreatt, datt, dout, qkv, att, b, t, c, nh)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_with(
+        &mut self, variant: MatmulVariant, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
+        b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
         let args = [dqkv, dpreatt, datt, dout, qkv, att];
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
-        self.call("attention", "attention_backward_query", 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
-        self.call("attention", "attention_backward_key_value", 9, &args, dims, Grid::Threads(b * nh * t))?;
+        let (file, query, key_value) = if attention_v4(variant, c, nh, &[dqkv, dout, qkv]) {
+            ("attention_cpu", "attention_backward_query_cpu", "attention_backward_key_value_cpu")
+        } else {
+            ("attention", "attention_backward_query", "attention_backward_key_value")
+        };
+        self.call(file, query, 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
+        self.call(file, key_value, 9, &args, dims, Grid::Threads(b * nh * t))?;
         Ok(())
     }
 
