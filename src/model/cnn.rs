@@ -153,7 +153,6 @@ impl GpuCnn {
             self.record_forward(&mut pb, rows, false)?;
             let eval = pb.finish("cnn eval");
             let mut pb = ProgramBuilder::new(&self.gpu);
-            pb.fill(&View::of(&self.dacts), 0.0, self.layout.len)?;
             self.record_forward(&mut pb, rows, true)?;
             self.record_backward(&mut pb, rows)?;
             let train = pb.finish("cnn train micro-batch");
@@ -242,6 +241,8 @@ impl GpuCnn {
         self.gpu.upload(&self.labels, 0, labels);
         let s = self.slabs.begin_micro(index);
         let mut s = s;
+        // activation gradients start from zero (the backward kernels accumulate): a buffer clear
+        s.clear(&self.dacts);
         let prog = &self.programs(rows)?.train;
         s.run(prog);
         self.slabs.end_micro(s, index);

@@ -154,6 +154,9 @@ pub struct GpuGpt {
 struct MicroBatch {
     layout: ActLayout,
     acts: GpuBuffer,
+    /// Activation gradients: cleared (a buffer clear, not a dispatch) before each micro-batch's
+    /// train program, since the backward kernels accumulate.
+    dacts: GpuBuffer,
     inputs: GpuBuffer,  // [B,T] u32
     targets: GpuBuffer, // [B,T] u32
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
@@ -250,13 +253,11 @@ impl GpuGpt {
         let eval = pb.finish("gpt eval");
 
         let mut pb = ProgramBuilder::new(&self.gpu);
-        // activation gradients start from zero each micro-batch (backward kernels accumulate)
-        pb.fill(&View::of(&dacts), 0.0, layout.len)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
         let (ce_backward, ce) = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets)?;
         let train = pb.finish("gpt train micro-batch");
         self.mb = Some(MicroBatch {
-            layout, acts, inputs, targets, train, ce_backward, ce_uniform_base: ce, eval,
+            layout, acts, dacts, inputs, targets, train, ce_backward, ce_uniform_base: ce, eval,
         });
         Ok(())
     }
@@ -383,6 +384,7 @@ impl GpuGpt {
         let ce = &mb.ce_uniform_base;
         let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, dloss, ce.n, ce.v);
         mb.train.set_uniform(mb.ce_backward, &u);
+        s.clear(&mb.dacts);
         s.run(&mb.train);
         self.slabs.end_micro(s, index);
     }
@@ -418,6 +420,7 @@ impl GpuGpt {
             self.slabs.record_begin_micro(s, j);
             s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
             s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
+            s.clear(&mb.dacts);
             s.run(&mb.train);
             self.slabs.record_end_micro(s, j);
         }
@@ -487,18 +490,21 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         self.gpu.upload(&mb.inputs, 0, inputs);
         self.gpu.upload(&mb.targets, 0, targets);
-        let time = |prog: &Program| -> Result<f64, crate::gpu::readback::ReadbackError> {
+        let time = |prog: &Program, clear: bool| -> Result<f64, crate::gpu::readback::ReadbackError> {
             self.gpu.wait()?;
             let t = std::time::Instant::now();
             for _ in 0..reps {
                 let mut s = self.gpu.submission();
+                if clear {
+                    s.clear(&mb.dacts);
+                }
                 s.run(prog);
                 s.submit();
                 self.gpu.wait()?;
             }
             Ok(t.elapsed().as_secs_f64() / reps as f64)
         };
-        Ok((time(&mb.eval)?, time(&mb.train)?))
+        Ok((time(&mb.eval, false)?, time(&mb.train, true)?))
     }
 }
 

@@ -107,14 +107,14 @@ fn buf(bytes: u64) -> u64 {
 }
 
 /// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
-/// backward 21 per block + 7, one fill; checkpointing replays L-1 blocks and clears the shared
+/// backward 21 per block + 7; checkpointing replays L-1 blocks and clears the shared
 /// block gradients before each.
 pub fn gpt_dispatches(c: &GptConfig, recompute: bool) -> (u64, u64) {
     let l = c.n_layer as u64;
     let forward = 10 * l + 5;
     let backward = 21 * l + 7;
     let replay = if recompute { 11 * l.saturating_sub(1) } else { 0 };
-    (1 + forward + backward + replay, forward)
+    (forward + backward + replay, forward)
 }
 
 /// Dispatches of the CNN's (train, eval) programs for one row count (`model::cnn`).
@@ -124,7 +124,7 @@ pub fn cnn_dispatches(c: &CnnConfig) -> (u64, u64) {
         NormKind::Group => 2,
         NormKind::Batch => 1,
     };
-    (1 + forward + 14 + 2 * norm_backward, forward)
+    (forward + 14 + 2 * norm_backward, forward)
 }
 
 /// Activation bytes as a function of B for a plot or a table (GPT or CNN).
