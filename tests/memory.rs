@@ -225,3 +225,17 @@ fn training_under_a_memory_budget_uses_the_plan() {
     let err = Trainer::new(&g, cfg).err().expect("refused").to_string();
     assert!(err.contains("not even micro_batch 1 fits"), "{err}");
 }
+
+/// A micro-batch whose slabs cannot be allocated leaves the previous one in place (the model
+/// keeps training) and says what failed.
+#[test]
+fn a_failed_reallocation_keeps_the_previous_micro_batch() {
+    let g = common::gpu();
+    let mut t = Trainer::new(&g, gpt(2, 2, 32, 16, 4, 2, false)).unwrap();
+    t.train_step().unwrap();
+    let err = t.model.set_micro_batch(1 << 22).expect_err("far past the device's buffer size");
+    println!("{err}");
+    assert_eq!(t.model.micro_batch(), 4);
+    let (m, _) = t.train_step().unwrap();
+    assert!(m.train_loss.is_finite() && m.micro_batch == 4);
+}

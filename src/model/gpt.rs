@@ -225,22 +225,45 @@ impl GpuGpt {
         if self.recompute == on {
             return Ok(());
         }
-        self.recompute = on;
         let b = self.micro_batch();
+        self.recompute = on;
         if b > 0 {
             self.mb = None;
-            self.set_micro_batch(b)?;
+            if let Err(e) = self.set_micro_batch(b) {
+                // keep training as before
+                self.recompute = !on;
+                self.set_micro_batch(b)?;
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     /// (Re)allocate the activation slabs for micro-batch `b` and record the programs that bind
     /// them. Only the activation slabs change; parameters, gradients and AdamW state stay.
+    /// If the new slabs cannot be allocated, the previous micro-batch size is restored (when it
+    /// still fits) and the error returned.
     pub fn set_micro_batch(&mut self, b: usize) -> Result<(), ProgramError> {
         if self.micro_batch() == b {
             return Ok(());
         }
+        let old = self.micro_batch();
         self.mb = None; // free the old slabs before allocating new ones
+        match self.build_micro_batch(b) {
+            Ok(mb) => {
+                self.mb = Some(mb);
+                Ok(())
+            }
+            Err(e) => {
+                if old > 0 {
+                    self.mb = self.build_micro_batch(old).ok();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
         let layout = ActLayout::new(&self.cfg, b, t, self.recompute);
         let acts = self.gpu.try_storage("activations", Category::Activations, layout.len)?;
@@ -256,10 +279,7 @@ impl GpuGpt {
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
         let (ce_backward, ce) = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets)?;
         let train = pb.finish("gpt train micro-batch");
-        self.mb = Some(MicroBatch {
-            layout, acts, dacts, inputs, targets, train, ce_backward, ce_uniform_base: ce, eval,
-        });
-        Ok(())
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, train, ce_backward, ce_uniform_base: ce, eval })
     }
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list).
