@@ -13,4 +13,4 @@ pub mod submit;
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes};
 pub use program::{Grid, Program, ProgramBuilder, ProgramError, Uniforms, View};
-pub use registry::{SHADERS, reflect};
+pub use registry::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, reflect};

@@ -42,6 +42,20 @@ pub fn shader_source(file: &str) -> Option<&'static str> {
     SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s)
 }
 
+/// The line by which a shader file declares its activation element type. Files that have it are
+/// compiled twice: as written (f32 activations) and, for mixed precision, with the line replaced
+/// by `alias act = f16;` and `enable f16;` in front (see `act_f16_source`).
+pub const ACT_ALIAS_F32: &str = "alias act = f32;";
+
+/// Suffix of the f16-activation instantiation of a file (`matmul_cpu` -> `matmul_cpu_f16`).
+pub const F16_SUFFIX: &str = "_f16";
+
+/// The f16-activation instantiation of a shader source, or None when the file does not declare
+/// `alias act = f32;` (its bindings never hold activations).
+pub fn act_f16_source(source: &str) -> Option<String> {
+    source.contains(ACT_ALIAS_F32).then(|| format!("enable f16;\n{}", source.replace(ACT_ALIAS_F32, "alias act = f16;")))
+}
+
 /// What naga tells about one shader file's bindings.
 #[derive(Clone, Debug)]
 pub struct Reflection {
