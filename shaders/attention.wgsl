@@ -10,6 +10,10 @@
 // The backward is split in two passes so that no two invocations write the same element:
 // attention_backward_query owns row t (datt, dpreatt, dq), attention_backward_key_value owns
 // column t2 (dk, dv).
+// Every tensor is `act`: f32, or f16 in the mixed-precision instantiation of this file (converted
+// to f32 as loaded); the arithmetic is f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -18,19 +22,19 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // attention_forward(out [B,T,C], preatt [B,NH,T,T], att [B,NH,T,T], qkv [B,T,3C])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> preatt: array<f32>;
-@group(0) @binding(3) var<storage, read_write> att: array<f32>;
-@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
+@group(0) @binding(2) var<storage, read_write> preatt: array<act>;
+@group(0) @binding(3) var<storage, read_write> att: array<act>;
+@group(0) @binding(4) var<storage, read_write> qkv: array<act>;
 
 // attention_backward(dqkv [B,T,3C], dpreatt [B,NH,T,T], datt [B,NH,T,T], dout [B,T,C],
 //                    qkv [B,T,3C], att [B,NH,T,T])
-@group(0) @binding(9) var<storage, read_write> dqkv: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dpreatt: array<f32>;
-@group(0) @binding(11) var<storage, read_write> datt: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_qkv: array<f32>;
-@group(0) @binding(14) var<storage, read_write> b_att: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dqkv: array<act>;
+@group(0) @binding(10) var<storage, read_write> dpreatt: array<act>;
+@group(0) @binding(11) var<storage, read_write> datt: array<act>;
+@group(0) @binding(12) var<storage, read_write> dout: array<act>;
+@group(0) @binding(13) var<storage, read_write> b_qkv: array<act>;
+@group(0) @binding(14) var<storage, read_write> b_att: array<act>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
@@ -53,21 +57,21 @@ fn attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     for (var t2 = 0u; t2 <= t; t2++) {
         let k = p.o3 + (b * p.T + t2) * C3 + p.C + h * hs;
         var s = 0.0;
-        for (var i = 0u; i < hs; i++) { s += qkv[q + i] * qkv[k + i]; }
+        for (var i = 0u; i < hs; i++) { s += f32(qkv[q + i]) * f32(qkv[k + i]); }
         s *= scale;
-        preatt[p.o1 + row + t2] = s;
+        preatt[p.o1 + row + t2] = act(s);
         maxv = max(maxv, s);
     }
     var sum = 0.0;
     for (var t2 = 0u; t2 <= t; t2++) {
-        let e = exp(preatt[p.o1 + row + t2] - maxv);
-        att[p.o2 + row + t2] = e;
+        let e = exp(f32(preatt[p.o1 + row + t2]) - maxv);
+        att[p.o2 + row + t2] = act(e);
         sum += e;
     }
     let inv = 1.0 / sum;
     for (var t2 = 0u; t2 < p.T; t2++) {
         if (t2 <= t) {
-            att[p.o2 + row + t2] *= inv;
+            att[p.o2 + row + t2] = act(f32(att[p.o2 + row + t2]) * inv);
         } else {
             att[p.o2 + row + t2] = 0.0;
             preatt[p.o1 + row + t2] = 0.0;
@@ -77,9 +81,9 @@ fn attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     for (var i = 0u; i < hs; i++) {
         var acc = 0.0;
         for (var t2 = 0u; t2 <= t; t2++) {
-            acc += att[p.o2 + row + t2] * qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i];
+            acc += f32(att[p.o2 + row + t2]) * f32(qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i]);
         }
-        out[o + i] = acc;
+        out[o + i] = act(acc);
     }
 }
 
@@ -101,24 +105,24 @@ fn attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     for (var t2 = 0u; t2 <= t; t2++) {
         let v = p.o4 + (b * p.T + t2) * C3 + 2u * p.C + h * hs;
         var s = 0.0;
-        for (var i = 0u; i < hs; i++) { s += dout[g + i] * b_qkv[v + i]; }
-        datt[p.o2 + row + t2] += s;
+        for (var i = 0u; i < hs; i++) { s += f32(dout[g + i]) * f32(b_qkv[v + i]); }
+        datt[p.o2 + row + t2] = act(f32(datt[p.o2 + row + t2]) + s);
     }
     // softmax backward with the full (accumulated) datt row
     var dot_ad = 0.0;
-    for (var t2 = 0u; t2 <= t; t2++) { dot_ad += b_att[p.o5 + row + t2] * datt[p.o2 + row + t2]; }
+    for (var t2 = 0u; t2 <= t; t2++) { dot_ad += f32(b_att[p.o5 + row + t2]) * f32(datt[p.o2 + row + t2]); }
     for (var t2 = 0u; t2 <= t; t2++) {
-        let a = b_att[p.o5 + row + t2];
-        dpreatt[p.o1 + row + t2] += a * (datt[p.o2 + row + t2] - dot_ad);
+        let a = f32(b_att[p.o5 + row + t2]);
+        dpreatt[p.o1 + row + t2] = act(f32(dpreatt[p.o1 + row + t2]) + a * (f32(datt[p.o2 + row + t2]) - dot_ad));
     }
     // dq[t] += sum_t2 dpreatt[t, t2] k[t2] * scale
     let dq = p.o0 + (b * p.T + t) * C3 + h * hs;
     for (var i = 0u; i < hs; i++) {
         var s = 0.0;
         for (var t2 = 0u; t2 <= t; t2++) {
-            s += dpreatt[p.o1 + row + t2] * b_qkv[p.o4 + (b * p.T + t2) * C3 + p.C + h * hs + i];
+            s += f32(dpreatt[p.o1 + row + t2]) * f32(b_qkv[p.o4 + (b * p.T + t2) * C3 + p.C + h * hs + i]);
         }
-        dqkv[dq + i] += s * scale;
+        dqkv[dq + i] = act(f32(dqkv[dq + i]) + s * scale);
     }
 }
 
@@ -142,10 +146,10 @@ fn attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
         var sv = 0.0;
         for (var t = t2; t < p.T; t++) {
             let r = (bh * p.T + t) * p.T + t2;
-            sk += dpreatt[p.o1 + r] * b_qkv[p.o4 + (b * p.T + t) * C3 + h * hs + i];
-            sv += b_att[p.o5 + r] * dout[p.o3 + (b * p.T + t) * p.C + h * hs + i];
+            sk += f32(dpreatt[p.o1 + r]) * f32(b_qkv[p.o4 + (b * p.T + t) * C3 + h * hs + i]);
+            sv += f32(b_att[p.o5 + r]) * f32(dout[p.o3 + (b * p.T + t) * p.C + h * hs + i]);
         }
-        dqkv[dk + i] += sk * scale;
-        dqkv[dv + i] += sv;
+        dqkv[dk + i] = act(f32(dqkv[dk + i]) + sk * scale);
+        dqkv[dv + i] = act(f32(dqkv[dv + i]) + sv);
     }
 }

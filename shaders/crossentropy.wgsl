@@ -5,6 +5,10 @@
 //   reduce:   totals[0] += sum_n losses[n];  totals[1] += count of counted rows
 //             (accumulated across the micro-batches of a window, read once per optimizer step)
 //   backward: dlogits[n,:] += dloss * (softmax(logits[n,:]) - onehot(targets[n]))  (counted rows)
+// Activations (losses, logits, dlogits) are `act`: f32, or f16 in the mixed-precision instantiation
+// of this file; totals (the window's loss sum and count) stay f32, and all arithmetic is f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -14,16 +18,16 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // crossentropy_forward(losses [N], logits [N,V], targets [N])
-@group(0) @binding(1) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> losses: array<act>;
+@group(0) @binding(2) var<storage, read_write> logits: array<act>;
 @group(0) @binding(3) var<storage, read_write> targets: array<u32>;
 // crossentropy_reduce(totals [2], losses [N], targets [N])
 @group(0) @binding(5) var<storage, read_write> totals: array<f32>;
-@group(0) @binding(6) var<storage, read_write> r_losses: array<f32>;
+@group(0) @binding(6) var<storage, read_write> r_losses: array<act>;
 @group(0) @binding(7) var<storage, read_write> r_targets: array<u32>;
 // crossentropy_backward(dlogits [N,V], logits [N,V], targets [N])
-@group(0) @binding(9) var<storage, read_write> dlogits: array<f32>;
-@group(0) @binding(10) var<storage, read_write> b_logits: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dlogits: array<act>;
+@group(0) @binding(10) var<storage, read_write> b_logits: array<act>;
 @group(0) @binding(11) var<storage, read_write> b_targets: array<u32>;
 
 const IGNORE: u32 = 0xffffffffu;
@@ -43,10 +47,10 @@ fn crossentropy_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     }
     let x = p.o1 + row * p.V;
     var m = -3.4028234e38;
-    for (var v = 0u; v < p.V; v++) { m = max(m, logits[x + v]); }
+    for (var v = 0u; v < p.V; v++) { m = max(m, f32(logits[x + v])); }
     var s = 0.0;
-    for (var v = 0u; v < p.V; v++) { s += exp(logits[x + v] - m); }
-    losses[p.o0 + row] = log(s) + m - logits[x + tgt];
+    for (var v = 0u; v < p.V; v++) { s += exp(f32(logits[x + v]) - m); }
+    losses[p.o0 + row] = act(log(s) + m - f32(logits[x + tgt]));
 }
 
 // one workgroup: strided partial sums, then a tree in workgroup memory (fixed order: deterministic)
@@ -58,7 +62,7 @@ fn crossentropy_reduce(@builtin(local_invocation_index) l: u32) {
     var c = 0.0;
     for (var i = l; i < p.N; i += WG) {
         if (r_targets[p.o2 + i] != IGNORE) {
-            s += r_losses[p.o1 + i];
+            s += f32(r_losses[p.o1 + i]);
             c += 1.0;
         }
     }
@@ -88,14 +92,14 @@ fn crossentropy_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workg
     if (tgt == IGNORE) { return; }
     let x = p.o1 + row * p.V;
     var m = -3.4028234e38;
-    for (var v = 0u; v < p.V; v++) { m = max(m, b_logits[x + v]); }
+    for (var v = 0u; v < p.V; v++) { m = max(m, f32(b_logits[x + v])); }
     var s = 0.0;
-    for (var v = 0u; v < p.V; v++) { s += exp(b_logits[x + v] - m); }
+    for (var v = 0u; v < p.V; v++) { s += exp(f32(b_logits[x + v]) - m); }
     let inv = 1.0 / s;
     let d = p.o0 + row * p.V;
     for (var v = 0u; v < p.V; v++) {
-        var g = exp(b_logits[x + v] - m) * inv;
+        var g = exp(f32(b_logits[x + v]) - m) * inv;
         if (v == tgt) { g -= 1.0; }
-        dlogits[d + v] += p.dloss * g;
+        dlogits[d + v] = act(f32(dlogits[d + v]) + p.dloss * g);
     }
 }

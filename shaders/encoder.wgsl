@@ -4,6 +4,10 @@
 // Binding convention (all gradscope shaders): binding 0 = Params (o0..o7 are the element offsets of
 // the tensor arguments in the order of the CPU reference function); the forward function's tensors
 // are bindings 1.., the backward function's 9...
+// Activations (out, dout) are `act`: f32, or f16 in the mixed-precision instantiation of this file;
+// the embeddings and their gradients stay f32, and all arithmetic is f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -12,7 +16,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // encoder_forward(out [B,T,C], inp [B,T] tokens, wte [V,C], wpe [maxT,C])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<storage, read_write> inp: array<u32>;
 @group(0) @binding(3) var<storage, read_write> wte: array<f32>;
 @group(0) @binding(4) var<storage, read_write> wpe: array<f32>;
@@ -20,7 +24,7 @@ struct Params {
 // encoder_backward(dwte [V,C], dwpe [maxT,C], dout [B,T,C], inp [B,T])
 @group(0) @binding(9) var<storage, read_write> dwte: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dwpe: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dout: array<act>;
 @group(0) @binding(12) var<storage, read_write> inp_b: array<u32>;
 
 const WG: u32 = 64u;
@@ -36,7 +40,7 @@ fn encoder_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups)
     let c = i % p.C;
     let t = bt % p.T;
     let tok = inp[p.o1 + bt];
-    out[p.o0 + i] = wte[p.o2 + tok * p.C + c] + wpe[p.o3 + t * p.C + c];
+    out[p.o0 + i] = act(wte[p.o2 + tok * p.C + c] + wpe[p.o3 + t * p.C + c]);
 }
 
 // one invocation per channel c walks every position in order: tokens repeat, so a thread per
@@ -49,7 +53,7 @@ fn encoder_backward_wte(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     for (var bt = 0u; bt < p.B * p.T; bt++) {
         let tok = inp_b[p.o3 + bt];
         let i = p.o0 + tok * p.C + c;
-        dwte[i] = dwte[i] + dout[p.o2 + bt * p.C + c];
+        dwte[i] = dwte[i] + f32(dout[p.o2 + bt * p.C + c]);
     }
 }
 
@@ -63,7 +67,7 @@ fn encoder_backward_wpe(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let c = i % p.C;
     var s = 0.0;
     for (var b = 0u; b < p.B; b++) {
-        s += dout[p.o2 + (b * p.T + t) * p.C + c];
+        s += f32(dout[p.o2 + (b * p.T + t) * p.C + c]);
     }
     dwpe[p.o1 + i] += s;
 }

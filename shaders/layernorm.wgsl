@@ -4,6 +4,10 @@
 //   backward: dnorm = dout * weight
 //             dinp += (dnorm - avg(dnorm) - norm * avg(dnorm * norm)) * rstd
 //             dweight += sum_rows dout * norm;  dbias += sum_rows dout
+// Activations (out, mean, rstd, inp, dinp, dout) are `act`: f32, or f16 in the mixed-precision
+// instantiation of this file; weight, bias and their gradients stay f32, and all arithmetic is f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -12,23 +16,23 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // layernorm_forward(out [N,C], mean [N], rstd [N], inp [N,C], weight [C], bias [C])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
-@group(0) @binding(4) var<storage, read_write> inp: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
+@group(0) @binding(2) var<storage, read_write> mean: array<act>;
+@group(0) @binding(3) var<storage, read_write> rstd: array<act>;
+@group(0) @binding(4) var<storage, read_write> inp: array<act>;
 @group(0) @binding(5) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bias: array<f32>;
 
 // layernorm_backward(dinp [N,C], dweight [C], dbias [C], dout [N,C], inp [N,C], weight [C],
 //                    mean [N], rstd [N])
-@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dinp: array<act>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dout: array<act>;
+@group(0) @binding(13) var<storage, read_write> b_inp: array<act>;
 @group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
-@group(0) @binding(15) var<storage, read_write> b_mean: array<f32>;
-@group(0) @binding(16) var<storage, read_write> b_rstd: array<f32>;
+@group(0) @binding(15) var<storage, read_write> b_mean: array<act>;
+@group(0) @binding(16) var<storage, read_write> b_rstd: array<act>;
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
@@ -42,18 +46,18 @@ fn layernorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     if (row >= p.N) { return; }
     let x = p.o3 + row * p.C;
     var m = 0.0;
-    for (var i = 0u; i < p.C; i++) { m += inp[x + i]; }
+    for (var i = 0u; i < p.C; i++) { m += f32(inp[x + i]); }
     m = m / f32(p.C);
     var v = 0.0;
-    for (var i = 0u; i < p.C; i++) { let d = inp[x + i] - m; v += d * d; }
+    for (var i = 0u; i < p.C; i++) { let d = f32(inp[x + i]) - m; v += d * d; }
     v = v / f32(p.C);
     let s = 1.0 / sqrt(v + EPS);
     let y = p.o0 + row * p.C;
     for (var i = 0u; i < p.C; i++) {
-        out[y + i] = (inp[x + i] - m) * s * weight[p.o4 + i] + bias[p.o5 + i];
+        out[y + i] = act((f32(inp[x + i]) - m) * s * weight[p.o4 + i] + bias[p.o5 + i]);
     }
-    mean[p.o1 + row] = m;
-    rstd[p.o2 + row] = s;
+    mean[p.o1 + row] = act(m);
+    rstd[p.o2 + row] = act(s);
 }
 
 // one invocation per row: the input gradient
@@ -64,13 +68,13 @@ fn layernorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     if (row >= p.N) { return; }
     let x = p.o4 + row * p.C;
     let g = p.o3 + row * p.C;
-    let m = b_mean[p.o6 + row];
-    let s = b_rstd[p.o7 + row];
+    let m = f32(b_mean[p.o6 + row]);
+    let s = f32(b_rstd[p.o7 + row]);
     var dnorm_mean = 0.0;
     var dnorm_norm_mean = 0.0;
     for (var i = 0u; i < p.C; i++) {
-        let norm = (b_inp[x + i] - m) * s;
-        let dnorm = b_weight[p.o5 + i] * dout[g + i];
+        let norm = (f32(b_inp[x + i]) - m) * s;
+        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
         dnorm_mean += dnorm;
         dnorm_norm_mean += dnorm * norm;
     }
@@ -78,9 +82,9 @@ fn layernorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     dnorm_norm_mean = dnorm_norm_mean / f32(p.C);
     let d = p.o0 + row * p.C;
     for (var i = 0u; i < p.C; i++) {
-        let norm = (b_inp[x + i] - m) * s;
-        let dnorm = b_weight[p.o5 + i] * dout[g + i];
-        dinp[d + i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        let norm = (f32(b_inp[x + i]) - m) * s;
+        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
+        dinp[d + i] = act(f32(dinp[d + i]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
     }
 }
 
@@ -93,8 +97,8 @@ fn layernorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
     var dw = 0.0;
     var db = 0.0;
     for (var row = 0u; row < p.N; row++) {
-        let norm = (b_inp[p.o4 + row * p.C + c] - b_mean[p.o6 + row]) * b_rstd[p.o7 + row];
-        let g = dout[p.o3 + row * p.C + c];
+        let norm = (f32(b_inp[p.o4 + row * p.C + c]) - f32(b_mean[p.o6 + row])) * f32(b_rstd[p.o7 + row]);
+        let g = f32(dout[p.o3 + row * p.C + c]);
         dw += g * norm;
         db += g;
     }

@@ -6,6 +6,10 @@
 // Workgroup memory and barriers are what make a matmul fast on a GPU; on a CPU adapter they are
 // slow, and matmul_cpu.wgsl (register-blocked, no barriers) is used instead. Both pass the same tests.
 // Each tiled kernel computes C[i,j] (+)= sum_r A(i,r) B(r,j) for its own A and B.
+// Activations (out, inp, dinp, dout) are `act`: f32, or f16 in the mixed-precision instantiation of
+// this file; weight, bias and their gradients stay f32, and tiles and accumulators are f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -15,17 +19,17 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // matmul_forward(out [M,N], inp [M,K], weight [N,K], bias [N])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> inp: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
+@group(0) @binding(2) var<storage, read_write> inp: array<act>;
 @group(0) @binding(3) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
 // matmul_backward(dinp [M,K], dweight [N,K], dbias [N], dout [M,N], inp [M,K], weight [N,K])
-@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dinp: array<act>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dout: array<act>;
+@group(0) @binding(13) var<storage, read_write> b_inp: array<act>;
 @group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
 
 const TS: u32 = 16u;
@@ -44,7 +48,7 @@ fn matmul_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation
     for (var r0 = 0u; r0 < p.K; r0 += TS) {
         // A(i, r) = inp[i, r];  B(r, j) = weight[j, r]
         let ra = r0 + lid.x;
-        ta[lid.y][lid.x] = select(0.0, inp[p.o1 + i * p.K + ra], i < p.M && ra < p.K);
+        ta[lid.y][lid.x] = select(0.0, f32(inp[p.o1 + i * p.K + ra]), i < p.M && ra < p.K);
         let rb = r0 + lid.y;
         let jb = w.x * TS + lid.x;
         tb[lid.y][lid.x] = select(0.0, weight[p.o2 + jb * p.K + rb], jb < p.N && rb < p.K);
@@ -54,7 +58,7 @@ fn matmul_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation
     }
     if (i < p.M && j < p.N) {
         if (p.has_bias != 0u) { acc += bias[p.o3 + j]; }
-        out[p.o0 + i * p.N + j] = acc;
+        out[p.o0 + i * p.N + j] = act(acc);
     }
 }
 
@@ -66,7 +70,7 @@ fn matmul_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_inv
     var acc = 0.0;
     for (var r0 = 0u; r0 < p.N; r0 += TS) {
         let ra = r0 + lid.x;
-        ta[lid.y][lid.x] = select(0.0, dout[p.o3 + i * p.N + ra], i < p.M && ra < p.N);
+        ta[lid.y][lid.x] = select(0.0, f32(dout[p.o3 + i * p.N + ra]), i < p.M && ra < p.N);
         let rb = r0 + lid.y;
         tb[lid.y][lid.x] = select(0.0, b_weight[p.o5 + rb * p.K + j], rb < p.N && j < p.K);
         workgroupBarrier();
@@ -74,7 +78,7 @@ fn matmul_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_inv
         workgroupBarrier();
     }
     if (i < p.M && j < p.K) {
-        dinp[p.o0 + i * p.K + j] += acc;
+        dinp[p.o0 + i * p.K + j] = act(f32(dinp[p.o0 + i * p.K + j]) + acc);
     }
 }
 
@@ -88,9 +92,9 @@ fn matmul_backward_weight(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_in
         // ta[i_local][r_local] = dout[r0 + r_local, i]: load transposed so reads stay coalesced
         let ia = w.y * TS + lid.x;
         let ra = r0 + lid.y;
-        ta[lid.x][lid.y] = select(0.0, dout[p.o3 + ra * p.N + ia], ra < p.M && ia < p.N);
+        ta[lid.x][lid.y] = select(0.0, f32(dout[p.o3 + ra * p.N + ia]), ra < p.M && ia < p.N);
         let rb = r0 + lid.y;
-        tb[lid.y][lid.x] = select(0.0, b_inp[p.o4 + rb * p.K + j], rb < p.M && j < p.K);
+        tb[lid.y][lid.x] = select(0.0, f32(b_inp[p.o4 + rb * p.K + j]), rb < p.M && j < p.K);
         workgroupBarrier();
         for (var r = 0u; r < TS; r++) { acc += ta[lid.y][r] * tb[r][lid.x]; }
         workgroupBarrier();
@@ -107,6 +111,6 @@ fn matmul_backward_bias(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let n = flat(w, nw, l);
     if (n >= p.N) { return; }
     var s = 0.0;
-    for (var m = 0u; m < p.M; m++) { s += dout[p.o3 + m * p.N + n]; }
+    for (var m = 0u; m < p.M; m++) { s += f32(dout[p.o3 + m * p.N + n]); }
     dbias[p.o2 + n] += s;
 }

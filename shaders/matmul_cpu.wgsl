@@ -7,6 +7,11 @@
 // Requires K % 4 == 0 and the offsets of the vec4 operands to be multiples of 4 (the launcher
 // falls back to matmul.wgsl otherwise). M and N are arbitrary: loads clamp, stores are guarded.
 // The bias gradient is matmul.wgsl's matmul_backward_bias.
+// Activations (out, inp, dinp, dout, dout4) are `act`: f32, or f16 in the mixed-precision
+// instantiation of this file (converted to f32 as loaded); weight, bias and their gradients stay
+// f32, and the register blocks are f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -16,19 +21,19 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // matmul_forward(out [M,N], inp [M,K], weight [N,K], bias [N])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> inp: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
+@group(0) @binding(2) var<storage, read_write> inp: array<vec4<act>>;
 @group(0) @binding(3) var<storage, read_write> weight: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
 // matmul_backward(dinp [M,K], dweight [N,K], dbias [N], dout [M,N], inp [M,K], weight [N,K])
-@group(0) @binding(9) var<storage, read_write> dinp: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> dinp: array<vec4<act>>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<vec4<f32>>;
-@group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> dout: array<act>;
+@group(0) @binding(13) var<storage, read_write> b_inp: array<vec4<act>>;
 @group(0) @binding(14) var<storage, read_write> b_weight: array<vec4<f32>>;
 // the same dout read as vec4 along N (N % 4 == 0): the *_v4 entries get dout twice
-@group(0) @binding(15) var<storage, read_write> dout4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read_write> dout4: array<vec4<act>>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
@@ -67,7 +72,8 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
     var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0);
     for (var k = 0u; k < K4; k++) {
-        let x0 = inp[a0 + k]; let x1 = inp[a1 + k]; let x2 = inp[a2 + k]; let x3 = inp[a3 + k];
+        let x0 = vec4<f32>(inp[a0 + k]); let x1 = vec4<f32>(inp[a1 + k]);
+        let x2 = vec4<f32>(inp[a2 + k]); let x3 = vec4<f32>(inp[a3 + k]);
         acc0 += dot4(x0, x1, x2, x3, weight[b0 + k]);
         acc1 += dot4(x0, x1, x2, x3, weight[b1 + k]);
         acc2 += dot4(x0, x1, x2, x3, weight[b2 + k]);
@@ -86,7 +92,7 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
         let c = cols[j];
         for (var i = 0u; i < 4u; i++) {
             let m = m0 + i;
-            if (m < p.M) { out[p.o0 + m * p.N + n] = c[i] + bj; }
+            if (m < p.M) { out[p.o0 + m * p.N + n] = act(c[i] + bj); }
         }
     }
 }
@@ -116,7 +122,8 @@ fn matmul_backward_input_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
     for (var n = 0u; n < p.N; n++) {
         let w0 = b_weight[wb + n * K4 + k0];
         let w1 = b_weight[wb + n * K4 + k1];
-        let d0 = dout[r0 + n]; let d1 = dout[r1 + n]; let d2 = dout[r2 + n]; let d3 = dout[r3 + n];
+        let d0 = f32(dout[r0 + n]); let d1 = f32(dout[r1 + n]);
+        let d2 = f32(dout[r2 + n]); let d3 = f32(dout[r3 + n]);
         c00 += d0 * w0; c01 += d0 * w1;
         c10 += d1 * w0; c11 += d1 * w1;
         c20 += d2 * w0; c21 += d2 * w1;
@@ -125,20 +132,24 @@ fn matmul_backward_input_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
     let ob = p.o0 / 4u;
     let second = k0 + 1u < K4;
     if (m0 < p.M) {
-        dinp[ob + m0 * K4 + k0] += c00;
-        if (second) { dinp[ob + m0 * K4 + k0 + 1u] += c01; }
+        let e = ob + m0 * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c00);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c01); }
     }
     if (m0 + 1u < p.M) {
-        dinp[ob + (m0 + 1u) * K4 + k0] += c10;
-        if (second) { dinp[ob + (m0 + 1u) * K4 + k0 + 1u] += c11; }
+        let e = ob + (m0 + 1u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c10);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c11); }
     }
     if (m0 + 2u < p.M) {
-        dinp[ob + (m0 + 2u) * K4 + k0] += c20;
-        if (second) { dinp[ob + (m0 + 2u) * K4 + k0 + 1u] += c21; }
+        let e = ob + (m0 + 2u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c20);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c21); }
     }
     if (m0 + 3u < p.M) {
-        dinp[ob + (m0 + 3u) * K4 + k0] += c30;
-        if (second) { dinp[ob + (m0 + 3u) * K4 + k0 + 1u] += c31; }
+        let e = ob + (m0 + 3u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c30);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c31); }
     }
 }
 
@@ -165,10 +176,11 @@ fn matmul_backward_weight_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
     var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
     for (var m = 0u; m < p.M; m++) {
-        let x0 = b_inp[xb + m * K4 + k0];
-        let x1 = b_inp[xb + m * K4 + k1];
+        let x0 = vec4<f32>(b_inp[xb + m * K4 + k0]);
+        let x1 = vec4<f32>(b_inp[xb + m * K4 + k1]);
         let r = p.o3 + m * p.N;
-        let d0 = dout[r + q0]; let d1 = dout[r + q1]; let d2 = dout[r + q2]; let d3 = dout[r + q3];
+        let d0 = f32(dout[r + q0]); let d1 = f32(dout[r + q1]);
+        let d2 = f32(dout[r + q2]); let d3 = f32(dout[r + q3]);
         c00 += d0 * x0; c01 += d0 * x1;
         c10 += d1 * x0; c11 += d1 * x1;
         c20 += d2 * x0; c21 += d2 * x1;
@@ -218,7 +230,8 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
     var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
     for (var n4 = 0u; n4 < N4; n4++) {
-        let d0 = dout4[r0 + n4]; let d1 = dout4[r1 + n4]; let d2 = dout4[r2 + n4]; let d3 = dout4[r3 + n4];
+        let d0 = vec4<f32>(dout4[r0 + n4]); let d1 = vec4<f32>(dout4[r1 + n4]);
+        let d2 = vec4<f32>(dout4[r2 + n4]); let d3 = vec4<f32>(dout4[r3 + n4]);
         let n = n4 * 4u;
         let wa0 = b_weight[wb + n * K4 + k0];        let wb0 = b_weight[wb + n * K4 + k1];
         let wa1 = b_weight[wb + (n + 1u) * K4 + k0]; let wb1 = b_weight[wb + (n + 1u) * K4 + k1];
@@ -236,20 +249,24 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     let ob = p.o0 / 4u;
     let second = k0 + 1u < K4;
     if (m0 < p.M) {
-        dinp[ob + m0 * K4 + k0] += c00;
-        if (second) { dinp[ob + m0 * K4 + k0 + 1u] += c01; }
+        let e = ob + m0 * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c00);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c01); }
     }
     if (m0 + 1u < p.M) {
-        dinp[ob + (m0 + 1u) * K4 + k0] += c10;
-        if (second) { dinp[ob + (m0 + 1u) * K4 + k0 + 1u] += c11; }
+        let e = ob + (m0 + 1u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c10);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c11); }
     }
     if (m0 + 2u < p.M) {
-        dinp[ob + (m0 + 2u) * K4 + k0] += c20;
-        if (second) { dinp[ob + (m0 + 2u) * K4 + k0 + 1u] += c21; }
+        let e = ob + (m0 + 2u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c20);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c21); }
     }
     if (m0 + 3u < p.M) {
-        dinp[ob + (m0 + 3u) * K4 + k0] += c30;
-        if (second) { dinp[ob + (m0 + 3u) * K4 + k0 + 1u] += c31; }
+        let e = ob + (m0 + 3u) * K4 + k0;
+        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c30);
+        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c31); }
     }
 }
 
@@ -274,9 +291,9 @@ fn matmul_backward_weight_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
     var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
     for (var m = 0u; m < p.M; m++) {
-        let x0 = b_inp[xb + m * K4 + k0];
-        let x1 = b_inp[xb + m * K4 + k1];
-        let d = dout4[db + m * N4 + n4];
+        let x0 = vec4<f32>(b_inp[xb + m * K4 + k0]);
+        let x1 = vec4<f32>(b_inp[xb + m * K4 + k1]);
+        let d = vec4<f32>(dout4[db + m * N4 + n4]);
         c00 += d.x * x0; c01 += d.x * x1;
         c10 += d.y * x0; c11 += d.y * x1;
         c20 += d.z * x0; c21 += d.z * x1;

@@ -1,21 +1,30 @@
 // residual.wgsl: the residual connection.
 //   forward:  out = inp1 + inp2
 //   backward: dinp1 += dout; dinp2 += dout
+//   fill_act: x = value (zeroing a range of an activation slab inside a compute pass; accumulate.wgsl's
+//             fill is its f32 counterpart)
+// Every tensor is `act`: f32, or f16 in the mixed-precision instantiation of this file; the
+// arithmetic is f32.
+
+alias act = f32;
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     N: u32,
+    value: f32, // fill_act only (after N: residual_forward/backward's layout is o0..o7, N)
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
 // residual_forward(out [N], inp1 [N], inp2 [N])
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> inp1: array<f32>;
-@group(0) @binding(3) var<storage, read_write> inp2: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
+@group(0) @binding(2) var<storage, read_write> inp1: array<act>;
+@group(0) @binding(3) var<storage, read_write> inp2: array<act>;
 // residual_backward(dinp1 [N], dinp2 [N], dout [N])
-@group(0) @binding(9) var<storage, read_write> dinp1: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dinp2: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dinp1: array<act>;
+@group(0) @binding(10) var<storage, read_write> dinp2: array<act>;
+@group(0) @binding(11) var<storage, read_write> dout: array<act>;
+// fill_act(x [N]) with value
+@group(0) @binding(12) var<storage, read_write> fill_x: array<act>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
@@ -25,7 +34,7 @@ fn residual_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups
                     @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    out[p.o0 + i] = inp1[p.o1 + i] + inp2[p.o2 + i];
+    out[p.o0 + i] = act(f32(inp1[p.o1 + i]) + f32(inp2[p.o2 + i]));
 }
 
 @compute @workgroup_size(64)
@@ -33,7 +42,15 @@ fn residual_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
                      @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    let g = dout[p.o2 + i];
-    dinp1[p.o0 + i] += g;
-    dinp2[p.o1 + i] += g;
+    let g = f32(dout[p.o2 + i]);
+    dinp1[p.o0 + i] = act(f32(dinp1[p.o0 + i]) + g);
+    dinp2[p.o1 + i] = act(f32(dinp2[p.o1 + i]) + g);
+}
+
+@compute @workgroup_size(64)
+fn fill_act(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+            @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, n, l);
+    if (i >= p.N) { return; }
+    fill_x[p.o0 + i] = act(p.value);
 }

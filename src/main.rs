@@ -107,9 +107,9 @@ enum Command {
         /// and show that the check catches them.
         #[arg(long)]
         show_broken: bool,
-        /// Final validation-loss tolerance.
-        #[arg(long, default_value_t = 0.02)]
-        tolerance: f64,
+        /// Final validation-loss tolerance [default: 0.02, or 0.05 with --precision f16].
+        #[arg(long)]
+        tolerance: Option<f64>,
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print the report as JSON.
@@ -261,10 +261,32 @@ fn run() -> anyhow::Result<()> {
                 return verify_cnn_cli(&gpu, quick, config.as_deref(), &overrides, json);
             }
             let profile = if quick { "quick" } else { "default" };
-            let base = verify_config(quick, config.as_deref(), &overrides)?;
+            let mut base = verify_config(quick, config.as_deref(), &overrides)?;
+            if base.precision == gradscope::gpu::Precision::F16 && !gpu.has_f16() {
+                anyhow::bail!(
+                    "verify --precision f16: {} has no SHADER_F16 feature, so there is no mixed precision to check here \
+                     (`gradscope info` lists each adapter's features)",
+                    gpu.summary.name
+                );
+            }
+            let tolerance = tolerance.unwrap_or_else(|| gradscope::train::verify::default_tolerance(&base));
             let report = run_verify(&gpu, &base, tolerance, &format!("{profile} profile"), json)?;
             let mut broken_reports = Vec::new();
-            if show_broken {
+            if show_broken && base.precision == gradscope::gpu::Precision::F16 {
+                use gradscope::train::config::LossScaleOrder;
+                for (order, title) in [
+                    (LossScaleOrder::ScaleBeforeDivide, "broken: loss scaled before dividing by the count"),
+                    (LossScaleOrder::UnscalePerMicroBatch, "broken: gradient unscaled after every micro-batch"),
+                ] {
+                    base.loss_scale_order = order;
+                    broken_reports.push(run_verify(&gpu, &base, tolerance, title, json)?);
+                }
+                if !json {
+                    for r in &broken_reports {
+                        println!("{}", if r.passed { "NOT CAUGHT: a broken setting passed the check" } else { "caught, as expected" });
+                    }
+                }
+            } else if show_broken {
                 let mut a = base.clone();
                 a.padded = true;
                 a.normalization = gradscope::model::gpt::Normalization::PerMicroBatchMean;
@@ -324,6 +346,7 @@ fn run() -> anyhow::Result<()> {
             let ceiling = results.iter().map(|r| r.gflops).fold(0.0, f64::max);
             let mut gpt = Vec::new();
             let mut gpt_checkpointed = None;
+            let mut gpt_f16 = None;
             if steps > 0 {
                 let base = TrainConfig::load(None, &overrides)?;
                 let e = base.micro_batch * base.accum_steps;
@@ -361,7 +384,7 @@ fn run() -> anyhow::Result<()> {
                 if !json {
                     let spec = gradscope::train::plan::model_spec(&base)?;
                     let acts = |on: bool| {
-                        let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: on };
+                        let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: on, precision: base.precision };
                         gradscope::gpu::human_bytes(gradscope::model::memory::activation_bytes(&spec, base.micro_batch, opts))
                     };
                     println!(
@@ -370,6 +393,24 @@ fn run() -> anyhow::Result<()> {
                     );
                 }
                 gpt_checkpointed = Some(r);
+                // mixed precision at B x K, where the adapter has f16
+                if gpu.has_f16() && base.precision == gradscope::gpu::Precision::F32 {
+                    let mp = TrainConfig { precision: gradscope::gpu::Precision::F16, ..base.clone() };
+                    let r = gradscope::bench::gpt::bench_gpt(&gpu, &mp, base.micro_batch, base.accum_steps, 1, steps)?;
+                    if !json {
+                        let spec = gradscope::train::plan::model_spec(&base)?;
+                        let acts = |precision| {
+                            let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: false, precision };
+                            gradscope::gpu::human_bytes(gradscope::model::memory::activation_bytes(&spec, base.micro_batch, opts))
+                        };
+                        println!(
+                            "mixed precision (f16 activations), B {} x K {}: {:.0} tokens/s, {:.3}x the time per step; activations {} -> {}",
+                            base.micro_batch, base.accum_steps, r.tokens_per_s, r.seconds_per_step / gpt[0].seconds_per_step,
+                            acts(gradscope::gpu::Precision::F32), acts(gradscope::gpu::Precision::F16)
+                        );
+                    }
+                    gpt_f16 = Some(r);
+                }
             }
             let mut cnn = Vec::new();
             if steps > 0 {
@@ -396,7 +437,7 @@ fn run() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "adapter": gpu.summary.name, "matmul": results, "matmul_ceiling_gflops": ceiling, "gpt": gpt,
-                    "gpt_checkpointed": gpt_checkpointed, "cnn": cnn }))?);
+                    "gpt_checkpointed": gpt_checkpointed, "gpt_f16": gpt_f16, "cnn": cnn }))?);
             }
         }
     }
@@ -409,7 +450,7 @@ fn plan_cli(
     choice: &AdapterChoice, e: Option<usize>, budget: Option<String>, checkpoint: bool, config: Option<PathBuf>, json: bool,
     overrides: &[String],
 ) -> anyhow::Result<()> {
-    use gradscope::model::memory::{MemoryOptions, parse_bytes, plan};
+    use gradscope::model::memory::{parse_bytes, plan};
     use gradscope::train::plan::{device_limits, model_spec};
     let mut cfg = TrainConfig::load(config.as_deref(), overrides)?;
     if checkpoint {
@@ -426,7 +467,7 @@ fn plan_cli(
         parse_bytes(&budget_text).map_err(|m| anyhow::anyhow!("--memory-budget: {m}"))?
     };
     let spec = model_spec(&cfg)?;
-    let opts = MemoryOptions { checkpoint_activations: cfg.checkpoint_activations };
+    let opts = gradscope::train::plan::memory_options(&cfg);
     let p = plan(&spec, e, budget, &limits, opts)?;
     // a sweep of B: powers of two up to E, and the chosen B
     let mut bs: Vec<usize> = (0..).map(|i| 1usize << i).take_while(|&b| b <= e).collect();
@@ -465,8 +506,8 @@ fn plan_cli(
         limits.max_loop_rows.map_or(String::new(), |r| format!(", at most {r} rows per shader loop"))
     );
     println!(
-        "effective batch E = {e}, budget {}, activation checkpointing {}",
-        gradscope::gpu::human_bytes(budget), if opts.checkpoint_activations { "on" } else { "off" }
+        "effective batch E = {e}, budget {}, activation checkpointing {}, activations in {}",
+        gradscope::gpu::human_bytes(budget), if opts.checkpoint_activations { "on" } else { "off" }, opts.precision
     );
     println!();
     let rem = if p.last_micro_batch == p.micro_batch {
@@ -552,8 +593,13 @@ fn run_verify(gpu: &Gpu, cfg: &TrainConfig, tolerance: f64, title: &str, json: b
     let e = cfg.effective();
     if !json {
         println!(
-            "\n== verify ({title}): true batch {e} x 1 vs micro-batch {} x {} = {e}, {} steps, normalization {:?}, clip {:?}, padded {}",
-            cfg.micro_batch, cfg.windows_micro_batches(), cfg.max_steps, cfg.normalization, cfg.clip_mode, cfg.padded
+            "\n== verify ({title}): true batch {e} x 1 vs micro-batch {} x {} = {e}, {} steps, normalization {:?}, clip {:?}, padded {}{}",
+            cfg.micro_batch, cfg.windows_micro_batches(), cfg.max_steps, cfg.normalization, cfg.clip_mode, cfg.padded,
+            if cfg.precision == gradscope::gpu::Precision::F16 {
+                format!(", accumulated run in mixed precision (f16 activations, loss scale {}, order {:?}) against the f32 true batch", cfg.loss_scale, cfg.loss_scale_order)
+            } else {
+                String::new()
+            }
         );
         println!("{:>6}  {:>12}  {:>12}  {:>9}", "step", "true batch", "accumulated", "|diff|");
     }
@@ -681,13 +727,21 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
             if checkpointing {
                 println!("activations      checkpointed: block inputs kept, blocks recomputed in backward");
             }
+            if let Some(n) = &d.notice {
+                println!("notice           {n}");
+            }
+            if d.precision == gradscope::gpu::Precision::F16 {
+                println!("precision        mixed: f16 activations and activation gradients; f32 weights, gradients and AdamW state; dynamic loss scaling");
+            }
             println!("device memory (byte ledger):\n{}", d.memory);
         }
         Event::Step(m) => {
             bar.set_position(m.step as u64);
-            bar.set_message(format!("loss {:.4}  {:.0} tok/s  |g| {:.3}{}", m.train_loss, m.tokens_per_s, m.grad_norm, if m.clipped { " (clipped)" } else { "" }));
+            let scale = m.loss_scale.map_or(String::new(), |s| format!("  scale {s}"));
+            let skipped = if m.skipped { " (skipped)" } else { "" };
+            bar.set_message(format!("loss {:.4}  {:.0} tok/s  |g| {:.3}{}{scale}{skipped}", m.train_loss, m.tokens_per_s, m.grad_norm, if m.clipped { " (clipped)" } else { "" }));
             if quiet && (m.step % 10 == 0 || m.val_loss.is_some()) {
-                println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s", m.step, m.train_loss, m.lr, m.grad_norm, m.tokens_per_s);
+                println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s{scale}{skipped}", m.step, m.train_loss, m.lr, m.grad_norm, m.tokens_per_s);
             }
         }
         Event::Eval { step, val_loss } => say(&bar, quiet, format!("step {step:>5}  validation loss {val_loss:.4}")),

@@ -93,11 +93,11 @@ fn each_window_starts_from_zero_gradients() {
     let mut a = Trainer::new(&g, small(4, 2)).unwrap();
     a.accumulate_window().unwrap();
     a.accumulate_window().unwrap();
-    let ga = a.model.slabs.normalized_window_gradient(true).unwrap();
+    let ga = a.model.slabs.normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
     let mut b = Trainer::new(&g, small(4, 2)).unwrap();
     b.draw_window(); // skip the first window's samples
     b.accumulate_window().unwrap();
-    let gb = b.model.slabs.normalized_window_gradient(true).unwrap();
+    let gb = b.model.slabs.normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
     assert_eq!(ga, gb, "the second window's gradient must not include the first window's");
 }
 

@@ -38,7 +38,7 @@ fn gpu_cnn_window_gradient_equals_the_cpu_reference() {
         let (gl, gc) = m.slabs.running_figures().unwrap();
         assert_eq!(gc as u32, count);
         assert!((gl - loss).abs() < 1e-4 * loss.abs(), "{norm:?}: loss {gl} vs {loss}");
-        let got = m.slabs.normalized_window_gradient(true).unwrap();
+        let got = m.slabs.normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
         let want: Vec<f64> = grads.iter().map(|v| v / count as f64).collect();
         let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         let err = got.iter().zip(&want).fold(0.0f64, |a, (x, y)| a.max((*x as f64 - y).abs())) / scale;

@@ -2,7 +2,8 @@
 
 mod common;
 
-use gradscope::gpu::{Category, MemorySnapshot};
+use gradscope::gpu::{Category, MemorySnapshot, Precision};
+use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;
 use gradscope::reference::gpt::GptConfig;
@@ -27,6 +28,10 @@ fn gpt(n_layer: usize, n_head: usize, n_embd: usize, block_size: usize, b: usize
     }
 }
 
+fn f16(cfg: TrainConfig) -> TrainConfig {
+    TrainConfig { precision: Precision::F16, ..cfg }
+}
+
 fn digits(norm: NormKind, b: usize, k: usize) -> TrainConfig {
     let ov: Vec<String> = ["--model", "cnn", "--dataset", "digits"].iter().map(|s| s.to_string()).collect();
     TrainConfig { norm, micro_batch: b, accum_steps: k, ..TrainConfig::load(None, &ov).unwrap() }
@@ -48,7 +53,8 @@ fn assert_same(what: &str, predicted: MemorySnapshot, actual: MemorySnapshot) {
 }
 
 /// Every category predicted to the byte, for several GPT shapes, micro-batches, K (the
-/// per-micro-batch figures buffer grows past K = 16) and with/without checkpointing.
+/// per-micro-batch figures buffer grows past K = 16), with/without checkpointing, in f32 and with
+/// f16 activations (mixed precision).
 #[test]
 fn gpt_prediction_equals_the_byte_ledger() {
     let g = common::gpu();
@@ -58,15 +64,21 @@ fn gpt_prediction_equals_the_byte_ledger() {
         gpt(3, 3, 48, 24, 5, 20, true),
         gpt(1, 1, 20, 7, 1, 2, false),
         gpt(4, 4, 64, 32, 3, 1, true),
+        f16(gpt(2, 2, 32, 16, 4, 3, false)),
+        f16(gpt(3, 3, 48, 24, 5, 20, true)),
+        f16(gpt(1, 1, 20, 7, 1, 2, false)),
     ] {
         let before = g.ledger.snapshot();
         let mut t = Trainer::new(&g, cfg.clone()).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
         let spec = ModelSpec::Gpt(t.gcfg);
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, MemoryOptions { checkpoint_activations: cfg.checkpoint_activations });
+        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&cfg));
         assert_same(
-            &format!("GPT L{} C{} T{} B{} K{} checkpointing {}", cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.micro_batch, cfg.accum_steps, cfg.checkpoint_activations),
+            &format!(
+                "GPT L{} C{} T{} B{} K{} checkpointing {} {}",
+                cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.micro_batch, cfg.accum_steps, cfg.checkpoint_activations, cfg.precision
+            ),
             predicted,
             actual,
         );
@@ -74,7 +86,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.set_micro_batch(cfg.micro_batch + 2).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, MemoryOptions { checkpoint_activations: cfg.checkpoint_activations });
+        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&cfg));
         assert_same("after a live change of B", predicted, actual);
         drop(t);
         assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");
@@ -120,7 +132,7 @@ fn activation_checkpointing_keeps_gradients_and_saves_memory() {
         assert!(d < 1e-6, "weights after 3 steps differ by {d:.3e}");
 
         let spec = ModelSpec::Gpt(ta.gcfg);
-        let on = MemoryOptions { checkpoint_activations: true };
+        let on = MemoryOptions { checkpoint_activations: true, ..Default::default() };
         let (full, less) = (spec.predict(4, 2, 0, MemoryOptions::default()), spec.predict(4, 2, 0, on));
         println!(
             "activations: {} without, {} with checkpointing",
@@ -166,7 +178,7 @@ fn plan_picks_the_largest_micro_batch_under_the_budget() {
     }
     // checkpointing lets a larger B fit the same budget
     let plain = plan(&spec, 64, 64 << 20, &roomy(), opts).unwrap();
-    let ck = plan(&spec, 64, 64 << 20, &roomy(), MemoryOptions { checkpoint_activations: true }).unwrap();
+    let ck = plan(&spec, 64, 64 << 20, &roomy(), MemoryOptions { checkpoint_activations: true, ..Default::default() }).unwrap();
     assert!(ck.micro_batch > plain.micro_batch, "checkpointing: B {} vs {}", ck.micro_batch, plain.micro_batch);
 }
 

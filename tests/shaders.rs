@@ -1,7 +1,7 @@
 //! Every WGSL file parses and validates with naga and follows the binding convention (uniform at
 //! binding 0, read_write storage, at most 8 storage bindings per entry point). No device needed.
 
-use gradscope::gpu::{SHADERS, reflect};
+use gradscope::gpu::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, reflect};
 
 #[test]
 fn every_shader_parses_validates_and_follows_the_binding_convention() {
@@ -19,6 +19,59 @@ fn every_shader_parses_validates_and_follows_the_binding_convention() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The files whose activation bindings are `act` (f16 under mixed precision). Listed here so that a
+/// file cannot drop out of the f16 instantiation (lose its alias line) without a test failing.
+const ACT_TYPED: &[&str] = &[
+    "encoder",
+    "layernorm",
+    "matmul",
+    "matmul_cpu",
+    "attention",
+    "attention_cpu",
+    "gelu",
+    "residual",
+    "crossentropy",
+];
+
+#[test]
+fn act_typed_shaders_validate_as_f16_with_the_same_entry_points_and_bindings() {
+    let mut act_typed = Vec::new();
+    let mut failures = Vec::new();
+    for (name, source) in SHADERS {
+        let Some(f16_source) = act_f16_source(source) else { continue };
+        act_typed.push(*name);
+        let alias_lines = source.lines().filter(|l| *l == ACT_ALIAS_F32).count();
+        assert_eq!(alias_lines, 1, "{name}.wgsl must declare `{ACT_ALIAS_F32}` once, on a line of its own");
+        assert!(f16_source.starts_with("enable f16;\n") && f16_source.contains("\nalias act = f16;\n"), "{name}.wgsl");
+        let f32_reflection = reflect(name, source).unwrap_or_else(|e| panic!("{e}"));
+        match reflect(&format!("{name}{F16_SUFFIX}"), &f16_source) {
+            Ok(r) => {
+                println!("{name}{F16_SUFFIX}.wgsl: {:?}", r.entry_points);
+                let what = format!("{name}.wgsl: the f16 instantiation's entry points and bindings");
+                assert_eq!(r.entry_points, f32_reflection.entry_points, "{what}");
+                assert_eq!(r.uniform_size, f32_reflection.uniform_size, "{name}.wgsl: uniform size");
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let mut expected = ACT_TYPED.to_vec();
+    expected.sort_unstable();
+    act_typed.sort_unstable();
+    assert_eq!(act_typed, expected, "the act-typed shader files");
+}
+
+#[test]
+fn fill_act_keeps_the_residual_uniform_layout() {
+    // fill_act's `value` comes after N, so residual_forward/backward still read o0..o7, N.
+    let (_, source) = SHADERS.iter().find(|(n, _)| *n == "residual").unwrap();
+    let r = reflect("residual", source).unwrap();
+    assert_eq!(r.uniform_size, 40);
+    assert_eq!(r.bindings("fill_act"), Some(&[12u32][..]));
+    assert_eq!(r.bindings("residual_forward"), Some(&[1u32, 2, 3][..]));
+    assert_eq!(r.bindings("residual_backward"), Some(&[9u32, 10, 11][..]));
 }
 
 #[test]

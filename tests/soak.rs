@@ -1,4 +1,4 @@
-//! Soak: 1,000 random live changes of B, K, learning rate, activation checkpointing and pause / step through the same
+//! Soak: 1,000 random live changes of B, K, learning rate, activation checkpointing, precision and pause / step through the same
 //! `Control` channel the app uses, while training. Afterwards: no step lost or applied twice,
 //! the byte ledger back to its exact expected value for the final B (no leaked buffers), and
 //! every window ran with one B and one K and was normalized by its own real count.
@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gradscope::gpu::Category;
+use gradscope::gpu::{Category, Precision};
 use gradscope::model::gpt::GpuGpt;
 use gradscope::reference::gpt::GptConfig;
 use gradscope::train::live::{self, Control, LiveEvent, StepReport};
@@ -45,6 +45,7 @@ fn a_thousand_live_changes_lose_nothing() {
             5 => Control::Pause,
             6 | 7 => Control::Resume,
             8 => Control::StepMicroBatch,
+            9 if rng.below(2) == 0 => Control::SetPrecision(if rng.below(2) == 1 { Precision::F16 } else { Precision::F32 }),
             10 => Control::SetActivationCheckpointing(rng.below(2) == 1),
             _ => Control::StepOptimizer,
         };
@@ -91,11 +92,21 @@ fn a_thousand_live_changes_lose_nothing() {
     assert!(b3 > first_step, "B = 3 is confirmed only after the window it was requested in was stepped");
 
     // the ledger: exact bytes for the final B, nothing leaked by hundreds of reallocations
-    let (final_b, final_ck) = events
+    let (final_b, final_ck, final_precision) = events
         .iter()
         .rev()
-        .find_map(|e| if let LiveEvent::Settings { micro_batch, checkpoint_activations, .. } = e { Some((*micro_batch, *checkpoint_activations)) } else { None })
+        .find_map(|e| match e {
+            LiveEvent::Settings { micro_batch, checkpoint_activations, precision, .. } => {
+                Some((*micro_batch, *checkpoint_activations, *precision))
+            }
+            _ => None,
+        })
         .unwrap();
+    let precisions: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| if let LiveEvent::Settings { precision, .. } = e { Some(precision.to_string()) } else { None })
+        .collect();
+    assert_eq!(precisions.len(), 2, "both precisions were trained: {precisions:?}");
     let vocab = events.iter().find_map(|e| if let LiveEvent::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
     let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32 };
     // plus the last window's tokens (2 K B T), uploaded once per window
@@ -108,8 +119,8 @@ fn a_thousand_live_changes_lose_nothing() {
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck) + window_tokens,
-        "activation bytes for the final B = {final_b}, checkpointing {final_ck}"
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision) + window_tokens,
+        "activation bytes for the final B = {final_b}, checkpointing {final_ck}, precision {final_precision}"
     );
     s.controls.send(Control::Shutdown).unwrap();
     s.thread.join().unwrap();

@@ -272,6 +272,21 @@ impl GradscopeApp {
             if let Some(c) = self.state.set_activation_checkpointing(ck) {
                 self.send(c);
             }
+            use crate::gpu::Precision;
+            let mut prec = self.state.settings.precision;
+            let has_f16 = self.gpu.has_f16();
+            ui.horizontal(|ui| {
+                ui.label("activations");
+                ui.radio_value(&mut prec, Precision::F32, "f32");
+                ui.add_enabled(has_f16, egui::RadioButton::new(prec == Precision::F16, "f16 (mixed)"))
+                    .on_hover_text("f16 activations and activation gradients; f32 weights, gradients and AdamW state; dynamic loss scaling (divide by the window count, then scale; unscale once at the step)")
+                    .on_disabled_hover_text("this adapter has no SHADER_F16")
+                    .clicked()
+                    .then(|| prec = Precision::F16);
+            });
+            if let Some(c) = self.state.set_precision(prec) {
+                self.send(c);
+            }
         }
         ui.heading("Optimizer");
         let mut lr = self.state.settings.lr;
@@ -503,6 +518,7 @@ impl GradscopeApp {
         let b_now = confirmed.map_or(self.state.settings.micro_batch, |c| c.micro_batch);
         let k_now = confirmed.map_or(self.state.settings.accum_steps, |c| c.accum_steps);
         let ck_now = confirmed.is_some_and(|c| c.checkpoint_activations);
+        let prec_now = confirmed.map_or(crate::gpu::Precision::F32, |c| c.precision);
         let max_b = (b_now * 2).max(64);
         let mib = |x: u64| x as f64 / (1 << 20) as f64;
         let spec = match c.model {
@@ -514,10 +530,11 @@ impl GradscopeApp {
                 ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm))
             }
         };
-        let curve = |ck: bool| -> Vec<[f64; 2]> {
-            (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, MemoryOptions { checkpoint_activations: ck }).total())]).collect()
+        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision };
+        let curve = |o: MemoryOptions| -> Vec<[f64; 2]> {
+            (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, o).total())]).collect()
         };
-        let predicted_now = spec.predict(b_now, k_now, 0, MemoryOptions { checkpoint_activations: ck_now }).total();
+        let predicted_now = spec.predict(b_now, k_now, 0, opts(ck_now, prec_now)).total();
         let actual_now = self.state.memory.back().map(|(_, m)| m.total());
         let limit = self.gpu.limits().max_storage_buffer_binding_size;
         let title = match actual_now {
@@ -526,13 +543,16 @@ impl GradscopeApp {
         };
         plot_cell(ui, &title, w, h, |p| {
             if matches!(spec, ModelSpec::Gpt(_)) {
-                p.line(Line::new("predicted total", curve(false)));
-                p.line(Line::new("predicted, checkpointed", curve(true)));
+                use crate::gpu::Precision::{F16, F32};
+                p.line(Line::new("predicted, f32", curve(opts(false, F32))));
+                p.line(Line::new("predicted, f32 checkpointed", curve(opts(true, F32))));
+                p.line(Line::new("predicted, f16", curve(opts(false, F16))));
+                p.line(Line::new("predicted, f16 checkpointed", curve(opts(true, F16))));
             } else {
-                p.line(Line::new("predicted total", curve(false)));
+                p.line(Line::new("predicted total", curve(opts(false, crate::gpu::Precision::F32))));
             }
             let largest = (1..=max_b)
-                .map(|b| [b as f64, mib(spec.largest_buffer(b, MemoryOptions { checkpoint_activations: ck_now }))])
+                .map(|b| [b as f64, mib(spec.largest_buffer(b, opts(ck_now, prec_now)))])
                 .collect::<Vec<_>>();
             p.line(Line::new("largest buffer", largest));
             if let Some(a) = actual_now {

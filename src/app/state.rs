@@ -28,6 +28,8 @@ pub struct Settings {
     pub block_size: usize,
     /// GPT activation checkpointing.
     pub checkpoint_activations: bool,
+    /// GPT activation precision (f16: mixed precision with loss scaling).
+    pub precision: crate::gpu::Precision,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Settings {
             n_head: c.n_head,
             block_size: c.block_size,
             checkpoint_activations: c.checkpoint_activations,
+            precision: c.precision,
         }
     }
 
@@ -77,6 +80,7 @@ impl Settings {
             n_head: self.n_head,
             block_size: self.block_size,
             checkpoint_activations: self.checkpoint_activations && self.model == crate::train::config::ModelKind::Gpt,
+            precision: if self.model == crate::train::config::ModelKind::Gpt { self.precision } else { crate::gpu::Precision::F32 },
             ..base.clone()
         }
     }
@@ -155,6 +159,7 @@ pub struct Confirmed {
     pub lr: f64,
     pub grad_clip: f64,
     pub checkpoint_activations: bool,
+    pub precision: crate::gpu::Precision,
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +263,13 @@ impl AppState {
         self.settings.checkpoint_activations = on;
         Some(Control::SetActivationCheckpointing(on))
     }
+    pub fn set_precision(&mut self, p: crate::gpu::Precision) -> Option<Control> {
+        if p == self.settings.precision {
+            return None;
+        }
+        self.settings.precision = p;
+        Some(Control::SetPrecision(p))
+    }
     pub fn toggle_pause(&self) -> Control {
         if self.paused { Control::Resume } else { Control::Pause }
     }
@@ -300,6 +312,10 @@ impl AppState {
         if c.checkpoint_activations != (s.checkpoint_activations && gpt) {
             v.push("activation checkpointing");
         }
+        let want = if gpt { s.precision } else { crate::gpu::Precision::F32 };
+        if c.precision != want {
+            v.push("precision");
+        }
         v
     }
 
@@ -311,8 +327,8 @@ impl AppState {
                 self.base_config = config;
                 self.derived = Some(derived);
             }
-            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations } => {
-                self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations });
+            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations, precision } => {
+                self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations, precision });
             }
             LiveEvent::Paused(p) => self.paused = p,
             LiveEvent::Profile { step, micro_batch, kernels } => self.profile = Some((step, micro_batch, kernels)),
@@ -410,6 +426,7 @@ mod tests {
             clipped: false,
             update_grad_ratio: 0.01,
             skipped: false,
+            loss_scale: None,
             tokens: 4096.0,
             tokens_per_s: 1000.0,
             micro_batch: 16,
@@ -431,14 +448,14 @@ mod tests {
         assert_eq!(s.set_grad_clip(0.5), Some(Control::SetGradClip(0.5)));
         assert_eq!(s.toggle_pause(), Control::Pause);
         assert_eq!(s.pending(), vec!["all settings"]);
-        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false });
+        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
         assert_eq!(s.pending(), vec!["micro-batch"], "B applies at the next step boundary");
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false });
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
         assert!(s.pending().is_empty());
         assert_eq!(s.set_activation_checkpointing(true), Some(Control::SetActivationCheckpointing(true)));
         assert_eq!(s.set_activation_checkpointing(true), None);
         assert_eq!(s.pending(), vec!["activation checkpointing"]);
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true });
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: crate::gpu::Precision::F32 });
         assert!(s.pending().is_empty());
         s.apply(LiveEvent::Paused(true));
         assert_eq!(s.toggle_pause(), Control::Resume);

@@ -270,6 +270,14 @@ impl ProgramBuilder {
         Ok(())
     }
 
+    /// x[..n] = value on an activation tensor (of the builder's precision).
+    pub fn fill_act(&mut self, x: &View, value: f32, n: usize) -> R {
+        // fill_act reads o0 and N (the uniform's residual layout) and `value` after them
+        let dims = Uniforms::new().n(n).f(value);
+        self.call("residual", "fill_act", 12, &[x], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
     /// norm[0] = ||grads[..n]||_2, norm[1] = its square; `partials` holds NORM_GROUPS floats.
     pub fn grad_norm(&mut self, norm: &View, partials: &View, grads: &View, n: usize) -> R {
         let g = NORM_GROUPS;

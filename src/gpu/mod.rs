@@ -12,5 +12,5 @@ pub mod submit;
 
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes};
-pub use program::{Grid, Program, ProgramBuilder, ProgramError, Uniforms, View};
-pub use registry::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, reflect};
+pub use program::{Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View};
+pub use registry::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, is_act_typed, reflect};

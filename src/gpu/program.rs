@@ -96,10 +96,57 @@ struct Pending {
     workgroups: [u32; 3],
 }
 
+/// The element type of activations and activation gradients. Parameters, parameter gradients
+/// and optimizer state are always f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// f16 activations (mixed precision; needs SHADER_F16).
+    F16,
+}
+
+impl Precision {
+    /// Bytes per activation element.
+    pub fn act_bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!("unknown precision {other:?} (f32 or f16)")),
+        }
+    }
+}
+
 /// Collects dispatches; `finish` makes the uniform arena and the bind groups.
 pub struct ProgramBuilder {
     gpu: Gpu,
     pending: Vec<Pending>,
+    /// Activation element type: with F16, `call` uses the f16 instantiation of every shader
+    /// file that declares `alias act = f32;`.
+    precision: Precision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +163,22 @@ pub enum ProgramError {
 
 impl ProgramBuilder {
     pub fn new(gpu: &Gpu) -> Self {
-        Self { gpu: gpu.clone(), pending: Vec::new() }
+        Self { gpu: gpu.clone(), pending: Vec::new(), precision: Precision::F32 }
+    }
+
+    /// A builder whose activation tensors are of `precision` (f16 needs the device's SHADER_F16).
+    pub fn with_precision(gpu: &Gpu, precision: Precision) -> Result<Self, ProgramError> {
+        if precision == Precision::F16 && !gpu.has_f16() {
+            return Err(ProgramError::Shape {
+                kernel: "f16 activations".into(),
+                message: format!("the adapter {} has no SHADER_F16 feature", gpu.summary.name),
+            });
+        }
+        Ok(Self { gpu: gpu.clone(), pending: Vec::new(), precision })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -185,6 +247,13 @@ impl ProgramBuilder {
         grid: Grid,
     ) -> Result<usize, ProgramError> {
         assert!(args.len() <= 8, "at most 8 tensor arguments");
+        let f16_name;
+        let file = if self.precision == Precision::F16 && super::registry::is_act_typed(file) {
+            f16_name = format!("{file}{}", super::registry::F16_SUFFIX);
+            f16_name.as_str()
+        } else {
+            file
+        };
         let kernel = self.gpu.registry.kernel(file, entry)?;
         let mut u = Uniforms::new();
         for i in 0..8 {

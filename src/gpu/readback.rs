@@ -26,6 +26,31 @@ impl Gpu {
         GpuBuffer::new(&self.device, &self.ledger, label, category, len as u64 * 4, STORAGE)
     }
 
+    /// A storage buffer of `bytes` bytes (rounded up to 4), in an error scope like `try_storage`
+    /// (for f16 tensors).
+    pub fn try_storage_bytes(&self, label: &str, category: Category, bytes: u64) -> Result<GpuBuffer, super::GpuError> {
+        let max = self.limits().max_buffer_size;
+        if bytes > max {
+            return Err(super::GpuError::Device {
+                what: format!("buffer {label:?}"),
+                message: format!("{} exceeds the device's max buffer size {}", super::human_bytes(bytes), super::human_bytes(max)),
+            });
+        }
+        self.scoped(&format!("allocating {label:?} ({})", super::human_bytes(bytes)), || {
+            GpuBuffer::new(&self.device, &self.ledger, label, category, bytes, STORAGE)
+        })
+    }
+
+    /// Read `len` f16 elements at f16-element `offset` (a multiple of 2) as f32.
+    pub fn read_f16(&self, buf: &GpuBuffer, offset: usize, len: usize) -> Result<Vec<f32>, ReadbackError> {
+        if offset % 2 != 0 || (offset + len) as u64 * 2 > buf.size() {
+            return Err(ReadbackError::OutOfBounds { offset, len, size: buf.size() });
+        }
+        let words: Vec<u32> = self.read(buf, offset / 2, len.div_ceil(2))?;
+        let halves: &[u16] = bytemuck::cast_slice(&words);
+        Ok(halves[..len].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect())
+    }
+
     /// A storage buffer created inside an error scope: running out of device memory (or a size
     /// past the device's limits) is an error naming the buffer, not a panic.
     pub fn try_storage(&self, label: &str, category: Category, len: usize) -> Result<GpuBuffer, super::GpuError> {

@@ -56,6 +56,28 @@ pub fn act_f16_source(source: &str) -> Option<String> {
     source.contains(ACT_ALIAS_F32).then(|| format!("enable f16;\n{}", source.replace(ACT_ALIAS_F32, "alias act = f16;")))
 }
 
+/// Whether a shader file declares `alias act = f32;` (its activation bindings follow the
+/// builder's precision).
+pub fn is_act_typed(file: &str) -> bool {
+    shader_source(file).is_some_and(|s| s.contains(ACT_ALIAS_F32))
+}
+
+/// Every shader file, and the f16 instantiation (`<file>_f16`) of each act-typed one. Built once
+/// per process.
+fn all_sources() -> &'static [(&'static str, &'static str)] {
+    static ALL: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut v: Vec<(&'static str, &'static str)> = SHADERS.to_vec();
+        for (name, source) in SHADERS {
+            if let Some(f16) = act_f16_source(source) {
+                let name: &'static str = Box::leak(format!("{name}{F16_SUFFIX}").into_boxed_str());
+                v.push((name, Box::leak(f16.into_boxed_str())));
+            }
+        }
+        v
+    })
+}
+
 /// What naga tells about one shader file's bindings.
 #[derive(Clone, Debug)]
 pub struct Reflection {
@@ -193,7 +215,7 @@ impl Registry {
     }
 
     fn file(&self, file: &str) -> Result<Arc<ShaderFile>, ShaderError> {
-        let (name, source) = SHADERS
+        let (name, source) = all_sources()
             .iter()
             .find(|(n, _)| *n == file)
             .ok_or_else(|| ShaderError::Missing(format!("{file}.wgsl")))?;

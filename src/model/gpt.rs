@@ -5,10 +5,10 @@
 //! L layers. Activations are sized by B; changing B rebuilds only the activation slabs and the
 //! programs that bind them.
 
-use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
+use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
 use crate::reference::gpt::GptConfig;
 
-pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowFigures};
+pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowDivide, WindowFigures};
 
 /// Number of parameter tensors (see `GptConfig::param_names`).
 pub const NUM_PARAM_TENSORS: usize = 16;
@@ -39,7 +39,7 @@ pub fn decays(tensor: usize) -> bool {
     matches!(tensor, p::WTE | p::WPE | p::QKVW | p::ATTPROJW | p::FCW | p::FCPROJW)
 }
 
-/// Offsets (in f32 elements) of every activation tensor of a micro-batch of B sequences.
+/// Offsets (in elements of the activation precision) of every activation tensor of a micro-batch of B sequences.
 /// Each tensor starts at a multiple of 4 so the vec4 matmul can read it.
 ///
 /// With activation checkpointing (`recompute`) only each block's input (`encoded` and the
@@ -128,9 +128,10 @@ impl ActLayout {
         }
     }
 
-    /// Bytes of one activation slab.
-    pub fn bytes(&self) -> u64 {
-        self.len.max(1) as u64 * 4
+    /// Bytes of one activation slab whose elements are of `precision` (rounded up to 4 bytes, as
+    /// buffers are).
+    pub fn bytes(&self, precision: Precision) -> u64 {
+        (self.len.max(1) as u64 * precision.act_bytes()).next_multiple_of(4)
     }
 }
 
@@ -142,6 +143,9 @@ pub struct GpuGpt {
     pub slabs: Slabs,
     /// Activation checkpointing: keep only block inputs, recompute blocks in the backward pass.
     recompute: bool,
+    /// Element type of the activation slabs (f16: mixed precision; parameters, gradients and
+    /// AdamW state stay f32).
+    precision: Precision,
     mb: Option<MicroBatch>,
     /// The tokens of the last window, [inputs of K micro-batches | targets of K micro-batches]
     /// (2 K B T), uploaded once and copied into the micro-batch's token buffers between runs
@@ -186,7 +190,7 @@ impl GpuGpt {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, mb: None, window_tokens: None })
+        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None })
     }
 
     fn pv(&self, i: usize) -> View {
@@ -202,14 +206,14 @@ impl GpuGpt {
     }
 
     /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
-    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size, recompute).bytes()
+    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
+        ActLayout::new(cfg, b, cfg.block_size, recompute).bytes(precision)
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, its gradient slab, and the input and target tokens.
-    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool) -> u64 {
-        let slab = Self::activation_slab_bytes(cfg, b, recompute);
+    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
+        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision);
         let tokens = ((b * cfg.block_size).max(1) as u64 * 4).next_multiple_of(4);
         2 * slab + 2 * tokens
     }
@@ -222,16 +226,35 @@ impl GpuGpt {
     /// Turn activation checkpointing on or off: the activation slabs and programs of the current
     /// micro-batch size are rebuilt; parameters, gradients and AdamW state stay.
     pub fn set_activation_checkpointing(&mut self, on: bool) -> Result<(), ProgramError> {
-        if self.recompute == on {
+        self.rebuild_with(on, self.precision)
+    }
+
+    /// The activation element type.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Switch the activations between f32 and f16 (mixed precision): the activation slabs and
+    /// programs are rebuilt; parameters, gradients and AdamW state stay f32. F16 needs the
+    /// device's SHADER_F16 (an error otherwise, and nothing changes).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), ProgramError> {
+        self.rebuild_with(self.recompute, precision)
+    }
+
+    fn rebuild_with(&mut self, recompute: bool, precision: Precision) -> Result<(), ProgramError> {
+        if (self.recompute, self.precision) == (recompute, precision) {
             return Ok(());
         }
+        // fails before anything is freed when the device has no f16
+        ProgramBuilder::with_precision(&self.gpu, precision)?;
         let b = self.micro_batch();
-        self.recompute = on;
+        let old = (self.recompute, self.precision);
+        (self.recompute, self.precision) = (recompute, precision);
         if b > 0 {
             self.mb = None;
             if let Err(e) = self.set_micro_batch(b) {
                 // keep training as before
-                self.recompute = !on;
+                (self.recompute, self.precision) = old;
                 self.set_micro_batch(b)?;
                 return Err(e);
             }
@@ -266,16 +289,17 @@ impl GpuGpt {
     fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
         let layout = ActLayout::new(&self.cfg, b, t, self.recompute);
-        let acts = self.gpu.try_storage("activations", Category::Activations, layout.len)?;
-        let dacts = self.gpu.try_storage("activation gradients", Category::Activations, layout.len)?;
+        let slab = layout.bytes(self.precision);
+        let acts = self.gpu.try_storage_bytes("activations", Category::Activations, slab)?;
+        let dacts = self.gpu.try_storage_bytes("activation gradients", Category::Activations, slab)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
 
-        let mut pb = ProgramBuilder::new(&self.gpu);
+        let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
         let eval = pb.finish("gpt eval");
 
-        let mut pb = ProgramBuilder::new(&self.gpu);
+        let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
         let (ce_backward, ce) = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets)?;
         let train = pb.finish("gpt train micro-batch");
@@ -358,7 +382,7 @@ impl GpuGpt {
                 // its kept input, and restart the shared block gradients from zero (the
                 // backward kernels accumulate). The last block's activations are still there.
                 self.record_block_forward(pb, a, acts, l)?;
-                pb.fill(&dact(a.block_start), 0.0, a.block_len)?;
+                pb.fill_act(&dact(a.block_start), 0.0, a.block_len)?;
             }
             // residual3 = residual2 + fcproj
             pb.residual_backward(&dact(a.residual2[l]), &dact(a.fcproj[l]), &dact(a.residual3[l]), bt * c)?;
@@ -410,12 +434,14 @@ impl GpuGpt {
     }
 
     /// Record micro-batches `first..first + batches.len()` of a window of `k` into one open
-    /// submission, with the correct normalization (each counted target's loss weighs 1; the
-    /// window's count divides once at the step): the window's tokens are uploaded once, and
+    /// submission, each counted target's loss weighing `dloss` (1 in f32: the window's count
+    /// divides once at the step; loss scale / window count in mixed precision, unscaled once at
+    /// the step; constant over the window either way): the window's tokens are uploaded once, and
     /// each run is preceded by a copy of its tokens into the micro-batch's token buffers. With
     /// `Slabs::record_optimizer_step` after it, a whole window is one submission.
     pub fn record_micro_steps(
         &mut self, s: &mut crate::gpu::submit::Submission, batches: &[(Vec<u32>, Vec<u32>)], first: usize, k: usize,
+        dloss: f32,
     ) -> Result<(), ProgramError> {
         let mb = self.mb.as_ref().expect("set_micro_batch before record_micro_steps");
         let bt = mb.layout.b * mb.layout.t;
@@ -428,7 +454,7 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("checked above");
         self.slabs.reserve_figures(k);
         let ce = &mb.ce_uniform_base;
-        let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, 1.0, ce.n, ce.v);
+        let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, dloss, ce.n, ce.v);
         mb.train.set_uniform(mb.ce_backward, &u);
         for (i, (x, y)) in batches.iter().enumerate() {
             assert_eq!((x.len(), y.len()), (bt, bt), "inputs and targets must be [B,T]");
@@ -481,7 +507,11 @@ impl GpuGpt {
     pub fn read_logits(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         let a = &mb.layout;
-        self.gpu.read(&mb.acts, a.logits, a.b * a.t * self.cfg.vocab_size)
+        let n = a.b * a.t * self.cfg.vocab_size;
+        match self.precision {
+            Precision::F32 => self.gpu.read(&mb.acts, a.logits, n),
+            Precision::F16 => self.gpu.read_f16(&mb.acts, a.logits, n),
+        }
     }
 
     /// Run the forward pass on one batch without touching the window figures' meaning.

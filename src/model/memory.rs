@@ -7,7 +7,7 @@
 //! programs of micro-batch B recorded (and, for the CNN, those of the epoch's short remainder once
 //! it has run: `Remainder`). Readback staging buffers live only during a read and are not counted.
 
-use crate::gpu::{Category, MemorySnapshot};
+use crate::gpu::{Category, MemorySnapshot, Precision};
 use crate::model::cnn::{CnnActs, GpuCnn};
 use crate::model::gpt::{GpuGpt, NUM_PARAM_TENSORS};
 use crate::model::optim::Scratch;
@@ -29,6 +29,8 @@ pub enum ModelSpec {
 pub struct MemoryOptions {
     /// GPT activation checkpointing: keep block inputs only, recompute blocks in backward.
     pub checkpoint_activations: bool,
+    /// Activation element type (GPT mixed precision: f16 activations and activation gradients).
+    pub precision: Precision,
 }
 
 impl ModelSpec {
@@ -44,7 +46,7 @@ impl ModelSpec {
     pub fn largest_buffer(&self, b: usize, opts: MemoryOptions) -> u64 {
         let params = self.num_params() as u64 * 4;
         let slab = match self {
-            ModelSpec::Gpt(c) => GpuGpt::activation_slab_bytes(c, b, opts.checkpoint_activations),
+            ModelSpec::Gpt(c) => GpuGpt::activation_slab_bytes(c, b, opts.checkpoint_activations, opts.precision),
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
         };
         slab.max(params)
@@ -77,13 +79,13 @@ impl ModelSpec {
             ModelSpec::Gpt(_) => NUM_PARAM_TENSORS,
             ModelSpec::Cnn(_) => crate::model::cnn::NUM_CNN_TENSORS,
         } as u64;
-        // normalize + norm, norm only, clip, AdamW per tensor + update norm
-        for dispatches in [3, 2, 1, tensors + 4] {
+        // normalize + norm, norm only, unscale, clip, AdamW per tensor + update norm
+        for dispatches in [3, 2, 1, 1, tensors + 4] {
             add(Category::Scratch, dispatches * UNIFORM_SLOT);
         }
         match self {
             ModelSpec::Gpt(c) => {
-                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations));
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision));
                 // the window's tokens (inputs and targets of K micro-batches), uploaded once
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations);

@@ -43,6 +43,29 @@ pub enum Normalization {
     PerMicroBatchMean,
 }
 
+/// What the end of a window does to the accumulated gradient before its norm is taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WindowDivide {
+    /// Divide by the window's count of counted targets (read on the device): the f32 path, where
+    /// each counted target's loss weighed 1.
+    Count,
+    /// Mixed precision, the contract's order: the loss was weighted by scale / count (divided
+    /// before scaling), so the gradient is unscaled once, here, by 1 / scale.
+    Unscale(f32),
+    /// The wrong order, kept for tests: the loss was weighted by the scale alone; unscale and
+    /// divide by the count here.
+    UnscaleAndCount(f32),
+    /// Already normalized (a broken mode kept for `verify`, or unscaled per micro-batch).
+    Nothing,
+}
+
+impl WindowDivide {
+    /// The f32 choice: divide by the count, or not at all.
+    pub fn count_if(divide_by_count: bool) -> Self {
+        if divide_by_count { WindowDivide::Count } else { WindowDivide::Nothing }
+    }
+}
+
 /// Parameter, gradient and optimizer slabs with the window machinery.
 pub struct Slabs {
     pub gpu: Gpu,
@@ -84,6 +107,9 @@ struct StepProgram {
     clip_index: usize,
     /// norm only (the gradient is already normalized)
     norm_only: Program,
+    /// grads *= s (the loss scale's unscale), its scalar rewritten per step
+    unscale: Program,
+    unscale_index: usize,
     adamw: Program,
 }
 
@@ -178,6 +204,10 @@ impl Slabs {
             let norm_only = pb.finish("window norm");
 
             let mut pb = ProgramBuilder::new(&self.gpu);
+            let unscale_index = pb.scale(&grads, 1.0, n)?;
+            let unscale = pb.finish("window unscale");
+
+            let mut pb = ProgramBuilder::new(&self.gpu);
             let clip_index = pb.clip_by_norm(&grads, &norm, 1.0, n)?;
             let prologue_clip = pb.finish("window clip");
 
@@ -193,9 +223,51 @@ impl Slabs {
             pb.accumulate(&prev, &View::of(&self.params), n)?;
             pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
             let adamw = pb.finish("adamw");
-            self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, adamw });
+            self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, unscale, unscale_index, adamw });
         }
         Ok(self.step_prog.as_ref().unwrap())
+    }
+
+    /// Record the normalization `divide` and the global norm into `s`.
+    fn record_divide(&mut self, s: &mut Submission, divide: WindowDivide) -> Result<(), ProgramError> {
+        let n = self.n;
+        let grads = View::of(&self.grads);
+        let prog = self.step_programs()?;
+        let unscale = |s: &mut Submission, scale: f32| {
+            prog.unscale.set_uniform(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / scale, n));
+            s.run(&prog.unscale);
+        };
+        match divide {
+            WindowDivide::Count => {
+                s.run(&prog.prologue_norm);
+            }
+            WindowDivide::Unscale(scale) => {
+                unscale(s, scale);
+                s.run(&prog.norm_only);
+            }
+            WindowDivide::UnscaleAndCount(scale) => {
+                unscale(s, scale);
+                s.run(&prog.prologue_norm);
+            }
+            WindowDivide::Nothing => {
+                s.run(&prog.norm_only);
+            }
+        }
+        Ok(())
+    }
+
+    /// Multiply the accumulated gradient by 1 / `scale` now (the wrong order kept for tests:
+    /// unscaling the accumulator after every micro-batch instead of once per window).
+    pub fn unscale_now(&mut self, scale: f32) -> Result<(), ProgramError> {
+        let n = self.n;
+        let grads = View::of(&self.grads);
+        let gpu = self.gpu.clone();
+        let prog = self.step_programs()?;
+        prog.unscale.set_uniform(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / scale, n));
+        let mut s = gpu.submission();
+        s.run(&prog.unscale);
+        s.submit();
+        Ok(())
     }
 
     /// Wall-clock seconds of the end-of-window phases, each averaged over `reps` submissions
@@ -262,18 +334,20 @@ impl Slabs {
     /// The optimizer step at the end of a window: normalize the accumulated gradient by the
     /// window's real count (read on the device), take its global L2 norm, clip once, AdamW.
     /// `step` is the 1-based optimizer step count (AdamW bias correction). One submission.
-    /// `divide_by_count`: false when the gradient slab is already normalized (the
-    /// per-micro-batch-mean mode, or after `normalized_window_gradient`).
-    pub fn optimizer_step(&mut self, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
+    /// `divide`: how the accumulated gradient is normalized (`WindowDivide::Nothing` when the
+    /// gradient slab is already normalized: the per-micro-batch-mean mode, or after
+    /// `normalized_window_gradient`).
+    pub fn optimizer_step(&mut self, st: &StepSettings, step: u32, divide: WindowDivide) -> Result<(), ProgramError> {
         let mut s = self.gpu.submission();
-        self.record_optimizer_step(&mut s, st, step, divide_by_count)?;
+        self.record_optimizer_step(&mut s, st, step, divide)?;
         s.submit();
         Ok(())
     }
 
     /// What `optimizer_step` records, into an open submission (the window's micro-batches and
     /// its step can then go to the device as one submission).
-    pub fn record_optimizer_step(&mut self, s: &mut Submission, st: &StepSettings, step: u32, divide_by_count: bool) -> Result<(), ProgramError> {
+    pub fn record_optimizer_step(&mut self, s: &mut Submission, st: &StepSettings, step: u32, divide: WindowDivide) -> Result<(), ProgramError> {
+        self.record_divide(s, divide)?;
         let n = self.n;
         let offsets = self.offsets.clone();
         let sizes = self.sizes.clone();
@@ -292,11 +366,6 @@ impl Slabs {
                 &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
             prog.adamw.set_uniform(i, &u);
         }
-        if divide_by_count {
-            s.run(&prog.prologue_norm);
-        } else {
-            s.run(&prog.norm_only);
-        }
         if st.grad_clip > 0.0 {
             let u = crate::gpu::kernels::clip_uniforms(&View::of(&grads), &View::at(&scratch, Scratch::NORM), st.grad_clip, n);
             prog.prologue_clip.set_uniform(prog.clip_index, &u);
@@ -311,15 +380,9 @@ impl Slabs {
     /// Normalize the accumulated window gradient exactly as `optimizer_step` would (before
     /// clipping) and read it back, without stepping: for `verify`, tests and the app's stepping
     /// view. The gradient slab then holds the normalized gradient; start a new window after it.
-    pub fn normalized_window_gradient(&mut self, divide_by_count: bool) -> Result<Vec<f32>, ModelError> {
-        let gpu = self.gpu.clone();
-        let prog = self.step_programs()?;
-        let mut s = gpu.submission();
-        if divide_by_count {
-            s.run(&prog.prologue_norm);
-        } else {
-            s.run(&prog.norm_only);
-        }
+    pub fn normalized_window_gradient(&mut self, divide: WindowDivide) -> Result<Vec<f32>, ModelError> {
+        let mut s = self.gpu.submission();
+        self.record_divide(&mut s, divide)?;
         s.submit();
         Ok(self.read_grads()?)
     }

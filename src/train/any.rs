@@ -109,6 +109,8 @@ impl AnyTrainer {
                 train_tokens: t.data.train.n,
                 val_tokens: t.data.test.n,
                 memory: t.model.gpu.ledger.snapshot(),
+                precision: crate::gpu::Precision::F32,
+                notice: None,
             },
         }
     }
@@ -116,7 +118,7 @@ impl AnyTrainer {
     /// Check a micro-batch size against the device before asking for it.
     pub fn check_micro_batch(&self, gpu: &Gpu, b: usize) -> anyhow::Result<()> {
         match self {
-            AnyTrainer::Gpt(t) => super::trainer::check_device_limits(gpu, &t.gcfg, b, t.cfg.checkpoint_activations),
+            AnyTrainer::Gpt(t) => super::trainer::check_device_limits(gpu, &t.gcfg, b, t.cfg.checkpoint_activations, t.cfg.precision),
             AnyTrainer::Cnn(t) => super::trainer::check_loop_limit(gpu, "micro_batch x height x width", b * t.ccfg.h * t.ccfg.w),
         }
     }

@@ -152,7 +152,7 @@ impl CnnTrainer {
         }
         let k = w.batches.len();
         let st = self.settings();
-        self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, true)?;
+        self.model.slabs.optimizer_step(&st, (self.adam_step + 1) as u32, crate::model::gpt::WindowDivide::Count)?;
         let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
         let images_per_s = fig.count / w.started.elapsed().as_secs_f64();
@@ -245,7 +245,7 @@ impl CnnTrainer {
 pub fn first_window_gradient(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<Vec<f32>> {
     let mut t = CnnTrainer::new(gpu, cfg.clone())?;
     t.accumulate_window()?;
-    Ok(t.model.slabs.normalized_window_gradient(true)?)
+    Ok(t.model.slabs.normalized_window_gradient(crate::model::gpt::WindowDivide::Count)?)
 }
 
 /// Loss and accuracy of `model` over `set`, in batches of `b`.

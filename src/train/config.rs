@@ -39,6 +39,25 @@ pub enum OnNonFinite {
     Stop,
 }
 
+/// Where mixed precision's loss scale is applied and removed (precision = f16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossScaleOrder {
+    /// The contract: each counted target's loss weighs scale / window count (divide by the
+    /// count, then scale), the scale is constant over the window, the gradient is unscaled once
+    /// at the step, before the global norm and the clip.
+    #[default]
+    Contract,
+    /// A mistake kept for tests: the loss is scaled before it is divided (weight = scale; the
+    /// count divides at the step). The f16 activation gradients are then up to `count` times
+    /// larger and overflow at scales the contract handles.
+    ScaleBeforeDivide,
+    /// A mistake kept for tests: the accumulated gradient is unscaled after every micro-batch
+    /// (as calling a framework's unscale inside the accumulation loop does), so earlier
+    /// micro-batches are divided by the scale again and again.
+    UnscalePerMicroBatch,
+}
+
 /// Which model to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -124,6 +143,17 @@ pub struct TrainConfig {
     /// A device-memory budget such as "512MiB": micro_batch becomes the largest B whose
     /// predicted memory fits it (and the device's limits), K = ceil(E / B). "" = off.
     pub memory_budget: String,
+    /// GPT: `f32`, or `f16` for mixed precision (f16 activations and activation gradients; f32
+    /// weights, gradients and AdamW state; dynamic loss scaling). Adapters without SHADER_F16
+    /// train in f32 with a notice.
+    pub precision: crate::gpu::Precision,
+    /// Mixed precision: the initial loss scale (halved after a window whose gradient
+    /// overflows, which is then skipped; doubled after `loss_scale_growth_interval` clean steps).
+    pub loss_scale: f64,
+    pub loss_scale_growth_interval: usize,
+    /// Mixed precision: `contract` (the only correct one), or the mistakes `scale-before-divide`
+    /// and `unscale-per-micro-batch`, kept to show what they do.
+    pub loss_scale_order: LossScaleOrder,
 }
 
 impl Default for TrainConfig {
@@ -165,6 +195,10 @@ impl Default for TrainConfig {
             on_nonfinite: OnNonFinite::Skip,
             checkpoint_activations: false,
             memory_budget: String::new(),
+            precision: crate::gpu::Precision::F32,
+            loss_scale: 65536.0,
+            loss_scale_growth_interval: 200,
+            loss_scale_order: LossScaleOrder::Contract,
         }
     }
 }
@@ -282,6 +316,25 @@ impl TrainConfig {
         }
         if self.checkpoint_activations && self.model == ModelKind::Cnn {
             return bad("checkpoint_activations is for the GPT (the CNN keeps every activation)".into());
+        }
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0 && self.loss_scale <= 16_777_216.0) {
+            return bad(format!("loss_scale must be between 1 and 2^24, got {}", self.loss_scale));
+        }
+        if self.loss_scale_growth_interval == 0 {
+            return bad("loss_scale_growth_interval must be at least 1".into());
+        }
+        if self.precision == crate::gpu::Precision::F16 {
+            if self.model == ModelKind::Cnn {
+                return bad("precision f16 is for the GPT (the CNN trains in f32)".into());
+            }
+            if self.normalization != Normalization::WindowCount || self.clip_mode != ClipMode::Global {
+                return bad(
+                    "precision f16 uses the correct normalization and global clipping only (the broken modes are f32 demonstrations)"
+                        .into(),
+                );
+            }
+        } else if self.loss_scale_order != LossScaleOrder::Contract {
+            return bad("loss_scale_order applies to precision f16".into());
         }
         // under a memory budget micro_batch is chosen (<= E) when the model is built
         if self.memory_budget.is_empty() && self.effective_batch != 0 && self.effective_batch < self.micro_batch {

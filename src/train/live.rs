@@ -35,6 +35,8 @@ pub enum Control {
     SetGradClip(f64),
     /// GPT activation checkpointing on/off (at the next optimizer-step boundary).
     SetActivationCheckpointing(bool),
+    /// GPT activation precision, f32 or f16 mixed precision (at the next optimizer-step boundary).
+    SetPrecision(crate::gpu::Precision),
     /// Time every kernel of one micro-batch (timestamp queries) between windows.
     ProfileKernels,
     Pause,
@@ -83,7 +85,14 @@ pub struct StepReport {
 pub enum LiveEvent {
     Started { derived: Derived, config: TrainConfig },
     /// Settings in effect (confirms pending changes).
-    Settings { micro_batch: usize, accum_steps: usize, lr: f64, grad_clip: f64, checkpoint_activations: bool },
+    Settings {
+        micro_batch: usize,
+        accum_steps: usize,
+        lr: f64,
+        grad_clip: f64,
+        checkpoint_activations: bool,
+        precision: crate::gpu::Precision,
+    },
     Paused(bool),
     MicroBatch(MicroReport),
     Step(Box<StepReport>),
@@ -112,7 +121,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
     let thread = std::thread::Builder::new()
         .name("gradscope trainer".into())
         .spawn(move || {
-            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, window: None, finished: false };
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, window: None, finished: false };
             w.run(cfg, crx);
         })
         .expect("spawn the trainer thread");
@@ -127,6 +136,7 @@ struct Worker {
     pending_b: Option<usize>,
     pending_k: Option<usize>,
     pending_ck: Option<bool>,
+    pending_precision: Option<crate::gpu::Precision>,
     /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
     window: Option<(AnyWindow, Vec<f32>)>,
     finished: bool,
@@ -149,6 +159,7 @@ impl Worker {
         self.pending_b = None;
         self.pending_k = None;
         self.pending_ck = None;
+        self.pending_precision = None;
         match AnyTrainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
                 self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
@@ -167,7 +178,7 @@ impl Worker {
         let c = t.cfg();
         self.send(LiveEvent::Settings {
             micro_batch: c.micro_batch, accum_steps: c.accum_steps, lr: c.lr, grad_clip: c.grad_clip,
-            checkpoint_activations: c.checkpoint_activations,
+            checkpoint_activations: c.checkpoint_activations, precision: c.precision,
         });
     }
 
@@ -273,6 +284,16 @@ impl Worker {
                     }
                 }
             }
+            Control::SetPrecision(p) => {
+                if let Some(t) = trainer.as_mut() {
+                    if p == crate::gpu::Precision::F16 && matches!(t, AnyTrainer::Cnn(_)) {
+                        self.send(LiveEvent::Error("precision f16 is for the GPT (the CNN trains in f32)".into()));
+                    } else {
+                        self.pending_precision = Some(p);
+                        self.apply_at_boundary(t);
+                    }
+                }
+            }
             Control::ProfileKernels => {
                 if let Some(t) = trainer.as_mut() {
                     if self.window.is_some() {
@@ -329,6 +350,16 @@ impl Worker {
             if on != t.cfg().checkpoint_activations {
                 if let AnyTrainer::Gpt(g) = t {
                     if let Err(e) = g.set_activation_checkpointing(on) {
+                        self.send(LiveEvent::Error(format!("{e:#}")));
+                    }
+                }
+                changed = true;
+            }
+        }
+        if let Some(p) = self.pending_precision.take() {
+            if p != t.cfg().precision {
+                if let AnyTrainer::Gpt(g) = t {
+                    if let Err(e) = g.set_precision(p) {
                         self.send(LiveEvent::Error(format!("{e:#}")));
                     }
                 }

@@ -14,7 +14,7 @@ pub struct MetricsWriter {
 }
 
 pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
-bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped";
+bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped,loss_scale";
 
 impl MetricsWriter {
     /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
@@ -47,7 +47,8 @@ impl MetricsWriter {
         for c in Category::ALL {
             write!(self.csv, ",{}", m.memory.get(c))?;
         }
-        writeln!(self.csv, ",{},{}", m.health.describe(), m.skipped)?;
+        let scale = m.loss_scale.map_or(String::new(), |s| s.to_string());
+        writeln!(self.csv, ",{},{},{scale}", m.health.describe(), m.skipped)?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub fn device_limits(gpu: &Gpu) -> DeviceLimits {
 
 /// The memory options a config asks for.
 pub fn memory_options(cfg: &TrainConfig) -> MemoryOptions {
-    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations }
+    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations, precision: cfg.precision }
 }
 
 /// With `memory_budget` set: plan B and K for the config's effective batch (E, or B*K when E is

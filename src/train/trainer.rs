@@ -16,12 +16,12 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::data::text::{Sample, TextData, TextSampler, count_targets, pack};
-use crate::gpu::{Gpu, MemorySnapshot};
-use crate::model::gpt::{GpuGpt, Normalization, StepSettings, WindowFigures};
+use crate::gpu::{Gpu, MemorySnapshot, Precision};
+use crate::model::gpt::{GpuGpt, Normalization, StepSettings, WindowDivide, WindowFigures};
 use crate::reference::gpt::{GptConfig, init_params};
 
 use super::checkpoint::{self, TrainState};
-use super::config::{ClipMode, TrainConfig};
+use super::config::{ClipMode, LossScaleOrder, TrainConfig};
 use super::metrics::MetricsWriter;
 use super::Event;
 
@@ -40,6 +40,8 @@ pub struct StepMetrics {
     pub update_grad_ratio: f64,
     /// The window was non-finite and the device skipped the AdamW step.
     pub skipped: bool,
+    /// Mixed precision: the loss scale this window used (None in f32).
+    pub loss_scale: Option<f64>,
     pub tokens: f64,
     pub tokens_per_s: f64,
     pub micro_batch: usize,
@@ -87,6 +89,7 @@ pub fn step_metrics(
         clipped: st.grad_clip > 0.0 && fig.grad_norm > st.grad_clip as f64,
         update_grad_ratio: if skipped { 0.0 } else { fig.update_norm / fig.grad_norm.max(1e-30) },
         skipped,
+        loss_scale: None,
         tokens: fig.count,
         tokens_per_s: work_per_s,
         micro_batch: b,
@@ -165,6 +168,40 @@ impl HealthMonitor {
     }
 }
 
+/// Mixed precision's dynamic loss scale. The scale changes only between windows (constant within
+/// one): a window whose gradient overflowed (non-finite norm after the unscale; the device then
+/// skipped AdamW) halves it, `growth_interval` clean windows in a row double it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossScaler {
+    pub scale: f32,
+    pub growth_interval: usize,
+    /// Clean windows since the last change.
+    pub clean: usize,
+}
+
+/// The loss scale stays within [1, 2^24].
+pub const MAX_LOSS_SCALE: f32 = 16_777_216.0;
+
+impl LossScaler {
+    pub fn new(scale: f32, growth_interval: usize) -> Self {
+        Self { scale, growth_interval: growth_interval.max(1), clean: 0 }
+    }
+
+    /// After a window: `overflow` when its unscaled gradient was non-finite.
+    pub fn update(&mut self, overflow: bool) {
+        if overflow {
+            self.scale = (self.scale * 0.5).max(1.0);
+            self.clean = 0;
+        } else {
+            self.clean += 1;
+            if self.clean >= self.growth_interval {
+                self.scale = (self.scale * 2.0).min(MAX_LOSS_SCALE);
+                self.clean = 0;
+            }
+        }
+    }
+}
+
 /// Numbers derived from the config, printed at start.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Derived {
@@ -179,6 +216,10 @@ pub struct Derived {
     pub train_tokens: usize,
     pub val_tokens: usize,
     pub memory: MemorySnapshot,
+    /// Activation precision actually used.
+    pub precision: Precision,
+    /// Something the user asked for that this device cannot do, and what was done instead.
+    pub notice: Option<String>,
 }
 
 /// A GPT trainer on one device.
@@ -197,6 +238,23 @@ pub struct Trainer {
     last_good: Option<TrainState>,
     /// How B and K were chosen under `memory_budget`, if one was given.
     pub plan: Option<crate::model::memory::Plan>,
+    /// Mixed precision's dynamic loss scale (None in f32).
+    pub scaler: Option<LossScaler>,
+    /// Set when the config asked for something this device cannot do (f16 without SHADER_F16).
+    pub notice: Option<String>,
+}
+
+/// Mixed precision without SHADER_F16: the message, and f32 instead.
+pub fn resolve_precision(requested: Precision, has_f16: bool, adapter: &str) -> (Precision, Option<String>) {
+    if requested == Precision::F16 && !has_f16 {
+        let msg = format!(
+            "precision f16 needs the SHADER_F16 feature, which {adapter} does not have; training in f32 instead \
+             (`gradscope info` lists each adapter's features; Vulkan, Metal and DX12 adapters usually have it)"
+        );
+        (Precision::F32, Some(msg))
+    } else {
+        (requested, None)
+    }
 }
 
 impl Trainer {
@@ -213,8 +271,10 @@ impl Trainer {
             n_head: cfg.n_head,
             n_embd: cfg.n_embd,
         };
+        let (precision, notice) = resolve_precision(cfg.precision, gpu.has_f16(), &gpu.summary.name);
+        cfg.precision = precision;
         let plan = super::plan::apply_memory_budget(gpu, &mut cfg, &crate::model::memory::ModelSpec::Gpt(gcfg))?;
-        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations)?;
+        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations, cfg.precision)?;
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
@@ -224,9 +284,15 @@ impl Trainer {
         };
         let mut model = GpuGpt::new(gpu, gcfg, &params)?;
         model.set_activation_checkpointing(cfg.checkpoint_activations)?;
+        model.set_precision(cfg.precision)?;
         model.set_micro_batch(cfg.micro_batch)?;
         let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
-        Ok(Self { cfg, gcfg, data, model, sampler, step: 0, adam_step: 0, health: HealthMonitor::default(), last_good: None, plan })
+        let scaler = (cfg.precision == Precision::F16)
+            .then(|| LossScaler::new(cfg.loss_scale as f32, cfg.loss_scale_growth_interval));
+        Ok(Self {
+            cfg, gcfg, data, model, sampler, step: 0, adam_step: 0, health: HealthMonitor::default(), last_good: None, plan,
+            scaler, notice,
+        })
     }
 
     pub fn derived(&self) -> Derived {
@@ -243,6 +309,8 @@ impl Trainer {
             train_tokens: self.data.train.len(),
             val_tokens: self.data.val.len(),
             memory: self.model.gpu.ledger.snapshot(),
+            precision: self.cfg.precision,
+            notice: self.notice.clone(),
         }
     }
 
@@ -259,7 +327,7 @@ impl Trainer {
 
     /// Change the micro-batch size (between windows). Only the activation slabs are rebuilt.
     pub fn set_micro_batch(&mut self, b: usize) -> anyhow::Result<()> {
-        check_device_limits(&self.model.gpu, &self.gcfg, b, self.cfg.checkpoint_activations)?;
+        check_device_limits(&self.model.gpu, &self.gcfg, b, self.cfg.checkpoint_activations, self.cfg.precision)?;
         self.model.set_micro_batch(b)?;
         self.cfg.micro_batch = b;
         Ok(())
@@ -267,10 +335,67 @@ impl Trainer {
 
     /// Turn activation checkpointing on or off (between windows; gradients are the same).
     pub fn set_activation_checkpointing(&mut self, on: bool) -> anyhow::Result<()> {
-        check_device_limits(&self.model.gpu, &self.gcfg, self.cfg.micro_batch, on)?;
+        check_device_limits(&self.model.gpu, &self.gcfg, self.cfg.micro_batch, on, self.cfg.precision)?;
         self.model.set_activation_checkpointing(on)?;
         self.cfg.checkpoint_activations = on;
         Ok(())
+    }
+
+    /// Switch between f32 and mixed precision (between windows). F16 on a device without
+    /// SHADER_F16 is an error and nothing changes. The loss scale starts at `loss_scale`.
+    pub fn set_precision(&mut self, precision: Precision) -> anyhow::Result<()> {
+        if precision == self.cfg.precision {
+            return Ok(());
+        }
+        let (got, notice) = resolve_precision(precision, self.model.gpu.has_f16(), &self.model.gpu.summary.name);
+        if let Some(n) = notice {
+            anyhow::bail!(n);
+        }
+        let mut next = self.cfg.clone();
+        next.precision = got;
+        next.validate()?;
+        check_device_limits(&self.model.gpu, &self.gcfg, self.cfg.micro_batch, self.cfg.checkpoint_activations, got)?;
+        self.model.set_precision(got)?;
+        self.cfg.precision = got;
+        self.scaler = (got == Precision::F16)
+            .then(|| LossScaler::new(self.cfg.loss_scale as f32, self.cfg.loss_scale_growth_interval));
+        Ok(())
+    }
+
+    /// The loss weight of each counted target of micro-batch `y` in a window of `k` micro-batches
+    /// with `count` counted targets.
+    fn micro_dloss(&self, y: &[u32], k: usize, count: usize) -> f32 {
+        if let Some(sc) = &self.scaler {
+            return match self.cfg.loss_scale_order {
+                // divide by the count, then scale: the f16 gradients stay near the true ones x scale/count
+                LossScaleOrder::Contract | LossScaleOrder::UnscalePerMicroBatch => sc.scale / count.max(1) as f32,
+                LossScaleOrder::ScaleBeforeDivide => sc.scale,
+            };
+        }
+        match self.cfg.normalization {
+            // reduction = sum; the window's count divides once at the step
+            Normalization::WindowCount => 1.0,
+            // the bug: mean of this micro-batch, divided by K
+            Normalization::PerMicroBatchMean => 1.0 / (count_targets(y).max(1) as f32 * k as f32),
+        }
+    }
+
+    /// What the step does to the accumulated gradient before its norm (the f32 count division,
+    /// or the loss scale's single unscale).
+    pub fn window_divide(&self) -> WindowDivide {
+        match (&self.scaler, self.cfg.loss_scale_order) {
+            (None, _) => WindowDivide::count_if(self.divides_by_window_count()),
+            (Some(sc), LossScaleOrder::Contract) => WindowDivide::Unscale(sc.scale),
+            (Some(sc), LossScaleOrder::ScaleBeforeDivide) => WindowDivide::UnscaleAndCount(sc.scale),
+            (Some(_), LossScaleOrder::UnscalePerMicroBatch) => WindowDivide::Nothing,
+        }
+    }
+
+    /// The normalized gradient of the window accumulated so far, read back without stepping
+    /// (verify, tests); the gradient slab keeps it: start a new window after.
+    pub fn window_gradient(&mut self) -> anyhow::Result<Vec<f32>> {
+        let divide = self.window_divide();
+        Ok(self.model.slabs.normalized_window_gradient(divide)?)
     }
 
     /// The micro-batches of the next window: E samples split in order into chunks of B.
@@ -304,13 +429,13 @@ impl Trainer {
                 self.model.slabs.finish_clipped_window();
             }
         } else {
-            let dloss = match self.cfg.normalization {
-                // reduction = sum; the window's count divides once at the step
-                Normalization::WindowCount => 1.0,
-                // the bug: mean of this micro-batch, divided by K
-                Normalization::PerMicroBatchMean => 1.0 / (count_targets(y).max(1) as f32 * k as f32),
-            };
+            let dloss = self.micro_dloss(y, k, w.count);
             self.model.micro_step(x, y, j, dloss);
+            if let (Some(sc), LossScaleOrder::UnscalePerMicroBatch) = (&self.scaler, self.cfg.loss_scale_order) {
+                // the mistake: the accumulator is unscaled after each micro-batch
+                let scale = sc.scale;
+                self.model.slabs.unscale_now(scale)?;
+            }
         }
         w.next += 1;
         Ok(())
@@ -330,6 +455,12 @@ impl Trainer {
     /// step (the correct normalization); the broken modes have already scaled it.
     pub fn divides_by_window_count(&self) -> bool {
         self.cfg.normalization == Normalization::WindowCount && self.cfg.clip_mode == ClipMode::Global
+    }
+
+    /// Whether a window's micro-batches all weigh their losses the same and need no host work
+    /// between them (then the window and its step are one submission).
+    fn one_submission(&self) -> bool {
+        self.divides_by_window_count() && self.cfg.loss_scale_order != LossScaleOrder::UnscalePerMicroBatch
     }
 
     /// Run one window and the optimizer step; returns the step's figures (one readback).
@@ -357,22 +488,29 @@ impl Trainer {
             st.grad_clip = 0.0;
         }
         let adam_step = (self.adam_step + 1) as u32;
-        if self.divides_by_window_count() {
+        let divide = self.window_divide();
+        if self.one_submission() {
+            // every micro-batch weighs its losses the same (not the per-micro-batch-mean bug)
+            let dloss = self.micro_dloss(&[], k, w.count);
             let mut s = self.model.gpu.submission();
-            self.model.record_micro_steps(&mut s, &w.batches[w.next..], w.next, k)?;
-            self.model.slabs.record_optimizer_step(&mut s, &st, adam_step, true)?;
+            self.model.record_micro_steps(&mut s, &w.batches[w.next..], w.next, k, dloss)?;
+            self.model.slabs.record_optimizer_step(&mut s, &st, adam_step, divide)?;
             s.submit();
             w.next = k;
         } else {
             while !w.done() {
                 self.run_micro(&mut w)?;
             }
-            self.model.slabs.optimizer_step(&st, adam_step, false)?;
+            self.model.slabs.optimizer_step(&st, adam_step, divide)?;
         }
         let fig = self.model.slabs.window_figures(k)?;
         self.step += 1;
         let tokens_per_s = (k * b * t) as f64 / w.started.elapsed().as_secs_f64();
-        let m = step_metrics(self.step, &fig, &st, &mut self.health, tokens_per_s, b, k, self.model.gpu.ledger.snapshot());
+        let mut m = step_metrics(self.step, &fig, &st, &mut self.health, tokens_per_s, b, k, self.model.gpu.ledger.snapshot());
+        if let Some(sc) = &mut self.scaler {
+            m.loss_scale = Some(sc.scale as f64);
+            sc.update(!fig.grad_norm.is_finite());
+        }
         if !m.skipped {
             self.adam_step += 1;
         }
@@ -540,8 +678,11 @@ impl Trainer {
                 anyhow::bail!("device error at step {}: {}", self.step + 1, errors.join("; "));
             }
             let (mut m, _) = result?;
+            // in mixed precision a finite loss with an overflowing gradient is the loss scaler's
+            // business (the scale was halved), not a failure
+            let overflow = m.loss_scale.is_some() && m.train_loss.is_finite();
             if m.skipped {
-                if self.cfg.on_nonfinite == super::config::OnNonFinite::Stop {
+                if self.cfg.on_nonfinite == super::config::OnNonFinite::Stop && !overflow {
                     let why = self.diagnose_nonfinite()?;
                     anyhow::bail!(
                         "non-finite loss or gradient at step {} (loss {}, grad norm {}); the step was not applied. {why}",
@@ -597,13 +738,13 @@ pub enum RunOutcome {
 
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
 /// device is refused with the numbers, before anything is allocated.
-pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool) -> anyhow::Result<()> {
-    let bytes = GpuGpt::activation_slab_bytes(cfg, b, recompute);
+pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> anyhow::Result<()> {
+    let bytes = GpuGpt::activation_slab_bytes(cfg, b, recompute, precision);
     let limits = gpu.limits();
     let max_bind = limits.max_storage_buffer_binding_size;
     let max_buf = limits.max_buffer_size;
     if bytes > max_bind || bytes > max_buf {
-        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1, recompute);
+        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1, recompute, precision);
         anyhow::bail!(
             "micro_batch {b} needs an activation slab of {} but this device's max storage binding is {} \
              (max buffer {}); the largest micro_batch that fits is about {}. Use a smaller micro_batch \
