@@ -119,6 +119,19 @@ fn cnn_trains_and_evaluates_from_the_command_line() {
     assert!(s.contains("CNN (Batch norm), test accuracy"), "{s}");
 }
 
+/// `verify --precision f16`: the accumulated run in mixed precision against the f32 true batch
+/// passes within 0.05; `--show-broken` runs the two wrong loss-scale orders and both are caught.
+#[test]
+fn verify_in_mixed_precision_passes_and_catches_the_wrong_orders() {
+    let out = gradscope().args(["verify", "--quick", "--show-broken", "--precision", "f16", "--max_steps", "40"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    println!("{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("mixed precision") && s.contains("tolerance 0.05): PASS"), "{s}");
+    assert_eq!(s.matches("caught, as expected").count(), 2, "{s}");
+    assert!(s.contains("Divide by the count first") && s.contains("Unscale once"), "{s}");
+}
+
 /// `plan` prints the category table and the largest B under the budget; `--json` agrees with the
 /// library's plan; `train --memory_budget` then trains with that B and K.
 #[test]
@@ -160,6 +173,34 @@ fn plan_and_train_under_a_memory_budget() {
     assert!(out.status.success());
     assert!(stdout.contains(&format!("micro-batch      B = {b} sequences")), "train should use the planned B = {b}:\n{stdout}");
     assert!(stdout.contains("memory budget"), "{stdout}");
+
+    // f16 activations: half the activation slabs, so a larger B fits the same budget
+    let out = gradscope()
+        .args(["plan", "--effective-batch", "24", "--memory-budget", "2MiB", "--json"])
+        .args(TINY)
+        .args(["--precision", "f16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let b16 = v["plan"]["micro_batch"].as_u64().unwrap();
+    println!("f32 B {b}, f16 B {b16}");
+    assert!(b16 > b, "f16 activations should let a larger B fit: {b16} vs {b}");
+    let dir = tmpdir("f16");
+    let out = gradscope()
+        .args(["train", "--quiet"])
+        .args(TINY)
+        .args(["--precision", "f16", "--max_steps", "2", "--out_dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(stdout.contains("precision        mixed"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with("loss_scale") && csv.lines().nth(1).unwrap().ends_with(",65536"), "{csv}");
 
     // bad budgets are clear errors
     for bad in [["--memory-budget", "lots"], ["--memory-budget", "1KiB"]] {

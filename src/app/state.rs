@@ -457,17 +457,29 @@ mod tests {
         assert_eq!(s.pending(), vec!["activation checkpointing"]);
         s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: crate::gpu::Precision::F32 });
         assert!(s.pending().is_empty());
+        use crate::gpu::Precision;
+        assert_eq!(s.set_precision(Precision::F16), Some(Control::SetPrecision(Precision::F16)));
+        assert_eq!(s.set_precision(Precision::F16), None);
+        assert_eq!(s.pending(), vec!["precision"], "f16 is pending until the trainer confirms it");
+        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: Precision::F16 });
+        assert!(s.pending().is_empty());
         s.apply(LiveEvent::Paused(true));
         assert_eq!(s.toggle_pause(), Control::Resume);
         match s.reset() {
-            Control::Reset(cfg) => assert_eq!((cfg.micro_batch, cfg.accum_steps, cfg.lr, cfg.checkpoint_activations), (8, 2, 1e-3, true)),
+            Control::Reset(cfg) => assert_eq!(
+                (cfg.micro_batch, cfg.accum_steps, cfg.lr, cfg.checkpoint_activations, cfg.precision),
+                (8, 2, 1e-3, true, Precision::F16)
+            ),
             other => panic!("{other:?}"),
         }
         // a new run of the CNN with BatchNorm
         s.settings.model = crate::train::config::ModelKind::Cnn;
         s.settings.norm = crate::reference::cnn_model::NormKind::Batch;
         match s.reset() {
-            Control::Reset(cfg) => assert_eq!((cfg.model, cfg.norm), (crate::train::config::ModelKind::Cnn, crate::reference::cnn_model::NormKind::Batch)),
+            Control::Reset(cfg) => {
+                assert_eq!((cfg.model, cfg.norm), (crate::train::config::ModelKind::Cnn, crate::reference::cnn_model::NormKind::Batch));
+                assert_eq!(cfg.precision, Precision::F32, "the CNN trains in f32");
+            }
             other => panic!("{other:?}"),
         }
     }
