@@ -221,3 +221,41 @@ fn mixed_precision_config_errors() {
     assert!(e.contains("loss_scale"), "{e}");
     assert_eq!(load(&["--precision", "f16"]).unwrap().precision, Precision::F16);
 }
+
+/// The app's stepping view shows the same per-micro-batch figures in f16 as in f32: the
+/// gradient slab holds the summed-loss gradient times scale / count in mixed precision, and the
+/// view divides that weight out.
+#[test]
+fn stepping_view_figures_match_between_precisions() {
+    use gradscope::train::live::{self, Control, LiveEvent, MicroReport};
+    let g = common::gpu();
+    let mut rng = common::Rng::fresh("stepping view");
+    let cfg = small(&mut rng, 3, 3);
+    let reports = |cfg: TrainConfig| -> Vec<MicroReport> {
+        let s = live::spawn(g.clone(), cfg, true, std::sync::Arc::new(|| {}));
+        for _ in 0..3 {
+            s.controls.send(Control::StepMicroBatch).unwrap();
+        }
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        while out.len() < 3 {
+            match s.events.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(LiveEvent::MicroBatch(r)) => out.push(r),
+                Ok(LiveEvent::Error(e)) => panic!("{e}"),
+                Ok(_) => {}
+                Err(e) => panic!("no micro-batch report after {:?}: {e}", start.elapsed()),
+            }
+        }
+        s.controls.send(Control::Shutdown).unwrap();
+        s.thread.join().unwrap();
+        out
+    };
+    let a = reports(cfg.clone());
+    let b = reports(f16(&cfg));
+    for (x, y) in a.iter().zip(&b) {
+        println!("micro-batch {}: |G| {:.4} vs {:.4}, |g| {:.4} vs {:.4}, loss {:.4} vs {:.4}", x.index, x.accumulated_norm, y.accumulated_norm, x.micro_norm, y.micro_norm, x.loss, y.loss);
+        for (p, q) in [(x.accumulated_norm, y.accumulated_norm), (x.micro_norm, y.micro_norm), (x.loss, y.loss)] {
+            assert!((p - q).abs() <= 5e-3 * p.abs(), "f32 {p} vs f16 {q}");
+        }
+    }
+}

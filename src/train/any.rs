@@ -145,6 +145,16 @@ impl AnyTrainer {
         }
     }
 
+    /// What the gradient slab holds per unit of the summed-loss gradient during window `w`: 1,
+    /// except in mixed precision, where each counted target's loss weighs scale / count (the
+    /// app's stepping view divides by it, so it shows the same figures in f32 and f16).
+    pub fn gradient_weight(&self, w: &AnyWindow) -> f64 {
+        match (self, w) {
+            (AnyTrainer::Gpt(t), AnyWindow::Gpt(w)) => t.scaler.as_ref().map_or(1.0, |sc| sc.scale as f64 / w.count.max(1) as f64),
+            _ => 1.0,
+        }
+    }
+
     pub fn finish_window(&mut self, w: AnyWindow) -> anyhow::Result<(StepMetrics, WindowFigures)> {
         match (self, w) {
             (AnyTrainer::Gpt(t), AnyWindow::Gpt(w)) => t.finish_window(w),

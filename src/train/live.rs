@@ -422,7 +422,9 @@ impl Worker {
         let (l0, c0) = if w.next() == 0 { (0.0, 0.0) } else { t.slabs().running_figures()? };
         t.run_micro(&mut w)?;
         let (l1, c1) = t.slabs().running_figures()?;
-        let g = t.slabs().read_grads()?;
+        // the summed-loss gradient so far (mixed precision holds it times scale / count)
+        let weight = t.gradient_weight(&w);
+        let g: Vec<f32> = t.slabs().read_grads()?.into_iter().map(|x| (x as f64 / weight) as f32).collect();
         let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
         let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let (gn, mn) = (norm(&g), norm(&micro));
