@@ -41,6 +41,13 @@ fn attention_v4(variant: MatmulVariant, c: usize, nh: usize, vec4_views: &[&View
     variant == MatmulVariant::RegisterBlocked && c % 4 == 0 && (c / nh) % 4 == 0 && aligned(vec4_views)
 }
 
+/// Invocations of attention_cpu.wgsl's block kernels for (B, T, C, NH): score blocks (4 rows by
+/// 8 columns of a T x T matrix per head) and row blocks (4 rows by 2 vec4 of head channels).
+fn attention_blocks(b: usize, t: usize, c: usize, nh: usize) -> (usize, usize) {
+    let heads = b * nh;
+    (heads * t.div_ceil(4) * t.div_ceil(8), heads * t.div_ceil(4) * (c / nh / 4).div_ceil(2))
+}
+
 /// Number of partial sums of the two-stage norm: enough workgroups to fill the device, few
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
@@ -181,7 +188,10 @@ impl ProgramBuilder {
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
         let args = [out, preatt, att, qkv];
         if attention_v4(variant, c, nh, &[out, qkv]) {
-            self.call("attention_cpu", "attention_forward_cpu", 1, &args, dims, Grid::Threads(b * nh * t))?;
+            let (scores, rows) = attention_blocks(b, t, c, nh);
+            self.call("attention_cpu", "attention_scores_cpu", 1, &args, dims.clone(), Grid::Threads(scores))?;
+            self.call("attention_cpu", "attention_softmax_cpu", 1, &args, dims.clone(), Grid::Threads(b * nh * t))?;
+            self.call("attention_cpu", "attention_value_cpu", 1, &args, dims, Grid::Threads(rows))?;
         } else {
             self.call("attention", "attention_forward", 1, &args, dims, Grid::Threads(b * nh * t))?;
         }
@@ -204,13 +214,17 @@ impl ProgramBuilder {
     ) -> R {
         let args = [dqkv, dpreatt, datt, dout, qkv, att];
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
-        let (file, query, key_value) = if attention_v4(variant, c, nh, &[dqkv, dout, qkv]) {
-            ("attention_cpu", "attention_backward_query_cpu", "attention_backward_key_value_cpu")
+        if attention_v4(variant, c, nh, &[dqkv, dout, qkv]) {
+            let (scores, rows) = attention_blocks(b, t, c, nh);
+            let f = "attention_cpu";
+            self.call(f, "attention_backward_datt_cpu", 9, &args, dims.clone(), Grid::Threads(scores))?;
+            self.call(f, "attention_backward_softmax_cpu", 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
+            self.call(f, "attention_backward_query_cpu", 9, &args, dims.clone(), Grid::Threads(rows))?;
+            self.call(f, "attention_backward_key_value_cpu", 9, &args, dims, Grid::Threads(rows))?;
         } else {
-            ("attention", "attention_backward_query", "attention_backward_key_value")
-        };
-        self.call(file, query, 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
-        self.call(file, key_value, 9, &args, dims, Grid::Threads(b * nh * t))?;
+            self.call("attention", "attention_backward_query", 9, &args, dims.clone(), Grid::Threads(b * nh * t))?;
+            self.call("attention", "attention_backward_key_value", 9, &args, dims, Grid::Threads(b * nh * t))?;
+        }
         Ok(())
     }
 
