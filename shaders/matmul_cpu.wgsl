@@ -7,6 +7,11 @@
 // Requires K % 4 == 0 and the offsets of the vec4 operands to be multiples of 4 (the launcher
 // falls back to matmul.wgsl otherwise). M and N are arbitrary: loads clamp, stores are guarded.
 // The bias gradient is matmul.wgsl's matmul_backward_bias.
+// GELU fused into the MLP's two matmuls (flag bit 1), removing the GELU passes over [M, 4C]:
+//   matmul_forward_cpu also writes gelu_out = GELU(out);
+//   matmul_backward_input_cpu_v4 adds GELU'(gelu_x) * (dout . weight) into dinp instead of
+//   (dout . weight): the GELU backward of a gradient that starts at zero, fused (gelu.wgsl's
+//   formulas, applied to values rounded to `act` exactly as the separate passes store them).
 // Activations (out, inp, dinp, dout, dout4) are `act`: f32, or f16 in the mixed-precision
 // instantiation of this file (converted to f32 as loaded); weight, bias and their gradients stay
 // f32, and the register blocks are f32.
@@ -16,7 +21,7 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     M: u32, K: u32, N: u32,
-    has_bias: u32,
+    flags: u32, // bit 0: bias (forward), bit 1: GELU fused
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -25,6 +30,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> inp: array<vec4<act>>;
 @group(0) @binding(3) var<storage, read_write> weight: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gelu_out: array<act>;
 
 // matmul_backward(dinp [M,K], dweight [N,K], dbias [N], dout [M,N], inp [M,K], weight [N,K])
 @group(0) @binding(9) var<storage, read_write> dinp: array<vec4<act>>;
@@ -34,9 +40,24 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> b_weight: array<vec4<f32>>;
 // the same dout read as vec4 along N (N % 4 == 0): the *_v4 entries get dout twice
 @group(0) @binding(15) var<storage, read_write> dout4: array<vec4<act>>;
+// the GELU input (the forward's `out` of the first MLP matmul), for the fused GELU backward
+@group(0) @binding(16) var<storage, read_write> gelu_x: array<vec4<act>>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+fn gelu_fused() -> bool { return (p.flags & 2u) != 0u; }
+
+// GELU, tanh approximation, as gelu.wgsl: 0.5 (1 + tanh u) = sigmoid(2u)
+const S: f32 = 0.7978845608028654; // sqrt(2/pi)
+fn gelu(x: f32) -> f32 {
+    let u = S * (x + 0.044715 * x * x * x);
+    return x * (1.0 / (1.0 + exp(-2.0 * u)));
+}
+fn gelu_grad(x: vec4<f32>) -> vec4<f32> {
+    let u = S * (x + 0.044715 * x * x * x);
+    let sg = 1.0 / (1.0 + exp(-2.0 * u));
+    return sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
+}
 
 // (a0..a3 . w) as one vec4: four rows against one weight row
 fn dot4(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, w: vec4<f32>) -> vec4<f32> {
@@ -88,11 +109,15 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
         let n = n0 + j;
         if (n >= p.N) { break; }
         var bj = 0.0;
-        if (p.has_bias != 0u) { bj = bias[p.o3 + n]; }
+        if ((p.flags & 1u) != 0u) { bj = bias[p.o3 + n]; }
         let c = cols[j];
         for (var i = 0u; i < 4u; i++) {
             let m = m0 + i;
-            if (m < p.M) { out[p.o0 + m * p.N + n] = act(c[i] + bj); }
+            if (m < p.M) {
+                let v = act(c[i] + bj);
+                out[p.o0 + m * p.N + n] = v;
+                if (gelu_fused()) { gelu_out[p.o4 + m * p.N + n] = act(gelu(f32(v))); }
+            }
         }
     }
 }
@@ -246,27 +271,25 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
         c30 += d3.x * wa0 + d3.y * wa1 + d3.z * wa2 + d3.w * wa3;
         c31 += d3.x * wb0 + d3.y * wb1 + d3.z * wb2 + d3.w * wb3;
     }
-    let ob = p.o0 / 4u;
     let second = k0 + 1u < K4;
-    if (m0 < p.M) {
-        let e = ob + m0 * K4 + k0;
-        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c00);
-        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c01); }
+    var lo = array<vec4<f32>, 4>(c00, c10, c20, c30);
+    var hi = array<vec4<f32>, 4>(c01, c11, c21, c31);
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + i;
+        if (m >= p.M) { break; }
+        add_dinp(m * K4 + k0, lo[i]);
+        if (second) { add_dinp(m * K4 + k0 + 1u, hi[i]); }
     }
-    if (m0 + 1u < p.M) {
-        let e = ob + (m0 + 1u) * K4 + k0;
-        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c10);
-        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c11); }
-    }
-    if (m0 + 2u < p.M) {
-        let e = ob + (m0 + 2u) * K4 + k0;
-        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c20);
-        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c21); }
-    }
-    if (m0 + 3u < p.M) {
-        let e = ob + (m0 + 3u) * K4 + k0;
-        dinp[e] = vec4<act>(vec4<f32>(dinp[e]) + c30);
-        if (second) { dinp[e + 1u] = vec4<act>(vec4<f32>(dinp[e + 1u]) + c31); }
+}
+
+// dinp[e] += c, or with GELU fused dinp[e] += GELU'(gelu_x[e]) * c (e in vec4 units from o0, o7)
+fn add_dinp(e: u32, c: vec4<f32>) {
+    let d = p.o0 / 4u + e;
+    if (gelu_fused()) {
+        let g = vec4<f32>(vec4<act>(c));
+        dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + gelu_grad(vec4<f32>(gelu_x[p.o7 / 4u + e])) * g);
+    } else {
+        dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + c);
     }
 }
 

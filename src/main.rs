@@ -384,7 +384,7 @@ fn run() -> anyhow::Result<()> {
                 if !json {
                     let spec = gradscope::train::plan::model_spec(&base)?;
                     let acts = |on: bool| {
-                        let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: on, precision: base.precision };
+                        let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: on, precision: base.precision, kernels: MatmulVariant::for_device(gpu.kind) };
                         gradscope::gpu::human_bytes(gradscope::model::memory::activation_bytes(&spec, base.micro_batch, opts))
                     };
                     println!(
@@ -400,7 +400,7 @@ fn run() -> anyhow::Result<()> {
                     if !json {
                         let spec = gradscope::train::plan::model_spec(&base)?;
                         let acts = |precision| {
-                            let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: false, precision };
+                            let opts = gradscope::model::memory::MemoryOptions { checkpoint_activations: false, precision, kernels: MatmulVariant::for_device(gpu.kind) };
                             gradscope::gpu::human_bytes(gradscope::model::memory::activation_bytes(&spec, base.micro_batch, opts))
                         };
                         println!(
@@ -467,7 +467,7 @@ fn plan_cli(
         parse_bytes(&budget_text).map_err(|m| anyhow::anyhow!("--memory-budget: {m}"))?
     };
     let spec = model_spec(&cfg)?;
-    let opts = gradscope::train::plan::memory_options(&cfg);
+    let opts = gradscope::train::plan::memory_options(&cfg, MatmulVariant::for_device(gpu.kind));
     let p = plan(&spec, e, budget, &limits, opts)?;
     // a sweep of B: powers of two up to E, and the chosen B
     let mut bs: Vec<usize> = (0..).map(|i| 1usize << i).take_while(|&b| b <= e).collect();

@@ -315,3 +315,58 @@ fn fill_writes_exactly_its_range() {
     }
     let _ = View::of(&ts.buffer(x));
 }
+
+/// The MLP's GELU fused into its matmuls (matmul_cpu.wgsl's GELU flag on CPU adapters, separate
+/// passes otherwise) against the reference's matmul + GELU: the forward's pre- and post-GELU
+/// outputs, and the backward of a matmul reading GELU(pre) through GELU' into dpre (+=).
+#[test]
+fn fused_gelu_matmuls_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("matmul_gelu");
+    // (M, K, N, bias): the GPT's c_fc / c_proj shapes at B*T 37, K not a multiple of 4 (unfused)
+    let shapes = [(37, 32, 128, true), (16, 128, 32, false), (9, 6, 10, true)];
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+        for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
+            // forward: pre [M,N] = x [M,K] . w1 [N,K]^T + b1, post = GELU(pre)
+            let x = rng.vec(m * k, 1.0);
+            let w1 = rng.vec(n * k, 1.0);
+            let b1 = rng.vec(n, 1.0);
+            // backward of y [M,K] = post [M,N] . w2 [K,N]^T: dpre [M,N] += GELU'(pre) (dy . w2)
+            let w2 = rng.vec(k * n, 1.0);
+            let dy = rng.vec(m * k, 1.0);
+            let (dpre0, dw0, db0) = (rng.vec(m * n, 1.0), rng.vec(k * n, 1.0), rng.vec(k, 1.0));
+            let mut ts = Tensors::new(&g, i % 2 == 0);
+            let (pre, post, xv, w1v, b1v) = (ts.poisoned(m * n), ts.poisoned(m * n), ts.f32(&x), ts.f32(&w1), ts.f32(&b1));
+            let (w2v, dyv, dpre, dw, db) = (ts.f32(&w2), ts.f32(&dy), ts.f32(&dpre0), ts.f32(&dw0), ts.f32(&db0));
+            let dpost = ts.f32(&vec![0.0; m * n]);
+            ts.upload();
+            run(&g, |pb| {
+                let bv = bias.then(|| ts.view(b1v));
+                pb.matmul_forward_gelu_with(variant, ts.view(pre), ts.view(post), ts.view(xv), ts.view(w1v), bv, m, k, n)
+                    .unwrap();
+                let dbv = bias.then(|| ts.view(db));
+                pb.matmul_backward_gelu_with(
+                    variant, ts.view(dpre), ts.view(dpost), ts.view(pre), ts.view(dw), dbv, ts.view(dyv), ts.view(post),
+                    ts.view(w2v), m, n, k,
+                )
+                .unwrap();
+            });
+            let b1r = f64s(&b1);
+            let (mut pre_r, mut post_r) = (vec![0.0; m * n], vec![0.0; m * n]);
+            r::matmul_forward(&mut pre_r, &f64s(&x), &f64s(&w1), bias.then_some(&b1r[..]), m, k, n);
+            r::gelu_forward(&mut post_r, &pre_r, m * n);
+            let (mut dpost_r, mut dw_r, mut db_r) = (vec![0.0; m * n], f64s(&dw0), f64s(&db0));
+            r::matmul_backward(&mut dpost_r, &mut dw_r, bias.then_some(&mut db_r[..]), &f64s(&dy), &post_r, &f64s(&w2), m, n, k);
+            let mut dpre_r = f64s(&dpre0);
+            r::gelu_backward(&mut dpre_r, &pre_r, &dpost_r, m * n);
+            let name = format!("matmul+gelu {variant:?} {m}x{k}x{n}");
+            check(&name, "pre", &ts.read(pre), &pre_r, TOL);
+            check(&name, "post", &ts.read(post), &post_r, TOL);
+            check(&name, "dpre", &ts.read(dpre), &dpre_r, TOL);
+            check(&name, "dweight", &ts.read(dw), &dw_r, TOL);
+            if bias {
+                check(&name, "dbias", &ts.read(db), &db_r, TOL);
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 mod common;
 
 use gradscope::gpu::{Category, MemorySnapshot, Precision};
+use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;
@@ -73,7 +74,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
         let spec = ModelSpec::Gpt(t.gcfg);
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&cfg));
+        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&cfg, MatmulVariant::for_device(g.kind)));
         assert_same(
             &format!(
                 "GPT L{} C{} T{} B{} K{} checkpointing {} {}",
@@ -86,7 +87,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.set_micro_batch(cfg.micro_batch + 2).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&cfg));
+        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&cfg, MatmulVariant::for_device(g.kind)));
         assert_same("after a live change of B", predicted, actual);
         drop(t);
         assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");
@@ -220,7 +221,8 @@ fn training_under_a_memory_budget_uses_the_plan() {
     let g = common::gpu();
     let base = gpt(2, 2, 32, 32, 16, 1, false);
     let spec = ModelSpec::Gpt(GptConfig { vocab_size: 65, block_size: 32, n_layer: 2, n_head: 2, n_embd: 32 });
-    let budget = spec.predict(5, 3, 3, MemoryOptions::default()).total() + 1000;
+    let opts = MemoryOptions { kernels: MatmulVariant::for_device(g.kind), ..Default::default() };
+    let budget = spec.predict(5, 3, 3, opts).total() + 1000;
     let cfg = TrainConfig { memory_budget: format!("{budget}"), effective_batch: 13, ..base };
     let before = g.ledger.snapshot();
     let mut t = Trainer::new(&g, cfg).unwrap();

@@ -530,7 +530,8 @@ impl GradscopeApp {
                 ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm))
             }
         };
-        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision };
+        let kernels = crate::gpu::kernels::MatmulVariant::for_device(self.gpu.kind);
+        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels };
         let curve = |o: MemoryOptions| -> Vec<[f64; 2]> {
             (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, o).total())]).collect()
         };

@@ -9,9 +9,11 @@ use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
 type R = Result<(), ProgramError>;
 
 /// The matmul implementation: shared-memory tiles (GPUs) or register blocks (CPU adapters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The other kernels follow the same choice (attention blocks, fused GELU on CPU adapters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MatmulVariant {
     /// matmul.wgsl: 16x16 workgroup tiles; any shape.
+    #[default]
     Tiled,
     /// matmul_cpu.wgsl: 4x8 outputs per invocation from vec4 loads, no barriers. Needs K % 4 == 0
     /// and 4-aligned offsets of its vec4 operands; other shapes fall back to `Tiled`.
@@ -109,7 +111,8 @@ impl ProgramBuilder {
         // Without a bias the binding still needs a buffer; the kernel does not read it.
         let bias_v = bias.unwrap_or(out);
         let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
-        let args = [out, inp, weight, bias_v];
+        // (binding 5, the fused GELU's output, is written only with the GELU flag: out stands in)
+        let args = [out, inp, weight, bias_v, out];
         if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
             let blocks = m.div_ceil(4) * n.div_ceil(8);
             self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
@@ -117,6 +120,69 @@ impl ProgramBuilder {
             self.call("matmul", "matmul_forward", 1, &args, dims, tiles(m, n))?;
         }
         Ok(())
+    }
+
+    /// out [M,N] = inp . weight^T + bias, then gelu_out = GELU(out): one pass on CPU adapters
+    /// (matmul_cpu.wgsl's GELU flag), the matmul and gelu_forward otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_gelu(
+        &mut self, out: &View, gelu_out: &View, inp: &View, weight: &View, bias: Option<&View>, m: usize, k: usize,
+        n: usize,
+    ) -> R {
+        let v = self.variant();
+        self.matmul_forward_gelu_with(v, out, gelu_out, inp, weight, bias, m, k, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_gelu_with(
+        &mut self, variant: MatmulVariant, out: &View, gelu_out: &View, inp: &View, weight: &View, bias: Option<&View>,
+        m: usize, k: usize, n: usize,
+    ) -> R {
+        if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
+            let bias_v = bias.unwrap_or(out);
+            let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32 | 2);
+            let blocks = m.div_ceil(4) * n.div_ceil(8);
+            let args = [out, inp, weight, bias_v, gelu_out];
+            self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
+        } else {
+            self.matmul_forward_with(variant, out, inp, weight, bias, m, k, n)?;
+            self.gelu_forward(gelu_out, out, m * n)?;
+        }
+        Ok(())
+    }
+
+    /// The backward of `matmul_forward_gelu` followed by a matmul reading `gelu_out`: the matmul's
+    /// input gradient goes through GELU' into `dpre` (+=). On CPU adapters the GELU backward is
+    /// fused into the input-gradient kernel and `dpost` is not touched; otherwise the input
+    /// gradient accumulates into `dpost` (which must start at zero) and gelu_backward reads it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_gelu(
+        &mut self, dpre: &View, dpost: &View, pre: &View, dweight: &View, dbias: Option<&View>, dout: &View, inp: &View,
+        weight: &View, m: usize, k: usize, n: usize,
+    ) -> R {
+        let v = self.variant();
+        self.matmul_backward_gelu_with(v, dpre, dpost, pre, dweight, dbias, dout, inp, weight, m, k, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_gelu_with(
+        &mut self, variant: MatmulVariant, dpre: &View, dpost: &View, pre: &View, dweight: &View, dbias: Option<&View>,
+        dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
+    ) -> R {
+        let fused = variant == MatmulVariant::RegisterBlocked
+            && k % 4 == 0
+            && n % 4 == 0
+            && aligned(&[dpre, weight, dout, pre]);
+        if fused {
+            let dims = Uniforms::new().n(m).n(k).n(n).u(2);
+            let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
+            let args = [dpre, dweight, dweight, dout, inp, weight, dout, pre];
+            self.call("matmul_cpu", "matmul_backward_input_cpu_v4", 9, &args, dims, Grid::Threads(blocks))?;
+            self.matmul_backward_with(variant, None, dweight, dbias, dout, inp, weight, m, k, n)
+        } else {
+            self.matmul_backward_with(variant, Some(dpost), dweight, dbias, dout, inp, weight, m, k, n)?;
+            self.gelu_backward(dpre, pre, dpost, m * k)
+        }
     }
 
     /// dinp [M,K] += dout . weight;  dweight [N,K] += dout^T . inp;  dbias [N] += colsum(dout)
@@ -141,7 +207,8 @@ impl ProgramBuilder {
         let dbias_v = dbias.unwrap_or(dweight);
         let args = [dinp_v, dweight, dbias_v, dout, inp, weight];
         // the _v4 entries also read dout as vec4 along N (binding 15 = the 7th argument)
-        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout];
+        // (binding 16, the fused GELU's input, is read only with the GELU flag: dout stands in)
+        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout, dout];
         let dout_v4 = n % 4 == 0 && aligned(&[dout]);
         if let Some(dinp) = dinp {
             if cpu && aligned(&[dinp, weight]) && dout_v4 {

@@ -346,8 +346,8 @@ impl GpuGpt {
         pb.residual_forward(&act(a.residual2[l]), &residual, &act(a.attproj[l]), bt * c)?;
         pb.layernorm_forward(&act(a.ln2[l]), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), &act(a.residual2[l]),
             &lw(p::LN2W, c), &lw(p::LN2B, c), bt, c)?;
-        pb.matmul_forward(&act(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, 4 * c * c), Some(&lw(p::FCB, 4 * c)), bt, c, 4 * c)?;
-        pb.gelu_forward(&act(a.fch_gelu[l]), &act(a.fch[l]), bt * 4 * c)?;
+        pb.matmul_forward_gelu(&act(a.fch[l]), &act(a.fch_gelu[l]), &act(a.ln2[l]), &lw(p::FCW, 4 * c * c),
+            Some(&lw(p::FCB, 4 * c)), bt, c, 4 * c)?;
         pb.matmul_forward(&act(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, 4 * c * c), Some(&lw(p::FCPROJB, c)), bt, 4 * c, c)?;
         pb.residual_forward(&act(a.residual3[l]), &act(a.residual2[l]), &act(a.fcproj[l]), bt * c)?;
         Ok(())
@@ -386,9 +386,10 @@ impl GpuGpt {
             }
             // residual3 = residual2 + fcproj
             pb.residual_backward(&dact(a.residual2[l]), &dact(a.fcproj[l]), &dact(a.residual3[l]), bt * c)?;
-            pb.matmul_backward(Some(&dact(a.fch_gelu[l])), &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)),
-                &dact(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c), bt, 4 * c, c)?;
-            pb.gelu_backward(&dact(a.fch[l]), &act(a.fch[l]), &dact(a.fch_gelu[l]), bt * 4 * c)?;
+            // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
+            pb.matmul_backward_gelu(&dact(a.fch[l]), &dact(a.fch_gelu[l]), &act(a.fch[l]), &lg(p::FCPROJW, l, 4 * c * c),
+                Some(&lg(p::FCPROJB, l, c)), &dact(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c),
+                bt, 4 * c, c)?;
             pb.matmul_backward(Some(&dact(a.ln2[l])), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
                 &dact(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
             pb.layernorm_backward(&dact(a.residual2[l]), &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(a.ln2[l]),

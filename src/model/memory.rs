@@ -7,6 +7,7 @@
 //! programs of micro-batch B recorded (and, for the CNN, those of the epoch's short remainder once
 //! it has run: `Remainder`). Readback staging buffers live only during a read and are not counted.
 
+use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, MemorySnapshot, Precision};
 use crate::model::cnn::{CnnActs, GpuCnn};
 use crate::model::gpt::{GpuGpt, NUM_PARAM_TENSORS};
@@ -31,6 +32,8 @@ pub struct MemoryOptions {
     pub checkpoint_activations: bool,
     /// Activation element type (GPT mixed precision: f16 activations and activation gradients).
     pub precision: Precision,
+    /// The device's kernel family (it sets how many dispatches, hence uniform slots, a program has).
+    pub kernels: MatmulVariant,
 }
 
 impl ModelSpec {
@@ -88,7 +91,7 @@ impl ModelSpec {
                 add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision));
                 // the window's tokens (inputs and targets of K micro-batches), uploaded once
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
-                let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations);
+                let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations, opts.kernels);
                 add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
             }
             ModelSpec::Cnn(c) => {
@@ -110,12 +113,20 @@ fn buf(bytes: u64) -> u64 {
 
 /// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
 /// backward 21 per block + 7; checkpointing replays L-1 blocks and clears the shared
-/// block gradients before each.
-pub fn gpt_dispatches(c: &GptConfig, recompute: bool) -> (u64, u64) {
+/// block gradients before each. With the CPU-adapter kernels (`gpu::kernels`) attention is
+/// 3 dispatches forward and 4 backward instead of 1 and 2, and GELU rides in the MLP's
+/// matmuls (one dispatch fewer each way) when the shapes allow (C and the head size multiples of 4).
+pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) -> (u64, u64) {
     let l = c.n_layer as u64;
-    let forward = 10 * l + 5;
-    let backward = 21 * l + 7;
-    let replay = if recompute { 11 * l.saturating_sub(1) } else { 0 };
+    let cpu = kernels == MatmulVariant::RegisterBlocked && c.n_embd % 4 == 0;
+    let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
+    let extra_fwd = if attention_blocks { 2 } else { 0 };
+    let extra_bwd = if attention_blocks { 2 } else { 0 };
+    let fused_gelu = if cpu { 1 } else { 0 };
+    let block_forward = 10 + extra_fwd - fused_gelu;
+    let forward = block_forward * l + 5;
+    let backward = (21 + extra_bwd - fused_gelu) * l + 7;
+    let replay = if recompute { (block_forward + 1) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }
 

@@ -1,6 +1,7 @@
 //! Choosing B and K under a memory budget (`gradscope plan`, `train --memory-budget`): the
 //! device's limits plus the memory model of `model::memory`.
 
+use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{DeviceKind, Gpu};
 use crate::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, Plan, parse_bytes, plan};
 
@@ -17,9 +18,9 @@ pub fn device_limits(gpu: &Gpu) -> DeviceLimits {
     }
 }
 
-/// The memory options a config asks for.
-pub fn memory_options(cfg: &TrainConfig) -> MemoryOptions {
-    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations, precision: cfg.precision }
+/// The memory options a config asks for, on a device whose kernel family is `kernels`.
+pub fn memory_options(cfg: &TrainConfig, kernels: MatmulVariant) -> MemoryOptions {
+    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations, precision: cfg.precision, kernels }
 }
 
 /// With `memory_budget` set: plan B and K for the config's effective batch (E, or B*K when E is
@@ -30,7 +31,7 @@ pub fn apply_memory_budget(gpu: &Gpu, cfg: &mut TrainConfig, spec: &ModelSpec) -
     }
     let budget = parse_bytes(&cfg.memory_budget).map_err(|e| anyhow::anyhow!("memory_budget: {e}"))?;
     let e = cfg.effective();
-    let p = plan(spec, e, budget, &device_limits(gpu), memory_options(cfg))?;
+    let p = plan(spec, e, budget, &device_limits(gpu), memory_options(cfg, MatmulVariant::for_device(gpu.kind)))?;
     cfg.micro_batch = p.micro_batch;
     cfg.effective_batch = e;
     cfg.accum_steps = p.accum_steps;
