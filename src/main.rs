@@ -149,7 +149,9 @@ enum Command {
         /// Seconds of timed work per matmul measurement.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
-        /// Timed optimizer steps per GPT configuration (after one warm-up step); 0 skips the GPT.
+        /// Timed optimizer steps per configuration, after one warm-up step; figures come from the
+        /// median step, and the two shapes of the accumulation tax alternate step by step. 0 skips
+        /// the GPT.
         #[arg(long, default_value_t = 5)]
         steps: usize,
         /// Print JSON instead of a table.
@@ -350,8 +352,10 @@ fn run() -> anyhow::Result<()> {
             if steps > 0 {
                 let base = TrainConfig::load(None, &overrides)?;
                 let e = base.micro_batch * base.accum_steps;
-                for (b, k) in [(base.micro_batch, base.accum_steps), (e, 1)] {
-                    let r = gradscope::bench::gpt::bench_gpt(&gpu, &base, b, k, 1, steps)?;
+                // the two shapes of the accumulation tax, their steps alternating
+                let pair = [(base.micro_batch, base.accum_steps), (e, 1)];
+                for r in gradscope::bench::gpt::bench_gpt_interleaved(&gpu, &base, &pair, 1, steps)? {
+                    let (b, k) = (r.micro_batch, r.accum_steps);
                     if !json {
                         let p = &r.phases;
                         println!(

@@ -210,3 +210,44 @@ fn plan_and_train_under_a_memory_budget() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `bench --json` on a tiny GPT: the matmul ceiling, both shapes of the accumulation tax with a
+/// time for every step, checkpointing, the CNN, and a per-kernel profile naming the kernels the
+/// adapter runs. No speed is asserted (figures belong to the benchmark, not to tests).
+#[test]
+fn bench_reports_every_figure_as_json() {
+    let out = gradscope()
+        .args(["bench", "--json", "--sizes", "64", "--seconds", "0.05", "--steps", "2"])
+        .args(["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--micro_batch", "2", "--accum_steps", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).expect("bench --json prints one JSON document");
+    assert!(j["matmul_ceiling_gflops"].as_f64().unwrap() > 0.0, "{j}");
+    let gpt = j["gpt"].as_array().unwrap();
+    let shapes: Vec<(u64, u64)> = gpt.iter().map(|r| (r["micro_batch"].as_u64().unwrap(), r["accum_steps"].as_u64().unwrap())).collect();
+    assert_eq!(shapes, [(2, 2), (4, 1)]);
+    for r in gpt.iter().chain([&j["gpt_checkpointed"]]).chain(j["cnn"].as_array().unwrap()) {
+        let steps = r["step_seconds"].as_array().unwrap();
+        assert_eq!(steps.len(), 2, "{r}");
+        assert!(steps.iter().all(|s| s.as_f64().unwrap() > 0.0));
+        assert!(r["seconds_per_step"].as_f64().unwrap() > 0.0);
+        assert!(r["gflops"].as_f64().unwrap() > 0.0);
+    }
+    // lavapipe has timestamp queries: the profile lists the kernels of the adapter's family by name
+    let kernels: Vec<&str> = gpt[0]["kernels"].as_array().unwrap().iter().map(|k| k[0].as_str().unwrap()).collect();
+    let cpu = kernels.contains(&"matmul_forward_cpu");
+    let expected: &[&str] = if cpu {
+        &["matmul_backward_input_cpu_v4", "attention_scores_cpu", "attention_softmax_cpu", "attention_backward_key_value_cpu"]
+    } else {
+        &["matmul_forward", "matmul_backward_input", "attention_forward", "gelu_forward"]
+    };
+    for k in expected {
+        assert!(kernels.contains(k), "{k} missing from the profile {kernels:?}");
+    }
+    if cpu {
+        assert!(!kernels.contains(&"gelu_forward"), "GELU is fused into the matmul on CPU adapters: {kernels:?}");
+    }
+}

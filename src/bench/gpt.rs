@@ -33,9 +33,13 @@ pub struct GptBench {
     pub micro_batch: usize,
     pub accum_steps: usize,
     pub steps: usize,
+    /// From the median step time.
     pub tokens_per_s: f64,
     pub gflops: f64,
+    /// The median of the timed steps.
     pub seconds_per_step: f64,
+    /// Every timed step, in order.
+    pub step_seconds: Vec<f64>,
     /// Per optimizer step: forward, backward, accumulate, clip (normalize + norm + clip), optimizer.
     pub phases: Phases,
     /// Device time per kernel entry point for one micro-batch (timestamp queries), largest first.
@@ -52,44 +56,100 @@ pub struct Phases {
     pub optimizer: f64,
 }
 
+/// The median of `xs` (0 for none).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+/// One GPT configuration under measurement: a trainer at B x K after its warm-up steps, and
+/// the wall time of each timed optimizer step.
+pub struct GptRun {
+    trainer: Trainer,
+    b: usize,
+    k: usize,
+    step_seconds: Vec<f64>,
+}
+
+impl GptRun {
+    pub fn new(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usize) -> anyhow::Result<Self> {
+        let cfg = TrainConfig { micro_batch: b, accum_steps: k, effective_batch: 0, max_steps: usize::MAX, ..base.clone() };
+        let mut trainer = Trainer::new(gpu, cfg)?;
+        for _ in 0..warmup {
+            trainer.train_step()?;
+        }
+        Ok(Self { trainer, b, k, step_seconds: Vec::new() })
+    }
+
+    /// Train and time one optimizer step.
+    pub fn step(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        self.trainer.train_step()?;
+        self.step_seconds.push(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Figures from the median step time, then the phase and kernel timings.
+    pub fn finish(mut self) -> anyhow::Result<GptBench> {
+        let (b, k) = (self.b, self.k);
+        let t = &mut self.trainer;
+        let secs = median(&self.step_seconds);
+        let tokens = (b * k * t.cfg.block_size) as f64;
+        let g = &t.gcfg;
+        let flops = tokens * flops_per_token(g.n_embd, g.n_layer, g.vocab_size, g.block_size);
+        // phases, timed program by program with waits
+        let w = t.begin_window();
+        let (x, y) = w.batches[0].clone();
+        let reps = 3;
+        let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
+        let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
+        let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
+        Ok(GptBench {
+            micro_batch: b,
+            accum_steps: k,
+            steps: self.step_seconds.len(),
+            tokens_per_s: tokens / secs,
+            gflops: flops / secs / 1e9,
+            seconds_per_step: secs,
+            step_seconds: self.step_seconds,
+            phases: Phases {
+                forward: fwd * k as f64,
+                backward: (train - fwd).max(0.0) * k as f64,
+                accumulate: 0.0,
+                clip: norm + clip,
+                optimizer: adamw,
+            },
+            kernels,
+        })
+    }
+}
+
 /// Train `steps` optimizer steps of the GPT of `base` at B x K after `warmup` steps.
 pub fn bench_gpt(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usize, steps: usize) -> anyhow::Result<GptBench> {
-    let cfg = TrainConfig { micro_batch: b, accum_steps: k, effective_batch: 0, max_steps: usize::MAX, ..base.clone() };
-    let mut t = Trainer::new(gpu, cfg)?;
-    for _ in 0..warmup {
-        t.train_step()?;
-    }
-    let start = Instant::now();
+    let mut run = GptRun::new(gpu, base, b, k, warmup)?;
     for _ in 0..steps {
-        t.train_step()?;
+        run.step()?;
     }
-    let secs = start.elapsed().as_secs_f64();
-    let tokens = (steps * b * k * t.cfg.block_size) as f64;
-    let g = &t.gcfg;
-    let flops = tokens * flops_per_token(g.n_embd, g.n_layer, g.vocab_size, g.block_size);
-    // phases, timed program by program with waits
-    let w = t.begin_window();
-    let (x, y) = w.batches[0].clone();
-    let reps = 3;
-    let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
-    let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
-    let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
-    Ok(GptBench {
-        micro_batch: b,
-        accum_steps: k,
-        steps,
-        tokens_per_s: tokens / secs,
-        gflops: flops / secs / 1e9,
-        seconds_per_step: secs / steps as f64,
-        phases: Phases {
-            forward: fwd * k as f64,
-            backward: (train - fwd).max(0.0) * k as f64,
-            accumulate: 0.0,
-            clip: norm + clip,
-            optimizer: adamw,
-        },
-        kernels,
-    })
+    run.finish()
+}
+
+/// Several configurations measured together: their steps alternate, so a slower or faster
+/// spell of the machine falls on all of them alike (the accumulation tax compares two of them).
+pub fn bench_gpt_interleaved(
+    gpu: &Gpu, base: &TrainConfig, configs: &[(usize, usize)], warmup: usize, steps: usize,
+) -> anyhow::Result<Vec<GptBench>> {
+    let mut runs = configs.iter().map(|&(b, k)| GptRun::new(gpu, base, b, k, warmup)).collect::<anyhow::Result<Vec<_>>>()?;
+    for _ in 0..steps {
+        for r in runs.iter_mut() {
+            r.step()?;
+        }
+    }
+    runs.into_iter().map(GptRun::finish).collect()
 }
 
 /// Model FLOPs per image of one CNN training step (3 x forward): the two convolutions and the
@@ -107,9 +167,12 @@ pub struct CnnBench {
     pub micro_batch: usize,
     pub accum_steps: usize,
     pub steps: usize,
+    /// From the median step time.
     pub images_per_s: f64,
     pub gflops: f64,
+    /// The median of the timed steps.
     pub seconds_per_step: f64,
+    pub step_seconds: Vec<f64>,
     /// Device time per kernel entry point for one micro-batch, largest first.
     pub kernels: Vec<(String, f64)>,
 }
@@ -121,12 +184,16 @@ pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
     for _ in 0..warmup {
         t.train_step()?;
     }
-    let start = Instant::now();
-    let mut images = 0.0;
+    let mut step_seconds = Vec::with_capacity(steps);
+    let mut images = Vec::with_capacity(steps);
     for _ in 0..steps {
-        images += t.train_step()?.0.tokens;
+        let start = Instant::now();
+        images.push(t.train_step()?.0.tokens);
+        step_seconds.push(start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64();
+    // images of a full step (a short last window of an epoch has fewer)
+    let per_step = images.iter().copied().fold(0.0, f64::max);
+    let secs = median(&step_seconds);
     let w = t.begin_window();
     let (x, y) = w.batches[0].clone();
     let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
@@ -134,9 +201,10 @@ pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
         micro_batch: b,
         accum_steps: k,
         steps,
-        images_per_s: images / secs,
-        gflops: images * cnn_flops_per_image(&t.ccfg) / secs / 1e9,
-        seconds_per_step: secs / steps as f64,
+        images_per_s: per_step / secs,
+        gflops: per_step * cnn_flops_per_image(&t.ccfg) / secs / 1e9,
+        seconds_per_step: secs,
+        step_seconds,
         kernels,
     })
 }
