@@ -373,7 +373,12 @@ impl GpuGpt {
         let ce_idx = pb.crossentropy_backward(&ce.dlogits, &ce.logits, &ce.targets, 1.0, bt, v)?;
         pb.matmul_backward(Some(&dact(a.lnf)), &self.gv(p::WTE), None, &dact(a.logits), &act(a.lnf), &self.pv(p::WTE), bt, c, v)?;
         let last = if cl == 0 { a.encoded } else { a.residual3[cl - 1] };
-        pb.layernorm_backward(&dact(last), &self.gv(p::LNFW), &self.gv(p::LNFB), &dact(a.lnf), &act(last),
+        // The residual stream's gradient is one tensor (llm.c's dresidual), the gradient of the
+        // last residual: every block's LayerNorm backward adds into it and both projections read
+        // it as their output gradient (d(x + f(x)) passes dx to both terms unchanged), so no
+        // residual backward pass copies it. After block 0 it is the encoder's output gradient.
+        let dres = dact(last);
+        pb.layernorm_backward(&dres, &self.gv(p::LNFW), &self.gv(p::LNFB), &dact(a.lnf), &act(last),
             &self.pv(p::LNFW), &act(a.lnf_mean), &act(a.lnf_rstd), bt, c)?;
         for l in (0..cl).rev() {
             let residual = if l == 0 { a.encoded } else { a.residual3[l - 1] };
@@ -384,28 +389,28 @@ impl GpuGpt {
                 self.record_block_forward(pb, a, acts, l)?;
                 pb.fill_act(&dact(a.block_start), 0.0, a.block_len)?;
             }
-            // residual3 = residual2 + fcproj
-            pb.residual_backward(&dact(a.residual2[l]), &dact(a.fcproj[l]), &dact(a.residual3[l]), bt * c)?;
+            // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
             pb.matmul_backward_gelu(&dact(a.fch[l]), &dact(a.fch_gelu[l]), &act(a.fch[l]), &lg(p::FCPROJW, l, 4 * c * c),
-                Some(&lg(p::FCPROJB, l, c)), &dact(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c),
+                Some(&lg(p::FCPROJB, l, c)), &dres, &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c),
                 bt, 4 * c, c)?;
             pb.matmul_backward(Some(&dact(a.ln2[l])), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
                 &dact(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
-            pb.layernorm_backward(&dact(a.residual2[l]), &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(a.ln2[l]),
+            // dres becomes dresidual2
+            pb.layernorm_backward(&dres, &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(a.ln2[l]),
                 &act(a.residual2[l]), &lw(p::LN2W, l, c), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), bt, c)?;
-            // residual2 = residual + attproj
-            pb.residual_backward(&dact(residual), &dact(a.attproj[l]), &dact(a.residual2[l]), bt * c)?;
+            // residual2 = residual + attproj: dattproj = dresidual2 = dres
             pb.matmul_backward(Some(&dact(a.atty[l])), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
-                &dact(a.attproj[l]), &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
+                &dres, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
             pb.attention_backward(&dact(a.qkv[l]), &dact(a.preatt[l]), &dact(a.att[l]), &dact(a.atty[l]),
                 &act(a.qkv[l]), &act(a.att[l]), b, t, c, nh)?;
             pb.matmul_backward(Some(&dact(a.ln1[l])), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
                 &dact(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), bt, c, 3 * c)?;
-            pb.layernorm_backward(&dact(residual), &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
+            // dres becomes the gradient of the block's input
+            pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
         }
-        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dact(a.encoded), &View::of(inputs), b, t, c)?;
+        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dres, &View::of(inputs), b, t, c)?;
         Ok((ce_idx, ce))
     }
 

@@ -112,7 +112,7 @@ fn buf(bytes: u64) -> u64 {
 }
 
 /// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
-/// backward 21 per block + 7; checkpointing replays L-1 blocks and clears the shared
+/// backward 19 per block + 7; checkpointing replays L-1 blocks and clears the shared
 /// block gradients before each. With the CPU-adapter kernels (`gpu::kernels`) attention is
 /// 3 dispatches forward and 4 backward instead of 1 and 2, and GELU rides in the MLP's
 /// matmuls (one dispatch fewer each way) when the shapes allow (C and the head size multiples of 4).
@@ -125,7 +125,7 @@ pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) ->
     let fused_gelu = if cpu { 1 } else { 0 };
     let block_forward = 10 + extra_fwd - fused_gelu;
     let forward = block_forward * l + 5;
-    let backward = (21 + extra_bwd - fused_gelu) * l + 7;
+    let backward = (19 + extra_bwd - fused_gelu) * l + 7;
     let replay = if recompute { (block_forward + 1) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }
