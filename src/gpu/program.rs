@@ -15,7 +15,8 @@ use super::registry::{Kernel, ShaderError};
 
 /// Bytes per uniform slot: the largest `min_uniform_buffer_offset_alignment` wgpu allows.
 const SLOT: u32 = 256;
-/// Workgroup size of every 1-D kernel (WG in the shaders).
+/// Workgroup size of most 1-D kernels (WG in the shaders). Dispatches use each entry point's own
+/// @workgroup_size, read from the shader.
 pub const WG: u32 = 64;
 
 /// A uniform parameter struct, written field by field in the order of the WGSL struct.
@@ -83,7 +84,7 @@ pub fn grid_1d(workgroups: u32, max_per_dim: u32) -> [u32; 3] {
 /// How many invocations a dispatch launches.
 #[derive(Clone, Copy, Debug)]
 pub enum Grid {
-    /// One invocation per item of a 1-D range (workgroups of WG, split over x and y).
+    /// One invocation per item of a 1-D range (workgroups of the entry point's size, split over x and y).
     Threads(usize),
     /// Explicit workgroup counts.
     Groups([u32; 3]),
@@ -219,7 +220,8 @@ impl ProgramBuilder {
         Ok(self.pending.len() - 1)
     }
 
-    /// A 1-D dispatch over `threads` invocations (workgroups of WG, split over x/y if needed).
+    /// A 1-D dispatch over `threads` invocations (workgroups of the entry point's size, WG in
+    /// most shaders, split over x/y if needed).
     pub fn dispatch_1d(
         &mut self,
         file: &str,
@@ -228,7 +230,8 @@ impl ProgramBuilder {
         uniforms: Uniforms,
         threads: usize,
     ) -> Result<usize, ProgramError> {
-        let wg = u32::try_from(threads.div_ceil(WG as usize)).expect("dispatch too large");
+        let size = self.gpu.registry.kernel(file, entry)?.workgroup as usize;
+        let wg = u32::try_from(threads.div_ceil(size)).expect("dispatch too large");
         let grid = grid_1d(wg, self.gpu.limits().max_compute_workgroups_per_dimension);
         self.dispatch(file, entry, buffers, uniforms, grid)
     }

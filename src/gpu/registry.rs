@@ -85,11 +85,17 @@ pub struct Reflection {
     pub uniform_size: u32,
     /// Compute entry points and the storage bindings each one uses, in binding order.
     pub entry_points: Vec<(String, Vec<u32>)>,
+    /// Invocations per workgroup of each entry point (x * y * z of its @workgroup_size).
+    pub workgroup_sizes: Vec<(String, u32)>,
 }
 
 impl Reflection {
     pub fn bindings(&self, entry: &str) -> Option<&[u32]> {
         self.entry_points.iter().find(|(e, _)| e == entry).map(|(_, b)| b.as_slice())
+    }
+
+    pub fn workgroup_size(&self, entry: &str) -> Option<u32> {
+        self.workgroup_sizes.iter().find(|(e, _)| e == entry).map(|&(_, n)| n)
     }
 }
 
@@ -164,7 +170,9 @@ pub fn reflect(file: &str, source: &str) -> Result<Reflection, ShaderError> {
     }
     let uniform_size = uniform_size.ok_or_else(|| conv("no uniform at binding 0".into()))?;
     let mut entry_points = Vec::new();
+    let mut workgroup_sizes = Vec::new();
     for (i, ep) in module.entry_points.iter().enumerate() {
+        workgroup_sizes.push((ep.name.clone(), ep.workgroup_size.iter().product::<u32>()));
         let uses = info.get_entry_point(i);
         let mut used: Vec<u32> =
             storage.iter().filter(|(h, _)| !uses[*h].is_empty()).map(|(_, b)| *b).collect();
@@ -181,7 +189,7 @@ pub fn reflect(file: &str, source: &str) -> Result<Reflection, ShaderError> {
         }
         entry_points.push((ep.name.clone(), used));
     }
-    Ok(Reflection { uniform_size, entry_points })
+    Ok(Reflection { uniform_size, entry_points, workgroup_sizes })
 }
 
 /// A compiled kernel: its pipeline and the layout its bind groups are made for.
@@ -191,6 +199,8 @@ pub struct Kernel {
     /// Storage bindings, in the order launchers pass buffers.
     pub bindings: Vec<u32>,
     pub uniform_size: u32,
+    /// Invocations per workgroup (1-D dispatches launch ceil(threads / workgroup) workgroups).
+    pub workgroup: u32,
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group_layout: wgpu::BindGroupLayout,
 }
@@ -294,6 +304,7 @@ impl Registry {
             entry: entry.into(),
             bindings,
             uniform_size,
+            workgroup: f.reflection.workgroup_size(entry).unwrap_or(1).max(1),
             pipeline,
             bind_group_layout,
         });
