@@ -259,3 +259,38 @@ fn stepping_view_figures_match_between_precisions() {
         }
     }
 }
+
+/// A mixed-precision checkpoint keeps the loss scale and its clean-window count: the resumed run
+/// continues bit-exactly, where restarting at `loss_scale` would change the next windows.
+#[test]
+fn resume_keeps_the_loss_scale() {
+    let g = common::gpu();
+    let mut rng = common::Rng::fresh("resume loss scale");
+    // scale 2^24 overflows at first and halves; growth after 3 clean windows
+    let cfg = TrainConfig { loss_scale: 16_777_216.0, loss_scale_growth_interval: 3, ..f16(&small(&mut rng, 4, 2)) };
+    let mut straight = Trainer::new(&g, cfg.clone()).unwrap();
+    for _ in 0..9 {
+        straight.train_step().unwrap();
+    }
+    let mut first = Trainer::new(&g, cfg.clone()).unwrap();
+    for _ in 0..5 {
+        first.train_step().unwrap();
+    }
+    let saved = first.scaler.clone().unwrap();
+    println!("after 5 windows: scale {} clean {}", saved.scale, saved.clean);
+    assert!(saved.scale < cfg.loss_scale as f32, "the scale moved from its start: {saved:?}");
+    let ck = std::env::temp_dir().join(format!("gradscope-f16-resume-{}.safetensors", std::process::id()));
+    first.save(&ck).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&g, &ck, &[]).unwrap();
+    let _ = std::fs::remove_file(&ck);
+    let r = resumed.scaler.clone().unwrap();
+    assert_eq!((r.scale, r.clean), (saved.scale, saved.clean), "the loss scaler after resume");
+    while resumed.step < 9 {
+        resumed.train_step().unwrap();
+    }
+    let (a, b) = (straight.model.slabs.read_params().unwrap(), resumed.model.slabs.read_params().unwrap());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters after resume differ from the straight run");
+    let (s, r) = (straight.scaler.unwrap(), resumed.scaler.unwrap());
+    assert_eq!((s.scale, s.clean), (r.scale, r.clean));
+}

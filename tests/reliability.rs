@@ -234,6 +234,7 @@ mod fuzz {
                     params: gradscope::reference::gpt::init_params(&gpt, 1),
                     adam_m: vec![0.0; n],
                     adam_v: vec![0.0; n],
+                    loss_scaler: Some(checkpoint::LossScaleState { scale: 1024.0, clean: 3 }),
                 };
                 let dir = std::env::temp_dir().join(format!("gradscope-fuzz-valid-{}", std::process::id()));
                 let p = dir.join("valid.safetensors");

@@ -87,6 +87,16 @@ pub struct TrainState {
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
+    /// Mixed precision: the dynamic loss scale and the clean windows since its last change, so a
+    /// resumed run continues with the scale it had (metadata `loss_scaler`; absent in f32 runs).
+    pub loss_scaler: Option<LossScaleState>,
+}
+
+/// The state of the dynamic loss scaler (its growth interval comes from the config).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaleState {
+    pub scale: f32,
+    pub clean: usize,
 }
 
 pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -140,6 +150,9 @@ pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     meta.insert("step".to_string(), st.step.to_string());
     meta.insert("adam_step".to_string(), st.adam_step.to_string());
     meta.insert("sampler".to_string(), serde_json::to_string(&st.sampler).unwrap());
+    if let Some(ls) = &st.loss_scaler {
+        meta.insert("loss_scaler".to_string(), serde_json::to_string(ls).unwrap());
+    }
     let n = st.params.len();
     let mut tensors = Vec::new();
     for (name, shape, off) in tensor_table(&st.gpt) {
@@ -233,7 +246,18 @@ pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
     let n = gpt.num_params();
     let adam_m = tensor_f32(path, &st, OPT_M, &[n])?;
     let adam_v = tensor_f32(path, &st, OPT_V, &[n])?;
-    Ok(TrainState { gpt, train, vocab, step, adam_step, sampler, params, adam_m, adam_v })
+    let loss_scaler = match meta.contains_key("loss_scaler") {
+        true => Some(meta_json::<LossScaleState>(path, &meta, "loss_scaler")?),
+        false => None,
+    };
+    if let Some(ls) = loss_scaler {
+        if !(ls.scale.is_finite() && (1.0..=super::trainer::MAX_LOSS_SCALE).contains(&ls.scale)) {
+            return Err(CheckpointError::Metadata {
+                path: path.into(), key: "loss_scaler".into(), detail: format!(": scale {} outside [1, 2^24]", ls.scale),
+            });
+        }
+    }
+    Ok(TrainState { gpt, train, vocab, step, adam_step, sampler, params, adam_m, adam_v, loss_scaler })
 }
 
 /// Write named f32 tensors and metadata as one safetensors file, atomically.

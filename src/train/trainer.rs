@@ -553,6 +553,7 @@ impl Trainer {
             params: self.model.slabs.read_params()?,
             adam_m,
             adam_v,
+            loss_scaler: self.scaler.as_ref().map(|s| checkpoint::LossScaleState { scale: s.scale, clean: s.clean }),
         })
     }
 
@@ -587,6 +588,12 @@ impl Trainer {
         t.adam_step = st.adam_step as usize;
         t.sampler = st.sampler;
         t.sampler.block = t.cfg.block_size;
+        // a mixed-precision run continues with its loss scale (an f32 checkpoint resumed in f16
+        // starts at `loss_scale`)
+        if let (Some(sc), Some(ls)) = (&mut t.scaler, st.loss_scaler) {
+            sc.scale = ls.scale;
+            sc.clean = ls.clean;
+        }
         Ok(t)
     }
 
