@@ -7,11 +7,16 @@
 // Requires K % 4 == 0 and the offsets of the vec4 operands to be multiples of 4 (the launcher
 // falls back to matmul.wgsl otherwise). M and N are arbitrary: loads clamp, stores are guarded.
 // The bias gradient is matmul.wgsl's matmul_backward_bias.
-// GELU fused into the MLP's two matmuls (flag bit 1), removing the GELU passes over [M, 4C]:
-//   matmul_forward_cpu also writes gelu_out = GELU(out);
-//   matmul_backward_input_cpu_v4 adds GELU'(gelu_x) * (dout . weight) into dinp instead of
-//   (dout . weight): the GELU backward of a gradient that starts at zero, fused (gelu.wgsl's
-//   formulas, applied to values rounded to `act` exactly as the separate passes store them).
+// matmul_forward_cpu's flags (Params.flags):
+//   bit 0: add the bias;
+//   bit 1: also write aux = GELU(out) (the MLP's GELU fused into its first matmul);
+//   bit 2: accumulate, out += inp . weight^T. With weight = W^T (transpose_cpu) this is the input
+//          gradient dinp += dout . W in the forward kernel's loop order, which keeps its speed at
+//          small M where matmul_backward_input_cpu_v4 loses it (measured: `gradscope bench`);
+//   bit 3 (with bit 2): out += GELU'(aux) * (inp . weight^T), the GELU backward of a gradient that
+//          starts at zero fused into the second MLP matmul's input gradient.
+// GELU uses gelu.wgsl's formulas, applied to values rounded to `act` exactly as the separate
+// passes store them.
 // Activations (out, inp, dinp, dout, dout4) are `act`: f32, or f16 in the mixed-precision
 // instantiation of this file (converted to f32 as loaded); weight, bias and their gradients stay
 // f32, and the register blocks are f32.
@@ -21,7 +26,7 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     M: u32, K: u32, N: u32,
-    flags: u32, // bit 0: bias (forward), bit 1: GELU fused
+    flags: u32, // matmul_forward_cpu: bit 0 bias, bit 1 GELU out, bit 2 accumulate, bit 3 GELU backward
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -30,7 +35,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> inp: array<vec4<act>>;
 @group(0) @binding(3) var<storage, read_write> weight: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> gelu_out: array<act>;
+// the GELU output (flag bit 1) or the GELU input (flag bit 3), [M,N] like out
+@group(0) @binding(5) var<storage, read_write> aux: array<act>;
+// transpose_cpu(weight [N,K] at binding 3) -> weight_t [K,N]
+@group(0) @binding(6) var<storage, read_write> weight_t: array<f32>;
 
 // matmul_backward(dinp [M,K], dweight [N,K], dbias [N], dout [M,N], inp [M,K], weight [N,K])
 @group(0) @binding(9) var<storage, read_write> dinp: array<vec4<act>>;
@@ -40,15 +48,12 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> b_weight: array<vec4<f32>>;
 // the same dout read as vec4 along N (N % 4 == 0): the *_v4 entries get dout twice
 @group(0) @binding(15) var<storage, read_write> dout4: array<vec4<act>>;
-// the GELU input (the forward's `out` of the first MLP matmul), for the fused GELU backward
-@group(0) @binding(16) var<storage, read_write> gelu_x: array<vec4<act>>;
 
 // 16 invocations per workgroup (two 8-wide SIMD rows on lavapipe): smaller work items than 64
 // leave less idle time at the end of each dispatch when 2 threads share few workgroups
 // (`gradscope bench`: +7% tokens/s at B 16 x K 4, +10% at B 64 x K 1 against 64).
 const WG: u32 = 16u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
-fn gelu_fused() -> bool { return (p.flags & 2u) != 0u; }
 
 // GELU, tanh approximation, as gelu.wgsl: 0.5 (1 + tanh u) = sigmoid(2u)
 const S: f32 = 0.7978845608028654; // sqrt(2/pi)
@@ -56,7 +61,7 @@ fn gelu(x: f32) -> f32 {
     let u = S * (x + 0.044715 * x * x * x);
     return x * (1.0 / (1.0 + exp(-2.0 * u)));
 }
-fn gelu_grad(x: vec4<f32>) -> vec4<f32> {
+fn gelu_grad(x: f32) -> f32 {
     let u = S * (x + 0.044715 * x * x * x);
     let sg = 1.0 / (1.0 + exp(-2.0 * u));
     return sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
@@ -117,9 +122,16 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
         for (var i = 0u; i < 4u; i++) {
             let m = m0 + i;
             if (m < p.M) {
-                let v = act(c[i] + bj);
-                out[p.o0 + m * p.N + n] = v;
-                if (gelu_fused()) { gelu_out[p.o4 + m * p.N + n] = act(gelu(f32(v))); }
+                let e = m * p.N + n;
+                if ((p.flags & 4u) != 0u) {
+                    var g = c[i];
+                    if ((p.flags & 8u) != 0u) { g = gelu_grad(f32(aux[p.o4 + e])) * f32(act(c[i])); }
+                    out[p.o0 + e] = act(f32(out[p.o0 + e]) + g);
+                } else {
+                    let v = act(c[i] + bj);
+                    out[p.o0 + e] = v;
+                    if ((p.flags & 2u) != 0u) { aux[p.o4 + e] = act(gelu(f32(v))); }
+                }
             }
         }
     }
@@ -285,15 +297,26 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     }
 }
 
-// dinp[e] += c, or with GELU fused dinp[e] += GELU'(gelu_x[e]) * c (e in vec4 units from o0, o7)
+// dinp[e] += c (e in vec4 units from o0)
 fn add_dinp(e: u32, c: vec4<f32>) {
     let d = p.o0 / 4u + e;
-    if (gelu_fused()) {
-        let g = vec4<f32>(vec4<act>(c));
-        dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + gelu_grad(vec4<f32>(gelu_x[p.o7 / 4u + e])) * g);
-    } else {
-        dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + c);
-    }
+    dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + c);
+}
+
+// weight_t [K,N] = weight [N,K]^T: one invocation per vec4 of weight (K % 4 == 0)
+@compute @workgroup_size(WG)
+fn transpose_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+                 @builtin(local_invocation_index) l: u32) {
+    let idx = flat(w, nw, l);
+    let K4 = p.K / 4u;
+    if (idx >= p.N * K4) { return; }
+    let n = idx / K4;
+    let k = (idx % K4) * 4u;
+    let v = weight[p.o2 / 4u + idx];
+    weight_t[p.o5 + k * p.N + n] = v.x;
+    weight_t[p.o5 + (k + 1u) * p.N + n] = v.y;
+    weight_t[p.o5 + (k + 2u) * p.N + n] = v.z;
+    weight_t[p.o5 + (k + 3u) * p.N + n] = v.w;
 }
 
 // dweight[n, k] += sum_m dout[m, n] inp[m, k], reading dout[m, n0..n0+4] as one vec4

@@ -316,9 +316,10 @@ fn fill_writes_exactly_its_range() {
     let _ = View::of(&ts.buffer(x));
 }
 
-/// The MLP's GELU fused into its matmuls (matmul_cpu.wgsl's GELU flag on CPU adapters, separate
+/// The MLP's GELU fused into its matmuls (matmul_cpu.wgsl's GELU flags on CPU adapters, separate
 /// passes otherwise) against the reference's matmul + GELU: the forward's pre- and post-GELU
-/// outputs, and the backward of a matmul reading GELU(pre) through GELU' into dpre (+=).
+/// outputs, and the backward of a matmul reading GELU(pre) through GELU' into dpre (+=), with
+/// and without the transposed weight (`transpose`) the CPU kernels take the input gradient from.
 #[test]
 fn fused_gelu_matmuls_match_reference() {
     let g = gpu();
@@ -327,45 +328,95 @@ fn fused_gelu_matmuls_match_reference() {
     let shapes = [(37, 32, 128, true), (16, 128, 32, false), (9, 6, 10, true)];
     for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
         for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
-            // forward: pre [M,N] = x [M,K] . w1 [N,K]^T + b1, post = GELU(pre)
-            let x = rng.vec(m * k, 1.0);
-            let w1 = rng.vec(n * k, 1.0);
-            let b1 = rng.vec(n, 1.0);
-            // backward of y [M,K] = post [M,N] . w2 [K,N]^T: dpre [M,N] += GELU'(pre) (dy . w2)
-            let w2 = rng.vec(k * n, 1.0);
-            let dy = rng.vec(m * k, 1.0);
-            let (dpre0, dw0, db0) = (rng.vec(m * n, 1.0), rng.vec(k * n, 1.0), rng.vec(k, 1.0));
-            let mut ts = Tensors::new(&g, i % 2 == 0);
-            let (pre, post, xv, w1v, b1v) = (ts.poisoned(m * n), ts.poisoned(m * n), ts.f32(&x), ts.f32(&w1), ts.f32(&b1));
-            let (w2v, dyv, dpre, dw, db) = (ts.f32(&w2), ts.f32(&dy), ts.f32(&dpre0), ts.f32(&dw0), ts.f32(&db0));
-            let dpost = ts.f32(&vec![0.0; m * n]);
+            for transposed in [false, true] {
+                // forward: pre [M,N] = x [M,K] . w1 [N,K]^T + b1, post = GELU(pre)
+                let x = rng.vec(m * k, 1.0);
+                let w1 = rng.vec(n * k, 1.0);
+                let b1 = rng.vec(n, 1.0);
+                // backward of y [M,K] = post [M,N] . w2 [K,N]^T: dpre [M,N] += GELU'(pre) (dy . w2)
+                let w2 = rng.vec(k * n, 1.0);
+                let dy = rng.vec(m * k, 1.0);
+                let (dpre0, dw0, db0) = (rng.vec(m * n, 1.0), rng.vec(k * n, 1.0), rng.vec(k, 1.0));
+                let mut ts = Tensors::new(&g, i % 2 == 0);
+                let (pre, post, xv, w1v, b1v) = (ts.poisoned(m * n), ts.poisoned(m * n), ts.f32(&x), ts.f32(&w1), ts.f32(&b1));
+                let (w2v, dyv, dpre, dw, db) = (ts.f32(&w2), ts.f32(&dy), ts.f32(&dpre0), ts.f32(&dw0), ts.f32(&db0));
+                let dpost = ts.f32(&vec![0.0; m * n]);
+                let w2t = ts.poisoned(k * n);
+                ts.upload();
+                let can_transpose = n % 4 == 0;
+                run(&g, |pb| {
+                    let bv = bias.then(|| ts.view(b1v));
+                    pb.matmul_forward_gelu_with(variant, ts.view(pre), ts.view(post), ts.view(xv), ts.view(w1v), bv, m, k, n)
+                        .unwrap();
+                    let wt = (transposed && can_transpose).then(|| ts.view(w2t));
+                    if let Some(wt) = wt {
+                        pb.transpose(wt, ts.view(w2v), k, n).unwrap();
+                    }
+                    let dbv = bias.then(|| ts.view(db));
+                    pb.matmul_backward_gelu_with(
+                        variant, ts.view(dpre), ts.view(dpost), ts.view(pre), wt, ts.view(dw), dbv, ts.view(dyv),
+                        ts.view(post), ts.view(w2v), m, n, k,
+                    )
+                    .unwrap();
+                });
+                let b1r = f64s(&b1);
+                let (mut pre_r, mut post_r) = (vec![0.0; m * n], vec![0.0; m * n]);
+                r::matmul_forward(&mut pre_r, &f64s(&x), &f64s(&w1), bias.then_some(&b1r[..]), m, k, n);
+                r::gelu_forward(&mut post_r, &pre_r, m * n);
+                let (mut dpost_r, mut dw_r, mut db_r) = (vec![0.0; m * n], f64s(&dw0), f64s(&db0));
+                r::matmul_backward(&mut dpost_r, &mut dw_r, bias.then_some(&mut db_r[..]), &f64s(&dy), &post_r, &f64s(&w2), m, n, k);
+                let mut dpre_r = f64s(&dpre0);
+                r::gelu_backward(&mut dpre_r, &pre_r, &dpost_r, m * n);
+                let name = format!("matmul+gelu {variant:?} {m}x{k}x{n} transposed {transposed}");
+                check(&name, "pre", &ts.read(pre), &pre_r, TOL);
+                check(&name, "post", &ts.read(post), &post_r, TOL);
+                check(&name, "dpre", &ts.read(dpre), &dpre_r, TOL);
+                check(&name, "dweight", &ts.read(dw), &dw_r, TOL);
+                if bias {
+                    check(&name, "dbias", &ts.read(db), &db_r, TOL);
+                }
+                if transposed && can_transpose {
+                    let t: Vec<f32> = (0..n * k).map(|j| w2[(j % k) * n + j / k]).collect();
+                    assert_eq!(ts.read(w2t), t, "{name}: the transposed weight");
+                }
+            }
+        }
+    }
+}
+
+/// The input gradient from the transposed weight (`transpose` + `matmul_backward_t`: the
+/// forward kernel in accumulate mode on CPU adapters) against the reference, accumulating into
+/// random initial gradients; shapes of the GPT's four block matmuls, odd M, N not a multiple of 8.
+#[test]
+fn transposed_input_gradient_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("matmul_t");
+    let shapes = [(64, 32, 96, true), (37, 128, 32, false), (5, 32, 128, true), (70, 12, 20, true), (3, 8, 4, false)];
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+        for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
+            let inp = rng.vec(m * k, 1.0);
+            let weight = rng.vec(n * k, 1.0);
+            let dout = rng.vec(m * n, 1.0);
+            let (dinp0, dw0, db0) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0));
+            let mut ts = Tensors::new(&g, i % 2 == 1);
+            let (x, w, dy, wt) = (ts.f32(&inp), ts.f32(&weight), ts.f32(&dout), ts.poisoned(n * k));
+            let (dx, dw, db) = (ts.f32(&dinp0), ts.f32(&dw0), ts.f32(&db0));
             ts.upload();
             run(&g, |pb| {
-                let bv = bias.then(|| ts.view(b1v));
-                pb.matmul_forward_gelu_with(variant, ts.view(pre), ts.view(post), ts.view(xv), ts.view(w1v), bv, m, k, n)
-                    .unwrap();
+                pb.transpose(ts.view(wt), ts.view(w), n, k).unwrap();
                 let dbv = bias.then(|| ts.view(db));
-                pb.matmul_backward_gelu_with(
-                    variant, ts.view(dpre), ts.view(dpost), ts.view(pre), ts.view(dw), dbv, ts.view(dyv), ts.view(post),
-                    ts.view(w2v), m, n, k,
-                )
-                .unwrap();
+                pb.matmul_backward_t_with(variant, ts.view(dx), Some(ts.view(wt)), ts.view(dw), dbv, ts.view(dy), ts.view(x), ts.view(w), m, k, n)
+                    .unwrap();
             });
-            let b1r = f64s(&b1);
-            let (mut pre_r, mut post_r) = (vec![0.0; m * n], vec![0.0; m * n]);
-            r::matmul_forward(&mut pre_r, &f64s(&x), &f64s(&w1), bias.then_some(&b1r[..]), m, k, n);
-            r::gelu_forward(&mut post_r, &pre_r, m * n);
-            let (mut dpost_r, mut dw_r, mut db_r) = (vec![0.0; m * n], f64s(&dw0), f64s(&db0));
-            r::matmul_backward(&mut dpost_r, &mut dw_r, bias.then_some(&mut db_r[..]), &f64s(&dy), &post_r, &f64s(&w2), m, n, k);
-            let mut dpre_r = f64s(&dpre0);
-            r::gelu_backward(&mut dpre_r, &pre_r, &dpost_r, m * n);
-            let name = format!("matmul+gelu {variant:?} {m}x{k}x{n}");
-            check(&name, "pre", &ts.read(pre), &pre_r, TOL);
-            check(&name, "post", &ts.read(post), &post_r, TOL);
-            check(&name, "dpre", &ts.read(dpre), &dpre_r, TOL);
-            check(&name, "dweight", &ts.read(dw), &dw_r, TOL);
+            let (mut dinp, mut dweight, mut dbias) = (f64s(&dinp0), f64s(&dw0), f64s(&db0));
+            r::matmul_backward(&mut dinp, &mut dweight, bias.then_some(&mut dbias[..]), &f64s(&dout), &f64s(&inp), &f64s(&weight), m, k, n);
+            let name = format!("matmul_t {variant:?} {m}x{k}x{n}");
+            let t: Vec<f32> = (0..n * k).map(|j| weight[(j % n) * k + j / n]).collect();
+            assert_eq!(ts.read(wt), t, "{name}: the transposed weight");
+            check(&name, "dinp", &ts.read(dx), &dinp, TOL);
+            check(&name, "dweight", &ts.read(dw), &dweight, TOL);
             if bias {
-                check(&name, "dbias", &ts.read(db), &db_r, TOL);
+                check(&name, "dbias", &ts.read(db), &dbias, TOL);
             }
         }
     }

@@ -111,7 +111,7 @@ impl ProgramBuilder {
         // Without a bias the binding still needs a buffer; the kernel does not read it.
         let bias_v = bias.unwrap_or(out);
         let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
-        // (binding 5, the fused GELU's output, is written only with the GELU flag: out stands in)
+        // (binding 5, the fused GELU's output or input, is used only with a GELU flag: out stands in)
         let args = [out, inp, weight, bias_v, out];
         if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
             let blocks = m.div_ceil(4) * n.div_ceil(8);
@@ -152,37 +152,82 @@ impl ProgramBuilder {
     }
 
     /// The backward of `matmul_forward_gelu` followed by a matmul reading `gelu_out`: the matmul's
-    /// input gradient goes through GELU' into `dpre` (+=). On CPU adapters the GELU backward is
-    /// fused into the input-gradient kernel and `dpost` is not touched; otherwise the input
-    /// gradient accumulates into `dpost` (which must start at zero) and gelu_backward reads it.
+    /// input gradient goes through GELU' into `dpre` (+=). With `weight_t` (weight [N,K]
+    /// transposed to [K,N] by `transpose`) on CPU adapters, the input gradient runs in the
+    /// forward kernel with the GELU backward fused and `dpost` is not touched; otherwise it
+    /// accumulates into `dpost` (which must start at zero) and gelu_backward reads it.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward_gelu(
-        &mut self, dpre: &View, dpost: &View, pre: &View, dweight: &View, dbias: Option<&View>, dout: &View, inp: &View,
-        weight: &View, m: usize, k: usize, n: usize,
+        &mut self, dpre: &View, dpost: &View, pre: &View, weight_t: Option<&View>, dweight: &View, dbias: Option<&View>,
+        dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
     ) -> R {
         let v = self.variant();
-        self.matmul_backward_gelu_with(v, dpre, dpost, pre, dweight, dbias, dout, inp, weight, m, k, n)
+        self.matmul_backward_gelu_with(v, dpre, dpost, pre, weight_t, dweight, dbias, dout, inp, weight, m, k, n)
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward_gelu_with(
-        &mut self, variant: MatmulVariant, dpre: &View, dpost: &View, pre: &View, dweight: &View, dbias: Option<&View>,
-        dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
+        &mut self, variant: MatmulVariant, dpre: &View, dpost: &View, pre: &View, weight_t: Option<&View>, dweight: &View,
+        dbias: Option<&View>, dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
     ) -> R {
-        let fused = variant == MatmulVariant::RegisterBlocked
-            && k % 4 == 0
-            && n % 4 == 0
-            && aligned(&[dpre, weight, dout, pre]);
-        if fused {
-            let dims = Uniforms::new().n(m).n(k).n(n).u(2);
-            let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
-            let args = [dpre, dweight, dweight, dout, inp, weight, dout, pre];
-            self.call("matmul_cpu", "matmul_backward_input_cpu_v4", 9, &args, dims, Grid::Threads(blocks))?;
+        if self.input_grad_transposed(variant, dpre, Some(pre), weight_t, dout, m, k, n)? {
             self.matmul_backward_with(variant, None, dweight, dbias, dout, inp, weight, m, k, n)
         } else {
             self.matmul_backward_with(variant, Some(dpost), dweight, dbias, dout, inp, weight, m, k, n)?;
             self.gelu_backward(dpre, pre, dpost, m * k)
         }
+    }
+
+    /// `matmul_backward` with the input gradient taken from `weight_t` (weight [N,K] transposed to
+    /// [K,N] by `transpose`) where the adapter's kernels gain from it (CPU adapters: the forward
+    /// kernel's loop order); the same sums otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_t(
+        &mut self, dinp: &View, weight_t: Option<&View>, dweight: &View, dbias: Option<&View>, dout: &View, inp: &View,
+        weight: &View, m: usize, k: usize, n: usize,
+    ) -> R {
+        let v = self.variant();
+        self.matmul_backward_t_with(v, dinp, weight_t, dweight, dbias, dout, inp, weight, m, k, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_t_with(
+        &mut self, variant: MatmulVariant, dinp: &View, weight_t: Option<&View>, dweight: &View, dbias: Option<&View>,
+        dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
+    ) -> R {
+        let done = self.input_grad_transposed(variant, dinp, None, weight_t, dout, m, k, n)?;
+        let dinp = if done { None } else { Some(dinp) };
+        self.matmul_backward_with(variant, dinp, dweight, dbias, dout, inp, weight, m, k, n)
+    }
+
+    /// dinp [M,K] += dout [M,N] . weight_t [K,N]^T (times GELU'(pre) with `pre`) in
+    /// matmul_forward_cpu's accumulate mode, when the adapter and shapes allow; false otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad_transposed(
+        &mut self, variant: MatmulVariant, dinp: &View, pre: Option<&View>, weight_t: Option<&View>, dout: &View, m: usize,
+        k: usize, n: usize,
+    ) -> Result<bool, ProgramError> {
+        let Some(wt) = weight_t else { return Ok(false) };
+        if variant != MatmulVariant::RegisterBlocked || n % 4 != 0 || !aligned(&[dout, wt]) {
+            return Ok(false);
+        }
+        let flags = 4 | if pre.is_some() { 8 } else { 0 };
+        let dims = Uniforms::new().n(m).n(n).n(k).u(flags);
+        let blocks = m.div_ceil(4) * k.div_ceil(8);
+        let args = [dinp, dout, wt, dinp, pre.unwrap_or(dinp)];
+        self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
+        Ok(true)
+    }
+
+    /// weight_t [K,N] = weight [N,K]^T (f32 weights; K % 4 == 0 and a 4-aligned weight).
+    pub fn transpose(&mut self, weight_t: &View, weight: &View, n: usize, k: usize) -> R {
+        if k % 4 != 0 || !aligned(&[weight]) {
+            return Err(ProgramError::Shape { kernel: "transpose_cpu".into(), message: format!("needs K % 4 == 0 and a 4-aligned weight (N {n}, K {k})") });
+        }
+        let dims = Uniforms::new().n(0).n(k).n(n).u(0);
+        let args = [weight_t, weight_t, weight, weight_t, weight_t, weight_t];
+        self.call("matmul_cpu", "transpose_cpu", 1, &args, dims, Grid::Threads(n * k / 4))?;
+        Ok(())
     }
 
     /// dinp [M,K] += dout . weight;  dweight [N,K] += dout^T . inp;  dbias [N] += colsum(dout)
@@ -207,8 +252,7 @@ impl ProgramBuilder {
         let dbias_v = dbias.unwrap_or(dweight);
         let args = [dinp_v, dweight, dbias_v, dout, inp, weight];
         // the _v4 entries also read dout as vec4 along N (binding 15 = the 7th argument)
-        // (binding 16, the fused GELU's input, is read only with the GELU flag: dout stands in)
-        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout, dout];
+        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout];
         let dout_v4 = n % 4 == 0 && aligned(&[dout]);
         if let Some(dinp) = dinp {
             if cpu && aligned(&[dinp, weight]) && dout_v4 {

@@ -5,6 +5,7 @@
 //! L layers. Activations are sized by B; changing B rebuilds only the activation slabs and the
 //! programs that bind them.
 
+use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
 use crate::reference::gpt::GptConfig;
 
@@ -151,6 +152,23 @@ pub struct GpuGpt {
     /// (2 K B T), uploaded once and copied into the micro-batch's token buffers between runs
     /// (`record_micro_steps`); reallocated when K or B changes.
     window_tokens: Option<GpuBuffer>,
+    /// CPU adapters: each block's four weight matrices transposed ([K,N] per [N,K] weight, per
+    /// layer qkv | attn_proj | c_fc | mlp_proj, 12 C^2 floats), refreshed at the start of every
+    /// micro-batch's backward, so the input gradients run in the forward matmul kernel
+    /// (`matmul_backward_t`). None on GPUs.
+    weights_t: Option<GpuBuffer>,
+}
+
+/// Floats of `GpuGpt::weights_t` per layer, and the offsets of the four matrices in it.
+pub const WT_QKV: usize = 0;
+pub const WT_ATTPROJ: usize = 3;
+pub const WT_FC: usize = 4;
+pub const WT_FCPROJ: usize = 8;
+pub const WT_PER_LAYER_C2: usize = 12;
+
+/// Whether the GPT keeps transposed block weights (`GpuGpt::weights_t`) with these kernels.
+pub fn uses_transposed_weights(cfg: &GptConfig, kernels: MatmulVariant) -> bool {
+    kernels == MatmulVariant::RegisterBlocked && cfg.n_embd % 4 == 0
 }
 
 /// Everything sized by the micro-batch: activation slabs, token buffers and the programs that
@@ -190,7 +208,17 @@ impl GpuGpt {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None })
+        let weights_t = match uses_transposed_weights(&cfg, MatmulVariant::for_device(gpu.kind)) {
+            true => {
+                let n = WT_PER_LAYER_C2 * cfg.n_embd * cfg.n_embd * cfg.n_layer;
+                Some(gpu.try_storage("transposed block weights", Category::Scratch, n)?)
+            }
+            false => None,
+        };
+        Ok(Self {
+            gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None,
+            weights_t,
+        })
     }
 
     fn pv(&self, i: usize) -> View {
@@ -366,6 +394,16 @@ impl GpuGpt {
         let dact = |o: usize| View::at(dacts, o);
         let lw = |i: usize, l: usize, per: usize| self.pv(i).add(l * per);
         let lg = |i: usize, l: usize, per: usize| self.gv(i).add(l * per);
+        // the transposed block weights, refreshed from this step's weights first
+        let wt = |l: usize, at: usize| self.weights_t.as_ref().map(|w| View::at(w, (l * WT_PER_LAYER_C2 + at) * c * c));
+        if self.weights_t.is_some() {
+            for l in 0..cl {
+                pb.transpose(&wt(l, WT_QKV).unwrap(), &lw(p::QKVW, l, 3 * c * c), 3 * c, c)?;
+                pb.transpose(&wt(l, WT_ATTPROJ).unwrap(), &lw(p::ATTPROJW, l, c * c), c, c)?;
+                pb.transpose(&wt(l, WT_FC).unwrap(), &lw(p::FCW, l, 4 * c * c), 4 * c, c)?;
+                pb.transpose(&wt(l, WT_FCPROJ).unwrap(), &lw(p::FCPROJW, l, 4 * c * c), c, 4 * c)?;
+            }
+        }
 
         // reduction = sum: each counted target's loss has weight 1; the window's gradient is
         // divided once by the window's count at the step.
@@ -391,20 +429,20 @@ impl GpuGpt {
             }
             // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
-            pb.matmul_backward_gelu(&dact(a.fch[l]), &dact(a.fch_gelu[l]), &act(a.fch[l]), &lg(p::FCPROJW, l, 4 * c * c),
-                Some(&lg(p::FCPROJB, l, c)), &dres, &act(a.fch_gelu[l]), &lw(p::FCPROJW, l, 4 * c * c),
-                bt, 4 * c, c)?;
-            pb.matmul_backward(Some(&dact(a.ln2[l])), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
+            pb.matmul_backward_gelu(&dact(a.fch[l]), &dact(a.fch_gelu[l]), &act(a.fch[l]), wt(l, WT_FCPROJ).as_ref(),
+                &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)), &dres, &act(a.fch_gelu[l]),
+                &lw(p::FCPROJW, l, 4 * c * c), bt, 4 * c, c)?;
+            pb.matmul_backward_t(&dact(a.ln2[l]), wt(l, WT_FC).as_ref(), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
                 &dact(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
             // dres becomes dresidual2
             pb.layernorm_backward(&dres, &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(a.ln2[l]),
                 &act(a.residual2[l]), &lw(p::LN2W, l, c), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), bt, c)?;
             // residual2 = residual + attproj: dattproj = dresidual2 = dres
-            pb.matmul_backward(Some(&dact(a.atty[l])), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
+            pb.matmul_backward_t(&dact(a.atty[l]), wt(l, WT_ATTPROJ).as_ref(), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
                 &dres, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
             pb.attention_backward(&dact(a.qkv[l]), &dact(a.preatt[l]), &dact(a.att[l]), &dact(a.atty[l]),
                 &act(a.qkv[l]), &act(a.att[l]), b, t, c, nh)?;
-            pb.matmul_backward(Some(&dact(a.ln1[l])), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
+            pb.matmul_backward_t(&dact(a.ln1[l]), wt(l, WT_QKV).as_ref(), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
                 &dact(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), bt, c, 3 * c)?;
             // dres becomes the gradient of the block's input
             pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),

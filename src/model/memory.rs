@@ -93,6 +93,11 @@ impl ModelSpec {
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations, opts.kernels);
                 add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
+                // CPU kernels: the transposed block weights of the input gradients
+                if crate::model::gpt::uses_transposed_weights(c, opts.kernels) {
+                    let n = crate::model::gpt::WT_PER_LAYER_C2 * c.n_embd * c.n_embd * c.n_layer;
+                    add(Category::Scratch, buf(n as u64 * 4));
+                }
             }
             ModelSpec::Cnn(c) => {
                 add(Category::Parameters, buf(c.running_len() as u64 * 4));
@@ -115,7 +120,8 @@ fn buf(bytes: u64) -> u64 {
 /// backward 19 per block + 7; checkpointing replays L-1 blocks and clears the shared
 /// block gradients before each. With the CPU-adapter kernels (`gpu::kernels`) attention is
 /// 3 dispatches forward and 4 backward instead of 1 and 2, and GELU rides in the MLP's
-/// matmuls (one dispatch fewer each way) when the shapes allow (C and the head size multiples of 4).
+/// matmuls (one dispatch fewer each way) when the shapes allow (C and the head size multiples of 4);
+/// the backward then starts by transposing each block's four weight matrices.
 pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) -> (u64, u64) {
     let l = c.n_layer as u64;
     let cpu = kernels == MatmulVariant::RegisterBlocked && c.n_embd % 4 == 0;
@@ -125,7 +131,8 @@ pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) ->
     let fused_gelu = if cpu { 1 } else { 0 };
     let block_forward = 10 + extra_fwd - fused_gelu;
     let forward = block_forward * l + 5;
-    let backward = (19 + extra_bwd - fused_gelu) * l + 7;
+    let transposes = if cpu { 4 } else { 0 };
+    let backward = (19 + extra_bwd - fused_gelu + transposes) * l + 7;
     let replay = if recompute { (block_forward + 1) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }
