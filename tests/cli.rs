@@ -2,8 +2,17 @@
 //! it, `verify --quick` passes with the correct settings and fails (exit 2, with a diagnosis)
 //! with a broken normalization.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
+
+/// The f16 command lines need an adapter with SHADER_F16 (without it they train in f32 and say so,
+/// which tests/precision.rs checks): fail with that message rather than on a figure.
+fn require_f16() {
+    let g = common::gpu();
+    assert!(g.has_f16(), "{} has no SHADER_F16; the f16 command-line tests need it (lavapipe on Vulkan has it)", g.summary.name);
+}
 
 fn gradscope() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gradscope"));
@@ -123,6 +132,7 @@ fn cnn_trains_and_evaluates_from_the_command_line() {
 /// passes within 0.05; `--show-broken` runs the two wrong loss-scale orders and both are caught.
 #[test]
 fn verify_in_mixed_precision_passes_and_catches_the_wrong_orders() {
+    require_f16();
     let out = gradscope().args(["verify", "--quick", "--show-broken", "--precision", "f16", "--max_steps", "40"]).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     println!("{s}{}", String::from_utf8_lossy(&out.stderr));
@@ -136,6 +146,7 @@ fn verify_in_mixed_precision_passes_and_catches_the_wrong_orders() {
 /// library's plan; `train --memory_budget` then trains with that B and K.
 #[test]
 fn plan_and_train_under_a_memory_budget() {
+    require_f16();
     let out = gradscope()
         .args(["plan", "--effective-batch", "24", "--memory-budget", "2MiB", "--json"])
         .args(TINY)

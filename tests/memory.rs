@@ -74,11 +74,13 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
         let spec = ModelSpec::Gpt(t.gcfg);
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&cfg, MatmulVariant::for_device(g.kind)));
+        // (the trainer's config: f16 falls back to f32 on an adapter without SHADER_F16)
+        let run = t.cfg.clone();
+        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&run, MatmulVariant::for_device(g.kind)));
         assert_same(
             &format!(
                 "GPT L{} C{} T{} B{} K{} checkpointing {} {}",
-                cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.micro_batch, cfg.accum_steps, cfg.checkpoint_activations, cfg.precision
+                cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.micro_batch, cfg.accum_steps, cfg.checkpoint_activations, run.precision
             ),
             predicted,
             actual,
@@ -87,7 +89,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.set_micro_batch(cfg.micro_batch + 2).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&cfg, MatmulVariant::for_device(g.kind)));
+        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&run, MatmulVariant::for_device(g.kind)));
         assert_same("after a live change of B", predicted, actual);
         drop(t);
         assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");

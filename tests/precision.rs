@@ -33,6 +33,18 @@ fn small(rng: &mut common::Rng, b: usize, k: usize) -> TrainConfig {
     }
 }
 
+/// The device for tests that run f16 kernels: an adapter without SHADER_F16 fails them with a
+/// message instead of letting them test the f32 fallback.
+fn f16_gpu() -> gradscope::gpu::Gpu {
+    let g = common::gpu();
+    assert!(
+        g.has_f16(),
+        "{} has no SHADER_F16; the mixed-precision tests need it (lavapipe on Vulkan has it, GL adapters do not)",
+        g.summary.name
+    );
+    g
+}
+
 fn f16(cfg: &TrainConfig) -> TrainConfig {
     TrainConfig { precision: Precision::F16, ..cfg.clone() }
 }
@@ -46,8 +58,7 @@ fn finite(v: &[f32]) -> bool {
 /// identical (the activations really are f16).
 #[test]
 fn mixed_precision_gradient_matches_f32_within_f16_rounding() {
-    let g = common::gpu();
-    assert!(g.has_f16(), "this adapter has no SHADER_F16; mixed-precision tests need one (lavapipe has it)");
+    let g = f16_gpu();
     let mut rng = common::Rng::fresh("mixed precision gradient");
     for (b, k, padded, ck) in [(4, 3, false, false), (3, 4, true, false), (4, 2, false, true)] {
         let cfg = TrainConfig { padded, checkpoint_activations: ck, ..small(&mut rng, b, k) };
@@ -69,7 +80,7 @@ fn mixed_precision_gradient_matches_f32_within_f16_rounding() {
 ///   times than it should be.
 #[test]
 fn wrong_loss_scale_orders_change_the_gradient() {
-    let g = common::gpu();
+    let g = f16_gpu();
     let mut rng = common::Rng::fresh("loss scale orders");
     let cfg = small(&mut rng, 4, 4);
     let want = first_window_gradient(&g, &cfg).unwrap();
@@ -99,7 +110,7 @@ fn wrong_loss_scale_orders_change_the_gradient() {
 /// and it doubles after `loss_scale_growth_interval` clean windows.
 #[test]
 fn overflow_skips_the_step_and_halves_the_scale_then_it_grows() {
-    let g = common::gpu();
+    let g = f16_gpu();
     let mut rng = common::Rng::fresh("dynamic loss scale");
     let cfg = TrainConfig { loss_scale: 16_777_216.0, loss_scale_growth_interval: 2, ..f16(&small(&mut rng, 4, 2)) };
     let mut t = Trainer::new(&g, cfg).unwrap();
@@ -176,7 +187,7 @@ fn verify_passes_in_mixed_precision() {
 /// The logits (the sampler reads them) come back from the f16 slab as f32 close to the f32 run's.
 #[test]
 fn f16_logits_read_back_close_to_f32() {
-    let g = common::gpu();
+    let g = f16_gpu();
     let mut rng = common::Rng::fresh("f16 logits");
     let cfg = small(&mut rng, 2, 1);
     let logits = |cfg: TrainConfig| {
@@ -264,7 +275,7 @@ fn stepping_view_figures_match_between_precisions() {
 /// continues bit-exactly, where restarting at `loss_scale` would change the next windows.
 #[test]
 fn resume_keeps_the_loss_scale() {
-    let g = common::gpu();
+    let g = f16_gpu();
     let mut rng = common::Rng::fresh("resume loss scale");
     // scale 2^24 overflows at first and halves; growth after 3 clean windows
     let cfg = TrainConfig { loss_scale: 16_777_216.0, loss_scale_growth_interval: 3, ..f16(&small(&mut rng, 4, 2)) };
