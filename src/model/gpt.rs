@@ -159,7 +159,8 @@ pub struct GpuGpt {
     weights_t: Option<GpuBuffer>,
 }
 
-/// Floats of `GpuGpt::weights_t` per layer, and the offsets of the four matrices in it.
+/// Offsets of the four matrices in one layer's part of `GpuGpt::weights_t`, and that part's size,
+/// in units of C^2 floats.
 pub const WT_QKV: usize = 0;
 pub const WT_ATTPROJ: usize = 3;
 pub const WT_FC: usize = 4;
