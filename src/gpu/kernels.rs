@@ -43,6 +43,11 @@ fn attention_v4(variant: MatmulVariant, c: usize, nh: usize, vec4_views: &[&View
     variant == MatmulVariant::RegisterBlocked && c % 4 == 0 && (c / nh) % 4 == 0 && aligned(vec4_views)
 }
 
+/// Whether matmul_forward_cpu takes an inner dimension of `k` with these vec4 operands.
+fn forward_cpu_fits(variant: MatmulVariant, k: usize, inp: &View, weight: &View) -> bool {
+    variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight])
+}
+
 /// Invocations of attention_cpu.wgsl's block kernels for (B, T, C, NH): score blocks (4 rows by
 /// 8 columns of a T x T matrix per head) and row blocks (4 rows by 2 vec4 of head channels).
 fn attention_blocks(b: usize, t: usize, c: usize, nh: usize) -> (usize, usize) {
@@ -108,17 +113,28 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, out: &View, inp: &View, weight: &View, bias: Option<&View>,
         m: usize, k: usize, n: usize,
     ) -> R {
+        if forward_cpu_fits(variant, k, inp, weight) {
+            return self.matmul_forward_cpu(out, inp, weight, bias, None, 0, m, k, n);
+        }
         // Without a bias the binding still needs a buffer; the kernel does not read it.
         let bias_v = bias.unwrap_or(out);
         let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
-        // (binding 5, the fused GELU's output or input, is used only with a GELU flag: out stands in)
-        let args = [out, inp, weight, bias_v, out];
-        if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
-            let blocks = m.div_ceil(4) * n.div_ceil(8);
-            self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
-        } else {
-            self.call("matmul", "matmul_forward", 1, &args, dims, tiles(m, n))?;
-        }
+        self.call("matmul", "matmul_forward", 1, &[out, inp, weight, bias_v], dims, tiles(m, n))?;
+        Ok(())
+    }
+
+    /// matmul_forward_cpu: out [M,N] = inp [M,K] . weight [N,K]^T (+ bias), or `+=` with flag
+    /// bit 2; `aux` is the GELU output (bit 1) or input (bit 3). The bias bit comes from `bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward_cpu(
+        &mut self, out: &View, inp: &View, weight: &View, bias: Option<&View>, aux: Option<&View>, flags: u32, m: usize,
+        k: usize, n: usize,
+    ) -> R {
+        // Unused bindings still need a buffer (the kernel does not touch them): out stands in.
+        let args = [out, inp, weight, bias.unwrap_or(out), aux.unwrap_or(out)];
+        let dims = Uniforms::new().n(m).n(k).n(n).u(flags | bias.is_some() as u32);
+        let blocks = m.div_ceil(4) * n.div_ceil(8);
+        self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
         Ok(())
     }
 
@@ -138,12 +154,8 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, out: &View, gelu_out: &View, inp: &View, weight: &View, bias: Option<&View>,
         m: usize, k: usize, n: usize,
     ) -> R {
-        if variant == MatmulVariant::RegisterBlocked && k % 4 == 0 && aligned(&[inp, weight]) {
-            let bias_v = bias.unwrap_or(out);
-            let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32 | 2);
-            let blocks = m.div_ceil(4) * n.div_ceil(8);
-            let args = [out, inp, weight, bias_v, gelu_out];
-            self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
+        if forward_cpu_fits(variant, k, inp, weight) {
+            self.matmul_forward_cpu(out, inp, weight, bias, Some(gelu_out), 2, m, k, n)?;
         } else {
             self.matmul_forward_with(variant, out, inp, weight, bias, m, k, n)?;
             self.gelu_forward(gelu_out, out, m * n)?;
@@ -207,16 +219,15 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, dinp: &View, pre: Option<&View>, weight_t: Option<&View>, dout: &View, m: usize,
         k: usize, n: usize,
     ) -> Result<bool, ProgramError> {
-        let Some(wt) = weight_t else { return Ok(false) };
-        if variant != MatmulVariant::RegisterBlocked || n % 4 != 0 || !aligned(&[dout, wt]) {
-            return Ok(false);
+        // the forward kernel with inner dimension N and output width K
+        match weight_t {
+            Some(wt) if forward_cpu_fits(variant, n, dout, wt) => {
+                let flags = 4 | if pre.is_some() { 8 } else { 0 };
+                self.matmul_forward_cpu(dinp, dout, wt, None, pre, flags, m, n, k)?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        let flags = 4 | if pre.is_some() { 8 } else { 0 };
-        let dims = Uniforms::new().n(m).n(n).n(k).u(flags);
-        let blocks = m.div_ceil(4) * k.div_ceil(8);
-        let args = [dinp, dout, wt, dinp, pre.unwrap_or(dinp)];
-        self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
-        Ok(true)
     }
 
     /// weight_t [K,N] = weight [N,K]^T (f32 weights; K % 4 == 0 and a 4-aligned weight).

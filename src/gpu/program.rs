@@ -15,9 +15,6 @@ use super::registry::{Kernel, ShaderError};
 
 /// Bytes per uniform slot: the largest `min_uniform_buffer_offset_alignment` wgpu allows.
 const SLOT: u32 = 256;
-/// Workgroup size of most 1-D kernels (WG in the shaders). Dispatches use each entry point's own
-/// @workgroup_size, read from the shader.
-pub const WG: u32 = 64;
 
 /// A uniform parameter struct, written field by field in the order of the WGSL struct.
 /// Every field is a 4-byte scalar (u32 or f32), so the layout is the field order.
@@ -220,8 +217,8 @@ impl ProgramBuilder {
         Ok(self.pending.len() - 1)
     }
 
-    /// A 1-D dispatch over `threads` invocations (workgroups of the entry point's size, WG in
-    /// most shaders, split over x/y if needed).
+    /// A 1-D dispatch over `threads` invocations (workgroups of the entry point's own
+    /// @workgroup_size, read from the shader, split over x/y if needed).
     pub fn dispatch_1d(
         &mut self,
         file: &str,

@@ -124,15 +124,16 @@ fn buf(bytes: u64) -> u64 {
 /// the backward then starts by transposing each block's four weight matrices.
 pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) -> (u64, u64) {
     let l = c.n_layer as u64;
-    let cpu = kernels == MatmulVariant::RegisterBlocked && c.n_embd % 4 == 0;
+    // the CPU kernels' shapes: the same condition the model keeps transposed weights under
+    let cpu = crate::model::gpt::uses_transposed_weights(c, kernels);
     let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
-    let extra_fwd = if attention_blocks { 2 } else { 0 };
-    let extra_bwd = if attention_blocks { 2 } else { 0 };
+    // two more dispatches each way for attention, one fewer each way for GELU
+    let attention = if attention_blocks { 2 } else { 0 };
     let fused_gelu = if cpu { 1 } else { 0 };
-    let block_forward = 10 + extra_fwd - fused_gelu;
-    let forward = block_forward * l + 5;
     let transposes = if cpu { 4 } else { 0 };
-    let backward = (19 + extra_bwd - fused_gelu + transposes) * l + 7;
+    let block_forward = 10 + attention - fused_gelu;
+    let forward = block_forward * l + 5;
+    let backward = (19 + attention - fused_gelu + transposes) * l + 7;
     let replay = if recompute { (block_forward + 1) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }

@@ -246,10 +246,8 @@ pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
     let n = gpt.num_params();
     let adam_m = tensor_f32(path, &st, OPT_M, &[n])?;
     let adam_v = tensor_f32(path, &st, OPT_V, &[n])?;
-    let loss_scaler = match meta.contains_key("loss_scaler") {
-        true => Some(meta_json::<LossScaleState>(path, &meta, "loss_scaler")?),
-        false => None,
-    };
+    let loss_scaler =
+        meta.contains_key("loss_scaler").then(|| meta_json::<LossScaleState>(path, &meta, "loss_scaler")).transpose()?;
     if let Some(ls) = loss_scaler {
         if !(ls.scale.is_finite() && (1.0..=super::trainer::MAX_LOSS_SCALE).contains(&ls.scale)) {
             return Err(CheckpointError::Metadata {
