@@ -231,13 +231,6 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Eval { checkpoint, eval_windows, data } => {
             let gpu = device(&choice)?;
-            if gradscope::train::checkpoint::format_of(&checkpoint)?.as_deref() == Some("gradscope-cnn") {
-                let mut t = gradscope::train::cnn::CnnTrainer::load(&gpu, &checkpoint)?;
-                let ev = t.test()?;
-                println!("{}: step {}, CNN ({:?} norm), test accuracy {:.2}% and loss {:.4} over {} images (running statistics)",
-                    checkpoint.display(), t.step, t.ccfg.norm, 100.0 * ev.accuracy, ev.loss, ev.images);
-                return Ok(());
-            }
             let mut ov = vec![];
             if let Some(n) = eval_windows {
                 ov.push(format!("--eval_windows={n}"));
@@ -247,14 +240,23 @@ fn run() -> anyhow::Result<()> {
                 ov.push(d);
             }
             let mut t = Trainer::resume(&gpu, &checkpoint, &ov)?;
-            let n = t.cfg.eval_windows.min(t.data.val_windows(t.cfg.block_size));
-            let loss = t.eval()?;
-            println!("{}: step {}, validation loss {loss:.4} over {n} windows of {}", checkpoint.display(), t.step, t.cfg.block_size);
+            let ev = t.evaluate()?;
+            let summary = t.model.summary();
+            match ev.accuracy {
+                Some(a) => println!(
+                    "{}: step {}, {}: test accuracy {:.2}% and loss {:.4} over {} {} (running statistics)",
+                    checkpoint.display(), t.step, summary.description, 100.0 * a, ev.loss, ev.items, summary.unit
+                ),
+                None => println!(
+                    "{}: step {}, validation loss {:.4} over {} {} ({} windows of {})",
+                    checkpoint.display(), t.step, ev.loss, ev.items, summary.unit, ev.items / t.cfg.block_size.max(1), t.cfg.block_size
+                ),
+            }
         }
         Command::Sample { checkpoint, prompt, tokens, temperature, seed } => {
             let gpu = device(&choice)?;
-            let mut t = Trainer::resume(&gpu, &checkpoint, &[])?;
-            let text = gradscope::train::sample::sample(&mut t, &prompt, tokens, temperature, seed)?;
+            let mut m = gradscope::train::sample::load(&gpu, &checkpoint)?;
+            let text = gradscope::train::sample::sample(&mut m, &prompt, tokens, temperature, seed)?;
             println!("{prompt}{text}");
         }
         Command::Verify { quick, show_broken, tolerance, config, json, overrides } => {
@@ -639,121 +641,89 @@ fn print_plan(plan: Option<&gradscope::model::memory::Plan>) {
     }
 }
 
-/// `gradscope train --model cnn`: epochs over the images, test accuracy after each epoch.
-fn train_cnn(gpu: &Gpu, cfg: TrainConfig, quiet: bool) -> anyhow::Result<()> {
-    let mut t = gradscope::train::cnn::CnnTrainer::new(gpu, cfg)?;
-    let out = PathBuf::from(&t.cfg.out_dir);
-    let mut metrics = MetricsWriter::create(&out, false).with_context(|| format!("cannot write metrics in {}", out.display()))?;
-    let e = t.cfg.effective();
-    println!("adapter          {} ({:?} kernels)", gpu.summary.name, gpu.kind);
-    println!("model            CNN ({:?} norm), {} parameters", t.ccfg.norm, t.ccfg.num_params());
-    println!("data             {:?}: {} training images {}x{}, {} test images", t.cfg.dataset, t.data.train.n, t.data.train.h, t.data.train.w, t.data.test.n);
-    println!("window           B = {} x K = {} = E {} images; {} steps per epoch (the last window has {} images)",
-        t.cfg.micro_batch, t.cfg.accum_steps, e, t.steps_per_epoch, t.data.train.n - (t.steps_per_epoch - 1) * e);
-    print_plan(t.plan.as_ref());
-    println!("device memory (byte ledger):\n{}", gpu.ledger.snapshot());
-    let total = (t.cfg.epochs * t.steps_per_epoch) as u64;
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").unwrap());
-    let started = std::time::Instant::now();
-    let mut images = 0.0;
-    for epoch in 1..=t.cfg.epochs {
-        for _ in 0..t.steps_per_epoch {
-            let (m, _) = t.train_step()?;
-            images += m.tokens;
-            bar.set_position(t.step as u64);
-            bar.set_message(format!("epoch {epoch} loss {:.4}  {:.0} images/s", m.train_loss, m.tokens_per_s));
-            metrics.write(&m)?;
-        }
-        let ev = t.test()?;
-        say(&bar, quiet, format!("epoch {epoch:>3}  test accuracy {:.2}%  test loss {:.4}  ({:.0} training images/s so far)",
-            100.0 * ev.accuracy, ev.loss, images / started.elapsed().as_secs_f64()));
-        metrics.flush()?;
-    }
-    bar.finish();
-    let ck = out.join("ckpt.safetensors");
-    t.save(&ck)?;
-    println!("done: step {}, {:.0} training images/s overall; checkpoint {}", t.step, images / started.elapsed().as_secs_f64(), ck.display());
-    Ok(())
-}
-
+/// `gradscope train` for every model: the trainer's events rendered as a progress bar (log
+/// lines without a terminal or with --quiet) and as the metrics files.
 fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf>, quiet: bool, overrides: &[String]) -> anyhow::Result<()> {
     let gpu = device(choice)?;
-    if resume.is_none() {
-        let cfg = TrainConfig::load(config.as_deref(), overrides)?;
-        if cfg.model == gradscope::train::config::ModelKind::Cnn {
-            return train_cnn(&gpu, cfg, quiet);
-        }
-    }
     let mut t = match &resume {
         Some(ck) => {
             anyhow::ensure!(config.is_none(), "--resume takes its config from the checkpoint; pass overrides instead");
             Trainer::resume(&gpu, ck, overrides)?
         }
-        None => {
-            let cfg = TrainConfig::load(config.as_deref(), overrides)?;
-            Trainer::new(&gpu, cfg)?
-        }
+        None => Trainer::new(&gpu, TrainConfig::load(config.as_deref(), overrides)?)?,
     };
     let out = PathBuf::from(&t.cfg.out_dir);
     let mut metrics = MetricsWriter::create(&out, resume.is_some())
         .with_context(|| format!("cannot write metrics in {}", out.display()))?;
-    let total = t.cfg.max_steps as u64;
-    let bar = if quiet {
+    let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         indicatif::ProgressBar::hidden()
     } else {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap(),
-        );
+        let b = indicatif::ProgressBar::new(t.cfg.max_steps as u64);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")?);
         b.set_position(t.step as u64);
         b
     };
+    let plain = bar.is_hidden();
     let started = std::time::Instant::now();
     let first_step = t.step;
     // Ctrl-C and SIGTERM finish the current window, save a checkpoint and exit with code 3.
     static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     ctrlc::set_handler(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst))
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
-    let (plan, checkpointing) = (t.plan.clone(), t.cfg.checkpoint_activations);
-    let outcome = t.run(Some(&mut metrics), Some(&INTERRUPT), &mut |ev| match ev {
-        Event::Started(d) => {
-            println!("adapter          {}", d.adapter);
-            println!("parameters       {}", d.params);
-            println!("vocabulary       {} characters", d.vocab_size);
-            println!("micro-batch      B = {} sequences = {} tokens", d.micro_batch, d.tokens_per_micro_batch);
-            println!("window           K = {} micro-batches, E = {} sequences = {} tokens per step", d.micro_batches_per_window, d.effective_batch, d.tokens_per_step);
-            println!("data             {} train tokens, {} validation tokens", d.train_tokens, d.val_tokens);
-            print_plan(plan.as_ref());
-            if checkpointing {
-                println!("activations      checkpointed: block inputs kept, blocks recomputed in backward");
+    let mut unit = "tokens";
+    let outcome = t.run(Some(&INTERRUPT), &mut |ev| {
+        metrics.on_event(ev).with_context(|| format!("cannot write metrics in {}", out.display()))?;
+        match ev {
+            Event::Started { derived: d, config } => {
+                unit = d.model.unit;
+                println!("adapter          {}", d.adapter);
+                println!("model            {}, {} parameters", d.model.description, d.params);
+                println!("data             {}", d.model.data);
+                println!("micro-batch      B = {} samples = {} {unit}", d.micro_batch, d.items_per_micro_batch);
+                println!(
+                    "window           K = {} micro-batches, E = {} samples = {} {unit} per step; {} steps",
+                    d.micro_batches_per_window, d.effective_batch, d.items_per_step, d.max_steps
+                );
+                print_plan(d.plan.as_ref());
+                if let Some(n) = &d.notice {
+                    println!("notice           {n}");
+                }
+                if config.precision == gradscope::gpu::Precision::F16 {
+                    println!("precision        mixed: f16 activations and activation gradients; f32 weights, gradients and AdamW state; dynamic loss scaling");
+                }
+                println!("device memory (byte ledger):\n{}", d.memory);
             }
-            if let Some(n) = &d.notice {
-                println!("notice           {n}");
+            Event::Step(r) => {
+                let m = &r.metrics;
+                bar.set_position(m.step as u64);
+                let scale = m.loss_scale.map_or(String::new(), |s| format!("  scale {s}"));
+                let skipped = if m.skipped { " (skipped)" } else { "" };
+                let clipped = if m.clipped { " (clipped)" } else { "" };
+                let line = format!("loss {:.4}  {:.0} {unit}/s  |g| {:.3}{clipped}{scale}{skipped}", m.train_loss, m.per_s(), m.grad_norm);
+                bar.set_message(line.clone());
+                if plain && (m.step % 10 == 0 || m.val_loss.is_some() || m.step == 1) {
+                    println!("step {:>5}  {line}  lr {:.2e}", m.step, m.lr);
+                }
             }
-            if d.precision == gradscope::gpu::Precision::F16 {
-                println!("precision        mixed: f16 activations and activation gradients; f32 weights, gradients and AdamW state; dynamic loss scaling");
+            Event::Eval { step, epoch, eval } => {
+                let at = match epoch {
+                    Some(e) => format!("epoch {e:>3}  step {step:>5}"),
+                    None => format!("step {step:>5}"),
+                };
+                let line = match eval.accuracy {
+                    Some(a) => format!("{at}  test accuracy {:.2}%  test loss {:.4}  ({} images)", 100.0 * a, eval.loss, eval.items),
+                    None => format!("{at}  validation loss {:.4}", eval.loss),
+                };
+                say(&bar, line);
             }
-            println!("device memory (byte ledger):\n{}", d.memory);
+            Event::Checkpoint { step, path } => say(&bar, format!("step {step:>5}  saved {}", path.display())),
+            Event::Finished { .. } => bar.finish(),
+            _ => {}
         }
-        Event::Step(m) => {
-            bar.set_position(m.step as u64);
-            let scale = m.loss_scale.map_or(String::new(), |s| format!("  scale {s}"));
-            let skipped = if m.skipped { " (skipped)" } else { "" };
-            bar.set_message(format!("loss {:.4}  {:.0} tok/s  |g| {:.3}{}{scale}{skipped}", m.train_loss, m.tokens_per_s, m.grad_norm, if m.clipped { " (clipped)" } else { "" }));
-            if quiet && (m.step % 10 == 0 || m.val_loss.is_some()) {
-                println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s{scale}{skipped}", m.step, m.train_loss, m.lr, m.grad_norm, m.tokens_per_s);
-            }
-        }
-        Event::Eval { step, val_loss } => say(&bar, quiet, format!("step {step:>5}  validation loss {val_loss:.4}")),
-        Event::Checkpoint { step, path } => say(&bar, quiet, format!("step {step:>5}  saved {}", path.display())),
-        Event::Finished { .. } => bar.finish(),
+        Ok(())
     })?;
-    let val = match outcome {
-        RunOutcome::Finished { val_loss } => val_loss,
+    let eval = match outcome {
+        RunOutcome::Finished { eval } => eval,
         RunOutcome::Interrupted { step, checkpoint } => {
             bar.abandon();
             eprintln!(
@@ -763,19 +733,21 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
             std::process::exit(EXIT_INTERRUPTED);
         }
     };
-    let ck = out.join("ckpt.safetensors");
-    t.save(&ck)?;
     let secs = started.elapsed().as_secs_f64();
-    let steps = (t.step - first_step) as f64;
-    let tok = steps * (t.cfg.effective() * t.cfg.block_size) as f64;
-    println!("done: step {}, validation loss {val:.4}, {:.0} tokens/s overall", t.step, tok / secs.max(1e-9));
-    println!("checkpoint {}  metrics {}/metrics.{{jsonl,csv}}", ck.display(), out.display());
+    let d = t.derived();
+    let items = (t.step - first_step) as f64 * d.items_per_step as f64;
+    let what = match eval.accuracy {
+        Some(a) => format!("test accuracy {:.2}%, test loss {:.4}", 100.0 * a, eval.loss),
+        None => format!("validation loss {:.4}", eval.loss),
+    };
+    println!("done: step {}, {what}, {:.0} {}/s overall", t.step, items / secs.max(1e-9), d.model.unit);
+    println!("checkpoint {}  metrics {}/metrics.{{jsonl,csv}}", out.join("ckpt.safetensors").display(), out.display());
     let mem = gpu.ledger.snapshot();
     println!("device memory at end: {} parameters, {} activations", gradscope::gpu::human_bytes(mem.get(Category::Parameters)), gradscope::gpu::human_bytes(mem.get(Category::Activations)));
     Ok(())
 }
 
-/// A line above the progress bar (or plain when the bar is hidden).
-fn say(bar: &indicatif::ProgressBar, quiet: bool, line: String) {
-    if quiet { println!("{line}") } else { bar.println(line) }
+/// A line above the progress bar (or plain when the bar is hidden, e.g. stdout redirected).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
 }

@@ -5,7 +5,8 @@
 use std::collections::VecDeque;
 
 use crate::gpu::MemorySnapshot;
-use crate::train::live::{Control, LiveEvent, MicroReport, StepReport};
+use crate::train::events::{Event, MicroReport, StepReport};
+use crate::train::live::Control;
 use crate::train::{Derived, TrainConfig};
 
 /// Settings kept between launches (eframe storage). Runtime state is not persisted.
@@ -321,18 +322,18 @@ impl AppState {
 
     // ---- trainer events -> state ----
 
-    pub fn apply(&mut self, e: LiveEvent) {
+    pub fn apply(&mut self, e: Event) {
         match e {
-            LiveEvent::Started { derived, config } => {
+            Event::Started { derived, config } => {
                 self.base_config = config;
                 self.derived = Some(derived);
             }
-            LiveEvent::Settings { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations, precision } => {
+            Event::Settings { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations, precision } => {
                 self.confirmed = Some(Confirmed { micro_batch, accum_steps, lr, grad_clip, checkpoint_activations, precision });
             }
-            LiveEvent::Paused(p) => self.paused = p,
-            LiveEvent::Profile { step, micro_batch, kernels } => self.profile = Some((step, micro_batch, kernels)),
-            LiveEvent::MicroBatch(r) => {
+            Event::Paused(p) => self.paused = p,
+            Event::Profile { step, micro_batch, kernels } => self.profile = Some((step, micro_batch, kernels)),
+            Event::MicroBatch(r) => {
                 if self.window.step != r.step || self.window.k != r.of || self.window.done() == self.window.k {
                     self.window.step = r.step;
                     self.window.k = r.of;
@@ -343,7 +344,7 @@ impl AppState {
                     self.window.cells[i] = Some(r);
                 }
             }
-            LiveEvent::Step(rep) => {
+            Event::Step(rep) => {
                 let m = &rep.metrics;
                 let s = m.step as f64;
                 self.step = m.step;
@@ -355,7 +356,7 @@ impl AppState {
                 self.lr.push(s, m.lr);
                 self.grad_norm.push(s, m.grad_norm);
                 self.update_ratio.push(s, m.update_grad_ratio);
-                self.tokens_per_s.push(s, m.tokens_per_s);
+                self.tokens_per_s.push(s, m.per_s());
                 self.memory.push_back((s, m.memory));
                 if self.memory.len() > CAP {
                     // keep every other old sample
@@ -379,13 +380,16 @@ impl AppState {
                 }
                 self.window.applied = Some(*rep);
             }
-            LiveEvent::Eval { step, val_loss } => {
-                self.val_loss.push(step as f64, val_loss);
-                self.note(format!("step {step}: validation loss {val_loss:.4}"));
+            Event::Eval { step, eval, .. } => {
+                self.val_loss.push(step as f64, eval.loss);
+                match eval.accuracy {
+                    Some(a) => self.note(format!("step {step}: test loss {:.4}, accuracy {:.2}%", eval.loss, 100.0 * a)),
+                    None => self.note(format!("step {step}: validation loss {:.4}", eval.loss)),
+                }
             }
-            LiveEvent::Saved(p) => self.note(format!("saved {}", p.display())),
-            LiveEvent::Error(e) => self.note(format!("error: {e}")),
-            LiveEvent::Finished { step } => {
+            Event::Checkpoint { path, .. } => self.note(format!("saved {}", path.display())),
+            Event::Error(e) => self.note(format!("error: {e}")),
+            Event::Finished { step, .. } => {
                 self.finished = true;
                 self.note(format!("finished at step {step} (resume to continue)"));
             }
@@ -448,22 +452,22 @@ mod tests {
         assert_eq!(s.set_grad_clip(0.5), Some(Control::SetGradClip(0.5)));
         assert_eq!(s.toggle_pause(), Control::Pause);
         assert_eq!(s.pending(), vec!["all settings"]);
-        s.apply(LiveEvent::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
+        s.apply(Event::Settings { micro_batch: 16, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
         assert_eq!(s.pending(), vec!["micro-batch"], "B applies at the next step boundary");
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
+        s.apply(Event::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: false, precision: crate::gpu::Precision::F32 });
         assert!(s.pending().is_empty());
         assert_eq!(s.set_activation_checkpointing(true), Some(Control::SetActivationCheckpointing(true)));
         assert_eq!(s.set_activation_checkpointing(true), None);
         assert_eq!(s.pending(), vec!["activation checkpointing"]);
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: crate::gpu::Precision::F32 });
+        s.apply(Event::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: crate::gpu::Precision::F32 });
         assert!(s.pending().is_empty());
         use crate::gpu::Precision;
         assert_eq!(s.set_precision(Precision::F16), Some(Control::SetPrecision(Precision::F16)));
         assert_eq!(s.set_precision(Precision::F16), None);
         assert_eq!(s.pending(), vec!["precision"], "f16 is pending until the trainer confirms it");
-        s.apply(LiveEvent::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: Precision::F16 });
+        s.apply(Event::Settings { micro_batch: 8, accum_steps: 2, lr: 1e-3, grad_clip: 0.5, checkpoint_activations: true, precision: Precision::F16 });
         assert!(s.pending().is_empty());
-        s.apply(LiveEvent::Paused(true));
+        s.apply(Event::Paused(true));
         assert_eq!(s.toggle_pause(), Control::Resume);
         match s.reset() {
             Control::Reset(cfg) => assert_eq!(
@@ -488,28 +492,28 @@ mod tests {
     fn events_fill_histories_and_the_window_strip() {
         let mut s = state();
         for j in 0..2 {
-            s.apply(LiveEvent::MicroBatch(MicroReport {
+            s.apply(Event::MicroBatch(MicroReport {
                 step: 1, index: j, of: 2, loss: 4.0 - j as f64, tokens: 100.0, accumulated_norm: 1.0 + j as f64,
                 micro_norm: 1.0, cosine: 0.9, tensor_norms: vec![],
             }));
         }
         assert_eq!((s.window.k, s.window.done()), (2, 2));
-        s.apply(LiveEvent::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None })));
+        s.apply(Event::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None })));
         assert_eq!(s.step, 1);
         assert_eq!(s.train_loss.points, vec![[1.0, 3.5]]);
         assert_eq!(s.micro_loss.points, vec![[0.5, 4.0], [1.0, 3.0]], "micro-batch losses at fractional steps");
         assert_eq!(s.memory.len(), 1);
-        s.apply(LiveEvent::Eval { step: 1, val_loss: 3.6 });
+        s.apply(Event::Eval { step: 1, val_loss: 3.6 });
         assert_eq!(s.val_loss.last(), Some([1.0, 3.6]));
         // a new window starts a new strip
-        s.apply(LiveEvent::MicroBatch(MicroReport {
+        s.apply(Event::MicroBatch(MicroReport {
             step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, accumulated_norm: 1.0, micro_norm: 1.0, cosine: 1.0, tensor_norms: vec![],
         }));
         assert_eq!((s.window.step, s.window.done()), (2, 1));
         // health flags are collected
         let mut m = metrics(2, f64::NAN);
         m.health.nonfinite = true;
-        s.apply(LiveEvent::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None })));
+        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None })));
         assert_eq!(s.health, vec![(2, "non-finite".to_string())]);
         assert!(s.history_csv().starts_with("step,train_loss"));
     }

@@ -100,15 +100,13 @@ impl GptRun {
         let t = &mut self.trainer;
         let secs = median(&self.step_seconds);
         let tokens = (b * k * t.cfg.block_size) as f64;
-        let g = &t.gcfg;
+        let g = t.gpt().ok_or_else(|| anyhow::anyhow!("the GPT benchmark needs the GPT"))?.gcfg;
         let flops = tokens * flops_per_token(g.n_embd, g.n_layer, g.vocab_size, g.block_size);
         // phases, timed program by program with waits
-        let w = t.begin_window();
-        let (x, y) = w.batches[0].clone();
         let reps = 3;
-        let (fwd, train) = t.model.time_micro_programs(&x, &y, reps)?;
-        let (norm, clip, adamw) = t.model.slabs.time_step_programs(reps)?;
-        let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
+        let (fwd, train) = t.model.time_micro_programs(reps)?;
+        let (norm, clip, adamw) = t.model.slabs_mut().time_step_programs(reps)?;
+        let kernels = by_kernel(t.model.profile_micro_batch()?);
         Ok(GptBench {
             micro_batch: b,
             accum_steps: k,
@@ -180,7 +178,7 @@ pub struct CnnBench {
 /// Train `steps` CNN steps at B x K after `warmup` steps (MNIST unless `base` says otherwise).
 pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usize, steps: usize) -> anyhow::Result<CnnBench> {
     let cfg = TrainConfig { micro_batch: b, accum_steps: k, effective_batch: 0, ..base.clone() };
-    let mut t = crate::train::cnn::CnnTrainer::new(gpu, cfg)?;
+    let mut t = Trainer::new(gpu, cfg)?;
     for _ in 0..warmup {
         t.train_step()?;
     }
@@ -188,21 +186,20 @@ pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
     let mut images = Vec::with_capacity(steps);
     for _ in 0..steps {
         let start = Instant::now();
-        images.push(t.train_step()?.0.tokens);
+        images.push(t.train_step()?.0.items);
         step_seconds.push(start.elapsed().as_secs_f64());
     }
     // images of a full step (a short last window of an epoch has fewer)
     let per_step = images.iter().copied().fold(0.0, f64::max);
     let secs = median(&step_seconds);
-    let w = t.begin_window();
-    let (x, y) = w.batches[0].clone();
-    let kernels = by_kernel(t.model.profile_micro_batch(&x, &y));
+    let kernels = by_kernel(t.model.profile_micro_batch()?);
+    let ccfg = t.cnn().ok_or_else(|| anyhow::anyhow!("the CNN benchmark needs --model cnn"))?.ccfg;
     Ok(CnnBench {
         micro_batch: b,
         accum_steps: k,
         steps,
         images_per_s: per_step / secs,
-        gflops: per_step * cnn_flops_per_image(&t.ccfg) / secs / 1e9,
+        gflops: per_step * cnn_flops_per_image(&ccfg) / secs / 1e9,
         seconds_per_step: secs,
         step_seconds,
         kernels,

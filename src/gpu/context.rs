@@ -231,6 +231,9 @@ pub struct Gpu {
     /// instead of panicking; the trainer checks them after each step.
     errors: Arc<std::sync::Mutex<Vec<String>>>,
     lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Command buffers of work (dispatches, clears, copies) submitted so far; readbacks are not
+    /// counted. Lets tests check that a window is one submission.
+    submitted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gpu {
@@ -263,7 +266,21 @@ impl Gpu {
             l.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("gradscope: the GPU device was lost ({reason:?}): {msg}");
         });
-        Self { device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry, errors, lost }
+        Self {
+            device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry, errors, lost,
+            submitted: Arc::default(),
+        }
+    }
+
+    /// Submit recorded work (the one place that does; readbacks submit their copies themselves).
+    pub(crate) fn submit_work(&self, commands: wgpu::CommandBuffer) {
+        self.submitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.queue.submit([commands]);
+    }
+
+    /// Work submissions (dispatches, clears, copies) on this device so far, readbacks excluded.
+    pub fn work_submissions(&self) -> u64 {
+        self.submitted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Device errors since the last call (validation, out of memory).

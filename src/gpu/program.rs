@@ -381,7 +381,7 @@ impl Program {
     pub fn run(&self) {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         self.record(&mut encoder);
-        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.submit_work(encoder.finish());
     }
 
     /// Rewrite the uniforms of dispatch `index` (takes effect at the next submit).
@@ -428,7 +428,7 @@ impl Program {
             pass.dispatch_workgroups(x, y, z);
         }
         encoder.resolve_query_set(&qs, 0..2 * n, resolve.buffer(), 0);
-        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.submit_work(encoder.finish());
         let words: Vec<u32> = self.gpu.read(&resolve, 0, 4 * n as usize).ok()?;
         let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
         let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;

@@ -38,6 +38,6 @@ impl Submission {
 
     /// Submit (no wait). Uploads queued before this call are executed first.
     pub fn submit(self) {
-        self.gpu.queue.submit([self.encoder.finish()]);
+        self.gpu.submit_work(self.encoder.finish());
     }
 }

@@ -95,6 +95,9 @@ pub struct GpuCnn {
     labels: GpuBuffer,
     /// Programs by row count (B, and the epoch's short remainder).
     programs: HashMap<usize, Programs>,
+    /// The images and labels of the last window (`record_micro_steps`), uploaded once;
+    /// reallocated when K or B changes.
+    window_inputs: Option<GpuBuffer>,
 }
 
 /// Number of parameter tensors (conv1 w/b, norm1 w/b, conv2 w/b, norm2 w/b, linear w/b).
@@ -116,7 +119,7 @@ impl GpuCnn {
         let acts = gpu.try_storage("activations", Category::Activations, layout.len)?;
         let dacts = gpu.try_storage("activation gradients", Category::Activations, layout.len)?;
         let labels = gpu.try_storage("labels", Category::Activations, b)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, running, b, layout, acts, dacts, labels, programs: HashMap::new() })
+        Ok(Self { gpu: gpu.clone(), cfg, slabs, running, b, layout, acts, dacts, labels, programs: HashMap::new(), window_inputs: None })
     }
 
     pub fn micro_batch(&self) -> usize {
@@ -232,28 +235,80 @@ impl GpuCnn {
         Ok(())
     }
 
-    /// One micro-batch of `rows` <= B images (pixels [rows,1,H,W], labels [rows]); micro-batch
-    /// `index` of its window. One submission, no readback.
-    pub fn micro_step(&mut self, pixels: &[f32], labels: &[u32], index: usize) -> Result<(), ProgramError> {
-        let rows = labels.len();
-        assert!(rows >= 1 && rows <= self.b, "1..=B rows");
+    /// Record micro-batches `first..first + batches.len()` of a window of `k` into one open
+    /// submission (a micro-batch has 1..=B rows: pixels [rows,1,H,W], labels [rows]). The
+    /// window's images are uploaded once into the window-inputs buffer ([K*B images | K*B
+    /// labels]) and copied into the input slot before each run; micro-step 0 zeroes the gradients
+    /// and the figures; each image's loss weighs 1 (the window's count divides once at the step).
+    pub fn record_micro_steps(
+        &mut self, s: &mut crate::gpu::submit::Submission, batches: &[(&[f32], &[u32])], first: usize, k: usize,
+    ) -> Result<(), ProgramError> {
+        assert!(first + batches.len() <= k, "micro-batches past the window");
+        let (b, hw) = (self.b, self.cfg.h * self.cfg.w);
+        let len = Self::window_inputs_len(&self.cfg, b, k);
+        if self.window_inputs.as_ref().is_none_or(|w| w.len() != len) {
+            self.window_inputs = None;
+            self.window_inputs = Some(self.gpu.try_storage("window images", Category::Activations, len)?);
+        }
+        let inputs = self.window_inputs.clone().expect("allocated above");
+        self.slabs.reserve_figures(k);
+        for (i, (x, y)) in batches.iter().enumerate() {
+            let rows = y.len();
+            assert!(rows >= 1 && rows <= b && x.len() == rows * hw, "1..=B images of [1,H,W] with their labels");
+            self.gpu.upload(&inputs, (first + i) * b * hw, x);
+            self.gpu.upload(&inputs, k * b * hw + (first + i) * b, y);
+        }
+        for (i, (_, y)) in batches.iter().enumerate() {
+            let (j, rows) = (first + i, y.len());
+            self.slabs.record_begin_micro(s, j);
+            s.copy(&inputs, j * b * hw, &self.acts, self.layout.x, rows * hw);
+            s.copy(&inputs, k * b * hw + j * b, &self.labels, 0, rows);
+            // activation gradients start from zero (the backward kernels accumulate)
+            s.clear(&self.dacts);
+            s.run(&self.programs(rows)?.train);
+            self.slabs.record_end_micro(s, j);
+        }
+        Ok(())
+    }
+
+    /// Elements of the window-inputs buffer for K micro-batches of B images.
+    pub fn window_inputs_len(cfg: &CnnConfig, b: usize, k: usize) -> usize {
+        k * b * (cfg.h * cfg.w + 1)
+    }
+
+    /// Wall-clock seconds of one run of the eval program and of the train program of `rows`
+    /// images already in place, each averaged over `reps` waited submissions.
+    pub fn time_programs(&mut self, rows: usize, reps: usize) -> Result<(f64, f64), super::optim::ModelError> {
+        let gpu = self.gpu.clone();
+        let dacts = self.dacts.clone();
+        let progs = self.programs(rows)?;
+        let time = |prog: &Program, clear: bool| -> Result<f64, super::optim::ModelError> {
+            gpu.wait()?;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let mut s = gpu.submission();
+                if clear {
+                    s.clear(&dacts);
+                }
+                s.run(prog);
+                s.submit();
+                gpu.wait()?;
+            }
+            Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
+        };
+        Ok((time(&progs.eval, false)?, time(&progs.train, true)?))
+    }
+
+    /// Upload `rows` images and labels into the input slots (evaluation, profiling).
+    pub fn upload_inputs(&self, pixels: &[f32], labels: &[u32]) {
         self.gpu.upload(&self.acts, self.layout.x, pixels);
         self.gpu.upload(&self.labels, 0, labels);
-        let s = self.slabs.begin_micro(index);
-        let mut s = s;
-        // activation gradients start from zero (the backward kernels accumulate): a buffer clear
-        s.clear(&self.dacts);
-        let prog = &self.programs(rows)?.train;
-        s.run(prog);
-        self.slabs.end_micro(s, index);
-        Ok(())
     }
 
     /// Logits of `rows` images in evaluation mode (BatchNorm uses its running statistics).
     pub fn eval_logits(&mut self, pixels: &[f32], labels: &[u32]) -> Result<Vec<f32>, super::optim::ModelError> {
         let rows = labels.len();
-        self.gpu.upload(&self.acts, self.layout.x, pixels);
-        self.gpu.upload(&self.labels, 0, labels);
+        self.upload_inputs(pixels, labels);
         let mut s = self.gpu.submission();
         s.run(&self.programs(rows)?.eval);
         s.submit();
@@ -262,8 +317,7 @@ impl GpuCnn {
 
     /// Per-kernel device time of one full micro-batch's train program (timestamp queries).
     pub fn profile_micro_batch(&mut self, pixels: &[f32], labels: &[u32]) -> Option<Vec<(String, f64)>> {
-        self.gpu.upload(&self.acts, self.layout.x, pixels);
-        self.gpu.upload(&self.labels, 0, labels);
+        self.upload_inputs(pixels, labels);
         let rows = labels.len();
         self.programs(rows).ok()?.train.profile()
     }

@@ -453,31 +453,6 @@ impl GpuGpt {
         Ok((ce_idx, ce))
     }
 
-    /// Run one micro-batch: upload its tokens, and on micro-step 0 of a window zero the
-    /// gradients and the window figures first; then forward, loss and backward, with parameter
-    /// gradients accumulating into the gradient slab. One submission, no readback.
-    ///
-    /// `dloss` is the weight of each counted target's loss in the gradient: 1 for the correct
-    /// normalization (reduction = sum, divided once by the window count at the step);
-    /// 1/(count_j * K) reproduces the per-micro-batch-mean bug.
-    /// `index` is the micro-batch's position j in the window: the cumulative loss sum and count
-    /// after it are copied to the figures buffer (read with the window figures, no extra wait).
-    pub fn micro_step(&mut self, inputs: &[u32], targets: &[u32], index: usize, dloss: f32) {
-        let mut s = self.slabs.begin_micro(index);
-        let mb = self.mb.as_ref().expect("set_micro_batch before micro_step");
-        let bt = mb.layout.b * mb.layout.t;
-        assert_eq!(inputs.len(), bt, "inputs must be [B,T]");
-        assert_eq!(targets.len(), bt, "targets must be [B,T]");
-        self.gpu.upload(&mb.inputs, 0, inputs);
-        self.gpu.upload(&mb.targets, 0, targets);
-        let ce = &mb.ce_uniform_base;
-        let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, dloss, ce.n, ce.v);
-        mb.train.set_uniform(mb.ce_backward, &u);
-        s.clear(&mb.dacts);
-        s.run(&mb.train);
-        self.slabs.end_micro(s, index);
-    }
-
     /// Record micro-batches `first..first + batches.len()` of a window of `k` into one open
     /// submission, each counted target's loss weighing `dloss` (1 in f32: the window's count
     /// divides once at the step; loss scale / window count in mixed precision, unscaled once at
@@ -485,7 +460,7 @@ impl GpuGpt {
     /// each run is preceded by a copy of its tokens into the micro-batch's token buffers. With
     /// `Slabs::record_optimizer_step` after it, a whole window is one submission.
     pub fn record_micro_steps(
-        &mut self, s: &mut crate::gpu::submit::Submission, batches: &[(Vec<u32>, Vec<u32>)], first: usize, k: usize,
+        &mut self, s: &mut crate::gpu::submit::Submission, batches: &[(&[u32], &[u32])], first: usize, k: usize,
         dloss: f32,
     ) -> Result<(), ProgramError> {
         let mb = self.mb.as_ref().expect("set_micro_batch before record_micro_steps");
@@ -516,16 +491,6 @@ impl GpuGpt {
             self.slabs.record_end_micro(s, j);
         }
         Ok(())
-    }
-
-    /// The per-micro-batch clipping mistake (for `verify`): this micro-batch's gradient alone is
-    /// divided by the window count, clipped on its own norm and added to a sum (see
-    /// `Slabs::clip_micro_batch`).
-    pub fn micro_step_clipped(
-        &mut self, inputs: &[u32], targets: &[u32], index: usize, window_count: f32, max_norm: f32,
-    ) -> Result<(), ProgramError> {
-        self.micro_step(inputs, targets, index, 1.0);
-        self.slabs.clip_micro_batch(index, window_count, max_norm)
     }
 
     /// Mean loss over `batches` of (inputs, targets), each [B,T], forward only. Clobbers the

@@ -102,6 +102,8 @@ impl ModelSpec {
             ModelSpec::Cnn(c) => {
                 add(Category::Parameters, buf(c.running_len() as u64 * 4));
                 add(Category::Activations, GpuCnn::predicted_activation_bytes(c, b));
+                // the window's images and labels, uploaded once
+                add(Category::Activations, buf(GpuCnn::window_inputs_len(c, b, k) as u64 * 4));
                 let (train, eval) = cnn_dispatches(c);
                 let sets = if remainder > 0 && remainder != b { 2 } else { 1 };
                 add(Category::Scratch, sets * (train + eval) * UNIFORM_SLOT);

@@ -249,7 +249,7 @@ pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
     let loss_scaler =
         meta.contains_key("loss_scaler").then(|| meta_json::<LossScaleState>(path, &meta, "loss_scaler")).transpose()?;
     if let Some(ls) = loss_scaler {
-        if !(ls.scale.is_finite() && (1.0..=super::trainer::MAX_LOSS_SCALE).contains(&ls.scale)) {
+        if !(ls.scale.is_finite() && (1.0..=super::loss_scale::MAX_LOSS_SCALE).contains(&ls.scale)) {
             return Err(CheckpointError::Metadata {
                 path: path.into(), key: "loss_scaler".into(), detail: format!(": scale {} outside [1, 2^24]", ls.scale),
             });

@@ -1,4 +1,4 @@
-//! A live training session on its own thread, steered by `Control`s and reporting `LiveEvent`s:
+//! A live training session on its own thread, steered by `Control`s and reporting `Event`s:
 //! the seam between the trainer and the desktop app (which never blocks on it). The trainer side
 //! knows nothing of egui: the front end passes a `wake` callback that it calls after each event.
 //!
@@ -6,7 +6,7 @@
 //! one B and one K, so what the panel shows is exactly what was stepped; normalization by the
 //! real count would make a mid-window change exact too, but a boundary is easier to read);
 //! learning rate and clip threshold at the next optimizer step. Each applied change is confirmed
-//! with `LiveEvent::Settings`, so the front end can show changes as pending until then.
+//! with `Event::Settings`, so the front end can show changes as pending until then.
 //!
 //! Stepping (paused): `StepMicroBatch` runs one micro-batch of the current window and reads back
 //! what the panel shows (loss and count of that micro-batch, the accumulated gradient's norm,
@@ -22,8 +22,9 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use crate::gpu::Gpu;
 use crate::model::optim::Slabs;
 
-use super::any::{AnyTrainer, AnyWindow};
-use super::trainer::{Derived, StepMetrics};
+use super::config::ModelKind;
+use super::events::{Event, MicroReport, StepReport};
+use super::trainer::{Trainer, Window};
 use super::TrainConfig;
 
 /// Commands from a front end.
@@ -51,66 +52,10 @@ pub enum Control {
     Shutdown,
 }
 
-/// One micro-batch, as the stepping panel shows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MicroReport {
-    /// The optimizer step this window will make (1-based).
-    pub step: usize,
-    pub index: usize,
-    pub of: usize,
-    /// Mean loss over this micro-batch's counted targets.
-    pub loss: f64,
-    pub tokens: f64,
-    /// L2 norm of the accumulated (summed, not yet normalized) gradient.
-    pub accumulated_norm: f64,
-    /// L2 norm of this micro-batch's own (summed) gradient.
-    pub micro_norm: f64,
-    /// Cosine between this micro-batch's gradient and the accumulated gradient.
-    pub cosine: f64,
-    /// Per-tensor L2 norm of the accumulated gradient.
-    pub tensor_norms: Vec<(String, f64)>,
-}
-
-/// One optimizer step with its micro-batches and, when stepped by hand, the details.
-#[derive(Clone, Debug)]
-pub struct StepReport {
-    pub metrics: StepMetrics,
-    /// Per micro-batch: (mean loss, counted targets).
-    pub micro: Vec<(f64, f64)>,
-    /// Per tensor ||update|| / ||weight|| (stepping only).
-    pub update_ratios: Option<Vec<(String, f64)>>,
-}
-
-#[derive(Clone, Debug)]
-pub enum LiveEvent {
-    Started { derived: Derived, config: TrainConfig },
-    /// Settings in effect (confirms pending changes).
-    Settings {
-        micro_batch: usize,
-        accum_steps: usize,
-        lr: f64,
-        grad_clip: f64,
-        checkpoint_activations: bool,
-        precision: crate::gpu::Precision,
-    },
-    Paused(bool),
-    MicroBatch(MicroReport),
-    Step(Box<StepReport>),
-    Eval { step: usize, val_loss: f64 },
-    Saved(PathBuf),
-    /// Device time per kernel entry point of one micro-batch (seconds), largest first, after
-    /// optimizer step `step`.
-    Profile { step: usize, micro_batch: usize, kernels: Vec<(String, f64)> },
-    /// A control that could not be applied, or a failed run; the session keeps going if it can.
-    Error(String),
-    /// max_steps reached; Resume or Reset to go on.
-    Finished { step: usize },
-}
-
 /// The front end's handle on a session.
 pub struct Session {
     pub controls: Sender<Control>,
-    pub events: Receiver<LiveEvent>,
+    pub events: Receiver<Event>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -130,7 +75,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
 
 struct Worker {
     gpu: Gpu,
-    tx: Sender<LiveEvent>,
+    tx: Sender<Event>,
     wake: Arc<dyn Fn() + Send + Sync>,
     paused: bool,
     pending_b: Option<usize>,
@@ -138,7 +83,7 @@ struct Worker {
     pending_ck: Option<bool>,
     pending_precision: Option<crate::gpu::Precision>,
     /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
-    window: Option<(AnyWindow, Vec<f32>)>,
+    window: Option<(Window, Vec<f32>)>,
     finished: bool,
 }
 
@@ -148,35 +93,35 @@ enum Flow {
 }
 
 impl Worker {
-    fn send(&self, e: LiveEvent) {
+    fn send(&self, e: Event) {
         let _ = self.tx.send(e);
         (self.wake)();
     }
 
-    fn start(&mut self, cfg: TrainConfig) -> Option<AnyTrainer> {
+    fn start(&mut self, cfg: TrainConfig) -> Option<Trainer> {
         self.window = None;
         self.finished = false;
         self.pending_b = None;
         self.pending_k = None;
         self.pending_ck = None;
         self.pending_precision = None;
-        match AnyTrainer::new(&self.gpu, cfg.clone()) {
+        match Trainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
-                self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
+                self.send(Event::Started { derived: t.derived(), config: t.cfg.clone() });
                 self.send_settings(&t);
-                self.send(LiveEvent::Paused(self.paused));
+                self.send(Event::Paused(self.paused));
                 Some(t)
             }
             Err(e) => {
-                self.send(LiveEvent::Error(format!("{e:#}")));
+                self.send(Event::Error(format!("{e:#}")));
                 None
             }
         }
     }
 
-    fn send_settings(&self, t: &AnyTrainer) {
-        let c = t.cfg();
-        self.send(LiveEvent::Settings {
+    fn send_settings(&self, t: &Trainer) {
+        let c = &t.cfg;
+        self.send(Event::Settings {
             micro_batch: c.micro_batch, accum_steps: c.accum_steps, lr: c.lr, grad_clip: c.grad_clip,
             checkpoint_activations: c.checkpoint_activations, precision: c.precision,
         });
@@ -207,48 +152,48 @@ impl Worker {
             }
             if let Some(t) = trainer.as_mut() {
                 if let Err(e) = self.step(t, false) {
-                    self.send(LiveEvent::Error(format!("{e:#}")));
+                    self.send(Event::Error(format!("{e:#}")));
                     self.paused = true;
-                    self.send(LiveEvent::Paused(true));
+                    self.send(Event::Paused(true));
                 }
             }
         }
     }
 
-    fn handle(&mut self, c: Control, trainer: &mut Option<AnyTrainer>) -> Flow {
+    fn handle(&mut self, c: Control, trainer: &mut Option<Trainer>) -> Flow {
         match c {
             Control::Shutdown => return Flow::Stop,
             Control::Reset(cfg) => *trainer = self.start(*cfg),
             Control::Pause => {
                 self.paused = true;
-                self.send(LiveEvent::Paused(true));
+                self.send(Event::Paused(true));
             }
             Control::Resume => {
                 if let Some(t) = trainer.as_mut() {
                     if self.finished {
-                        let step = t.step();
-                        let c = t.cfg_mut();
+                        let step = t.step;
+                        let c = &mut t.cfg;
                         c.max_steps = step + c.max_steps.max(1);
                         self.finished = false;
                     }
                 }
                 self.paused = false;
-                self.send(LiveEvent::Paused(false));
+                self.send(Event::Paused(false));
             }
             Control::SetMicroBatch(b) => {
                 if b == 0 {
-                    self.send(LiveEvent::Error("micro-batch size must be at least 1".into()));
+                    self.send(Event::Error("micro-batch size must be at least 1".into()));
                 } else if let Some(t) = trainer.as_mut() {
-                    match t.check_micro_batch(&self.gpu, b) {
+                    match t.model.check_micro_batch(b, &t.cfg) {
                         Ok(()) => self.pending_b = Some(b),
-                        Err(e) => self.send(LiveEvent::Error(format!("{e:#}"))),
+                        Err(e) => self.send(Event::Error(format!("{e:#}"))),
                     }
                     self.apply_at_boundary(t);
                 }
             }
             Control::SetAccumSteps(k) => {
                 if k == 0 {
-                    self.send(LiveEvent::Error("accumulation steps must be at least 1".into()));
+                    self.send(Event::Error("accumulation steps must be at least 1".into()));
                 } else if let Some(t) = trainer.as_mut() {
                     self.pending_k = Some(k);
                     self.apply_at_boundary(t);
@@ -257,27 +202,27 @@ impl Worker {
             Control::SetLr(lr) => {
                 if let Some(t) = trainer.as_mut() {
                     if lr.is_finite() && lr > 0.0 {
-                        t.cfg_mut().lr = lr;
+                        t.cfg.lr = lr;
                         self.send_settings(t);
                     } else {
-                        self.send(LiveEvent::Error(format!("learning rate must be positive, got {lr}")));
+                        self.send(Event::Error(format!("learning rate must be positive, got {lr}")));
                     }
                 }
             }
             Control::SetGradClip(c) => {
                 if let Some(t) = trainer.as_mut() {
                     if c.is_finite() && c >= 0.0 {
-                        t.cfg_mut().grad_clip = c;
+                        t.cfg.grad_clip = c;
                         self.send_settings(t);
                     } else {
-                        self.send(LiveEvent::Error(format!("clip threshold must be >= 0, got {c}")));
+                        self.send(Event::Error(format!("clip threshold must be >= 0, got {c}")));
                     }
                 }
             }
             Control::SetActivationCheckpointing(on) => {
                 if let Some(t) = trainer.as_mut() {
-                    if on && matches!(t, AnyTrainer::Cnn(_)) {
-                        self.send(LiveEvent::Error("activation checkpointing is for the GPT".into()));
+                    if on && t.model.kind() != ModelKind::Gpt {
+                        self.send(Event::Error("activation checkpointing is for the GPT".into()));
                     } else {
                         self.pending_ck = Some(on);
                         self.apply_at_boundary(t);
@@ -286,8 +231,8 @@ impl Worker {
             }
             Control::SetPrecision(p) => {
                 if let Some(t) = trainer.as_mut() {
-                    if p == crate::gpu::Precision::F16 && matches!(t, AnyTrainer::Cnn(_)) {
-                        self.send(LiveEvent::Error("precision f16 is for the GPT (the CNN trains in f32)".into()));
+                    if p == crate::gpu::Precision::F16 && t.model.kind() != ModelKind::Gpt {
+                        self.send(Event::Error("precision f16 is for the GPT (the CNN trains in f32)".into()));
                     } else {
                         self.pending_precision = Some(p);
                         self.apply_at_boundary(t);
@@ -297,11 +242,11 @@ impl Worker {
             Control::ProfileKernels => {
                 if let Some(t) = trainer.as_mut() {
                     if self.window.is_some() {
-                        self.send(LiveEvent::Error("finish the window being stepped first: profiling runs a whole micro-batch".into()));
+                        self.send(Event::Error("finish the window being stepped first: profiling runs a whole micro-batch".into()));
                     } else {
                         match t.profile_kernels() {
-                            Ok(kernels) => self.send(LiveEvent::Profile { step: t.step(), micro_batch: t.cfg().micro_batch, kernels }),
-                            Err(e) => self.send(LiveEvent::Error(format!("{e:#}"))),
+                            Ok(kernels) => self.send(Event::Profile { step: t.step, micro_batch: t.cfg.micro_batch, kernels }),
+                            Err(e) => self.send(Event::Error(format!("{e:#}"))),
                         }
                     }
                 }
@@ -309,22 +254,22 @@ impl Worker {
             Control::StepMicroBatch => {
                 if let Some(t) = trainer.as_mut() {
                     if let Err(e) = self.step_micro(t) {
-                        self.send(LiveEvent::Error(format!("{e:#}")));
+                        self.send(Event::Error(format!("{e:#}")));
                     }
                 }
             }
             Control::StepOptimizer => {
                 if let Some(t) = trainer.as_mut() {
                     if let Err(e) = self.step(t, true) {
-                        self.send(LiveEvent::Error(format!("{e:#}")));
+                        self.send(Event::Error(format!("{e:#}")));
                     }
                 }
             }
             Control::Save(path) => {
                 if let Some(t) = trainer.as_ref() {
                     match t.save(&path) {
-                        Ok(()) => self.send(LiveEvent::Saved(path)),
-                        Err(e) => self.send(LiveEvent::Error(format!("saving {}: {e:#}", path.display()))),
+                        Ok(()) => self.send(Event::Checkpoint { step: t.step, path }),
+                        Err(e) => self.send(Event::Error(format!("saving {}: {e:#}", path.display()))),
                     }
                 }
             }
@@ -333,121 +278,125 @@ impl Worker {
     }
 
     /// Apply pending B and K if no window is in progress.
-    fn apply_at_boundary(&mut self, t: &mut AnyTrainer) {
+    fn apply_at_boundary(&mut self, t: &mut Trainer) {
         if self.window.is_some() {
             return;
         }
         let mut changed = false;
         if let Some(b) = self.pending_b.take() {
-            if b != t.cfg().micro_batch {
+            if b != t.cfg.micro_batch {
                 if let Err(e) = t.set_micro_batch(b) {
-                    self.send(LiveEvent::Error(format!("{e:#}")));
+                    self.send(Event::Error(format!("{e:#}")));
                 }
                 changed = true;
             }
         }
         if let Some(on) = self.pending_ck.take() {
-            if on != t.cfg().checkpoint_activations {
-                if let AnyTrainer::Gpt(g) = t {
-                    if let Err(e) = g.set_activation_checkpointing(on) {
-                        self.send(LiveEvent::Error(format!("{e:#}")));
-                    }
+            if on != t.cfg.checkpoint_activations {
+                if let Err(e) = t.set_activation_checkpointing(on) {
+                    self.send(Event::Error(format!("{e:#}")));
                 }
                 changed = true;
             }
         }
         if let Some(p) = self.pending_precision.take() {
-            if p != t.cfg().precision {
-                if let AnyTrainer::Gpt(g) = t {
-                    if let Err(e) = g.set_precision(p) {
-                        self.send(LiveEvent::Error(format!("{e:#}")));
-                    }
+            if p != t.cfg.precision {
+                if let Err(e) = t.set_precision(p) {
+                    self.send(Event::Error(format!("{e:#}")));
                 }
                 changed = true;
             }
         }
         if let Some(k) = self.pending_k.take() {
-            t.cfg_mut().accum_steps = k;
-            t.cfg_mut().effective_batch = 0;
+            t.cfg.accum_steps = k;
+            t.cfg.effective_batch = 0;
             changed = true;
         }
         if changed {
             self.send_settings(t);
-            self.send(LiveEvent::Started { derived: t.derived(), config: t.cfg().clone() });
+            self.send(Event::Started { derived: t.derived(), config: t.cfg.clone() });
         }
     }
 
     /// Finish the current window (or run a whole one) and step.
-    fn step(&mut self, t: &mut AnyTrainer, by_hand: bool) -> anyhow::Result<()> {
-        if t.step() >= t.cfg().max_steps {
+    fn step(&mut self, t: &mut Trainer, by_hand: bool) -> anyhow::Result<()> {
+        if t.step >= t.cfg.max_steps {
             self.finished = true;
-            self.send(LiveEvent::Finished { step: t.step() });
+            self.send(Event::Finished { step: t.step, eval: None });
             return Ok(());
         }
         let w = match self.window.take() {
             Some((w, _)) => w,
             None => t.begin_window(),
         };
-        let before = if by_hand { Some(t.slabs().read_params()?) } else { None };
-        let (metrics, fig) = t.finish_window(w)?;
+        let before = if by_hand { Some(t.model.slabs().read_params()?) } else { None };
+        let (mut metrics, fig) = t.finish_window(w)?;
+        let names = param_names(t);
         let update_ratios = match before {
-            Some(before) => Some(update_ratios(t.slabs(), &t.param_names(), &before, &t.slabs().read_params()?)),
+            Some(before) => Some(update_ratios(t.model.slabs(), &names, &before, &t.model.slabs().read_params()?)),
             None => None,
         };
         let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
         let step = metrics.step;
-        self.send(LiveEvent::Step(Box::new(StepReport { metrics, micro, update_ratios })));
-        if t.cfg().eval_every > 0 && step % t.cfg().eval_every == 0 {
-            let val_loss = t.eval()?;
-            self.send(LiveEvent::Eval { step, val_loss });
+        if t.cfg.eval_every > 0 && step % t.cfg.eval_every == 0 {
+            let eval = t.evaluate_live()?;
+            metrics.val_loss = Some(eval.loss);
+            metrics.test_accuracy = eval.accuracy;
+            self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
+        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios })));
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
-        if t.step() >= t.cfg().max_steps {
+        if t.step >= t.cfg.max_steps {
             self.finished = true;
-            self.send(LiveEvent::Finished { step: t.step() });
+            self.send(Event::Finished { step: t.step, eval: None });
         }
         Ok(())
     }
 
     /// Run one micro-batch of the current window and report it (stepping mode).
-    fn step_micro(&mut self, t: &mut AnyTrainer) -> anyhow::Result<()> {
+    fn step_micro(&mut self, t: &mut Trainer) -> anyhow::Result<()> {
         if self.window.as_ref().is_some_and(|(w, _)| w.done()) {
             anyhow::bail!("the window is complete: press \"optimizer step\" to apply it");
         }
         let (mut w, prev) = match self.window.take() {
             Some(x) => x,
-            None => (t.begin_window(), vec![0.0; t.slabs().n]),
+            None => (t.begin_window(), vec![0.0; t.model.slabs().n]),
         };
-        let (l0, c0) = if w.next() == 0 { (0.0, 0.0) } else { t.slabs().running_figures()? };
+        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.slabs().running_figures()? };
         t.run_micro(&mut w)?;
-        let (l1, c1) = t.slabs().running_figures()?;
+        let (l1, c1) = t.model.slabs().running_figures()?;
         // the summed-loss gradient so far (mixed precision holds it times scale / count)
-        let weight = t.gradient_weight(&w);
-        let g: Vec<f32> = t.slabs().read_grads()?.into_iter().map(|x| (x as f64 / weight) as f32).collect();
+        let weight = t.loss_weight(w.count) as f64;
+        let g: Vec<f32> = t.model.slabs().read_grads()?.into_iter().map(|x| (x as f64 / weight) as f32).collect();
         let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
         let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let (gn, mn) = (norm(&g), norm(&micro));
         let dot: f64 = g.iter().zip(&micro).map(|(a, b)| *a as f64 * *b as f64).sum();
         let report = MicroReport {
-            step: t.step() + 1,
-            index: w.next() - 1,
+            step: t.step + 1,
+            index: w.next - 1,
             of: w.len(),
             loss: (l1 - l0) / (c1 - c0).max(1.0),
             tokens: c1 - c0,
             accumulated_norm: gn,
             micro_norm: mn,
             cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
-            tensor_norms: tensor_norms(t.slabs(), &t.param_names(), &g),
+            tensor_norms: tensor_norms(t.model.slabs(), &param_names(t), &g),
         };
         self.window = Some((w, g));
-        self.send(LiveEvent::MicroBatch(report));
+        self.send(Event::MicroBatch(report));
         Ok(())
     }
 }
 
+/// Parameter tensor names in slab order (matching `Slabs::offsets`).
+fn param_names(t: &Trainer) -> Vec<String> {
+    t.model.tensors().into_iter().map(|(n, _, _)| n).collect()
+}
+
 /// Per-tensor L2 norms of `v` (laid out like the parameter slab).
-pub fn tensor_norms(slabs: &Slabs, names: &[&str], v: &[f32]) -> Vec<(String, f64)> {
+pub fn tensor_norms(slabs: &Slabs, names: &[String], v: &[f32]) -> Vec<(String, f64)> {
     names
         .iter()
         .enumerate()
@@ -459,7 +408,7 @@ pub fn tensor_norms(slabs: &Slabs, names: &[&str], v: &[f32]) -> Vec<(String, f6
 }
 
 /// Per-tensor ||after - before|| / ||before||.
-pub fn update_ratios(slabs: &Slabs, names: &[&str], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
+pub fn update_ratios(slabs: &Slabs, names: &[String], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
     let d: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     tensor_norms(slabs, names, &d)
         .into_iter()

@@ -1,4 +1,6 @@
-//! Metrics per optimizer step, written as JSONL and CSV side by side in the run directory.
+//! Metrics per optimizer step, written as JSONL and CSV side by side in the run directory: one
+//! of the trainer's renderers (`on_event`). Each row is flushed when written, so a run that is
+//! killed keeps every step it finished.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -6,7 +8,8 @@ use std::path::Path;
 
 use crate::gpu::Category;
 
-use super::trainer::StepMetrics;
+use super::events::Event;
+use super::health::StepMetrics;
 
 pub struct MetricsWriter {
     jsonl: BufWriter<File>,
@@ -14,7 +17,8 @@ pub struct MetricsWriter {
 }
 
 pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
-bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped,loss_scale";
+bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped,loss_scale,\
+images_per_s,test_accuracy,wall_s";
 
 impl MetricsWriter {
     /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
@@ -38,18 +42,29 @@ impl MetricsWriter {
     pub fn write(&mut self, m: &StepMetrics) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.jsonl, m)?;
         writeln!(self.jsonl)?;
-        let val = m.val_loss.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let opt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_default();
         write!(
             self.csv,
-            "{},{:.6},{},{:.6e},{:.6},{},{:.1},{},{}",
-            m.step, m.train_loss, val, m.lr, m.grad_norm, m.clipped, m.tokens_per_s, m.micro_batch, m.accum_steps
+            "{},{:.6},{},{:.6e},{:.6},{},{},{},{}",
+            m.step, m.train_loss, opt(m.val_loss, 6), m.lr, m.grad_norm, m.clipped, opt(m.tokens_per_s, 1), m.micro_batch, m.accum_steps
         )?;
         for c in Category::ALL {
             write!(self.csv, ",{}", m.memory.get(c))?;
         }
         let scale = m.loss_scale.map_or(String::new(), |s| s.to_string());
-        writeln!(self.csv, ",{},{},{scale}", m.health.describe(), m.skipped)?;
-        Ok(())
+        writeln!(
+            self.csv, ",{},{},{scale},{},{},{:.3}",
+            m.health.describe(), m.skipped, opt(m.images_per_s, 1), opt(m.test_accuracy, 6), m.wall_s
+        )?;
+        self.flush()
+    }
+
+    /// The renderer: a row per optimizer step.
+    pub fn on_event(&mut self, e: &Event) -> std::io::Result<()> {
+        match e {
+            Event::Step(r) => self.write(&r.metrics),
+            _ => Ok(()),
+        }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

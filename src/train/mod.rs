@@ -1,12 +1,19 @@
-//! The trainer: the accumulation loop, optimizer settings and schedule, metrics, checkpoints and
-//! the verify procedure. It never imports egui; front ends (CLI, app) receive `Event`s.
+//! The trainer: one window loop for every model (`trainer`, over the `Model` interface that
+//! `gpt` and `cnn` implement), the deliberately broken settings kept for `verify` (`broken`),
+//! health and metrics, mixed precision's loss scale, checkpoints and `verify`. It never imports
+//! egui; front ends (CLI, app) receive `Event`s.
 
-pub mod any;
+pub mod broken;
 pub mod checkpoint;
 pub mod cnn;
 pub mod config;
+pub mod events;
+pub mod gpt;
+pub mod health;
 pub mod live;
+pub mod loss_scale;
 pub mod metrics;
+pub mod model;
 pub mod plan;
 pub mod sample;
 pub mod trainer;
@@ -14,14 +21,6 @@ pub mod verify;
 pub mod verify_cnn;
 
 pub use config::TrainConfig;
-pub use trainer::{Derived, RunOutcome, StepMetrics, Trainer};
-
-/// What the training loop reports.
-#[derive(Clone, Debug)]
-pub enum Event {
-    Started(Derived),
-    Step(StepMetrics),
-    Eval { step: usize, val_loss: f64 },
-    Checkpoint { step: usize, path: std::path::PathBuf },
-    Finished { step: usize, val_loss: f64 },
-}
+pub use events::Event;
+pub use health::StepMetrics;
+pub use trainer::{Derived, RunOutcome, Trainer};

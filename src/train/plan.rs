@@ -6,7 +6,7 @@ use crate::gpu::{DeviceKind, Gpu};
 use crate::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, Plan, parse_bytes, plan};
 
 use super::config::TrainConfig;
-use super::trainer::CPU_ADAPTER_MAX_LOOP;
+use super::model::CPU_ADAPTER_MAX_LOOP;
 
 /// The limits a micro-batch must fit on `gpu`.
 pub fn device_limits(gpu: &Gpu) -> DeviceLimits {

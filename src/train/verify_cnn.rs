@@ -10,9 +10,9 @@
 use crate::gpu::Gpu;
 use crate::reference::cnn_model::{NormKind, cnn_forward_backward};
 
-use super::cnn::{CnnTrainer, evaluate, first_window_gradient};
-use super::verify::gradient_rel_diff;
-use super::TrainConfig;
+use super::cnn::{evaluate, head};
+use super::verify::{first_window_gradient, gradient_rel_diff};
+use super::{TrainConfig, Trainer};
 
 /// Drift of one BatchNorm layer's running statistics.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -48,28 +48,26 @@ const STAT_IMAGES: usize = 1024;
 const TEST_IMAGES: usize = 2000;
 
 fn run_one(gpu: &Gpu, cfg: &TrainConfig, steps: usize) -> anyhow::Result<CnnRun> {
-    let mut t = CnnTrainer::new(gpu, cfg.clone())?;
+    let mut trainer = Trainer::new(gpu, cfg.clone())?;
     for _ in 0..steps {
-        t.train_step()?;
+        trainer.train_step()?;
     }
-    let mut test = t.data.test.clone();
-    let n = test.n.min(TEST_IMAGES);
-    test.n = n;
-    test.pixels.truncate(n * test.h * test.w);
-    test.labels.truncate(n);
-    let acc = evaluate(&mut t.model, t.cfg.micro_batch, &test)?.accuracy;
+    let b = trainer.cfg.micro_batch;
+    let t = trainer.cnn_mut().ok_or_else(|| anyhow::anyhow!("verify_cnn needs --model cnn"))?;
+    let test = head(&t.data.test, TEST_IMAGES);
+    let acc = evaluate(&mut t.gpu_model, b, &test)?.accuracy.unwrap_or(0.0);
     let mut drift = Vec::new();
     if t.ccfg.norm == NormKind::Batch {
         // statistics of a large batch from the trained weights: BatchNorm in training mode with
         // momentum 1 leaves exactly the batch mean and (unbiased) variance in `stats`
-        let params: Vec<f64> = t.model.slabs.read_params()?.iter().map(|&v| v as f64).collect();
+        let params: Vec<f64> = t.gpu_model.slabs.read_params()?.iter().map(|&v| v as f64).collect();
         let m = STAT_IMAGES.min(t.data.train.n);
         let s = t.data.train.h * t.data.train.w;
         let x: Vec<f64> = t.data.train.pixels[..m * s].iter().map(|&v| v as f64).collect();
         let labels = t.data.train.labels[..m].to_vec();
         let mut stats = vec![0.0f64; t.ccfg.running_len()];
         cnn_forward_backward(&t.ccfg, &params, &mut stats, &x, &labels, m, true, 1.0, None, 1.0);
-        let run: Vec<f64> = t.model.read_running()?.iter().map(|&v| v as f64).collect();
+        let run: Vec<f64> = t.gpu_model.read_running()?.iter().map(|&v| v as f64).collect();
         let (c1, c2) = (t.ccfg.c1, t.ccfg.c2);
         for (layer, (start, c)) in [(0usize, c1), (2 * c1, c2)].into_iter().enumerate() {
             let (mut err, mut ratio) = (0.0, 0.0);
