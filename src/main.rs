@@ -244,7 +244,7 @@ fn run() -> anyhow::Result<()> {
             let summary = t.model.summary();
             match ev.accuracy {
                 Some(a) => println!(
-                    "{}: step {}, {}: test accuracy {:.2}% and loss {:.4} over {} {} (running statistics)",
+                    "{}: step {}, {}, test accuracy {:.2}% and loss {:.4} over {} {} (running statistics)",
                     checkpoint.display(), t.step, summary.description, 100.0 * a, ev.loss, ev.items, summary.unit
                 ),
                 None => println!(
@@ -679,10 +679,13 @@ fn train(choice: &AdapterChoice, config: Option<PathBuf>, resume: Option<PathBuf
                 println!("adapter          {}", d.adapter);
                 println!("model            {}, {} parameters", d.model.description, d.params);
                 println!("data             {}", d.model.data);
-                println!("micro-batch      B = {} samples = {} {unit}", d.micro_batch, d.items_per_micro_batch);
+                // samples are sequences of tokens, or images
+                let (per, samples) = if unit == "tokens" { (format!(" = {} tokens", d.items_per_micro_batch), "sequences") } else { (String::new(), unit) };
+                let per_step = if unit == "tokens" { format!(" = {} tokens", d.items_per_step) } else { String::new() };
+                println!("micro-batch      B = {} {samples}{per}", d.micro_batch);
                 println!(
-                    "window           K = {} micro-batches, E = {} samples = {} {unit} per step; {} steps",
-                    d.micro_batches_per_window, d.effective_batch, d.items_per_step, d.max_steps
+                    "window           K = {} micro-batches, E = {} {samples}{per_step} per step; {} steps",
+                    d.micro_batches_per_window, d.effective_batch, d.max_steps
                 );
                 print_plan(d.plan.as_ref());
                 if let Some(n) = &d.notice {

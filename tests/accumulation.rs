@@ -93,11 +93,11 @@ fn each_window_starts_from_zero_gradients() {
     let mut a = Trainer::new(&g, small(4, 2)).unwrap();
     a.accumulate_window().unwrap();
     a.accumulate_window().unwrap();
-    let ga = a.model.slabs.normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
+    let ga = a.model.slabs_mut().normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
     let mut b = Trainer::new(&g, small(4, 2)).unwrap();
-    b.draw_window(); // skip the first window's samples
+    b.begin_window(); // skip the first window's samples
     b.accumulate_window().unwrap();
-    let gb = b.model.slabs.normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
+    let gb = b.model.slabs_mut().normalized_window_gradient(gradscope::model::gpt::WindowDivide::Count).unwrap();
     assert_eq!(ga, gb, "the second window's gradient must not include the first window's");
 }
 
@@ -117,14 +117,15 @@ fn gpu_training_step_equals_cpu_reference() {
     let norm0 = g0.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     cfg.grad_clip = norm0 * 0.7;
     let mut t = Trainer::new(&g, cfg.clone()).unwrap();
-    let params0 = t.model.slabs.read_params().unwrap();
+    let params0 = t.model.slabs().read_params().unwrap();
     // the same samples as the GPU window, drawn from a copy of the sampler
-    let mut sampler = t.sampler.clone();
-    let samples = sampler.window(&t.data.train, cfg.effective());
+    let gpt = t.gpt().unwrap();
+    let mut sampler = gpt.sampler.clone();
+    let samples = sampler.window(&gpt.data.train, cfg.effective());
     let (m, fig) = t.train_step().unwrap();
-    let params1 = t.model.slabs.read_params().unwrap();
+    let params1 = t.model.slabs().read_params().unwrap();
 
-    let gc = t.gcfg;
+    let gc = t.gpt().unwrap().gcfg;
     let tt = cfg.block_size;
     let p64: Vec<f64> = params0.iter().map(|&x| x as f64).collect();
     let mut grads = vec![0.0f64; p64.len()];
@@ -214,28 +215,37 @@ fn loss_decreases_on_tiny_shakespeare() {
     assert!(after < 3.5, "60 steps should bring the validation loss well below ln(65) = 4.17, got {after}");
 }
 
-/// The whole window as one submission (tokens uploaded once, copied between runs) trains exactly
-/// like one submission per micro-batch (the path the app's stepping takes).
+/// `train`, `bench` and `verify` run a window and its step as one submission (the window's
+/// inputs uploaded once, copied between runs), counted through the gpu layer, and it trains
+/// bit for bit like one submission per micro-batch (the path the app's stepping takes), for
+/// the GPT and the CNN.
 #[test]
 fn one_submission_per_window_equals_one_per_micro_batch() {
     let g = common::gpu();
+    let cnn: Vec<String> = ["--model", "cnn", "--dataset", "digits", "--micro_batch", "8", "--accum_steps", "3"].map(String::from).to_vec();
+    let cnn = TrainConfig::load(None, &cnn).unwrap();
     // K = 20 also checks that no micro-batch's figures are lost when the figures buffer grows
-    for cfg in [small(4, 3), with_e(5, 12), TrainConfig { padded: true, ..small(3, 4) }, small(1, 20)] {
+    for cfg in [small(4, 3), with_e(5, 12), TrainConfig { padded: true, ..small(3, 4) }, small(1, 20), cnn] {
         let mut fused = Trainer::new(&g, cfg.clone()).unwrap();
         let mut stepped = Trainer::new(&g, cfg.clone()).unwrap();
         for _ in 0..3 {
+            let before = g.work_submissions();
             let (a, fa) = fused.train_step().unwrap();
+            assert_eq!(g.work_submissions() - before, 1, "{:?}: a window and its step are one submission", cfg.model);
+            let before = g.work_submissions();
             let mut w = stepped.begin_window();
+            let k = w.len() as u64;
             while !w.done() {
                 stepped.run_micro(&mut w).unwrap();
             }
             let (b, fb) = stepped.finish_window(w).unwrap();
+            assert_eq!(g.work_submissions() - before, k + 1, "stepping: one submission per micro-batch, one for the step");
             assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
             assert_eq!(fa.micro, fb.micro, "per-micro-batch figures");
             assert_eq!(fa.micro.len(), cfg.windows_micro_batches());
             assert!(fa.micro.iter().all(|&(loss, count)| count > 0.0 && loss > 0.0), "{:?}", fa.micro);
             assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits());
         }
-        assert_eq!(fused.model.slabs.read_params().unwrap(), stepped.model.slabs.read_params().unwrap());
+        assert_eq!(fused.model.slabs().read_params().unwrap(), stepped.model.slabs().read_params().unwrap());
     }
 }

@@ -54,11 +54,11 @@ fn resume_continues_bit_exactly() {
     while resumed.step < 5 {
         resumed.train_step().unwrap();
     }
-    let (a, b) = (straight.model.slabs.read_params().unwrap(), resumed.model.slabs.read_params().unwrap());
+    let (a, b) = (straight.model.slabs().read_params().unwrap(), resumed.model.slabs().read_params().unwrap());
     let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
     assert!(same, "parameters after resume differ from the straight run");
-    assert_eq!(straight.model.slabs.read_adam().unwrap(), resumed.model.slabs.read_adam().unwrap());
-    assert_eq!(straight.sampler, resumed.sampler);
+    assert_eq!(straight.model.slabs().read_adam().unwrap(), resumed.model.slabs().read_adam().unwrap());
+    assert_eq!(straight.gpt().unwrap().sampler, resumed.gpt().unwrap().sampler);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn checkpoint_has_pytorch_names_and_shapes() {
     t.save(&ck).unwrap();
     let bytes = std::fs::read(&ck).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (v, c, tt) = (t.gcfg.vocab_size, 32, 16);
+    let (v, c, tt) = (t.gpt().unwrap().gcfg.vocab_size, 32, 16);
     let mut want: Vec<(String, Vec<usize>)> = vec![("wte.weight".into(), vec![v, c]), ("wpe.weight".into(), vec![tt, c])];
     for i in 0..2 {
         for (n, s) in [
@@ -94,8 +94,8 @@ fn checkpoint_has_pytorch_names_and_shapes() {
         assert_eq!(st.tensor(n).unwrap().shape(), &s[..], "{n}");
     }
     // values round-trip: the flat slab rebuilt from the file equals the device's parameters
-    let back = checkpoint::load_weights(&ck, &t.gcfg).unwrap();
-    assert_eq!(back, t.model.slabs.read_params().unwrap());
+    let back = checkpoint::load_weights(&ck, &t.gpt().unwrap().gcfg).unwrap();
+    assert_eq!(back, t.model.slabs().read_params().unwrap());
     // no temp files left behind
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -115,24 +115,24 @@ fn corrupt_truncated_foreign_and_mismatched_checkpoints_are_refused() {
 
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, &good[..good.len() / 2]).unwrap();
-    let e = checkpoint::load_weights(&bad, &t.gcfg).unwrap_err();
+    let e = checkpoint::load_weights(&bad, &t.gpt().unwrap().gcfg).unwrap_err();
     assert!(matches!(e, CheckpointError::Corrupt { .. }), "truncated: {e}");
     println!("truncated: {e}");
 
     std::fs::write(&bad, b"this is not a checkpoint at all").unwrap();
-    let e = checkpoint::load_weights(&bad, &t.gcfg).unwrap_err();
+    let e = checkpoint::load_weights(&bad, &t.gpt().unwrap().gcfg).unwrap_err();
     assert!(matches!(e, CheckpointError::Corrupt { .. }), "garbage: {e}");
 
     // a valid safetensors file without our tensors (foreign)
     let data = vec![0u8; 16];
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
     std::fs::write(&bad, safetensors::serialize([("something.else", view)], None).unwrap()).unwrap();
-    let e = checkpoint::load_weights(&bad, &t.gcfg).unwrap_err();
+    let e = checkpoint::load_weights(&bad, &t.gpt().unwrap().gcfg).unwrap_err();
     assert!(matches!(e, CheckpointError::Missing { .. }), "foreign: {e}");
     assert!(e.to_string().contains("wte.weight"), "{e}");
 
     // a checkpoint of another model shape
-    let mut other = t.gcfg;
+    let mut other = t.gpt().unwrap().gcfg;
     other.n_embd = 64;
     let e = checkpoint::load_weights(&ck, &other).unwrap_err();
     assert!(matches!(e, CheckpointError::ConfigMismatch { .. }), "mismatch: {e}");
@@ -213,7 +213,7 @@ fn init_from_starts_from_given_weights() {
     let ck = dir.join("a.safetensors");
     a.save(&ck).unwrap();
     let b = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), seed: 999, ..small(&dir) }).unwrap();
-    assert_eq!(b.model.slabs.read_params().unwrap(), a.model.slabs.read_params().unwrap(), "weights come from the file, not the seed");
+    assert_eq!(b.model.slabs().read_params().unwrap(), a.model.slabs().read_params().unwrap(), "weights come from the file, not the seed");
     assert_eq!(b.step, 0, "a new run: step, optimizer state and sampler start fresh");
     let e = Trainer::new(&g, TrainConfig { init_from: ck.display().to_string(), n_embd: 64, ..small(&dir) }).err().unwrap();
     assert!(format!("{e:#}").contains("different model"), "{e:#}");

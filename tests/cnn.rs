@@ -29,7 +29,9 @@ fn gpu_cnn_window_gradient_equals_the_cpu_reference() {
         let (mut loss, mut count) = (0.0f64, 0u32);
         for (j, idx) in batches.iter().enumerate() {
             let (x, y) = pack(&data.train, idx, idx.len());
-            m.micro_step(&x, &y, j).unwrap();
+            let mut s = g.submission();
+            m.record_micro_steps(&mut s, &[(&x, &y)], j, batches.len()).unwrap();
+            s.submit();
             let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             let (l, c, _) = cnn_forward_backward(&cfg, &p64, &mut run64, &x64, &y, idx.len(), true, BN_MOMENTUM as f64, Some(&mut grads), 1.0);
             loss += l;
@@ -63,13 +65,13 @@ fn digits(norm: NormKind, b: usize, k: usize) -> gradscope::train::TrainConfig {
 /// (its statistics come from each micro-batch), so the check has teeth.
 #[test]
 fn groupnorm_accumulates_exactly_and_batchnorm_does_not() {
-    use gradscope::train::cnn::first_window_gradient;
+    use gradscope::train::verify::first_window_gradient;
     use gradscope::train::verify::gradient_rel_diff;
     let g = common::gpu();
     let truth = first_window_gradient(&g, &digits(NormKind::Group, 32, 1)).unwrap();
     for (b, k) in [(8, 4), (4, 8), (5, 7)] {
         let acc = first_window_gradient(&g, &digits(NormKind::Group, b, k)).unwrap();
-        let d = gradient_rel_diff(&acc, &gradscope::train::cnn::first_window_gradient(&g, &digits(NormKind::Group, b * k, 1)).unwrap());
+        let d = gradient_rel_diff(&acc, &first_window_gradient(&g, &digits(NormKind::Group, b * k, 1)).unwrap());
         println!("GroupNorm {b} x {k}: max rel diff to the true batch {d:.2e}");
         assert!(d < 1e-5, "GroupNorm {b}x{k}: {d}");
     }
@@ -85,14 +87,16 @@ fn groupnorm_accumulates_exactly_and_batchnorm_does_not() {
 #[test]
 fn cnn_learns_the_digits() {
     let g = common::gpu();
-    let mut t = gradscope::train::cnn::CnnTrainer::new(&g, gradscope::train::TrainConfig { epochs: 3, ..digits(NormKind::Group, 16, 2) }).unwrap();
-    let before = t.test().unwrap();
-    for _ in 0..3 * t.steps_per_epoch {
+    let mut t = gradscope::train::Trainer::new(&g, gradscope::train::TrainConfig { epochs: 3, ..digits(NormKind::Group, 16, 2) }).unwrap();
+    let before = t.evaluate().unwrap();
+    while t.step < t.cfg.max_steps {
         t.train_step().unwrap();
     }
-    let after = t.test().unwrap();
-    println!("digits test accuracy {:.1}% -> {:.1}% after 3 epochs", 100.0 * before.accuracy, 100.0 * after.accuracy);
-    assert!(after.accuracy > 0.85, "{after:?}");
+    assert_eq!(t.cnn().unwrap().sampler.epoch, 3, "max_steps comes from epochs");
+    let after = t.evaluate().unwrap();
+    let (a0, a1) = (before.accuracy.unwrap(), after.accuracy.unwrap());
+    println!("digits test accuracy {:.1}% -> {:.1}% after 3 epochs", 100.0 * a0, 100.0 * a1);
+    assert!(a1 > 0.85, "{after:?}");
     assert!(after.loss < before.loss);
 }
 
@@ -122,17 +126,20 @@ fn cnn_checkpoints_round_trip_with_running_statistics() {
     let g = common::gpu();
     let dir = std::env::temp_dir().join(format!("gradscope-cnnck-{}", std::process::id()));
     let cfg = gradscope::train::TrainConfig { out_dir: dir.display().to_string(), ..digits(NormKind::Batch, 8, 2) };
-    let mut t = gradscope::train::cnn::CnnTrainer::new(&g, cfg).unwrap();
+    let mut t = gradscope::train::Trainer::new(&g, cfg).unwrap();
     for _ in 0..3 {
         t.train_step().unwrap();
     }
     let ck = dir.join("cnn.safetensors");
     t.save(&ck).unwrap();
-    let mut u = gradscope::train::cnn::CnnTrainer::load(&g, &ck).unwrap();
+    let mut u = gradscope::train::Trainer::resume(&g, &ck, &[]).unwrap();
     assert_eq!(u.step, 3);
-    assert_eq!(u.model.slabs.read_params().unwrap(), t.model.slabs.read_params().unwrap());
-    assert_eq!(u.model.read_running().unwrap(), t.model.read_running().unwrap());
-    assert_eq!(u.test().unwrap(), t.test().unwrap());
+    assert_eq!(u.model.slabs().read_params().unwrap(), t.model.slabs().read_params().unwrap());
+    let running = |t: &gradscope::train::Trainer| t.cnn().unwrap().gpu_model.read_running().unwrap();
+    assert_eq!(running(&u), running(&t));
+    let sampler = |t: &gradscope::train::Trainer| serde_json::to_string(&t.cnn().unwrap().sampler).unwrap();
+    assert_eq!(sampler(&u), sampler(&t), "the epoch's position");
+    assert_eq!(u.evaluate().unwrap(), t.evaluate().unwrap());
     // PyTorch names and shapes
     let bytes = std::fs::read(&ck).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -142,7 +149,7 @@ fn cnn_checkpoints_round_trip_with_running_statistics() {
     // and the next steps continue identically
     t.train_step().unwrap();
     u.train_step().unwrap();
-    assert_eq!(u.model.slabs.read_params().unwrap(), t.model.slabs.read_params().unwrap(), "resume is exact");
+    assert_eq!(u.model.slabs().read_params().unwrap(), t.model.slabs().read_params().unwrap(), "resume is exact");
 }
 
 /// The drift, measured: with BatchNorm at micro-batch 4 and 1 the first layer's running mean

@@ -8,7 +8,6 @@ use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;
 use gradscope::reference::gpt::GptConfig;
-use gradscope::train::cnn::CnnTrainer;
 use gradscope::train::verify::{first_window_gradient, gradient_rel_diff};
 use gradscope::train::{TrainConfig, Trainer};
 
@@ -73,7 +72,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         let mut t = Trainer::new(&g, cfg.clone()).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let spec = ModelSpec::Gpt(t.gcfg);
+        let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
         // (the trainer's config: f16 falls back to f32 on an adapter without SHADER_F16)
         let run = t.cfg.clone();
         let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&run, MatmulVariant::for_device(g.kind)));
@@ -101,10 +100,10 @@ fn cnn_prediction_equals_the_byte_ledger() {
     let g = common::gpu();
     for cfg in [digits(NormKind::Group, 8, 2), digits(NormKind::Batch, 5, 17)] {
         let before = g.ledger.snapshot();
-        let mut t = CnnTrainer::new(&g, cfg.clone()).unwrap();
+        let mut t = Trainer::new(&g, cfg.clone()).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let predicted = ModelSpec::Cnn(t.ccfg).predict(cfg.micro_batch, cfg.accum_steps, 0, MemoryOptions::default());
+        let predicted = ModelSpec::Cnn(t.cnn().unwrap().ccfg).predict(cfg.micro_batch, cfg.accum_steps, 0, MemoryOptions::default());
         assert_same(&format!("CNN {:?} B{} K{}", cfg.norm, cfg.micro_batch, cfg.accum_steps), predicted, actual);
     }
 }
@@ -130,11 +129,11 @@ fn activation_checkpointing_keeps_gradients_and_saves_memory() {
             let (mb, _) = tb.train_step().unwrap();
             assert!((ma.train_loss - mb.train_loss).abs() <= 1e-6 * ma.train_loss.abs(), "loss {} vs {}", ma.train_loss, mb.train_loss);
         }
-        let (wa, wb) = (ta.model.slabs.read_params().unwrap(), tb.model.slabs.read_params().unwrap());
+        let (wa, wb) = (ta.model.slabs().read_params().unwrap(), tb.model.slabs().read_params().unwrap());
         let d = gradient_rel_diff(&wb, &wa);
         assert!(d < 1e-6, "weights after 3 steps differ by {d:.3e}");
 
-        let spec = ModelSpec::Gpt(ta.gcfg);
+        let spec = ModelSpec::Gpt(ta.gpt().unwrap().gcfg);
         let on = MemoryOptions { checkpoint_activations: true, ..Default::default() };
         let (full, less) = (spec.predict(4, 2, 0, MemoryOptions::default()), spec.predict(4, 2, 0, on));
         println!(
@@ -228,7 +227,7 @@ fn training_under_a_memory_budget_uses_the_plan() {
     let cfg = TrainConfig { memory_budget: format!("{budget}"), effective_batch: 13, ..base };
     let before = g.ledger.snapshot();
     let mut t = Trainer::new(&g, cfg).unwrap();
-    let p = t.plan.clone().expect("a plan");
+    let p = t.model.plan().cloned().expect("a plan");
     assert_eq!((p.micro_batch, p.accum_steps, p.last_micro_batch), (5, 3, 3), "{p:?}");
     assert_eq!((t.cfg.micro_batch, t.cfg.windows_micro_batches(), t.cfg.effective()), (5, 3, 13));
     let (m, _) = t.train_step().unwrap();
@@ -249,7 +248,7 @@ fn a_failed_reallocation_keeps_the_previous_micro_batch() {
     let g = common::gpu();
     let mut t = Trainer::new(&g, gpt(2, 2, 32, 16, 4, 2, false)).unwrap();
     t.train_step().unwrap();
-    let err = t.model.set_micro_batch(1 << 22).expect_err("far past the device's buffer size");
+    let err = t.gpt_mut().unwrap().gpu_model.set_micro_batch(1 << 22).expect_err("far past the device's buffer size");
     println!("{err}");
     assert_eq!(t.model.micro_batch(), 4);
     let (m, _) = t.train_step().unwrap();

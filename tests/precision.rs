@@ -10,7 +10,8 @@ mod common;
 
 use gradscope::gpu::Precision;
 use gradscope::train::config::LossScaleOrder;
-use gradscope::train::trainer::{LossScaler, resolve_precision};
+use gradscope::train::gpt::resolve_precision;
+use gradscope::train::loss_scale::LossScaler;
 use gradscope::train::verify::{first_window_gradient, gradient_rel_diff, verify};
 use gradscope::train::{TrainConfig, Trainer};
 
@@ -114,12 +115,12 @@ fn overflow_skips_the_step_and_halves_the_scale_then_it_grows() {
     let mut rng = common::Rng::fresh("dynamic loss scale");
     let cfg = TrainConfig { loss_scale: 16_777_216.0, loss_scale_growth_interval: 2, ..f16(&small(&mut rng, 4, 2)) };
     let mut t = Trainer::new(&g, cfg).unwrap();
-    let w0 = t.model.slabs.read_params().unwrap();
+    let w0 = t.model.slabs().read_params().unwrap();
     let (m, _) = t.train_step().unwrap();
     println!("step 1: scale {:?}, skipped {}, |g| {}", m.loss_scale, m.skipped, m.grad_norm);
     assert_eq!(m.loss_scale, Some(16_777_216.0));
     assert!(m.skipped && m.train_loss.is_finite(), "scale 2^24 overflows the f16 gradients; the loss itself is finite");
-    assert_eq!(t.model.slabs.read_params().unwrap(), w0, "a skipped window leaves the weights untouched");
+    assert_eq!(t.model.slabs().read_params().unwrap(), w0, "a skipped window leaves the weights untouched");
     assert_eq!(t.adam_step, 0);
     assert_eq!(t.scaler.as_ref().unwrap().scale, 8_388_608.0, "an overflow halves the scale");
 
@@ -193,9 +194,13 @@ fn f16_logits_read_back_close_to_f32() {
     let logits = |cfg: TrainConfig| {
         let mut t = Trainer::new(&g, cfg).unwrap();
         let w = t.begin_window();
-        let (x, y) = &w.batches[0];
-        t.model.forward_only(x, y);
-        t.model.read_logits().unwrap()
+        let (x, y) = match &w.batches[0].inputs {
+            gradscope::train::model::Inputs::Tokens(x) => (x.clone(), w.batches[0].targets.clone()),
+            _ => unreachable!("the GPT's inputs are tokens"),
+        };
+        let gpt = t.gpt_mut().unwrap();
+        gpt.gpu_model.forward_only(&x, &y);
+        gpt.gpu_model.read_logits().unwrap()
     };
     let a = logits(cfg.clone());
     let b = logits(f16(&cfg));
@@ -238,7 +243,8 @@ fn mixed_precision_config_errors() {
 /// view divides that weight out.
 #[test]
 fn stepping_view_figures_match_between_precisions() {
-    use gradscope::train::live::{self, Control, LiveEvent, MicroReport};
+    use gradscope::train::events::{Event, MicroReport};
+    use gradscope::train::live::{self, Control};
     let g = common::gpu();
     let mut rng = common::Rng::fresh("stepping view");
     let cfg = small(&mut rng, 3, 3);
@@ -251,8 +257,8 @@ fn stepping_view_figures_match_between_precisions() {
         let start = std::time::Instant::now();
         while out.len() < 3 {
             match s.events.recv_timeout(std::time::Duration::from_secs(60)) {
-                Ok(LiveEvent::MicroBatch(r)) => out.push(r),
-                Ok(LiveEvent::Error(e)) => panic!("{e}"),
+                Ok(Event::MicroBatch(r)) => out.push(r),
+                Ok(Event::Error(e)) => panic!("{e}"),
                 Ok(_) => {}
                 Err(e) => panic!("no micro-batch report after {:?}: {e}", start.elapsed()),
             }
@@ -300,7 +306,7 @@ fn resume_keeps_the_loss_scale() {
     while resumed.step < 9 {
         resumed.train_step().unwrap();
     }
-    let (a, b) = (straight.model.slabs.read_params().unwrap(), resumed.model.slabs.read_params().unwrap());
+    let (a, b) = (straight.model.slabs().read_params().unwrap(), resumed.model.slabs().read_params().unwrap());
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters after resume differ from the straight run");
     let (s, r) = (straight.scaler.unwrap(), resumed.scaler.unwrap());
     assert_eq!((s.scale, s.clean), (r.scale, r.clean));

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gradscope::reference::cnn_model::NormKind;
-use gradscope::train::any::AnyTrainer;
-use gradscope::train::live::{self, Control, LiveEvent};
+use gradscope::train::Trainer;
+use gradscope::train::live::{self, Control};
+use gradscope::train::Event;
 use gradscope::train::TrainConfig;
 
 fn gpt() -> TrainConfig {
@@ -29,15 +30,15 @@ fn profiling_between_windows_changes_nothing() {
     let g = common::gpu();
     if !g.has_timestamps() {
         // the error path is the feature here: a clear message instead of a profile
-        let mut t = AnyTrainer::new(&g, gpt()).unwrap();
+        let mut t = Trainer::new(&g, gpt()).unwrap();
         let e = t.profile_kernels().unwrap_err().to_string();
         println!("skipped: timestamp queries missing ({e})");
         assert!(e.contains("no timestamp queries"), "{e}");
         return;
     }
     for cfg in [gpt(), cnn_batchnorm()] {
-        let mut plain = AnyTrainer::new(&g, cfg.clone()).unwrap();
-        let mut profiled = AnyTrainer::new(&g, cfg.clone()).unwrap();
+        let mut plain = Trainer::new(&g, cfg.clone()).unwrap();
+        let mut profiled = Trainer::new(&g, cfg.clone()).unwrap();
         let mut names = Vec::new();
         for _ in 0..2 {
             let (a, _) = run_step(&mut plain);
@@ -52,9 +53,9 @@ fn profiling_between_windows_changes_nothing() {
             assert!(kernels.windows(2).all(|w| w[0].1 >= w[1].1), "largest first");
             assert!(total > 0.0);
         }
-        assert_eq!(plain.slabs().read_params().unwrap(), profiled.slabs().read_params().unwrap(), "weights after two steps");
-        if let (AnyTrainer::Cnn(a), AnyTrainer::Cnn(b)) = (&plain, &profiled) {
-            assert_eq!(a.model.read_running().unwrap(), b.model.read_running().unwrap(), "BatchNorm running statistics");
+        assert_eq!(plain.model.slabs().read_params().unwrap(), profiled.model.slabs().read_params().unwrap(), "weights after two steps");
+        if let (Some(a), Some(b)) = (plain.cnn(), profiled.cnn()) {
+            assert_eq!(a.gpu_model.read_running().unwrap(), b.gpu_model.read_running().unwrap(), "BatchNorm running statistics");
             assert!(names.iter().any(|n| n == "batchnorm_forward_train"), "{names:?}");
         } else {
             // (the kernel family's names: matmul_forward or matmul_forward_cpu, attention_forward
@@ -66,7 +67,7 @@ fn profiling_between_windows_changes_nothing() {
     }
 }
 
-fn run_step(t: &mut AnyTrainer) -> (gradscope::train::StepMetrics, ()) {
+fn run_step(t: &mut Trainer) -> (gradscope::train::StepMetrics, ()) {
     let w = t.begin_window();
     let (m, _) = t.finish_window(w).unwrap();
     (m, ())
@@ -82,8 +83,8 @@ fn the_live_session_answers_a_profile_request() {
     let start = Instant::now();
     let answer = loop {
         match s.events.recv_timeout(Duration::from_secs(60)).expect("an answer") {
-            LiveEvent::Profile { step, micro_batch, kernels } => break Ok((step, micro_batch, kernels)),
-            LiveEvent::Error(e) => break Err(e),
+            Event::Profile { step, micro_batch, kernels } => break Ok((step, micro_batch, kernels)),
+            Event::Error(e) => break Err(e),
             _ => {}
         }
         assert!(start.elapsed() < Duration::from_secs(60));

@@ -132,24 +132,24 @@ fn nonfinite_windows_are_skipped_on_the_device_or_stop_with_a_diagnosis() {
     let mut t = Trainer::new(&g, small(&dir)).unwrap();
     t.train_step().unwrap();
     // poison one weight of blocks.1.c_fc.weight
-    let mut params = t.model.slabs.read_params().unwrap();
-    let (_, _, off) = checkpoint::tensor_table(&t.gcfg).into_iter().find(|(n, _, _)| n == "blocks.1.c_fc.weight").unwrap();
+    let mut params = t.model.slabs().read_params().unwrap();
+    let (_, _, off) = checkpoint::tensor_table(&t.gpt().unwrap().gcfg).into_iter().find(|(n, _, _)| n == "blocks.1.c_fc.weight").unwrap();
     params[off + 5] = f32::NAN;
-    let (m, v) = t.model.slabs.read_adam().unwrap();
-    t.model.slabs.load_state(&params, &m, &v);
+    let (m, v) = t.model.slabs().read_adam().unwrap();
+    t.model.slabs().load_state(&params, &m, &v);
     let adam_before = t.adam_step;
     let (metrics, _) = t.train_step().unwrap();
     assert!(metrics.skipped && metrics.health.nonfinite, "the window is flagged and skipped");
     assert_eq!(t.adam_step, adam_before, "AdamW's step count does not advance on a skipped step");
     assert_eq!(t.step, 2, "the window still counts as consumed");
-    let after = t.model.slabs.read_params().unwrap();
+    let after = t.model.slabs().read_params().unwrap();
     let same = after.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "a skipped step leaves every weight as it was");
-    assert_eq!(t.model.slabs.read_adam().unwrap(), (m, v), "and the moments");
+    assert_eq!(t.model.slabs().read_adam().unwrap(), (m, v), "and the moments");
     // the stop policy names the tensor
     t.cfg.on_nonfinite = OnNonFinite::Stop;
     t.cfg.max_steps = 10;
-    let err = t.run(None, None, &mut |_| {}).unwrap_err().to_string();
+    let err = t.run(None, &mut |_| Ok(())).unwrap_err().to_string();
     println!("{err}");
     assert!(err.contains("blocks.1.c_fc.weight"), "{err}");
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use gradscope::gpu::{Category, Precision};
 use gradscope::model::gpt::GpuGpt;
 use gradscope::reference::gpt::GptConfig;
-use gradscope::train::live::{self, Control, LiveEvent, StepReport};
+use gradscope::train::events::{Event, StepReport};
+use gradscope::train::live::{self, Control};
 use gradscope::train::TrainConfig;
 
 #[test]
@@ -26,7 +27,7 @@ fn a_thousand_live_changes_lose_nothing() {
     let s = live::spawn(g.clone(), cfg.clone(), true, Arc::new(|| {}));
     let mut rng = common::Rng::fresh("soak");
     let mut events = Vec::new();
-    let drain = |events: &mut Vec<LiveEvent>| {
+    let drain = |events: &mut Vec<Event>| {
         while let Ok(e) = s.events.try_recv() {
             events.push(e);
         }
@@ -61,17 +62,17 @@ fn a_thousand_live_changes_lose_nothing() {
     let start = Instant::now();
     loop {
         drain(&mut events);
-        if events.iter().any(|e| matches!(e, LiveEvent::Settings { lr, .. } if *lr == 0.012345)) {
+        if events.iter().any(|e| matches!(e, Event::Settings { lr, .. } if *lr == 0.012345)) {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(300), "the session stopped answering");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let errors: Vec<&String> = events.iter().filter_map(|e| if let LiveEvent::Error(m) = e { Some(m) } else { None }).collect();
+    let errors: Vec<&String> = events.iter().filter_map(|e| if let Event::Error(m) = e { Some(m) } else { None }).collect();
     // the only expected errors: asking for a micro-batch while a complete window waits for its step
     assert!(errors.iter().all(|m| m.contains("window is complete")), "{errors:?}");
 
-    let steps: Vec<&StepReport> = events.iter().filter_map(|e| if let LiveEvent::Step(r) = e { Some(r.as_ref()) } else { None }).collect();
+    let steps: Vec<&StepReport> = events.iter().filter_map(|e| if let Event::Step(r) = e { Some(r.as_ref()) } else { None }).collect();
     println!("{} steps, {} events, {} errors", steps.len(), events.len(), errors.len());
     assert!(steps.len() >= 5, "training advanced: {} steps", steps.len());
     for (i, r) in steps.iter().enumerate() {
@@ -81,14 +82,14 @@ fn a_thousand_live_changes_lose_nothing() {
         assert_eq!(k, r.metrics.accum_steps);
         let tokens: f64 = r.micro.iter().map(|(_, c)| c).sum();
         assert!(tokens <= (r.metrics.micro_batch * k * cfg.block_size) as f64);
-        assert_eq!(tokens, r.metrics.tokens, "the window's count is the sum of its micro-batches' counts");
+        assert_eq!(tokens, r.metrics.items, "the window's count is the sum of its micro-batches' counts");
         let mean = r.micro.iter().map(|(l, c)| l * c).sum::<f64>() / tokens;
         assert!((mean - r.metrics.train_loss).abs() <= 1e-4 * mean.abs(), "window loss = count-weighted micro-batch losses");
     }
     // the first window straddled the B change: it ran with the old B
     assert_eq!(steps[0].metrics.micro_batch, 2, "a B change mid-window waits for the step");
-    let first_step = events.iter().position(|e| matches!(e, LiveEvent::Step(_))).unwrap();
-    let b3 = events.iter().position(|e| matches!(e, LiveEvent::Settings { micro_batch: 3, .. })).unwrap();
+    let first_step = events.iter().position(|e| matches!(e, Event::Step(_))).unwrap();
+    let b3 = events.iter().position(|e| matches!(e, Event::Settings { micro_batch: 3, .. })).unwrap();
     assert!(b3 > first_step, "B = 3 is confirmed only after the window it was requested in was stepped");
 
     // the ledger: exact bytes for the final B, nothing leaked by hundreds of reallocations
@@ -96,7 +97,7 @@ fn a_thousand_live_changes_lose_nothing() {
         .iter()
         .rev()
         .find_map(|e| match e {
-            LiveEvent::Settings { micro_batch, checkpoint_activations, precision, .. } => {
+            Event::Settings { micro_batch, checkpoint_activations, precision, .. } => {
                 Some((*micro_batch, *checkpoint_activations, *precision))
             }
             _ => None,
@@ -104,10 +105,10 @@ fn a_thousand_live_changes_lose_nothing() {
         .unwrap();
     let precisions: std::collections::BTreeSet<String> = events
         .iter()
-        .filter_map(|e| if let LiveEvent::Settings { precision, .. } = e { Some(precision.to_string()) } else { None })
+        .filter_map(|e| if let Event::Settings { precision, .. } = e { Some(precision.to_string()) } else { None })
         .collect();
     assert_eq!(precisions.len(), 2, "both precisions were trained: {precisions:?}");
-    let vocab = events.iter().find_map(|e| if let LiveEvent::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
+    let vocab = events.iter().find_map(|e| if let Event::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
     let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32 };
     // plus the last window's tokens (2 K B T), uploaded once per window
     let last = &steps.last().unwrap().metrics;

@@ -414,7 +414,7 @@ impl AppState {
 mod tests {
     use super::*;
     use crate::gpu::MemorySnapshot;
-    use crate::train::trainer::{Health, StepMetrics};
+    use crate::train::health::{Health, StepMetrics};
 
     fn state() -> AppState {
         AppState::new(Settings::default(), TrainConfig::default())
@@ -425,14 +425,17 @@ mod tests {
             step,
             train_loss: loss,
             val_loss: None,
+            test_accuracy: None,
             lr: 3e-3,
             grad_norm: 0.5,
             clipped: false,
             update_grad_ratio: 0.01,
             skipped: false,
             loss_scale: None,
-            tokens: 4096.0,
-            tokens_per_s: 1000.0,
+            items: 4096.0,
+            tokens_per_s: Some(1000.0),
+            images_per_s: None,
+            wall_s: 1.0,
             micro_batch: 16,
             accum_steps: 2,
             memory: MemorySnapshot { bytes: [1, 2, 3, 4, 5] },
@@ -503,7 +506,7 @@ mod tests {
         assert_eq!(s.train_loss.points, vec![[1.0, 3.5]]);
         assert_eq!(s.micro_loss.points, vec![[0.5, 4.0], [1.0, 3.0]], "micro-batch losses at fractional steps");
         assert_eq!(s.memory.len(), 1);
-        s.apply(Event::Eval { step: 1, val_loss: 3.6 });
+        s.apply(Event::Eval { step: 1, epoch: None, eval: crate::train::model::Evaluation { loss: 3.6, accuracy: None, items: 100 } });
         assert_eq!(s.val_loss.last(), Some([1.0, 3.6]));
         // a new window starts a new strip
         s.apply(Event::MicroBatch(MicroReport {

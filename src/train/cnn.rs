@@ -145,12 +145,12 @@ impl Model for CnnModel {
     fn summary(&self) -> ModelSummary {
         let (tr, te) = (&self.data.train, &self.data.test);
         ModelSummary {
-            description: format!("CNN ({:?} norm) on {}x{} images", self.ccfg.norm, tr.h, tr.w),
+            description: format!("CNN ({:?} norm)", self.ccfg.norm),
             params: self.ccfg.num_params(),
             unit: "images",
             items_per_sample: 1,
             classes: self.ccfg.classes,
-            data: format!("{} training images, {} test images, {} classes", tr.n, te.n, self.ccfg.classes),
+            data: format!("{} training images {}x{}, {} test images, {} classes", tr.n, tr.h, tr.w, te.n, self.ccfg.classes),
         }
     }
 

@@ -314,6 +314,9 @@ impl TrainConfig {
         if !self.memory_budget.is_empty() {
             crate::model::memory::parse_bytes(&self.memory_budget).map_err(|e| ConfigError::Invalid(format!("memory_budget: {e}")))?;
         }
+        if self.model == ModelKind::Cnn && (self.normalization != Normalization::WindowCount || self.clip_mode != ClipMode::Global) {
+            return bad("normalization and clip_mode: the broken settings are GPT demonstrations (the CNN trains with the correct ones)".into());
+        }
         if self.checkpoint_activations && self.model == ModelKind::Cnn {
             return bad("checkpoint_activations is for the GPT (the CNN keeps every activation)".into());
         }

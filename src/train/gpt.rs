@@ -50,6 +50,7 @@ impl GptModel {
     /// under a memory budget).
     pub fn new(gpu: &Gpu, cfg: &mut TrainConfig) -> anyhow::Result<Self> {
         let data = TextData::load(Path::new(&cfg.data))?;
+        data.check_block(cfg.block_size)?;
         Self::with_data(gpu, cfg, data)
     }
 

@@ -390,25 +390,21 @@ impl Worker {
     }
 }
 
-/// Parameter tensor names in slab order (matching `Slabs::offsets`).
-fn param_names(t: &Trainer) -> Vec<String> {
-    t.model.tensors().into_iter().map(|(n, _, _)| n).collect()
+/// Parameter tensors (checkpoint names, per layer) with their offsets in the slab.
+fn param_names(t: &Trainer) -> Vec<(String, usize, usize)> {
+    t.model.tensors().into_iter().map(|(n, shape, off)| (n, off, shape.iter().product())).collect()
 }
 
-/// Per-tensor L2 norms of `v` (laid out like the parameter slab).
-pub fn tensor_norms(slabs: &Slabs, names: &[String], v: &[f32]) -> Vec<(String, f64)> {
+/// Per-tensor L2 norms of `v` (laid out like the parameter slab): (name, offset, length).
+pub fn tensor_norms(_slabs: &Slabs, names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String, f64)> {
     names
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let s = &v[slabs.offsets[i]..slabs.offsets[i] + slabs.sizes[i]];
-            (n.to_string(), s.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt())
-        })
+        .map(|(n, off, len)| (n.clone(), v[*off..off + len].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
         .collect()
 }
 
 /// Per-tensor ||after - before|| / ||before||.
-pub fn update_ratios(slabs: &Slabs, names: &[String], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
+pub fn update_ratios(slabs: &Slabs, names: &[(String, usize, usize)], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
     let d: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     tensor_norms(slabs, names, &d)
         .into_iter()
