@@ -12,8 +12,8 @@ fn app_trains_and_takes_a_screenshot_under_xvfb() {
         println!("skipped: Xvfb missing (sudo apt-get install xvfb xauth) - the app test did not run");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("gradscope-app-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::Builder::new().prefix("gradscope-app-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let shot = dir.join("app.png");
     let out = Command::new("xvfb-run")
         .args(["-a", "-s", "-screen 0 1280x800x24"])

@@ -2,16 +2,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use gradscope::train::checkpoint::{self, CheckpointError};
 use gradscope::train::{TrainConfig, Trainer};
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gradscope-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("gradscope-{name}-")).tempdir().unwrap()
 }
 
 fn small(dir: &std::path::Path) -> TrainConfig {
@@ -34,7 +30,8 @@ fn small(dir: &std::path::Path) -> TrainConfig {
 #[test]
 fn resume_continues_bit_exactly() {
     let g = common::gpu();
-    let dir = tmpdir("resume");
+    let dir_tmp = tmpdir("resume");
+    let dir = dir_tmp.path().to_path_buf();
     let cfg = small(&dir);
     // N + M = 5 steps straight
     let mut straight = Trainer::new(&g, cfg.clone()).unwrap();
@@ -64,7 +61,8 @@ fn resume_continues_bit_exactly() {
 #[test]
 fn checkpoint_has_pytorch_names_and_shapes() {
     let g = common::gpu();
-    let dir = tmpdir("names");
+    let dir_tmp = tmpdir("names");
+    let dir = dir_tmp.path().to_path_buf();
     let t = Trainer::new(&g, small(&dir)).unwrap();
     let ck = dir.join("ck.safetensors");
     t.save(&ck).unwrap();
@@ -107,7 +105,8 @@ fn checkpoint_has_pytorch_names_and_shapes() {
 #[test]
 fn corrupt_truncated_foreign_and_mismatched_checkpoints_are_refused() {
     let g = common::gpu();
-    let dir = tmpdir("corrupt");
+    let dir_tmp = tmpdir("corrupt");
+    let dir = dir_tmp.path().to_path_buf();
     let t = Trainer::new(&g, small(&dir)).unwrap();
     let ck = dir.join("ck.safetensors");
     t.save(&ck).unwrap();
@@ -162,7 +161,8 @@ fn bad_configs_give_clear_errors() {
     assert!(load_err(&["--beta2", "1.5"]).contains("beta2"));
     assert!(load_err(&["micro_batch", "4"]).contains("--key value"));
     // a TOML file with an unknown key
-    let dir = tmpdir("badtoml");
+    let dir_tmp = tmpdir("badtoml");
+    let dir = dir_tmp.path().to_path_buf();
     let f = dir.join("c.toml");
     std::fs::write(&f, "micro_batch = 4\nwarmup = 3\n").unwrap();
     let e = TrainConfig::load(Some(&f), &[]).unwrap_err().to_string();
@@ -176,7 +176,8 @@ fn bad_configs_give_clear_errors() {
 #[test]
 fn device_limits_and_data_errors_are_clear() {
     let g = common::gpu();
-    let dir = tmpdir("limits");
+    let dir_tmp = tmpdir("limits");
+    let dir = dir_tmp.path().to_path_buf();
     // a micro-batch whose activations cannot be bound
     let cfg = TrainConfig { micro_batch: 100_000, ..small(&dir) };
     let e = Trainer::new(&g, cfg).err().unwrap().to_string();
@@ -207,7 +208,8 @@ fn device_limits_and_data_errors_are_clear() {
 #[test]
 fn init_from_starts_from_given_weights() {
     let g = common::gpu();
-    let dir = tmpdir("initfrom");
+    let dir_tmp = tmpdir("initfrom");
+    let dir = dir_tmp.path().to_path_buf();
     let mut a = Trainer::new(&g, small(&dir)).unwrap();
     a.train_step().unwrap();
     let ck = dir.join("a.safetensors");

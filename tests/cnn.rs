@@ -124,7 +124,8 @@ fn verify_cnn_passes_groupnorm_and_catches_batchnorm() {
 #[test]
 fn cnn_checkpoints_round_trip_with_running_statistics() {
     let g = common::gpu();
-    let dir = std::env::temp_dir().join(format!("gradscope-cnnck-{}", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("gradscope-cnnck-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let cfg = gradscope::train::TrainConfig { out_dir: dir.display().to_string(), ..digits(NormKind::Batch, 8, 2) };
     let mut t = gradscope::train::Trainer::new(&g, cfg).unwrap();
     for _ in 0..3 {

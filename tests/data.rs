@@ -23,8 +23,8 @@ fn mnist_and_digits_load_with_their_shapes() {
 
 #[test]
 fn broken_idx_files_are_clear_errors() {
-    let dir = std::env::temp_dir().join(format!("gradscope-idx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("gradscope-idx-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let good = std::fs::read(asset("digits/digits-images-idx3-ubyte.gz")).unwrap();
     // truncated gzip
     let p = dir.join("trunc.gz");
@@ -69,8 +69,8 @@ mod fuzz {
             let mut b = std::fs::read(asset("digits/digits-images-idx3-ubyte.gz")).unwrap();
             for (i, v) in flips { let i = i % b.len(); b[i] = v; }
             b.truncate(cut.max(1));
-            let dir = std::env::temp_dir().join(format!("gradscope-idxfuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+            let tmp = tempfile::Builder::new().prefix("gradscope-idxfuzz-").tempdir().unwrap();
+            let dir = tmp.path();
             let p = dir.join(format!("f{cut}.gz"));
             std::fs::write(&p, &b).unwrap();
             let _ = idx::load(&p);

@@ -296,7 +296,8 @@ fn resume_keeps_the_loss_scale() {
     let saved = first.scaler.clone().unwrap();
     println!("after 5 windows: scale {} clean {}", saved.scale, saved.clean);
     assert!(saved.scale < cfg.loss_scale as f32, "the scale moved from its start: {saved:?}");
-    let ck = std::env::temp_dir().join(format!("gradscope-f16-resume-{}.safetensors", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("gradscope-f16-resume-").tempdir().unwrap();
+    let ck = tmp.path().join("ckpt.safetensors");
     first.save(&ck).unwrap();
     drop(first);
     let mut resumed = Trainer::resume(&g, &ck, &[]).unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,8 @@ use gradscope::train::checkpoint;
 use gradscope::train::config::OnNonFinite;
 use gradscope::train::{TrainConfig, Trainer};
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gradscope-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("gradscope-rel-{name}-")).tempdir().unwrap()
 }
 
 const TINY: [&str; 16] = [
@@ -52,7 +49,8 @@ fn params_of(path: &Path) -> (u64, Vec<u32>, Vec<u32>) {
 #[test]
 fn sigint_and_sigterm_save_a_checkpoint_and_resume_bit_exactly() {
     for signal in ["-INT", "-TERM"] {
-        let dir = tmpdir(&format!("sig{signal}"));
+        let dir_tmp = tmpdir(&format!("sig{signal}"));
+    let dir = dir_tmp.path().to_path_buf();
         let mut child = train(&dir, &["--max_steps", "400"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         wait_for_steps(&mut child, &dir, 3);
         Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
@@ -68,7 +66,8 @@ fn sigint_and_sigterm_save_a_checkpoint_and_resume_bit_exactly() {
         let target = (step + 2).to_string();
         let out = train(&dir, &[]).args(["--resume"]).arg(&ck).args(["--max_steps", &target]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let straight = tmpdir(&format!("straight{signal}"));
+        let straight_tmp = tmpdir(&format!("straight{signal}"));
+    let straight = straight_tmp.path().to_path_buf();
         let out = train(&straight, &["--max_steps", &target]).output().unwrap();
         assert!(out.status.success());
         let (a, b) = (params_of(&ck), params_of(&straight.join("ckpt.safetensors")));
@@ -78,9 +77,61 @@ fn sigint_and_sigterm_save_a_checkpoint_and_resume_bit_exactly() {
     }
 }
 
+/// Every tensor of a checkpoint (weights, running statistics, AdamW moments), by name.
+fn tensors_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// The CNN runs through the same trainer: SIGINT mid-epoch writes a checkpoint (exit 3, metrics
+/// flushed), and `--resume` finishes the run bit for bit like a run that was never stopped
+/// (weights, BatchNorm running statistics, AdamW state, the epoch's shuffle position).
+#[test]
+fn the_cnn_resumes_bit_exactly_after_sigint() {
+    let cnn = ["--model", "cnn", "--dataset", "digits", "--norm", "batch", "--micro_batch", "32", "--accum_steps", "4", "--epochs", "2"];
+    let run = |dir: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gradscope"));
+        c.args(["train", "--quiet"]).args(cnn).arg("--out_dir").arg(dir);
+        c
+    };
+    let dir_tmp = tmpdir("cnn-sigint");
+    let dir = dir_tmp.path().to_path_buf();
+    let mut child = run(&dir).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_steps(&mut child, &dir, 3);
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {err}");
+    let ck = dir.join("ckpt.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let step: usize = meta.metadata().as_ref().unwrap()["step"].parse().unwrap();
+    println!("interrupted at step {step} of 24");
+    assert!((3..24).contains(&step), "interrupted mid-run, at step {step}");
+    assert_eq!(steps_logged(&dir), step, "metrics flushed up to the saved step");
+    let out = run(&dir).arg("--resume").arg(&ck).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let straight_tmp = tmpdir("cnn-straight");
+    let straight = straight_tmp.path().to_path_buf();
+    let out = run(&straight).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (tensors_of(&ck), tensors_of(&straight.join("ckpt.safetensors")));
+    assert!(a.iter().any(|(n, _)| n == "norm1.running_mean"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na}: the resumed run differs from the straight run");
+    }
+    assert_eq!(steps_logged(&dir), 24, "metrics continue after resume");
+}
+
 #[test]
 fn a_crash_mid_write_leaves_the_latest_checkpoint_intact() {
-    let dir = tmpdir("crash");
+    let dir_tmp = tmpdir("crash");
+    let dir = dir_tmp.path().to_path_buf();
     // save_every 2 writes ckpt-step000002 (write 1) and ckpt (write 2) at step 2, then at step 4
     // ckpt-step000004 (write 3) and ckpt (write 4): die half-way through write 4.
     let out = train(&dir, &["--max_steps", "10", "--save_every", "2", "--keep_last", "2"])
@@ -107,7 +158,8 @@ fn a_crash_mid_write_leaves_the_latest_checkpoint_intact() {
 
 #[test]
 fn a_lost_device_stops_with_the_last_good_state_saved() {
-    let dir = tmpdir("lost");
+    let dir_tmp = tmpdir("lost");
+    let dir = dir_tmp.path().to_path_buf();
     let out = train(&dir, &["--max_steps", "10"]).env("GRADSCOPE_FAULT", "lose-device-after-step-3").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -128,7 +180,8 @@ fn small(dir: &Path) -> TrainConfig {
 #[test]
 fn nonfinite_windows_are_skipped_on_the_device_or_stop_with_a_diagnosis() {
     let g = common::gpu();
-    let dir = tmpdir("nan");
+    let dir_tmp = tmpdir("nan");
+    let dir = dir_tmp.path().to_path_buf();
     let mut t = Trainer::new(&g, small(&dir)).unwrap();
     t.train_step().unwrap();
     // poison one weight of blocks.1.c_fc.weight
@@ -189,8 +242,8 @@ mod fuzz {
 
         #[test]
         fn config_files_never_panic(text in "[a-z_ =0-9.\\-\\[\\]\"\n#]{0,80}") {
-            let dir = std::env::temp_dir().join(format!("gradscope-fuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+            let tmp = tempfile::Builder::new().prefix("gradscope-fuzz-").tempdir().unwrap();
+            let dir = tmp.path();
             let f = dir.join(format!("c{}.toml", text.len()));
             std::fs::write(&f, &text).unwrap();
             let _ = TrainConfig::load(Some(&f), &[]);
@@ -207,7 +260,8 @@ mod fuzz {
             // also mutate the header length and truncate
             if seed % 3 == 0 { b[..8].copy_from_slice(&seed.to_le_bytes()); }
             if seed % 5 == 0 { b.truncate(cut % b.len()); }
-            let dir = std::env::temp_dir().join(format!("gradscope-fuzz-ck-{}", std::process::id()));
+            let tmp = tempfile::Builder::new().prefix("gradscope-fuzz-ck-").tempdir().unwrap();
+            let dir = tmp.path();
             std::fs::create_dir_all(&dir).unwrap();
             let p = dir.join(format!("f{seed}.safetensors"));
             std::fs::write(&p, &b).unwrap();
@@ -236,7 +290,8 @@ mod fuzz {
                     adam_v: vec![0.0; n],
                     loss_scaler: Some(checkpoint::LossScaleState { scale: 1024.0, clean: 3 }),
                 };
-                let dir = std::env::temp_dir().join(format!("gradscope-fuzz-valid-{}", std::process::id()));
+                let tmp = tempfile::Builder::new().prefix("gradscope-fuzz-valid-").tempdir().unwrap();
+                let dir = tmp.path();
                 let p = dir.join("valid.safetensors");
                 checkpoint::save(&p, &st).unwrap();
                 let b = std::fs::read(&p).unwrap();

@@ -18,7 +18,8 @@ use gradscope::train::TrainConfig;
 #[test]
 fn a_thousand_live_changes_lose_nothing() {
     let g = common::gpu();
-    let dir = std::env::temp_dir().join(format!("gradscope-soak-{}", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("gradscope-soak-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let cfg = TrainConfig {
         n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, micro_batch: 2, accum_steps: 2, max_steps: 1_000_000,
         eval_every: 0, eval_windows: 4, out_dir: dir.display().to_string(), ..TrainConfig::default()
@@ -110,9 +111,14 @@ fn a_thousand_live_changes_lose_nothing() {
     assert_eq!(precisions.len(), 2, "both precisions were trained: {precisions:?}");
     let vocab = events.iter().find_map(|e| if let Event::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
     let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32 };
-    // plus the last window's tokens (2 K B T), uploaded once per window
+    // plus the tokens (2 K B T) of the last window begun: one stepped by hand since the last
+    // step (it runs with the current B), else the last stepped window
+    let last_step = events.iter().rposition(|e| matches!(e, Event::Step(_))).unwrap();
     let last = &steps.last().unwrap().metrics;
-    let window_tokens = 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64;
+    let window_tokens = match events[last_step..].iter().rev().find_map(|e| if let Event::MicroBatch(r) = e { Some(r.of) } else { None }) {
+        Some(k) => 2 * (k * final_b * 16 * 4) as u64,
+        None => 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64,
+    };
     let now = g.ledger.snapshot();
     let n = gcfg.num_params() as u64 * 4;
     assert_eq!(now.get(Category::Parameters) - before.get(Category::Parameters), n);

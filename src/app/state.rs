@@ -425,6 +425,7 @@ mod tests {
             step,
             train_loss: loss,
             val_loss: None,
+            test_loss: None,
             test_accuracy: None,
             lr: 3e-3,
             grad_norm: 0.5,

@@ -10,9 +10,10 @@ pub struct StepMetrics {
     /// 1-based optimizer step.
     pub step: usize,
     pub train_loss: f64,
-    /// Held-out loss when this step evaluated: the GPT's validation loss, the CNN's test loss.
+    /// The GPT's validation loss, when this step evaluated.
     pub val_loss: Option<f64>,
-    /// The CNN's test accuracy when this step evaluated.
+    /// The CNN's test loss and accuracy (running statistics), when this step evaluated.
+    pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub lr: f64,
     /// Global L2 norm of the normalized window gradient, before clipping.
@@ -39,6 +40,14 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
+    /// Record an evaluation: validation loss, or test loss and accuracy for a classifier.
+    pub fn set_eval(&mut self, e: &crate::train::model::Evaluation) {
+        match e.accuracy {
+            Some(a) => (self.test_loss, self.test_accuracy) = (Some(e.loss), Some(a)),
+            None => self.val_loss = Some(e.loss),
+        }
+    }
+
     /// Counted items (tokens or images) per second.
     pub fn per_s(&self) -> f64 {
         self.tokens_per_s.or(self.images_per_s).unwrap_or(0.0)
@@ -58,6 +67,7 @@ pub fn step_metrics(
         step,
         train_loss,
         val_loss: None,
+        test_loss: None,
         test_accuracy: None,
         lr: st.lr as f64,
         grad_norm: fig.grad_norm,

@@ -340,8 +340,7 @@ impl Worker {
         let step = metrics.step;
         if t.cfg.eval_every > 0 && step % t.cfg.eval_every == 0 {
             let eval = t.evaluate_live()?;
-            metrics.val_loss = Some(eval.loss);
-            metrics.test_accuracy = eval.accuracy;
+            metrics.set_eval(&eval);
             self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
         self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios })));

@@ -18,7 +18,7 @@ pub struct MetricsWriter {
 
 pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
 bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped,loss_scale,\
-images_per_s,test_accuracy,wall_s";
+images_per_s,test_loss,test_accuracy,wall_s";
 
 impl MetricsWriter {
     /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
@@ -53,8 +53,8 @@ impl MetricsWriter {
         }
         let scale = m.loss_scale.map_or(String::new(), |s| s.to_string());
         writeln!(
-            self.csv, ",{},{},{scale},{},{},{:.3}",
-            m.health.describe(), m.skipped, opt(m.images_per_s, 1), opt(m.test_accuracy, 6), m.wall_s
+            self.csv, ",{},{},{scale},{},{},{},{:.3}",
+            m.health.describe(), m.skipped, opt(m.images_per_s, 1), opt(m.test_loss, 6), opt(m.test_accuracy, 6), m.wall_s
         )?;
         self.flush()
     }

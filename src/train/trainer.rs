@@ -526,8 +526,7 @@ impl Trainer {
             }
             if self.evaluates_now(epoch_before) {
                 let ev = self.evaluate()?;
-                m.val_loss = Some(ev.loss);
-                m.test_accuracy = ev.accuracy;
+                m.set_eval(&ev);
                 on_event(&Event::Eval { step: self.step, epoch: self.model.epoch(), eval: ev })?;
                 last = Some(ev);
             }
