@@ -97,7 +97,7 @@ pub trait Model: Send {
         anyhow::ensure!(!on, "checkpoint_activations is for the GPT (the {:?} keeps every activation)", self.kind());
         Ok(())
     }
-    /// Switch the activation precision; `Ok(false)` when nothing changed.
+    /// Switch the activation precision (f32, or f16 mixed precision where the model has it).
     fn set_precision(&mut self, precision: Precision, _cfg: &TrainConfig) -> anyhow::Result<()> {
         anyhow::ensure!(precision == Precision::F32, "precision f16 is for the GPT (the {:?} trains in f32)", self.kind());
         Ok(())
