@@ -73,7 +73,7 @@ pub fn image_dir() -> std::path::PathBuf {
 impl CnnTrainer {
     pub fn new(gpu: &Gpu, mut cfg: TrainConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let data = ImageData::load(&image_dir(), cfg.dataset)?;
+        let data = ImageData::built_in(cfg.dataset)?;
         let ccfg = CnnConfig::new(data.train.h, data.train.w, data.train.classes.max(data.test.classes), cfg.norm);
         let plan = super::plan::apply_memory_budget(gpu, &mut cfg, &crate::model::memory::ModelSpec::Cnn(ccfg))?;
         let bytes = GpuCnn::predicted_activation_bytes(&ccfg, cfg.micro_batch) / 2;
