@@ -114,6 +114,7 @@ fn bad_input_fails_with_a_clear_message_and_no_panic() {
         (vec!["train", "--config", bad_toml], EXIT_ERROR, "`lr`"),
         (vec!["train", "--lr", "abc"], EXIT_USAGE, "--lr"),
         (vec!["plan", "--n-layer=-1"], EXIT_USAGE, "--n-layer"),
+        (vec!["train", "--seed", "-1"], EXIT_USAGE, "--seed"),
         (vec!["verify", "--padded", "maybe"], EXIT_USAGE, "--padded"),
         (vec!["train", "--precision", "f8"], EXIT_USAGE, "f8"),
         (vec!["train", "--no_such_key", "1"], EXIT_USAGE, "--no_such_key"),

@@ -85,10 +85,11 @@ fn key_flag(arg: Arg, default: &toml::Value) -> Arg {
     };
     let long = arg.get_id().as_str().replace('_', "-");
     let arg = arg.long(long).required(false).help_heading(HEADING).hide_default_value(text.is_empty()).default_value(text);
-    if default.is_bool() {
-        arg.action(ArgAction::Set).num_args(0..=1).default_missing_value("true").require_equals(false)
-    } else {
-        arg
+    match default {
+        toml::Value::Boolean(_) => arg.action(ArgAction::Set).num_args(0..=1).default_missing_value("true").require_equals(false),
+        // `--seed -1` reaches the key's type check (which names it) instead of reading as a flag
+        toml::Value::Integer(_) | toml::Value::Float(_) => arg.allow_negative_numbers(true),
+        _ => arg,
     }
 }
 

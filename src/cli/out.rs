@@ -107,7 +107,7 @@ impl Progress {
     pub fn set_position(&self, pos: u64) {
         match &self.bar {
             Some(b) => b.set_position(pos),
-            None if self.every > 0 && pos > 0 && (pos % self.every == 0 || pos == self.total) => {
+            None if self.every > 0 && pos > 0 && (pos.is_multiple_of(self.every) || pos == self.total) => {
                 let message = self.message.lock().expect("not poisoned");
                 outln!("step {pos:>5}/{}  {message}", self.total);
             }

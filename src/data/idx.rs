@@ -77,7 +77,7 @@ pub fn load(path: &Path) -> Result<Idx, IdxError> {
 pub fn decode(raw: &[u8], path: &Path) -> Result<Idx, IdxError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::GzDecoder::new(raw)
             .take(MAX_BYTES + 4096)
             .read_to_end(&mut out)
             .map_err(|source| IdxError::Gzip { path: path.into(), source })?;
