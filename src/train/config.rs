@@ -74,8 +74,10 @@ pub enum ModelKind {
     Cnn,
 }
 
-/// Every key of the configuration. Keys whose type is an enum take its TOML names on the command
-/// line too (`enum_value`); a new enum key needs the same `#[arg(value_parser = ...)]`.
+/// Every key of the configuration. The derived `clap::Args` gives each field's type checks and
+/// help; the CLI (src/cli/config.rs) makes each a `--kebab-case` flag with its default. Keys
+/// whose type is an enum take its TOML names on the command line too (`enum_value`); a new enum
+/// key needs the same `#[arg(value_parser = ...)]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 #[group(skip)]
