@@ -1,11 +1,14 @@
 //! The command line end to end: `train` writes metrics and a checkpoint, `eval` and `sample` read
 //! it, `verify --quick` passes with the correct settings and fails (exit 2, with a diagnosis)
-//! with a broken normalization.
+//! with a broken normalization; every `--help`, the config keys as flags (kebab and snake case,
+//! typed, named in errors), the exit codes, a closed pipe, `plan`'s suggested command, output
+//! that reaches a redirected stdout, and runs from a directory outside the checkout.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
 
 /// The f16 command lines need an adapter with SHADER_F16 (without it they train in f32 and say so,
 /// which tests/precision.rs checks): fail with that message rather than on a figure.
@@ -20,10 +23,21 @@ fn gradscope() -> Command {
     c
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gradscope-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A temporary directory, removed when dropped.
+fn tmpdir(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("gradscope-cli-{name}-")).tempdir().unwrap()
+}
+
+/// gradscope's exit codes (documented in `--help` and the README).
+const EXIT_USAGE: i32 = 64;
+const EXIT_ERROR: i32 = 1;
+
+fn out_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const TINY: [&str; 12] = [
@@ -37,9 +51,10 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_and_sample_read() {
         .args(["train", "--quiet"])
         .args(TINY)
         .args(["--micro_batch", "4", "--accum_steps", "2", "--max_steps", "6", "--out_dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .unwrap();
+    let dir = dir.path();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
@@ -69,6 +84,13 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_and_sample_read() {
     assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.contains("validation loss"), "{s}");
 
+    // eval's own flag in both spellings
+    for flag in ["--eval-windows", "--eval_windows"] {
+        let out = gradscope().arg("eval").arg(&ck).args([flag, "4"]).output().unwrap();
+        assert!(out.status.success(), "{flag}: {}", err_text(&out));
+        assert!(out_text(&out).contains("over 4 windows of 32"), "{flag}: {}", out_text(&out));
+    }
+
     let out = gradscope().arg("sample").arg(&ck).args(["--tokens", "40", "--prompt", "ROMEO:"]).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -76,20 +98,173 @@ fn train_writes_metrics_and_a_checkpoint_that_eval_and_sample_read() {
     assert!(s.trim_end().chars().count() >= "ROMEO:".len() + 20, "{s}");
 }
 
+/// Errors (exit 1) and usage errors (exit 64) name what is wrong; an I/O error's cause is
+/// printed once.
 #[test]
 fn bad_input_fails_with_a_clear_message_and_no_panic() {
-    for (args, want) in [
-        (vec!["train", "--micro_batch", "0"], "micro_batch"),
-        (vec!["train", "--no_such_key", "1"], "no_such_key"),
-        (vec!["eval", "/nonexistent/ck.safetensors"], "/nonexistent/ck.safetensors"),
-        (vec!["train", "--data", "/nonexistent/x.txt"], "/nonexistent/x.txt"),
+    let dir = tmpdir("bad");
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "lr = \"abc\"\n").unwrap();
+    let bad_toml = bad_toml.to_str().unwrap();
+    for (args, code, want) in [
+        (vec!["train", "--micro_batch", "0"], EXIT_ERROR, "micro_batch"),
+        (vec!["train", "--max_steps", "0", "--checkpoint-activations"], EXIT_ERROR, "max_steps"),
+        (vec!["eval", "/nonexistent/ck.safetensors"], EXIT_ERROR, "/nonexistent/ck.safetensors"),
+        (vec!["train", "--data", "/nonexistent/x.txt"], EXIT_ERROR, "/nonexistent/x.txt"),
+        (vec!["train", "--config", bad_toml], EXIT_ERROR, "`lr`"),
+        (vec!["train", "--lr", "abc"], EXIT_USAGE, "--lr"),
+        (vec!["plan", "--n-layer=-1"], EXIT_USAGE, "--n-layer"),
+        (vec!["train", "--seed", "-1"], EXIT_USAGE, "--seed"),
+        (vec!["verify", "--padded", "maybe"], EXIT_USAGE, "--padded"),
+        (vec!["train", "--precision", "f8"], EXIT_USAGE, "f8"),
+        (vec!["train", "--no_such_key", "1"], EXIT_USAGE, "--no_such_key"),
+        (vec!["eval", "ck.safetensors", "--eval-windows", "many"], EXIT_USAGE, "--eval-windows"),
+        (vec!["no-such-command"], EXIT_USAGE, "no-such-command"),
     ] {
         let out = gradscope().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let err = err_text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // the cause of an I/O error once, not twice
+    for args in [vec!["train", "--data", "/nonexistent/x.txt"], vec!["train", "--config", "/nonexistent/c.toml"]] {
+        let err = err_text(&gradscope().args(&args).output().unwrap());
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// Every subcommand's `--help` exits 0; `train --help` lists every config key with its default
+/// and its help, and help wins over other flags.
+#[test]
+fn every_help_exits_0_and_train_help_lists_every_config_key() {
+    let helps: Vec<Vec<&str>> = vec![
+        vec!["--help"], vec!["--version"], vec!["help"], vec!["app", "--help"], vec!["info", "--help"], vec!["train", "--help"],
+        vec!["eval", "--help"], vec!["sample", "--help"], vec!["verify", "--help"], vec!["plan", "--help"],
+        vec!["bench", "--help"], vec!["train", "--max_steps", "3", "--help"], vec!["help", "train"],
+    ];
+    for args in helps {
+        let out = gradscope().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", err_text(&out));
+        assert!(out_text(&out).contains("gradscope"), "{args:?}: {}", out_text(&out));
+    }
+    let top = out_text(&gradscope().arg("--help").output().unwrap());
+    assert!(top.contains("64 usage error") && top.contains("2 `verify` failed"), "the exit codes are documented:\n{top}");
+    let help = out_text(&gradscope().args(["train", "--help"]).output().unwrap());
+    for key in gradscope::train::config::default_table().keys() {
+        assert!(help.contains(&format!("--{} ", key.replace('_', "-"))), "--{key} missing from train --help:\n{help}");
+    }
+    let line_of = |flag: &str| help.lines().skip_while(|l| !l.trim_start().starts_with(flag)).nth(1).unwrap_or_default().to_string();
+    assert!(line_of("--lr <LR>").contains("learning rate") && line_of("--lr <LR>").contains("[default: 0.003]"), "{help}");
+    assert!(line_of("--micro-batch <MICRO_BATCH>").contains("[default: 16]"), "{help}");
+    assert!(help.contains("--checkpoint-activations [<CHECKPOINT_ACTIVATIONS>]"), "a boolean's value is optional:\n{help}");
+    // the subcommands that train or plan take the same keys
+    for sub in ["app", "verify", "plan", "bench"] {
+        let h = out_text(&gradscope().args([sub, "--help"]).output().unwrap());
+        assert!(h.contains("--micro-batch <MICRO_BATCH>") && h.contains("--config <FILE>"), "{sub}:\n{h}");
+    }
+}
+
+const PLAN_KEBAB: [&str; 16] = [
+    "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--effective-batch", "24", "--memory-budget",
+    "2MiB", "--precision", "f16", "--checkpoint-activations", "--json",
+];
+const PLAN_SNAKE: [&str; 15] = [
+    "--n_layer=2", "--n_head", "2", "--n_embd=32", "--block_size", "32", "--effective_batch=24", "--memory_budget", "2MiB",
+    "--precision=f16", "--checkpoint_activations", "true", "--json", "--n_layer", "2",
+];
+
+/// The same keys in kebab case, snake case, with `=`, and as bare or valued booleans give the
+/// same plan; without them the plan differs (so they were read).
+#[test]
+fn kebab_and_snake_forms_of_a_key_are_the_same_key() {
+    let plan = |args: &[&str]| {
+        let out = gradscope().arg("plan").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", err_text(&out));
+        serde_json::from_str::<serde_json::Value>(&out_text(&out)).unwrap()
+    };
+    let (kebab, snake) = (plan(&PLAN_KEBAB), plan(&PLAN_SNAKE));
+    assert_eq!(kebab, snake);
+    // without the two keys the plan differs (so they were read)
+    let plain = plan(&[&PLAN_KEBAB[..12], &["--json"]].concat());
+    assert_ne!(kebab["plan"], plain["plan"], "precision and checkpoint_activations changed nothing");
+    // a boolean given as `--key=false` after a bare `--key`: the last one wins
+    let off = plan(&[&PLAN_KEBAB[..], &["--checkpoint_activations=false"]].concat());
+    assert_eq!(off["plan"], plan(&[&PLAN_KEBAB[..14], &["--json"]].concat())["plan"]);
+    assert_ne!(off["plan"], kebab["plan"]);
+}
+
+/// `plan` prints a `train` command that runs: with a given budget, and with the default one
+/// (the device's max buffer, a bare number of bytes).
+#[test]
+fn plans_suggested_command_runs() {
+    for budget in [&["--memory_budget", "2MiB"][..], &[]] {
+        let out = gradscope().args(["plan", "--effective-batch", "12"]).args(TINY).args(budget).output().unwrap();
+        assert!(out.status.success(), "{}", err_text(&out));
+        let text = out_text(&out);
+        let line = text.lines().find_map(|l| l.strip_prefix("train with: ")).unwrap_or_else(|| panic!("no `train with:` line:\n{text}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[..2], ["gradscope", "train"], "{line}");
+        assert!(line.contains("--memory-budget") && line.contains("--effective-batch 12"), "{line}");
+        let dir = tmpdir("suggested");
+        let out = gradscope().args(&words[1..]).args(["--max_steps", "1", "--quiet", "--out_dir"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{line}: {}", err_text(&out));
+        assert!(dir.path().join("ckpt.safetensors").exists());
+    }
+}
+
+/// A closed stdout pipe (`gradscope info | head -1`) ends gradscope quietly with exit code 0.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let bin = env!("CARGO_BIN_EXE_gradscope");
+    for args in ["info", "train --help", "plan --model cnn --dataset digits"] {
+        // pipefail: the pipeline's status is gradscope's when it fails
+        let out = Command::new("bash").args(["-c", &format!("set -o pipefail; \"$0\" {args} | head -1")]).arg(bin).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args}: {}", err_text(&out));
+        assert_eq!(out_text(&out).lines().count(), 1);
+        assert!(!err_text(&out).contains("panicked"), "{args}: {}", err_text(&out));
+    }
+}
+
+/// `RUST_LOG` reaches wgpu's log messages through the log backend; without it the default
+/// filter keeps wgpu's debug messages out.
+#[test]
+fn rust_log_shows_wgpu_messages() {
+    let out = gradscope().arg("info").env("RUST_LOG", "wgpu=debug").output().unwrap();
+    assert!(out.status.success());
+    assert!(err_text(&out).contains("wgpu_"), "no wgpu log lines:\n{}", err_text(&out));
+    let out = gradscope().arg("info").env_remove("RUST_LOG").output().unwrap();
+    assert!(!err_text(&out).contains("DEBUG"), "{}", err_text(&out));
+}
+
+/// From a directory outside the checkout: the built-in Tiny Shakespeare and image sets, files
+/// given by the user read relative to the working directory, outputs written there.
+#[test]
+fn runs_from_a_directory_outside_the_checkout() {
+    let dir = tmpdir("elsewhere");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope")).current_dir(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}{}", out_text(&out), err_text(&out));
+        out_text(&out)
+    };
+    assert!(!dir.path().join("assets").exists());
+    let s = run(&[&["train", "--max_steps", "1"][..], &TINY].concat());
+    assert!(s.contains("vocabulary       65 characters"), "{s}");
+    assert!(dir.path().join("runs/gpt/ckpt.safetensors").exists(), "the default out_dir is relative to the working directory");
+    let s = run(&["eval", "runs/gpt/ckpt.safetensors", "--eval-windows", "2"]);
+    assert!(s.contains("validation loss"), "{s}");
+    assert!(run(&["sample", "runs/gpt/ckpt.safetensors", "--tokens", "5"]).len() >= 5);
+    for dataset in ["mnist", "digits"] {
+        let s = run(&["plan", "--model", "cnn", "--dataset", dataset]);
+        assert!(s.contains("CNN") && s.contains("train with:"), "{s}");
+    }
+    let s = run(&[&["plan"][..], &TINY].concat());
+    assert!(s.contains("vocab 65"), "{s}");
+    // a user's text file, by a path relative to the working directory
+    let text: String = "to be or not to be, that is the question. ".repeat(40);
+    std::fs::write(dir.path().join("mine.txt"), text).unwrap();
+    let s = run(&[&["train", "--max_steps", "1", "--data", "mine.txt", "--out_dir", "mine"][..], &TINY].concat());
+    assert!(s.contains("vocabulary       15 characters"), "{s}");
 }
 
 #[test]
@@ -110,18 +285,23 @@ fn verify_quick_passes_and_catches_the_broken_normalization() {
     assert!(s.contains("FAIL") && s.contains("diagnosis"), "{s}");
 }
 
+/// Without `--quiet`, stdout redirected (as here): the test accuracy line and plain progress
+/// lines reach it.
 #[test]
 fn cnn_trains_and_evaluates_from_the_command_line() {
     let dir = tmpdir("cnn");
     let out = gradscope()
-        .args(["train", "--quiet", "--model", "cnn", "--dataset", "digits", "--norm", "batch", "--epochs", "1", "--micro_batch", "16", "--out_dir"])
-        .arg(&dir)
+        .args(["train", "--model", "cnn", "--dataset", "digits", "--norm", "batch", "--epochs", "1", "--micro_batch", "16", "--out_dir"])
+        .arg(dir.path())
         .output()
         .unwrap();
+    let dir = dir.path();
     let s = String::from_utf8_lossy(&out.stdout);
     println!("{s}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
-    assert!(s.contains("test accuracy") && s.contains("images/s"), "{s}");
+    // 1,500 images at E = 64: 24 steps, a progress line every 10 and at the last
+    assert!(s.contains("epoch   1  test accuracy") && s.contains("images/s"), "{s}");
+    assert!(s.contains("step    10/24") && s.contains("step    24/24"), "{s}");
     let out = gradscope().arg("eval").arg(dir.join("ckpt.safetensors")).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -176,7 +356,7 @@ fn plan_and_train_under_a_memory_budget() {
         .args(["train", "--quiet"])
         .args(TINY)
         .args(["--memory-budget", "2MiB", "--effective_batch", "24", "--max_steps", "2", "--out_dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -203,9 +383,10 @@ fn plan_and_train_under_a_memory_budget() {
         .args(["train", "--quiet"])
         .args(TINY)
         .args(["--precision", "f16", "--max_steps", "2", "--out_dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .unwrap();
+    let dir = dir.path();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());

@@ -2,3 +2,4 @@
 
 pub mod gpt;
 pub mod matmul;
+pub mod report;

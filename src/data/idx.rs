@@ -11,9 +11,9 @@ const MAX_BYTES: u64 = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdxError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid gzip stream: {source}")]
+    #[error("{path} is not a valid gzip stream")]
     Gzip { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
@@ -70,15 +70,20 @@ pub fn parse(bytes: &[u8], what: &Path) -> Result<Idx, IdxError> {
 /// Read an IDX file, gunzipping it when it starts with the gzip magic.
 pub fn load(path: &Path) -> Result<Idx, IdxError> {
     let raw = std::fs::read(path).map_err(|source| IdxError::Read { path: path.into(), source })?;
+    decode(&raw, path)
+}
+
+/// IDX bytes as read from a file (gzip-compressed or not); `path` names them in errors.
+pub fn decode(raw: &[u8], path: &Path) -> Result<Idx, IdxError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::GzDecoder::new(raw)
             .take(MAX_BYTES + 4096)
             .read_to_end(&mut out)
             .map_err(|source| IdxError::Gzip { path: path.into(), source })?;
         parse(&out, path)
     } else {
-        parse(&raw, path)
+        parse(raw, path)
     }
 }
 
@@ -96,8 +101,12 @@ pub struct ImageSet {
 
 /// Load an images file (3 dimensions) and its labels file (1 dimension) and check they agree.
 pub fn load_set(images: &Path, labels: &Path) -> Result<ImageSet, IdxError> {
-    let im = load(images)?;
-    let lb = load(labels)?;
+    to_set(load(images)?, images, load(labels)?, labels)
+}
+
+/// An images array (3 dimensions) and its labels (1 dimension), checked to agree; the paths name
+/// them in errors.
+pub fn to_set(im: Idx, images: &Path, lb: Idx, labels: &Path) -> Result<ImageSet, IdxError> {
     let bad = |p: &Path, m: String| IdxError::Format { path: p.into(), message: m };
     if im.dims.len() != 3 {
         return Err(bad(images, format!("an images file has 3 dimensions, this one {:?}", im.dims)));

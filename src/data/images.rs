@@ -5,11 +5,29 @@
 //! splitmix64 seeded with `data_seed + e`. Each optimizer step takes the next E = B*K images, split
 //! in order into micro-batches of B; the epoch's last window may be short (its last micro-batch
 //! too): it is stepped and normalized by its real count, no image is dropped.
+//!
+//! Both data sets are built into the binary (`ImageData::built_in`), so the CNN trains from any
+//! working directory; `ImageData::load` reads the same files from a directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::idx::{IdxError, ImageSet, load_set};
+use super::idx::{Idx, IdxError, ImageSet};
 use super::text::splitmix64;
+
+/// The files of `assets/data/` built into the binary, by their path under it.
+macro_rules! built_in_files {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_bytes!(concat!("../../assets/data/", $name)) as &[u8])),*]
+    };
+}
+static BUILT_IN: [(&str, &[u8]); 6] = built_in_files![
+    "mnist/mnist5k-train-images-idx3-ubyte.gz",
+    "mnist/mnist5k-train-labels-idx1-ubyte.gz",
+    "mnist/t10k-images-idx3-ubyte.gz",
+    "mnist/t10k-labels-idx1-ubyte.gz",
+    "digits/digits-images-idx3-ubyte.gz",
+    "digits/digits-labels-idx1-ubyte.gz",
+];
 
 /// Which image data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -68,19 +86,38 @@ fn mean_std(set: &ImageSet, n: usize, scale: f32) -> (f32, f32) {
 }
 
 impl ImageData {
-    /// Load from `dir` (the project's `assets/data`).
+    /// Load from `dir`, laid out as the project's `assets/data` (`mnist/`, `digits/`).
     pub fn load(dir: &Path, which: Dataset) -> Result<Self, IdxError> {
+        Self::from_files(which, |name| {
+            let path = dir.join(name);
+            Ok((super::idx::load(&path)?, path))
+        })
+    }
+
+    /// The copy built into the binary.
+    pub fn built_in(which: Dataset) -> Result<Self, IdxError> {
+        Self::from_files(which, |name| {
+            let path = Path::new("(built in) assets/data").join(name);
+            let (_, bytes) = BUILT_IN.iter().find(|(n, _)| *n == name).expect("every data set file is built in");
+            Ok((super::idx::decode(bytes, &path)?, path))
+        })
+    }
+
+    /// The data set from its files, each read by `file` (its IDX array and its path for errors).
+    fn from_files(which: Dataset, file: impl Fn(&str) -> Result<(Idx, PathBuf), IdxError>) -> Result<Self, IdxError> {
+        let set = |images: &str, labels: &str| -> Result<ImageSet, IdxError> {
+            let ((im, im_path), (lb, lb_path)) = (file(images)?, file(labels)?);
+            super::idx::to_set(im, &im_path, lb, &lb_path)
+        };
         match which {
             Dataset::Mnist => {
-                let m = dir.join("mnist");
-                let tr = load_set(&m.join("mnist5k-train-images-idx3-ubyte.gz"), &m.join("mnist5k-train-labels-idx1-ubyte.gz"))?;
-                let te = load_set(&m.join("t10k-images-idx3-ubyte.gz"), &m.join("t10k-labels-idx1-ubyte.gz"))?;
+                let tr = set("mnist/mnist5k-train-images-idx3-ubyte.gz", "mnist/mnist5k-train-labels-idx1-ubyte.gz")?;
+                let te = set("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz")?;
                 let (mean, std) = mean_std(&tr, tr.n, 255.0);
                 Ok(Self { train: to_f32(&tr, 0, tr.n, 255.0, mean, std), test: to_f32(&te, 0, te.n, 255.0, mean, std) })
             }
             Dataset::Digits => {
-                let d = dir.join("digits");
-                let all = load_set(&d.join("digits-images-idx3-ubyte.gz"), &d.join("digits-labels-idx1-ubyte.gz"))?;
+                let all = set("digits/digits-images-idx3-ubyte.gz", "digits/digits-labels-idx1-ubyte.gz")?;
                 let split = 1500.min(all.n);
                 let (mean, std) = mean_std(&all, split, 16.0);
                 Ok(Self { train: to_f32(&all, 0, split, 16.0, mean, std), test: to_f32(&all, split, all.n, 16.0, mean, std) })
@@ -172,5 +209,15 @@ mod tests {
         let mut t = EpochSampler::new(7);
         let (b, _) = t.window(10, 10);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_built_in_data_sets_equal_the_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data");
+        for which in [Dataset::Mnist, Dataset::Digits] {
+            let (a, b) = (ImageData::built_in(which).unwrap(), ImageData::load(&dir, which).unwrap());
+            assert_eq!((a.train.pixels, a.train.labels), (b.train.pixels, b.train.labels), "{which:?}");
+            assert_eq!((a.test.pixels, a.test.labels), (b.test.pixels, b.test.labels), "{which:?}");
+        }
     }
 }

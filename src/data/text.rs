@@ -8,6 +8,9 @@
 //! draw gives its length `len = 1 + next() % T`; positions >= len get the pad input 0 and the
 //! ignore target, so they carry no loss and no count. The E samples are split in order into
 //! micro-batches of B (the last may be short). A true batch of E and B x K = E see the same samples.
+//!
+//! Tiny Shakespeare is built into the binary: the path `TINY_SHAKESPEARE` (the default of the
+//! `data` key, and what older checkpoints store) names that copy from any working directory.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +18,7 @@ use crate::reference::layers::IGNORE_INDEX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read the text file {path}: {source}")]
+    #[error("cannot read the text file {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("the text file {0} is empty")]
     Empty(PathBuf),
@@ -47,8 +50,19 @@ pub struct TextData {
     pub val: Vec<u32>,
 }
 
+/// The name of the built-in corpus (the project's `assets/data/tinyshakespeare.txt`).
+pub const TINY_SHAKESPEARE: &str = "assets/data/tinyshakespeare.txt";
+
+/// The built-in corpus: Tiny Shakespeare, 1,115,394 characters (see assets/data/README.md).
+static TINY_SHAKESPEARE_TEXT: &str = include_str!("../../assets/data/tinyshakespeare.txt");
+
 impl TextData {
+    /// Load a text file, read relative to the working directory; `TINY_SHAKESPEARE` is the copy
+    /// built into the binary.
     pub fn load(path: &Path) -> Result<Self, DataError> {
+        if path == Path::new(TINY_SHAKESPEARE) {
+            return Self::from_text(TINY_SHAKESPEARE_TEXT, None);
+        }
         let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.into(), source })?;
         let text = String::from_utf8(bytes)
             .map_err(|e| DataError::NotText { path: path.into(), offset: e.utf8_error().valid_up_to() })?;

@@ -122,7 +122,7 @@ pub enum GpuError {
     NoAdapter,
     #[error("no adapter's name contains {wanted:?}; adapters found:\n{found}")]
     NoMatchingAdapter { wanted: String, found: String },
-    #[error("the adapter {adapter:?} refused a device: {source}")]
+    #[error("the adapter {adapter:?} refused a device")]
     RequestDevice {
         adapter: String,
         #[source]

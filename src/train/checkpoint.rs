@@ -24,9 +24,9 @@ use super::config::TrainConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot read checkpoint {path}: {source}")]
+    #[error("cannot read checkpoint {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write checkpoint {path}: {source}")]
+    #[error("cannot write checkpoint {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid safetensors file: {message}")]
     Corrupt { path: PathBuf, message: String },

@@ -33,6 +33,7 @@ pub struct CnnModel {
     pub data: ImageData,
     pub gpu_model: GpuCnn,
     pub sampler: EpochSampler,
+    dataset: crate::data::images::Dataset,
     plan: Option<Plan>,
 }
 
@@ -41,7 +42,7 @@ impl CnnModel {
     /// and allocate every slab. `cfg` receives B and K chosen under a memory budget, and
     /// `max_steps` from `epochs`.
     pub fn new(gpu: &Gpu, cfg: &mut TrainConfig) -> anyhow::Result<Self> {
-        let data = ImageData::load(&image_dir(), cfg.dataset)?;
+        let data = ImageData::built_in(cfg.dataset)?;
         let ccfg = CnnConfig::new(data.train.h, data.train.w, data.train.classes.max(data.test.classes), cfg.norm);
         let plan = super::plan::apply_memory_budget(gpu, cfg, &ModelSpec::Cnn(ccfg))?;
         check_cnn_limits(gpu, &ccfg, cfg.micro_batch)?;
@@ -49,16 +50,7 @@ impl CnnModel {
         let params = init_cnn_params(&ccfg, cfg.seed);
         let gpu_model = GpuCnn::new(gpu, ccfg, &params, cfg.micro_batch)?;
         let sampler = EpochSampler::new(cfg.data_seed);
-        Ok(Self { ccfg, data, gpu_model, sampler, plan })
-    }
-}
-
-/// Where the image data sets are: `assets/data` under the working directory, else the crate's.
-pub fn image_dir() -> std::path::PathBuf {
-    if std::path::Path::new("assets/data").exists() {
-        std::path::PathBuf::from("assets/data")
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data")
+        Ok(Self { ccfg, data, gpu_model, sampler, dataset: cfg.dataset, plan })
     }
 }
 
@@ -150,7 +142,7 @@ impl Model for CnnModel {
             unit: "images",
             items_per_sample: 1,
             classes: self.ccfg.classes,
-            data: format!("{} training images {}x{}, {} test images, {} classes", tr.n, tr.h, tr.w, te.n, self.ccfg.classes),
+            data: format!("{:?}: {} training images {}x{}, {} test images", self.dataset, tr.n, tr.h, tr.w, te.n),
         }
     }
 

@@ -1,5 +1,10 @@
 //! Training configuration: one flat, commented set of defaults (nanoGPT style); a TOML file, then
 //! `--key value` overrides. Unknown keys are errors; values are validated before any GPU work.
+//!
+//! The field comments below are also the help of the command line's config flags (`gradscope
+//! train --help`): `TrainConfig` derives `clap::Args`, and the CLI shows each key with its default.
+//! The command line and the string overrides of the library (`load`) meet in one table of given
+//! keys (`load_table`), so both are typed, layered and checked the same way.
 
 use std::path::Path;
 
@@ -69,29 +74,43 @@ pub enum ModelKind {
     Cnn,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Every key of the configuration. The derived `clap::Args` gives each field's type checks and
+/// help; the CLI (src/cli/config.rs) makes each a `--kebab-case` flag with its default. Keys
+/// whose type is an enum take its TOML names on the command line too (`enum_value`); a new enum
+/// key needs the same `#[arg(value_parser = ...)]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
+#[group(skip)]
 pub struct TrainConfig {
     /// `gpt` or `cnn`. With `cnn` the defaults that differ are lr 2e-3, beta2 0.999,
-    /// weight_decay 0.01, grad_clip 0 (off), micro_batch 32, accum_steps 4, eval_every 0.
+    /// weight_decay 0.01, grad_clip 0 (off), micro_batch 32, accum_steps 4, eval_every 0,
+    /// out_dir runs/cnn.
+    #[arg(value_parser = enum_value::<ModelKind>)]
     pub model: ModelKind,
     // --- CNN ---
-    /// `group` (GroupNorm(4), default) or `batch` (BatchNorm).
+    /// CNN: `group` (GroupNorm(4)) or `batch` (BatchNorm).
+    #[arg(value_parser = enum_value::<crate::reference::cnn_model::NormKind>)]
     pub norm: crate::reference::cnn_model::NormKind,
-    /// `mnist` (5k train, 10k test) or `digits` (8x8, tiny).
+    /// CNN: `mnist` (5k train, 10k test) or `digits` (8x8, tiny); both are built into the binary.
+    #[arg(value_parser = enum_value::<crate::data::images::Dataset>)]
     pub dataset: crate::data::images::Dataset,
     /// CNN: epochs over the training images (max_steps is derived from them).
     pub epochs: usize,
     // --- data ---
-    /// Char-level text corpus; train = first 90%, validation = last 10%.
+    /// Char-level text corpus; train = first 90%, validation = last 10%. The default names the
+    /// copy of Tiny Shakespeare built into the binary; other paths are read relative to the
+    /// working directory.
     pub data: String,
     /// Train on random-length sequences padded to block_size with the ignore index.
     pub padded: bool,
     /// Seed of the window sampler (splitmix64).
     pub data_seed: u64,
     // --- model (GPT, pre-LN, tied lm_head, GELU tanh) ---
+    /// GPT: transformer blocks L.
     pub n_layer: usize,
+    /// GPT: attention heads NH (n_embd must be divisible by it).
     pub n_head: usize,
+    /// GPT: channels C.
     pub n_embd: usize,
     /// Sequence length T (and the size of the position embedding).
     pub block_size: usize,
@@ -106,20 +125,33 @@ pub struct TrainConfig {
     /// micro-batch of each window is short (normalized by its real count).
     pub effective_batch: usize,
     // --- optimizer (AdamW) ---
+    /// Optimizer steps (the CNN derives them from epochs).
     pub max_steps: usize,
+    /// AdamW learning rate (the peak, with the cosine schedule).
     pub lr: f64,
+    /// Cosine schedule: the learning rate at max_steps.
     pub min_lr: f64,
+    /// `constant` or `cosine` (linear warmup over warmup_steps, then cosine decay to min_lr).
+    #[arg(value_parser = enum_value::<Schedule>)]
     pub schedule: Schedule,
+    /// Cosine schedule: steps of linear warmup.
     pub warmup_steps: usize,
+    /// AdamW: decay of the first moment.
     pub beta1: f64,
+    /// AdamW: decay of the second moment.
     pub beta2: f64,
+    /// AdamW: added to the root of the second moment.
     pub eps: f64,
     /// Decoupled weight decay, on 2-D weights only.
     pub weight_decay: f64,
     /// Global-norm clip threshold (0 = off).
     pub grad_clip: f64,
+    /// `global` (the only correct one) or `per-micro-batch` (a mistake kept for `verify`).
+    #[arg(value_parser = enum_value::<ClipMode>)]
     pub clip_mode: ClipMode,
-    /// How the window's gradient is normalized (the default is the only correct one).
+    /// How the window's gradient is normalized: `window-count` (the only correct one) or
+    /// `per-micro-batch-mean` (the Oct-2024 mistake, kept for `verify`).
+    #[arg(value_parser = enum_value::<Normalization>)]
     pub normalization: Normalization,
     // --- evaluation and output ---
     /// Evaluate every N optimizer steps (and at the end); 0 = only at the end.
@@ -135,6 +167,7 @@ pub struct TrainConfig {
     /// Keep the last M periodic checkpoints.
     pub keep_last: usize,
     /// NaN/Inf in a window: `skip` the step (default) or `stop` with a diagnosis.
+    #[arg(value_parser = enum_value::<OnNonFinite>)]
     pub on_nonfinite: OnNonFinite,
     // --- memory ---
     /// GPT: keep only each block's input in forward and recompute the block in backward
@@ -146,13 +179,16 @@ pub struct TrainConfig {
     /// GPT: `f32`, or `f16` for mixed precision (f16 activations and activation gradients; f32
     /// weights, gradients and AdamW state; dynamic loss scaling). Adapters without SHADER_F16
     /// train in f32 with a notice.
+    #[arg(value_parser = enum_value::<crate::gpu::Precision>)]
     pub precision: crate::gpu::Precision,
     /// Mixed precision: the initial loss scale (halved after a window whose gradient
     /// overflows, which is then skipped; doubled after `loss_scale_growth_interval` clean steps).
     pub loss_scale: f64,
+    /// Mixed precision: clean steps after which the loss scale doubles.
     pub loss_scale_growth_interval: usize,
     /// Mixed precision: `contract` (the only correct one), or the mistakes `scale-before-divide`
     /// and `unscale-per-micro-batch`, kept to show what they do.
+    #[arg(value_parser = enum_value::<LossScaleOrder>)]
     pub loss_scale_order: LossScaleOrder,
 }
 
@@ -163,7 +199,7 @@ impl Default for TrainConfig {
             norm: Default::default(),
             dataset: Default::default(),
             epochs: 1,
-            data: "assets/data/tinyshakespeare.txt".into(),
+            data: crate::data::text::TINY_SHAKESPEARE.into(),
             padded: false,
             data_seed: 42,
             n_layer: 2,
@@ -205,10 +241,14 @@ impl Default for TrainConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the config file {path}: {source}")]
+    #[error("cannot read the config file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("invalid config: {0}")]
     Parse(String),
+    #[error("unknown config key `{0}` (`gradscope train --help` lists every key)")]
+    UnknownKey(String),
+    #[error("invalid value for `{key}`: {message}")]
+    Type { key: String, message: String },
     #[error("override {0:?} has no value (write --key value or --key=value)")]
     MissingValue(String),
     #[error("override {0:?} is not of the form --key value")]
@@ -220,32 +260,40 @@ pub enum ConfigError {
 impl TrainConfig {
     /// Defaults, then the TOML file (if any), then `--key value` / `--key=value` overrides.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", p.display())))?
+        Self::load_table(file, parse_overrides(overrides)?)
+    }
+
+    /// Defaults, then the TOML file (if any), then the given keys (what the command line's
+    /// config flags produce; see `override_value`).
+    pub fn load_table(file: Option<&Path>, overrides: toml::Table) -> Result<Self, ConfigError> {
+        Self::load_layers(toml::Table::new(), file, overrides)
+    }
+
+    /// Defaults, then `profile` (a command's own defaults, such as `verify --quick`'s), then
+    /// the TOML file (if any), then the given keys.
+    pub fn load_layers(profile: toml::Table, file: Option<&Path>, overrides: toml::Table) -> Result<Self, ConfigError> {
+        let mut table = profile;
+        if let Some(p) = file {
+            table.extend(read_file(p)?);
+        }
+        table.extend(overrides);
+        Self::from_table(table)
+    }
+
+    /// The configuration a table of keys describes: the model's defaults for the keys not given,
+    /// then type checks that name the key, then `validate`.
+    pub fn from_table(mut table: toml::Table) -> Result<Self, ConfigError> {
+        let defaults = default_table();
+        for (key, value) in table.iter_mut() {
+            match defaults.get(key) {
+                None => return Err(ConfigError::UnknownKey(key.clone())),
+                // a size such as memory_budget = 2147483647 written as a bare number
+                Some(toml::Value::String(_)) if value.is_integer() => *value = toml::Value::String(value.to_string()),
+                Some(_) => {}
             }
-            None => toml::Table::new(),
-        };
-        let mut i = 0;
-        while i < overrides.len() {
-            let arg = &overrides[i];
-            let Some(kv) = arg.strip_prefix("--") else { return Err(ConfigError::BadOverride(arg.clone())) };
-            let (key, value) = match kv.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => {
-                    i += 1;
-                    let v = overrides.get(i).ok_or_else(|| ConfigError::MissingValue(arg.clone()))?;
-                    (kv.to_string(), v.clone())
-                }
-            };
-            let key = key.replace('-', "_");
-            table.insert(key, parse_value(&value));
-            i += 1;
         }
         // the CNN's own defaults, for the keys not given
-        if table.get("model").and_then(|v| v.as_str()) == Some("cnn") {
+        if model_in(&table)? == ModelKind::Cnn {
             for (k, v) in [
                 ("lr", toml::Value::Float(2e-3)),
                 ("beta2", toml::Value::Float(0.999)),
@@ -259,7 +307,11 @@ impl TrainConfig {
                 table.entry(k.to_string()).or_insert(v);
             }
         }
-        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_string()))?;
+        let cfg: TrainConfig = match table.clone().try_into() {
+            Ok(c) => c,
+            // name the key: deserialize the keys one at a time (every other key has a default)
+            Err(e) => return Err(table.into_iter().find_map(|(k, v)| key_error(k, v)).unwrap_or(ConfigError::Parse(message(&e)))),
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -374,10 +426,109 @@ impl TrainConfig {
     }
 }
 
-/// An override value: TOML syntax when it parses (numbers, booleans), a string otherwise.
-fn parse_value(v: &str) -> toml::Value {
-    match format!("x = {v}").parse::<toml::Table>() {
-        Ok(t) => t["x"].clone(),
-        Err(_) => toml::Value::String(v.to_string()),
+/// Every key with its default value.
+pub fn default_table() -> toml::Table {
+    toml::Table::try_from(TrainConfig::default()).expect("the defaults serialize as a TOML table")
+}
+
+/// The keys of a TOML file.
+pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))
+}
+
+/// The model a table of keys selects (the default when it names none).
+pub fn model_in(table: &toml::Table) -> Result<ModelKind, ConfigError> {
+    match table.get("model") {
+        None => Ok(ModelKind::default()),
+        Some(v) => ModelKind::deserialize(v.clone()).map_err(|e| ConfigError::Type { key: "model".into(), message: message(&e) }),
+    }
+}
+
+/// `--key value` / `--key=value` overrides as a table of keys (`-` and `_` alike in keys).
+pub fn parse_overrides(overrides: &[String]) -> Result<toml::Table, ConfigError> {
+    let mut table = toml::Table::new();
+    let mut args = overrides.iter();
+    while let Some(arg) = args.next() {
+        let Some(kv) = arg.strip_prefix("--") else { return Err(ConfigError::BadOverride(arg.clone())) };
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, v),
+            None => (kv, args.next().ok_or_else(|| ConfigError::MissingValue(arg.clone()))?.as_str()),
+        };
+        let key = key.replace('-', "_");
+        table.insert(key.clone(), override_value(&key, value));
+    }
+    Ok(table)
+}
+
+/// The value of `--key text`: the text itself for a key whose value is a string (a path, a size
+/// such as `512MiB` or `2147483647`), else TOML syntax (numbers, booleans), falling back to a
+/// string (enum names such as `cnn`) that the type check then accepts or names.
+pub fn override_value(key: &str, text: &str) -> toml::Value {
+    let is_string = matches!(default_table().get(key), Some(toml::Value::String(_)));
+    match format!("x = {text}").parse::<toml::Table>() {
+        Ok(t) if !is_string => t["x"].clone(),
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
+/// The type error of one key, if its value does not fit.
+fn key_error(key: String, value: toml::Value) -> Option<ConfigError> {
+    let one = toml::Table::from_iter([(key.clone(), value)]);
+    let e = one.try_into::<TrainConfig>().err()?;
+    Some(ConfigError::Type { key, message: message(&e) })
+}
+
+fn message(e: &toml::de::Error) -> String {
+    e.message().trim_end().to_string()
+}
+
+/// clap's parser for a key whose type is an enum: the kebab-case names of the TOML file.
+fn enum_value<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    T::deserialize(toml::Value::String(text.to_string())).map_err(|e| message(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<TrainConfig, ConfigError> {
+        TrainConfig::load(None, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = load(&["--lr", "abc"]).unwrap_err().to_string();
+        assert!(e.contains("`lr`") && e.contains("f64"), "{e}");
+        let e = load(&["--n_layer", "-1"]).unwrap_err().to_string();
+        assert!(e.contains("`n_layer`"), "{e}");
+        let e = load(&["--precision", "f8"]).unwrap_err().to_string();
+        assert!(e.contains("`precision`") && e.contains("f8"), "{e}");
+        let e = load(&["--model", "rnn"]).unwrap_err().to_string();
+        assert!(e.contains("`model`"), "{e}");
+        let e = TrainConfig::from_table("padded = 3".parse().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("`padded`"), "{e}");
+        let e = load(&["--micro-bach", "4"]).unwrap_err().to_string();
+        assert!(e.contains("`micro_bach`") && e.contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn string_keys_take_numbers_and_kebab_keys_equal_snake_keys() {
+        let c = load(&["--memory_budget", "2147483647"]).unwrap();
+        assert_eq!(c.memory_budget, "2147483647");
+        let c = TrainConfig::from_table("memory_budget = 2147483647".parse().unwrap()).unwrap();
+        assert_eq!(c.memory_budget, "2147483647");
+        // a string key keeps its text exactly (TOML would read 1e3 as 1000.0)
+        assert_eq!(load(&["--out-dir", "1e3"]).unwrap().out_dir, "1e3");
+        assert_eq!(load(&["--max-steps", "7", "--checkpoint-activations=true"]).unwrap(), load(&["--max_steps=7", "--checkpoint_activations", "true"]).unwrap());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let profile: toml::Table = "max_steps = 5\nlr = 0.5".parse().unwrap();
+        let c = TrainConfig::load_layers(profile, None, "max_steps = 9".parse().unwrap()).unwrap();
+        assert_eq!((c.max_steps, c.lr), (9, 0.5));
+        let c = TrainConfig::load_table(None, "model = \"cnn\"".parse().unwrap()).unwrap();
+        assert_eq!((c.model, c.micro_batch, c.out_dir.as_str()), (ModelKind::Cnn, 32, "runs/cnn"));
     }
 }

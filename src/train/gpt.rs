@@ -148,10 +148,7 @@ impl Model for GptModel {
             unit: "tokens",
             items_per_sample: g.block_size,
             classes: g.vocab_size,
-            data: format!(
-                "{} characters of vocabulary, {} train tokens, {} validation tokens",
-                g.vocab_size, self.data.train.len(), self.data.val.len()
-            ),
+            data: format!("{} train tokens, {} validation tokens", self.data.train.len(), self.data.val.len()),
         }
     }
 

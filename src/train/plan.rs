@@ -54,7 +54,7 @@ pub fn model_spec(cfg: &TrainConfig) -> anyhow::Result<ModelSpec> {
             })
         }
         ModelKind::Cnn => {
-            let data = crate::data::images::ImageData::load(&super::cnn::image_dir(), cfg.dataset)?;
+            let data = crate::data::images::ImageData::built_in(cfg.dataset)?;
             let classes = data.train.classes.max(data.test.classes);
             ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(data.train.h, data.train.w, classes, cfg.norm))
         }

@@ -1,0 +1,90 @@
+//! `gradscope bench`'s report: the JSON document and the lines of its table, one function per
+//! kind of measurement (the command line prints each as soon as it is measured).
+
+use super::gpt::{CnnBench, GptBench};
+use super::matmul::MatmulResult;
+use crate::gpu::human_bytes;
+
+/// Everything one `bench` run measured (`--json` prints it).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub matmul: Vec<MatmulResult>,
+    /// The fastest matmul measured: what the end-to-end figures are compared with.
+    pub matmul_ceiling_gflops: f64,
+    /// B x K, then the same effective batch as one micro-batch (the accumulation tax).
+    pub gpt: Vec<GptBench>,
+    pub gpt_checkpointed: Option<GptBench>,
+    pub gpt_f16: Option<GptBench>,
+    /// B 16 x K 4, then B 64 x K 1.
+    pub cnn: Vec<CnnBench>,
+}
+
+impl BenchReport {
+    /// The fastest matmul measured so far.
+    pub fn ceiling(&self) -> f64 {
+        self.matmul.iter().map(|r| r.gflops).fold(0.0, f64::max)
+    }
+}
+
+pub fn matmul_line(r: &MatmulResult) -> String {
+    format!("matmul {:>16} {:>5}^3  {:>8.2} GFLOP/s  {:>9.2} ms  max rel err {:.1e}", r.variant, r.size, r.gflops, r.ms_per_matmul, r.max_rel_err)
+}
+
+/// Throughput, the phases of a step and the largest kernels of one micro-batch.
+pub fn gpt_lines(r: &GptBench, ceiling: f64) -> String {
+    let p = &r.phases;
+    let mut s = format!(
+        "gpt B {:>3} x K {:>2}: {:>7.0} tokens/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling {:.2})  {:.3} s/step\n",
+        r.micro_batch, r.accum_steps, r.tokens_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), ceiling, r.seconds_per_step
+    );
+    s += &format!(
+        "    per step: forward {:.3} s, backward {:.3} s, accumulate {:.3} s (fused: += in backward), clip {:.4} s, optimizer {:.4} s",
+        p.forward, p.backward, p.accumulate, p.clip, p.optimizer
+    );
+    if !r.kernels.is_empty() {
+        let total: f64 = r.kernels.iter().map(|k| k.1).sum();
+        s += &format!("\n    kernels of one micro-batch (timestamp queries, {total:.3} s):");
+        for (name, t) in r.kernels.iter().take(8) {
+            s += &format!("\n      {name:<32} {:>8.2} ms  {:>5.1}%", t * 1e3, 100.0 * t / total);
+        }
+    }
+    s
+}
+
+/// The accumulation tax: B x K against the same effective batch in one micro-batch.
+pub fn gpt_tax_line(accumulated: &GptBench, true_batch: &GptBench) -> String {
+    format!(
+        "accumulation tax: B {} x K {} takes {:.3}x the time of B {} x K 1 per effective batch",
+        accumulated.micro_batch, accumulated.accum_steps, accumulated.seconds_per_step / true_batch.seconds_per_step, true_batch.micro_batch
+    )
+}
+
+/// A variant of the B x K run (activation checkpointing, mixed precision): its speed against the
+/// plain run and its activation bytes before -> after.
+pub fn gpt_variant_line(what: &str, r: &GptBench, plain: &GptBench, activations: (u64, u64)) -> String {
+    format!(
+        "{what}, B {} x K {}: {:.0} tokens/s, {:.3}x the time per step; activations {} -> {}",
+        r.micro_batch, r.accum_steps, r.tokens_per_s, r.seconds_per_step / plain.seconds_per_step,
+        human_bytes(activations.0), human_bytes(activations.1)
+    )
+}
+
+/// Throughput and the largest kernels of one micro-batch.
+pub fn cnn_lines(r: &CnnBench, ceiling: f64) -> String {
+    let mut s = format!(
+        "cnn B {:>3} x K {:>2}: {:>7.0} images/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling)  {:.3} s/step",
+        r.micro_batch, r.accum_steps, r.images_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), r.seconds_per_step
+    );
+    for (name, t) in r.kernels.iter().take(5) {
+        s += &format!("\n      {name:<32} {:>8.2} ms", t * 1e3);
+    }
+    s
+}
+
+pub fn cnn_tax_line(accumulated: &CnnBench, true_batch: &CnnBench) -> String {
+    format!(
+        "accumulation tax (cnn): B {} x K {} takes {:.3}x the time of B {} x K 1",
+        accumulated.micro_batch, accumulated.accum_steps, accumulated.seconds_per_step / true_batch.seconds_per_step, true_batch.micro_batch
+    )
+}

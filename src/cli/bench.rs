@@ -1,0 +1,98 @@
+//! `gradscope bench`: the matmul ceiling, then end-to-end GPT and CNN steps on the selected
+//! adapter; each figure printed as soon as it is measured (`src/bench/report.rs` formats them),
+//! or one JSON document at the end.
+
+use gradscope::bench::report::{self, BenchReport};
+use gradscope::gpu::kernels::MatmulVariant;
+use gradscope::gpu::{AdapterChoice, Precision};
+use gradscope::model::memory::{MemoryOptions, activation_bytes};
+use gradscope::train::TrainConfig;
+
+use super::out::outln;
+use super::{ConfigFlags, EXIT_OK, device};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Matrix sizes for the matmul benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+    sizes: Vec<usize>,
+    /// Seconds of timed work per matmul measurement.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Timed optimizer steps per configuration, after one warm-up step; figures come from the
+    /// median step, and the two shapes of the accumulation tax alternate step by step. 0 skips
+    /// the GPT and the CNN.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The GPT to measure (B x K from micro_batch and accum_steps).
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
+    let BenchArgs { sizes, seconds, steps, json, config } = args;
+    let base = config.load()?;
+    let gpu = device(choice)?;
+    let say = |line: String| {
+        if !json {
+            outln!("{line}");
+        }
+    };
+    let mut rep = BenchReport { adapter: gpu.summary.name.clone(), ..Default::default() };
+    for &n in &sizes {
+        for v in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+            let r = gradscope::bench::matmul::bench_matmul(&gpu, v, n, seconds)?;
+            say(report::matmul_line(&r));
+            rep.matmul.push(r);
+        }
+    }
+    let ceiling = rep.ceiling();
+    rep.matmul_ceiling_gflops = ceiling;
+    if steps > 0 {
+        let e = base.micro_batch * base.accum_steps;
+        // the two shapes of the accumulation tax, their steps alternating
+        let pair = [(base.micro_batch, base.accum_steps), (e, 1)];
+        for r in gradscope::bench::gpt::bench_gpt_interleaved(&gpu, &base, &pair, 1, steps)? {
+            say(report::gpt_lines(&r, ceiling));
+            rep.gpt.push(r);
+        }
+        if let [accumulated, true_batch] = &rep.gpt[..] {
+            say(report::gpt_tax_line(accumulated, true_batch));
+        }
+        let spec = gradscope::train::plan::model_spec(&base)?;
+        let acts = |checkpoint_activations, precision| {
+            let opts = MemoryOptions { checkpoint_activations, precision, kernels: MatmulVariant::for_device(gpu.kind) };
+            activation_bytes(&spec, base.micro_batch, opts)
+        };
+        // the time cost of activation checkpointing at B x K
+        let ck = TrainConfig { checkpoint_activations: true, ..base.clone() };
+        let r = gradscope::bench::gpt::bench_gpt(&gpu, &ck, base.micro_batch, base.accum_steps, 1, steps)?;
+        say(report::gpt_variant_line("activation checkpointing", &r, &rep.gpt[0], (acts(false, base.precision), acts(true, base.precision))));
+        rep.gpt_checkpointed = Some(r);
+        // mixed precision at B x K, where the adapter has f16
+        if gpu.has_f16() && base.precision == Precision::F32 {
+            let mp = TrainConfig { precision: Precision::F16, ..base.clone() };
+            let r = gradscope::bench::gpt::bench_gpt(&gpu, &mp, base.micro_batch, base.accum_steps, 1, steps)?;
+            say(report::gpt_variant_line("mixed precision (f16 activations)", &r, &rep.gpt[0], (acts(false, Precision::F32), acts(false, Precision::F16))));
+            rep.gpt_f16 = Some(r);
+        }
+        let cnn = TrainConfig::load_table(None, super::config::profile("model = \"cnn\""))?;
+        // (B, K) and the same effective batch in one micro-batch (64 x 784 rows stay under a
+        // CPU adapter's loop limit)
+        for (b, k) in [(16, 4), (64, 1)] {
+            let r = gradscope::bench::gpt::bench_cnn(&gpu, &cnn, b, k, 1, steps)?;
+            say(report::cnn_lines(&r, ceiling));
+            rep.cnn.push(r);
+        }
+        if let [accumulated, true_batch] = &rep.cnn[..] {
+            say(report::cnn_tax_line(accumulated, true_batch));
+        }
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&rep)?);
+    }
+    Ok(EXIT_OK)
+}

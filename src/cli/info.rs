@@ -1,0 +1,19 @@
+//! `gradscope info`: every adapter wgpu finds, and the one gradscope selects.
+
+use gradscope::gpu::{AdapterChoice, list_adapters};
+
+use super::out::outln;
+use super::{EXIT_OK, device};
+
+pub fn run(choice: &AdapterChoice) -> anyhow::Result<i32> {
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        return Err(gradscope::gpu::GpuError::NoAdapter.into());
+    }
+    for a in &adapters {
+        outln!("{a}\n");
+    }
+    let gpu = device(choice)?;
+    outln!("selected: {} ({:?} kernels)", gpu.summary.name, gpu.kind);
+    Ok(EXIT_OK)
+}
