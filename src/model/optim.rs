@@ -148,21 +148,6 @@ impl Slabs {
         View::at(&self.grads, self.offsets[i])
     }
 
-    /// Open the submission of micro-batch `index` of a window: micro-step 0 zeroes the gradients
-    /// and the window figures (gradients then accumulate with `+=`).
-    pub fn begin_micro(&mut self, index: usize) -> Submission {
-        let mut s = self.gpu.submission();
-        self.record_begin_micro(&mut s, index);
-        s
-    }
-
-    /// Close it: copy the cumulative loss sum and count after micro-batch `index` to the figures
-    /// buffer (read with the window figures, no extra wait), and submit.
-    pub fn end_micro(&self, mut s: Submission, index: usize) {
-        self.record_end_micro(&mut s, index);
-        s.submit();
-    }
-
     /// Make room for the figures of a window of `k` micro-batches (before its first one: a
     /// buffer replaced mid-window would lose the earlier micro-batches' figures).
     pub fn reserve_figures(&mut self, k: usize) {
@@ -172,7 +157,8 @@ impl Slabs {
         }
     }
 
-    /// What `begin_micro` records, into an open submission.
+    /// Open micro-batch `index` of a window in a submission: micro-step 0 zeroes the gradients
+    /// and the window figures (gradients then accumulate with `+=`).
     pub fn record_begin_micro(&mut self, s: &mut Submission, index: usize) {
         self.reserve_figures(index + 1);
         if index == 0 {
@@ -180,7 +166,8 @@ impl Slabs {
         }
     }
 
-    /// What `end_micro` records before submitting.
+    /// Close it: copy the cumulative loss sum and count after micro-batch `index` to the figures
+    /// buffer (read with the window figures, no extra wait).
     pub fn record_end_micro(&self, s: &mut Submission, index: usize) {
         s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
     }
