@@ -447,3 +447,109 @@ fn bench_reports_every_figure_as_json() {
         }
     }
 }
+
+/// The `gradscope ...` commands the README shows (in backticks or code blocks), in order.
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            if let Some(c) = line.trim().strip_prefix("gradscope ") {
+                out.push(c.split(" # ").next().unwrap().to_string());
+            }
+            continue;
+        }
+    }
+    // inline spans may wrap a line: read them from the text with line breaks as spaces
+    let flat = readme.replace('\n', " ");
+    for (i, span) in flat.split('`').enumerate() {
+        if i % 2 == 1 {
+            if let Some(c) = span.strip_prefix("gradscope ") {
+                out.push(c.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every README command of the quick kind runs, as written, from a fresh working directory (its
+/// outputs go there): optional `[...]` parts left out, `CKPT` the checkpoint the README's own
+/// `train` wrote, and `train`/`verify` shortened (`--max-steps 1`, `--quick`: flags given later
+/// win). Left out: `app` (tests/app.rs runs it under Xvfb), `bench` (slow; its own test), and
+/// commands whose arguments are placeholders (`F.toml`, `COMMAND`, `--key value ...`).
+#[test]
+fn the_readme_commands_run() {
+    let dir = tmpdir("readme");
+    let mut ran = Vec::new();
+    let mut commands = readme_commands();
+    // the train commands first, so that the checkpoints the others read exist
+    commands.sort_by_key(|c| !c.starts_with("train") || c.contains("--resume"));
+    for c in commands {
+        let mut c = c.split(" | ").next().unwrap().to_string();
+        while let (Some(a), Some(b)) = (c.find('['), c.find(']')) {
+            if b < a {
+                break;
+            }
+            c.replace_range(a..=b, "");
+        }
+        let c = c.replace("CKPT", "runs/gpt/ckpt.safetensors");
+        let words: Vec<String> = shell_words(&c);
+        let Some(sub) = words.first().cloned() else { continue };
+        if ["app", "bench"].contains(&sub.as_str()) || c.contains("F.toml") || c.contains("COMMAND") || c.contains("...") || c.contains('<') {
+            continue;
+        }
+        let mut args = words.clone();
+        let cnn = c.contains("--model cnn");
+        match sub.as_str() {
+            "train" => {
+                args.extend(["--max-steps", "1", "--eval-windows", "8"].map(String::from));
+                if c.contains("--resume") {
+                    args.extend(["--max-steps", "2"].map(String::from));
+                }
+                if cnn {
+                    args.extend(["--dataset", "digits", "--epochs", "1"].map(String::from));
+                }
+            }
+            "verify" => args.push("--quick".into()),
+            "sample" => args.extend(["--tokens", "20"].map(String::from)),
+            _ => {}
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope")).current_dir(dir.path()).args(&args).output().unwrap();
+        let code = out.status.code();
+        // verify's documented outcomes: 0 pass, 2 the check failed (BatchNorm does, by design)
+        let ok = code == Some(0) || (sub == "verify" && code == Some(2));
+        assert!(ok, "README command `gradscope {c}` (run as {args:?}) exited {code:?}:\n{}{}", out_text(&out), err_text(&out));
+        ran.push(c);
+    }
+    println!("ran {} README commands: {ran:#?}", ran.len());
+    for must in ["info", "plan", "train --model cnn", "eval runs/cnn", "eval runs/gpt", "sample", "verify", "train --resume", "help"] {
+        assert!(ran.iter().any(|c| c.starts_with(must)), "no README command starting with `{must}` ran: {ran:?}");
+    }
+}
+
+/// Words of a command line, with "double quotes" grouping.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in s.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(ch),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
