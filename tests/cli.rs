@@ -514,6 +514,9 @@ fn the_readme_commands_run() {
                 args.extend(["--max-steps", "1", "--eval-windows", "8"].map(String::from));
                 if c.contains("--resume") {
                     args.extend(["--max-steps", "2"].map(String::from));
+                } else {
+                    // several README commands train into the same default out_dir
+                    args.push("--overwrite".into());
                 }
                 if cnn {
                     args.extend(["--dataset", "digits", "--epochs", "1"].map(String::from));

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `println!` that ends the program quietly when stdout is a closed pipe.
 macro_rules! outln {
@@ -26,21 +27,49 @@ pub(crate) use {out, outln};
 /// would a program killed by SIGPIPE, without the panic of `println!`; another write error ends
 /// it with code 1.
 pub fn write(args: fmt::Arguments) {
+    if CLOSED.load(Ordering::SeqCst) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_fmt(args) {
         quit_on(e);
     }
 }
 
+/// Set once stdout's reader went away while a handler was installed: later output is dropped.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+/// What to do when stdout's reader goes away (instead of exiting): `train` stops after the
+/// current window with a checkpoint, as on Ctrl-C.
+static ON_CLOSED: Mutex<Option<fn()>> = Mutex::new(None);
+
+/// From now on a closed stdout calls `handler` and drops the output, instead of ending the
+/// program: for work that must save its state first (`train | head`).
+pub fn on_closed_pipe(handler: fn()) {
+    *ON_CLOSED.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+}
+
+/// Whether stdout's reader went away (with a handler installed).
+pub fn pipe_closed() -> bool {
+    CLOSED.load(Ordering::SeqCst)
+}
+
 /// Flush stdout before exiting (a broken pipe found here is quiet too).
 pub fn flush() {
+    if CLOSED.load(Ordering::SeqCst) {
+        return;
+    }
     if let Err(e) = std::io::stdout().lock().flush() {
         quit_on(e);
     }
 }
 
-fn quit_on(e: std::io::Error) -> ! {
+fn quit_on(e: std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
+        if let Some(handler) = *ON_CLOSED.lock().unwrap_or_else(|e| e.into_inner()) {
+            CLOSED.store(true, Ordering::SeqCst);
+            handler();
+            return;
+        }
         std::process::exit(super::EXIT_OK);
     }
     eprintln!("error: cannot write to stdout: {e}");

@@ -2,12 +2,13 @@
 //! through the one trainer, its events rendered as a progress bar on a terminal or as plain
 //! lines elsewhere, and as the metrics files; checkpoints and interrupts are the trainer's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gradscope::gpu::{AdapterChoice, Category};
 use gradscope::train::metrics::MetricsWriter;
 use gradscope::train::model::Evaluation;
+use gradscope::train::run_dir::{RunDir, Start};
 use gradscope::train::{Derived, Event, RunOutcome, TrainConfig, Trainer};
 
 use super::out::{Progress, outln};
@@ -22,12 +23,16 @@ pub struct TrainArgs {
     /// No progress bar: plain progress lines, as when stdout is not a terminal.
     #[arg(long)]
     quiet: bool,
+    /// Replace the checkpoints and metrics of an earlier run in out_dir (without it a fresh run
+    /// refuses a directory that holds them).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     config: ConfigFlags,
 }
 
 pub fn run(choice: &AdapterChoice, args: TrainArgs) -> anyhow::Result<i32> {
-    train(choice, args.config, args.resume, args.quiet)
+    train(choice, args.config, args.resume, args.quiet, args.overwrite)
 }
 
 /// The line `train` prints when B was chosen under a memory budget.
@@ -87,17 +92,30 @@ fn eval_line(step: usize, epoch: Option<u64>, e: &Evaluation) -> String {
 
 /// Train any model: the trainer's events rendered as progress (a bar on a terminal, plain lines
 /// elsewhere) and as the metrics files.
-fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, quiet: bool) -> anyhow::Result<i32> {
+fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, quiet: bool, overwrite: bool) -> anyhow::Result<i32> {
     let gpu = device(choice)?;
-    let mut t = match &resume {
+    // the run owns its out_dir from before the model is built until it ends
+    let (t, dir) = match &resume {
         Some(ck) => {
             anyhow::ensure!(flags.file.is_none(), "--resume takes its config from the checkpoint; pass overrides instead");
-            Trainer::resume(&gpu, ck, &flags.overrides())?
+            anyhow::ensure!(!overwrite, "--overwrite is for a fresh run; --resume continues the checkpoint's run");
+            let t = Trainer::resume(&gpu, ck, &flags.overrides())?;
+            let dir = RunDir::claim(Path::new(&t.cfg.out_dir), Start::Resume)?;
+            (t, dir)
         }
-        None => Trainer::new(&gpu, flags.load()?)?,
+        None => {
+            let cfg = flags.load()?;
+            let dir = RunDir::claim(Path::new(&cfg.out_dir), Start::Fresh { overwrite })?;
+            let t = Trainer::new(&gpu, cfg)?;
+            if overwrite {
+                dir.clear_previous()?;
+            }
+            (t, dir)
+        }
     };
-    let out = PathBuf::from(&t.cfg.out_dir);
-    let mut metrics = MetricsWriter::create(&out, resume.is_some())
+    let mut t = t;
+    let out = dir.path.clone();
+    let mut metrics = MetricsWriter::create(&out, resume.is_some().then_some(t.step))
         .with_context(|| format!("cannot write metrics in {}", out.display()))?;
     let bar = Progress::new(t.cfg.max_steps as u64, quiet).at(t.step as u64);
     let started = std::time::Instant::now();
@@ -106,6 +124,8 @@ fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, qu
     static INTERRUPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     ctrlc::set_handler(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst))
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    // a closed stdout (`train | head`) stops the run the same way, with a checkpoint
+    super::out::on_closed_pipe(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst));
     let unit = t.model.summary().unit;
     let outcome = t.run(Some(&INTERRUPT), &mut |ev| {
         metrics.on_event(ev).with_context(|| format!("cannot write metrics in {}", out.display()))?;
@@ -133,8 +153,9 @@ fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, qu
         RunOutcome::Finished { eval } => eval,
         RunOutcome::Interrupted { step, checkpoint } => {
             bar.abandon();
+            let why = if super::out::pipe_closed() { "stdout was closed" } else { "interrupted" };
             eprintln!(
-                "interrupted at step {step}: saved {} and flushed the metrics; continue with\n  gradscope train --resume {}",
+                "{why} at step {step}: saved {} and flushed the metrics; continue with\n  gradscope train --resume {}",
                 checkpoint.display(), checkpoint.display()
             );
             return Ok(EXIT_INTERRUPTED);

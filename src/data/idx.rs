@@ -69,7 +69,7 @@ pub fn parse(bytes: &[u8], what: &Path) -> Result<Idx, IdxError> {
 
 /// Read an IDX file, gunzipping it when it starts with the gzip magic.
 pub fn load(path: &Path) -> Result<Idx, IdxError> {
-    let raw = std::fs::read(path).map_err(|source| IdxError::Read { path: path.into(), source })?;
+    let raw = super::read_file(path, super::MAX_IDX_BYTES).map_err(|source| IdxError::Read { path: path.into(), source })?;
     decode(&raw, path)
 }
 

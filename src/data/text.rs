@@ -63,7 +63,7 @@ impl TextData {
         if path == Path::new(TINY_SHAKESPEARE) {
             return Self::from_text(TINY_SHAKESPEARE_TEXT, None);
         }
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read { path: path.into(), source })?;
+        let bytes = super::read_file(path, super::MAX_TEXT_BYTES).map_err(|source| DataError::Read { path: path.into(), source })?;
         let text = String::from_utf8(bytes)
             .map_err(|e| DataError::NotText { path: path.into(), offset: e.utf8_error().valid_up_to() })?;
         if text.is_empty() {

@@ -218,30 +218,30 @@ pub fn plan(spec: &ModelSpec, e: usize, budget: u64, limits: &DeviceLimits, opts
     if e == 0 {
         return Err(PlanError::NoEffectiveBatch);
     }
-    let mut best = None;
-    let mut stop = "effective batch";
-    for b in 1..=e {
-        match misfit(spec, b, e, budget, limits, opts) {
-            None => best = Some(b),
-            Some((why, needed, limit)) => {
-                if best.is_none() {
-                    let hint = match why {
-                        "memory budget" => " or raise the memory budget",
-                        "loop limit" => " (block_size or image size)",
-                        _ => "",
-                    };
-                    let (needed, limit) = if why == "loop limit" {
-                        (format!("{needed} rows"), format!("{limit} loop iterations"))
-                    } else {
-                        (crate::gpu::human_bytes(needed), crate::gpu::human_bytes(limit))
-                    };
-                    return Err(PlanError::NothingFits { needed, limit, why, hint });
-                }
-                stop = why;
-                break;
-            }
+    // memory and buffer sizes grow with B: binary search for the largest B that fits
+    if let Some((why, needed, limit)) = misfit(spec, 1, e, budget, limits, opts) {
+        let hint = match why {
+            "memory budget" => " or raise the memory budget",
+            "loop limit" => " (block_size or image size)",
+            _ => "",
+        };
+        let (needed, limit) = if why == "loop limit" {
+            (format!("{needed} rows"), format!("{limit} loop iterations"))
+        } else {
+            (crate::gpu::human_bytes(needed), crate::gpu::human_bytes(limit))
+        };
+        return Err(PlanError::NothingFits { needed, limit, why, hint });
+    }
+    let (mut fits, mut over) = (1usize, e + 1);
+    while over - fits > 1 {
+        let mid = fits + (over - fits) / 2;
+        match misfit(spec, mid, e, budget, limits, opts) {
+            None => fits = mid,
+            Some(_) => over = mid,
         }
     }
+    let stop = if fits == e { "effective batch" } else { misfit(spec, fits + 1, e, budget, limits, opts).map_or("effective batch", |m| m.0) };
+    let best = Some(fits);
     let b = best.expect("b = 1 fits");
     let k = e.div_ceil(b);
     let last = e - (k - 1) * b;

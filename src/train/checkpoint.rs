@@ -36,6 +36,8 @@ pub enum CheckpointError {
     Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize>, dtype: String },
     #[error("{path}: metadata {key} is missing or invalid{detail}")]
     Metadata { path: PathBuf, key: String, detail: String },
+    #[error("{path}: tensor {name} holds {detail}")]
+    Values { path: PathBuf, name: String, detail: String },
     #[error("{path} was saved for a different model: checkpoint {found:?}, asked for {wanted:?}")]
     ConfigMismatch { path: PathBuf, found: GptConfig, wanted: GptConfig },
 }
@@ -110,23 +112,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
         // fault injection for the crash test: GRADSCOPE_FAULT=abort-in-write-N dies with half of
         // the N-th checkpoint write on disk
         static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let nth = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if let Ok(fault) = std::env::var("GRADSCOPE_FAULT") {
             if fault.strip_prefix("abort-in-write-").and_then(|n| n.parse::<usize>().ok()) == Some(nth) {
-                f.write_all(&bytes[..bytes.len() / 2]).map_err(err)?;
+                f.write_all(&bytes[..bytes.len() / 2])?;
                 let _ = f.sync_all();
                 std::process::abort();
             }
         }
-        f.write_all(bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // a failed write (disk full, a directory in the way) leaves no temp file behind
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    std::fs::rename(&tmp, path).map_err(err)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -165,19 +172,48 @@ pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     write_atomic(path, &bytes)
 }
 
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })
+pub fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    crate::data::read_file(path, crate::data::MAX_CHECKPOINT_BYTES).map_err(|source| CheckpointError::Read { path: path.into(), source })
 }
 
-pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+/// The tensor names of a safetensors header in file order, duplicates kept (a JSON map read into
+/// a map keeps only the last of two equal keys).
+fn header_names(bytes: &[u8]) -> Option<Vec<String>> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::new();
+            while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    serde::Deserializer::deserialize_map(&mut de, Keys).ok()
+}
+
+pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
     let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt { path: path.into(), message: e.to_string() };
+    if let Some(names) = header_names(bytes) {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(CheckpointError::Corrupt { path: path.into(), message: format!("tensor {dup} appears twice") });
+        }
+    }
     let (_, md) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let meta = md.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
     Ok((st, meta))
 }
 
-pub(crate) fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+pub fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
     let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
     if t.shape() != want || t.dtype() != Dtype::F32 {
         return Err(CheckpointError::Shape {
@@ -192,7 +228,41 @@ pub(crate) fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usiz
     Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
-pub(crate) fn meta_json<T: serde::de::DeserializeOwned>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T, CheckpointError> {
+/// Check, before anything is allocated for it, that the file holds every tensor of `table`
+/// (name, shape) as F32 and the AdamW moments of their total size; returns that size.
+pub fn check_tensors(path: &Path, st: &SafeTensors, table: &[(String, Vec<usize>)]) -> Result<usize, CheckpointError> {
+    let mut n = 0usize;
+    let shape_of = |name: &str, want: &[usize]| -> Result<(), CheckpointError> {
+        let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
+        if t.shape() != want || t.dtype() != Dtype::F32 {
+            return Err(CheckpointError::Shape {
+                path: path.into(), name: name.into(), got: t.shape().to_vec(), want: want.to_vec(), dtype: format!("{:?}", t.dtype()),
+            });
+        }
+        Ok(())
+    };
+    for (name, shape) in table {
+        shape_of(name, shape)?;
+        n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|k| n.checked_add(k)).ok_or_else(|| {
+            CheckpointError::Metadata { path: path.into(), key: "config".into(), detail: format!(": the size of {name} overflows") }
+        })?;
+    }
+    shape_of(OPT_M, &[n])?;
+    shape_of(OPT_V, &[n])?;
+    Ok(n)
+}
+
+/// Refuse non-finite values in `v` (and negative ones where `nonnegative`), naming the tensor.
+pub fn check_values(path: &Path, name: &str, v: &[f32], nonnegative: bool) -> Result<(), CheckpointError> {
+    let bad = v.iter().filter(|x| !x.is_finite() || (nonnegative && **x < 0.0)).count();
+    if bad > 0 {
+        let what = if nonnegative { "non-finite or negative" } else { "non-finite" };
+        return Err(CheckpointError::Values { path: path.into(), name: name.into(), detail: format!("{bad} {what} values of {}", v.len()) });
+    }
+    Ok(())
+}
+
+pub fn meta_json<T: serde::de::DeserializeOwned>(path: &Path, meta: &HashMap<String, String>, key: &str) -> Result<T, CheckpointError> {
     let raw = meta.get(key).ok_or_else(|| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: String::new() })?;
     serde_json::from_str(raw).map_err(|e| CheckpointError::Metadata { path: path.into(), key: key.into(), detail: format!(": {e}") })
 }

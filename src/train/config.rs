@@ -239,6 +239,12 @@ impl Default for TrainConfig {
     }
 }
 
+/// The most samples a micro-batch, a window or an optimizer step may hold (2^24).
+pub const MAX_BATCH: usize = 1 << 24;
+/// The most tokens (samples x block_size) one window may hold: its inputs and targets are packed
+/// on the host and uploaded as one buffer (2^28 tokens = 2 GiB of u32 pairs).
+pub const MAX_WINDOW_TOKENS: usize = 1 << 28;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}")]
@@ -318,6 +324,7 @@ impl TrainConfig {
 
     /// Checks that need no device (device limits are checked when the model is built).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_sizes()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.micro_batch == 0 {
             return bad("micro_batch (B) must be at least 1".into());
@@ -400,9 +407,45 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The integer keys that size buffers and loops, bounded so that every size computed from
+    /// them fits (no overflow past the checks, no allocation that cannot succeed): the error names
+    /// the key.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        let over = |key: &str, value: usize, max: usize, why: &str| {
+            Err(ConfigError::Invalid(format!("{key} = {value} is larger than {max} ({why})")))
+        };
+        for (key, value, max, why) in [
+            ("micro_batch", self.micro_batch, MAX_BATCH, "samples per forward/backward"),
+            ("accum_steps", self.accum_steps, MAX_BATCH, "micro-batches per window"),
+            ("effective_batch", self.effective_batch, MAX_BATCH, "samples per optimizer step"),
+            ("block_size", self.block_size, 1 << 16, "positions"),
+            ("n_embd", self.n_embd, 1 << 15, "channels"),
+            ("n_layer", self.n_layer, 1 << 10, "layers"),
+            ("n_head", self.n_head, 1 << 15, "heads"),
+            ("epochs", self.epochs, 1 << 20, "epochs"),
+        ] {
+            if value > max {
+                return over(key, value, max, why);
+            }
+        }
+        // E = B x K when effective_batch is 0
+        let e = self.effective();
+        if e > MAX_BATCH {
+            return over("micro_batch x accum_steps", e, MAX_BATCH, "samples per optimizer step");
+        }
+        if e.saturating_mul(self.block_size) > MAX_WINDOW_TOKENS {
+            return Err(ConfigError::Invalid(format!(
+                "a window of effective batch {e} x block_size {} = {} tokens is more than {MAX_WINDOW_TOKENS}: \
+                 use fewer samples per step (effective_batch, or micro_batch x accum_steps)",
+                self.block_size, e.saturating_mul(self.block_size)
+            )));
+        }
+        Ok(())
+    }
+
     /// E: sequences per optimizer step.
     pub fn effective(&self) -> usize {
-        if self.effective_batch == 0 { self.micro_batch * self.accum_steps } else { self.effective_batch }
+        if self.effective_batch == 0 { self.micro_batch.saturating_mul(self.accum_steps) } else { self.effective_batch }
     }
 
     /// Micro-batches per window: K, or ceil(E / B) when E is given.
@@ -433,7 +476,9 @@ pub fn default_table() -> toml::Table {
 
 /// The keys of a TOML file.
 pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let bytes = crate::data::read_file(path, crate::data::MAX_CONFIG_BYTES)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse(format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to())))?;
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))
 }
 

@@ -250,7 +250,10 @@ impl Model for GptModel {
             "{}: the data's vocabulary differs from the checkpoint's", path.display()
         );
         let mut sampler: TextSampler = checkpoint::meta_json(path, meta, "sampler")?;
+        // the sampler continues its stream with the config's block size and padding (a resumed
+        // run may change `padded`)
         sampler.block = self.gcfg.block_size;
+        sampler.padded = self.sampler.padded;
         self.sampler = sampler;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Metrics per optimizer step, written as JSONL and CSV side by side in the run directory: one
-//! of the trainer's renderers (`on_event`). Each row is flushed when written, so a run that is
-//! killed keeps every step it finished.
+//! of the trainer's renderers (`on_event`). Each row is flushed when written and the files are
+//! synced at every checkpoint; a resumed run drops the rows after its checkpoint's step.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,22 +21,33 @@ bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_s
 images_per_s,test_loss,test_accuracy,wall_s";
 
 impl MetricsWriter {
-    /// Create (truncate) `metrics.jsonl` and `metrics.csv` in `dir`; with `append`, continue them.
-    pub fn create(dir: &Path, append: bool) -> std::io::Result<Self> {
+    /// Open `metrics.jsonl` and `metrics.csv` in `dir`. `resume_step` None: a fresh run, both files
+    /// start empty (then the CSV header). Some(step): a run resumed from the checkpoint of `step`:
+    /// the rows up to `step` are kept and any after it (written after that checkpoint, before a
+    /// crash) are dropped, so the resumed run neither repeats nor loses a step; the CSV header is
+    /// written whenever the file is empty.
+    pub fn create(dir: &Path, resume_step: Option<usize>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let open = |name: &str| -> std::io::Result<(File, bool)> {
-            let p = dir.join(name);
-            let existed = p.exists() && append;
-            let f = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(p)?;
-            Ok((f, existed))
+        let (jsonl_path, csv_path) = (dir.join("metrics.jsonl"), dir.join("metrics.csv"));
+        let kept = |path: &Path, step_of: &dyn Fn(&str) -> Option<usize>| -> std::io::Result<String> {
+            let Some(last) = resume_step else { return Ok(String::new()) };
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e),
+            };
+            Ok(text.lines().filter(|l| step_of(l).is_some_and(|s| s <= last)).map(|l| format!("{l}\n")).collect())
         };
-        let (j, _) = open("metrics.jsonl")?;
-        let (c, existed) = open("metrics.csv")?;
-        let mut csv = BufWriter::new(c);
-        if !existed {
-            writeln!(csv, "{CSV_HEADER}")?;
-        }
-        Ok(Self { jsonl: BufWriter::new(j), csv })
+        let jsonl_rows = kept(&jsonl_path, &|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64().map(|s| s as usize))?;
+        let csv_rows = kept(&csv_path, &|l| l.split(',').next()?.parse().ok())?;
+        let mut jsonl = BufWriter::new(File::create(&jsonl_path)?);
+        jsonl.write_all(jsonl_rows.as_bytes())?;
+        let mut csv = BufWriter::new(File::create(&csv_path)?);
+        writeln!(csv, "{CSV_HEADER}")?;
+        csv.write_all(csv_rows.as_bytes())?;
+        let mut w = Self { jsonl, csv };
+        w.flush()?;
+        Ok(w)
     }
 
     pub fn write(&mut self, m: &StepMetrics) -> std::io::Result<()> {
@@ -59,12 +70,21 @@ impl MetricsWriter {
         self.flush()
     }
 
-    /// The renderer: a row per optimizer step.
+    /// The renderer: a row per optimizer step (flushed); at each checkpoint the files are also
+    /// synced to disk, so after any crash they hold at least every step up to the last checkpoint.
     pub fn on_event(&mut self, e: &Event) -> std::io::Result<()> {
         match e {
             Event::Step(r) => self.write(&r.metrics),
+            Event::Checkpoint { .. } => self.sync(),
             _ => Ok(()),
         }
+    }
+
+    /// Flush and fsync both files.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.jsonl.get_ref().sync_all()?;
+        self.csv.get_ref().sync_all()
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

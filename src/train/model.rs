@@ -147,6 +147,32 @@ pub fn build(gpu: &Gpu, cfg: &mut TrainConfig) -> anyhow::Result<Box<dyn Model>>
     })
 }
 
+/// The parameter tensors (name, shape) a checkpoint of `kind` must hold for the config `cfg`,
+/// from its metadata alone (nothing is allocated): checked against the file before the model is
+/// built, so a hostile shape is an error, not an allocation.
+pub fn checkpoint_table(
+    kind: ModelKind, path: &Path, meta: &HashMap<String, String>, cfg: &TrainConfig,
+) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    use super::checkpoint::meta_json;
+    let table = match kind {
+        ModelKind::Gpt => {
+            let vocab: String = meta_json(path, meta, "vocab")?;
+            let gcfg = crate::reference::gpt::GptConfig {
+                vocab_size: vocab.chars().count(), block_size: cfg.block_size, n_layer: cfg.n_layer, n_head: cfg.n_head,
+                n_embd: cfg.n_embd,
+            };
+            super::checkpoint::tensor_table(&gcfg)
+        }
+        ModelKind::Cnn => {
+            let c: crate::reference::cnn_model::CnnConfig = meta_json(path, meta, "cnn_config")?;
+            anyhow::ensure!(c.norm == cfg.norm, "{}: saved with {:?} norm, the config asks for {:?}", path.display(), c.norm, cfg.norm);
+            let off = c.param_offsets();
+            crate::reference::cnn_model::CnnConfig::param_names().iter().zip(c.param_shapes()).zip(off).map(|((n, s), o)| (n.to_string(), s, o)).collect()
+        }
+    };
+    Ok(table.into_iter().map(|(n, s, _)| (n, s)).collect())
+}
+
 /// The checkpoint format each model writes (`format` metadata).
 pub fn kind_of_format(format: Option<&str>) -> Option<ModelKind> {
     match format {

@@ -32,7 +32,7 @@ use super::events::{Event, StepReport};
 use super::gpt::GptModel;
 use super::health::{HealthMonitor, StepMetrics, step_metrics};
 use super::loss_scale::{LossScaler, MAX_LOSS_SCALE};
-use super::model::{EvalSize, Evaluation, MicroBatch, Model, ModelSummary, build, kind_of_format};
+use super::model::{EvalSize, Evaluation, MicroBatch, Model, ModelSummary, build, checkpoint_table, kind_of_format};
 
 /// A window in progress: its packed micro-batches and how many have run.
 pub struct Window {
@@ -387,19 +387,34 @@ impl Trainer {
         anyhow::ensure!(saved.model == kind, "{}: a {format:?} checkpoint whose config names the {:?}", path.display(), saved.model);
         let cfg = config_with_overrides(&saved, overrides)?;
         anyhow::ensure!(cfg.model == kind, "{} holds a {kind:?}; the model cannot change on resume", path.display());
+        cfg.validate()?;
+        // the file's tensors against the shapes the config implies, before anything is allocated
+        checkpoint::check_tensors(path, &st, &checkpoint_table(kind, path, &meta, &cfg)?).map_err(|e| {
+            anyhow::anyhow!("{e} (for the resumed config; the model shape cannot change on resume)")
+        })?;
+        let step: usize = checkpoint::meta_json(path, &meta, "step")?;
+        let adam_step: usize = checkpoint::meta_json(path, &meta, "adam_step")?;
+        // AdamW's bias correction takes the step count as a u32 (1 - beta^t)
+        anyhow::ensure!(
+            adam_step < u32::MAX as usize && adam_step <= step,
+            "{}: metadata adam_step {adam_step} is out of range (at most step {step}, below 2^32 - 1)", path.display()
+        );
         let mut t = Trainer::new(gpu, TrainConfig { init_from: String::new(), ..cfg })?;
         t.model.restore(path, &meta, &st)?;
         let mut params = vec![0.0f32; t.model.slabs().n];
         for (name, shape, off) in t.model.tensors() {
             let v = checkpoint::tensor_f32(path, &st, &name, &shape)?;
+            checkpoint::check_values(path, &name, &v, false)?;
             params[off..off + v.len()].copy_from_slice(&v);
         }
         let n = params.len();
         let m = checkpoint::tensor_f32(path, &st, OPT_M, &[n])?;
         let v = checkpoint::tensor_f32(path, &st, OPT_V, &[n])?;
+        checkpoint::check_values(path, OPT_M, &m, false)?;
+        checkpoint::check_values(path, OPT_V, &v, true)?;
         t.model.slabs().load_state(&params, &m, &v);
-        t.step = checkpoint::meta_json(path, &meta, "step")?;
-        t.adam_step = checkpoint::meta_json(path, &meta, "adam_step")?;
+        t.step = step;
+        t.adam_step = adam_step;
         // a mixed-precision run continues with its loss scale (an f32 checkpoint resumed in f16
         // starts at `loss_scale`)
         if meta.contains_key("loss_scaler") {
@@ -441,23 +456,22 @@ impl Trainer {
     }
 
     /// Periodic checkpoint: `ckpt-stepNNNNNN.safetensors` and the latest `ckpt.safetensors`,
-    /// keeping the last `keep_last` periodic ones.
+    /// keeping the last `keep_last` periodic ones. Pruning orders by the step in the name (as a
+    /// number: widths differ past step 999,999) and never removes the file just written.
     pub fn save_periodic(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let st = self.snapshot()?;
-        let p = dir.join(format!("ckpt-step{:06}.safetensors", self.step));
+        let p = dir.join(periodic_name(self.step));
         st.save(&p)?;
         st.save(&dir.join("ckpt.safetensors"))?;
-        let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
+        let mut old: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                n.starts_with("ckpt-step") && n.ends_with(".safetensors")
-            })
+            .filter_map(|p| periodic_step(&p).map(|s| (s, p)))
+            .filter(|(_, q)| *q != p)
             .collect();
         old.sort();
-        let excess = old.len().saturating_sub(self.cfg.keep_last);
-        for p in &old[..excess] {
-            let _ = std::fs::remove_file(p);
+        let excess = (old.len() + 1).saturating_sub(self.cfg.keep_last);
+        for (_, q) in &old[..excess.min(old.len())] {
+            let _ = std::fs::remove_file(q);
         }
         Ok(p)
     }
@@ -554,6 +568,17 @@ impl Trainer {
         on_event(&Event::Finished { step: self.step, eval: Some(eval) })?;
         Ok(RunOutcome::Finished { eval })
     }
+}
+
+/// The file name of the periodic checkpoint of `step`.
+pub fn periodic_name(step: usize) -> String {
+    format!("ckpt-step{step:06}.safetensors")
+}
+
+/// The step of a periodic checkpoint's file name (`ckpt-stepNNNNNN.safetensors`, any width).
+pub fn periodic_step(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("ckpt-step")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
 /// The checkpoint's training config with `overrides` (CLI syntax) applied on top.
