@@ -283,6 +283,7 @@ pub fn load_weights(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>, Checkpoint
     let mut params = vec![0.0f32; cfg.num_params()];
     for (name, shape, off) in tensor_table(cfg) {
         let v = tensor_f32(path, &st, &name, &shape)?;
+        check_values(path, &name, &v, false)?;
         params[off..off + v.len()].copy_from_slice(&v);
     }
     Ok(params)
