@@ -22,7 +22,7 @@ use crate::reference::cnn_model::{CnnConfig, NormKind, init_cnn_params};
 
 use super::checkpoint;
 use super::config::{ModelKind, TrainConfig};
-use super::model::{EvalSize, Evaluation, Inputs, MicroBatch, Model, ModelSummary, check_loop_limit};
+use super::model::{EvalSize, Evaluation, Inputs, MicroBatch, Model, ModelSummary, NamedTensor, check_loop_limit};
 
 /// Test images of the live app's evaluations (the whole test set takes long on a CPU adapter;
 /// `train` and `eval` use all of it).
@@ -224,7 +224,7 @@ impl Model for CnnModel {
         Ok(meta)
     }
 
-    fn checkpoint_extra(&self) -> anyhow::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    fn checkpoint_extra(&self) -> anyhow::Result<Vec<NamedTensor>> {
         if self.ccfg.norm != NormKind::Batch {
             return Ok(Vec::new());
         }

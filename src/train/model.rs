@@ -37,6 +37,9 @@ pub struct MicroBatch {
     pub count: usize,
 }
 
+/// A named tensor with its shape and values (what a checkpoint stores).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// An evaluation: mean loss over `items` held-out items and, for classifiers, the accuracy.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Evaluation {
@@ -128,7 +131,7 @@ pub trait Model: Send {
     fn checkpoint_meta(&self) -> anyhow::Result<HashMap<String, String>>;
     /// Tensors a checkpoint stores besides the parameters and AdamW moments (BatchNorm's running
     /// statistics).
-    fn checkpoint_extra(&self) -> anyhow::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    fn checkpoint_extra(&self) -> anyhow::Result<Vec<NamedTensor>> {
         Ok(Vec::new())
     }
     /// Check a checkpoint's model metadata against this model and restore the model's own state

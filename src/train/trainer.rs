@@ -92,7 +92,7 @@ pub enum RunOutcome {
 pub struct Snapshot {
     pub step: usize,
     pub meta: HashMap<String, String>,
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tensors: Vec<super::model::NamedTensor>,
 }
 
 impl Snapshot {
@@ -289,7 +289,7 @@ impl Trainer {
         let divide = self.window_divide();
         if let Some(m) = Mistake::of(&self.cfg) {
             while !w.done() {
-                m.run_micro(self, &mut w)?;
+                m.run_micro(self, &w)?;
                 w.next += 1;
             }
             m.adjust(&mut st);
@@ -480,7 +480,7 @@ impl Trainer {
     /// epochs), and at the end of the run.
     fn evaluates_now(&self, epoch_before: Option<u64>) -> bool {
         self.step == self.cfg.max_steps
-            || (self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0)
+            || (self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every))
             || self.model.epoch() != epoch_before
     }
 
@@ -546,7 +546,7 @@ impl Trainer {
             }
             let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
             on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None })))?;
-            if self.cfg.save_every > 0 && self.step % self.cfg.save_every == 0 {
+            if self.cfg.save_every > 0 && self.step.is_multiple_of(self.cfg.save_every) {
                 let path = self.save_periodic(&dir)?;
                 if !snapshot_each_step {
                     self.last_good = Some(self.snapshot()?);
