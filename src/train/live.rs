@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::gpu::Gpu;
-use crate::model::optim::Slabs;
 
 use super::config::ModelKind;
 use super::events::{Event, MicroReport, StepReport};
@@ -333,7 +332,7 @@ impl Worker {
         let (mut metrics, fig) = t.finish_window(w)?;
         let names = param_names(t);
         let update_ratios = match before {
-            Some(before) => Some(update_ratios(t.model.slabs(), &names, &before, &t.model.slabs().read_params()?)),
+            Some(before) => Some(update_ratios(&names, &before, &t.model.slabs().read_params()?)),
             None => None,
         };
         let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
@@ -381,7 +380,7 @@ impl Worker {
             accumulated_norm: gn,
             micro_norm: mn,
             cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
-            tensor_norms: tensor_norms(t.model.slabs(), &param_names(t), &g),
+            tensor_norms: tensor_norms(&param_names(t), &g),
         };
         self.window = Some((w, g));
         self.send(Event::MicroBatch(report));
@@ -395,7 +394,7 @@ fn param_names(t: &Trainer) -> Vec<(String, usize, usize)> {
 }
 
 /// Per-tensor L2 norms of `v` (laid out like the parameter slab): (name, offset, length).
-pub fn tensor_norms(_slabs: &Slabs, names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String, f64)> {
+pub fn tensor_norms(names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String, f64)> {
     names
         .iter()
         .map(|(n, off, len)| (n.clone(), v[*off..off + len].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
@@ -403,11 +402,11 @@ pub fn tensor_norms(_slabs: &Slabs, names: &[(String, usize, usize)], v: &[f32])
 }
 
 /// Per-tensor ||after - before|| / ||before||.
-pub fn update_ratios(slabs: &Slabs, names: &[(String, usize, usize)], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
+pub fn update_ratios(names: &[(String, usize, usize)], before: &[f32], after: &[f32]) -> Vec<(String, f64)> {
     let d: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    tensor_norms(slabs, names, &d)
+    tensor_norms(names, &d)
         .into_iter()
-        .zip(tensor_norms(slabs, names, before))
+        .zip(tensor_norms(names, before))
         .map(|((n, du), (_, w))| (n, if w > 0.0 { du / w } else { du }))
         .collect()
 }
