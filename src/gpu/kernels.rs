@@ -4,7 +4,7 @@
 //! reference, so callers zero gradients where a new sum starts.
 
 use super::context::DeviceKind;
-use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
+use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View, grid_1d};
 
 type R = Result<(), ProgramError>;
 
@@ -370,10 +370,18 @@ impl ProgramBuilder {
         Ok(())
     }
 
+    /// One workgroup per row (split over x and y past the device's per-dimension limit), for the
+    /// kernels that reduce a row cooperatively.
+    fn row_groups(&self, rows: usize) -> Grid {
+        let rows = u32::try_from(rows).expect("dispatch too large");
+        Grid::Groups(grid_1d(rows, self.gpu().limits().max_compute_workgroups_per_dimension))
+    }
+
     /// losses [N] from logits [N,V] and targets [N] (IGNORE_INDEX rows get 0).
     pub fn crossentropy_forward(&mut self, losses: &View, logits: &View, targets: &View, n: usize, v: usize) -> R {
         let dims = Uniforms::new().n(n).n(v).f(0.0);
-        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, Grid::Threads(n))?;
+        let grid = self.row_groups(n);
+        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, grid)?;
         Ok(())
     }
 
@@ -391,7 +399,8 @@ impl ProgramBuilder {
         &mut self, dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize,
     ) -> Result<usize, ProgramError> {
         let dims = Uniforms::new().n(n).n(v).f(dloss);
-        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, Grid::Threads(n))
+        let grid = self.row_groups(n);
+        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, grid)
     }
 
     /// grad += micro_grad
