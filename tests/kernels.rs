@@ -262,10 +262,15 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         let (gr, norm, parts) = (ts.f32(&grads), ts.poisoned(2), ts.poisoned(256));
         let (g2, g3, totals) = (ts.f32(&grads), ts.f32(&grads), ts.f32(&[0.0, 7.0]));
         let (p, m, v, ga) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0), ts.f32(&grads));
-        // window figures: finite loss and norm (step applies); non-finite norm (step skipped)
-        let ok = ts.f32(&[1.5, 2.0]);
-        let bad = ts.f32(&[1.5, f32::INFINITY, f32::NAN]);
+        // window figures [loss, norm, update flag]: finite loss and norm (step applies); non-finite
+        // norm (step skipped); finite figures but one moment that makes the update overflow
+        // (m / (1 - b1^3) past f32's range: adamw_check flags it, the step is skipped)
+        let ok = ts.f32(&[1.5, 2.0, 0.0]);
+        let bad = ts.f32(&[1.5, f32::INFINITY, 0.0]);
         let (p2, m2, v2) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0));
+        let mut m_over = m0.clone();
+        m_over[rng.below(n as u32) as usize] = 3e38;
+        let (fig3, p3, m3, v3) = (ts.f32(&[1.5, 2.0, 0.0]), ts.f32(&params), ts.f32(&m_over), ts.f32(&v0));
         ts.upload();
         let max_norm = 0.5;
         let s = 0.37f32;
@@ -275,8 +280,13 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
             pb.clip_by_norm(ts.view(gr), ts.view(norm), max_norm, n).unwrap();
             pb.scale(ts.view(g2), s, n).unwrap();
             pb.scale_by_inverse_count(ts.view(g3), ts.view(totals), n).unwrap();
-            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ts.view(ok), &ts.view(ok).add(1), n, &hp, 3).unwrap();
-            pb.adamw(ts.view(p2), ts.view(ga), ts.view(m2), ts.view(v2), ts.view(bad), &ts.view(bad).add(2), n, &hp, 3).unwrap();
+            let (ok, bad, fig3) = (ts.view(ok), ts.view(bad), ts.view(fig3));
+            pb.adamw_check(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ok, &ok.add(1), &ok.add(2), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ok, &ok.add(1), &ok.add(2), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p2), ts.view(ga), ts.view(m2), ts.view(v2), bad, &bad.add(1), &bad.add(2), n, &hp, 3).unwrap();
+            let (p3, m3, v3) = (ts.view(p3), ts.view(m3), ts.view(v3));
+            pb.adamw_check(p3, ts.view(ga), m3, v3, fig3, &fig3.add(1), &fig3.add(2), n, &hp, 3).unwrap();
+            pb.adamw(p3, ts.view(ga), m3, v3, fig3, &fig3.add(1), &fig3.add(2), n, &hp, 3).unwrap();
         });
         let want_norm = r::grad_norm(&f64s(&grads), n);
         check("grad_norm", "norm", &ts.read(norm)[..1], &[want_norm], TOL);
@@ -300,6 +310,10 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         check_terms("adamw", "v", &ts.read(v), &vr, &terms(0.99, &v0, 2), TOL);
         assert_eq!(ts.read(p2), params, "a non-finite norm skips the step: weights untouched");
         assert_eq!((ts.read(m2), ts.read(v2)), (m0.clone(), v0.clone()), "and moments untouched");
+        assert_eq!(ts.read(ok)[2], 0.0, "finite updates leave the update flag clear");
+        assert_eq!(ts.read(fig3)[2], 1.0, "an overflowing update sets the update flag");
+        assert_eq!(ts.read(p3), params, "an overflowing update skips the step: weights untouched");
+        assert_eq!((ts.read(m3), ts.read(v3)), (m_over, v0.clone()), "and moments untouched");
     }
 }
 

@@ -449,16 +449,38 @@ impl ProgramBuilder {
     }
 
     /// One AdamW step over n elements, skipped on the device when `loss[0]` or `norm[0]` is
-    /// non-finite. Returns the dispatch index: `adamw_uniforms` rebuilds the uniform for the next
-    /// step (step count, learning rate).
+    /// non-finite or `flag[0]` is not 0 (set by `adamw_check`). `loss`, `norm` and `flag` are
+    /// views of one buffer (the window figures). Returns the dispatch index: `adamw_uniforms`
+    /// rebuilds the uniform for the next step (step count, learning rate).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
-        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW,
-        step: u32,
+        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
+        hp: &AdamW, step: u32,
     ) -> Result<usize, ProgramError> {
-        let args = [params, grads, m, v, loss, norm];
+        let args = adamw_args("adamw", [params, grads, m, v, loss, norm, flag])?;
         self.call("adamw", "adamw", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
     }
+
+    /// flag[0] = 1.0 if the AdamW step with these arguments would write a non-finite weight or
+    /// moment; otherwise the flag is left as it is (clear it once before the checks of a step).
+    /// Same arguments and uniform as `adamw` (`adamw_uniforms` rebuilds it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_check(
+        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
+        hp: &AdamW, step: u32,
+    ) -> Result<usize, ProgramError> {
+        let args = adamw_args("adamw_check", [params, grads, m, v, loss, norm, flag])?;
+        self.call("adamw", "adamw_check", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+    }
+}
+
+/// adamw.wgsl reads loss, norm and flag through one binding: they must share a buffer.
+fn adamw_args<'a>(kernel: &str, args: [&'a View; 7]) -> Result<[&'a View; 7], ProgramError> {
+    let id = args[4].buf.id();
+    if args[5].buf.id() != id || args[6].buf.id() != id {
+        return Err(ProgramError::Shape { kernel: kernel.into(), message: "loss, norm and flag must be views of one buffer".into() });
+    }
+    Ok(args)
 }
 
 /// AdamW hyper-parameters for one dispatch.
@@ -475,12 +497,13 @@ fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
     Uniforms::new().n(n).f(hp.lr).f(hp.beta1).f(hp.beta2).f(hp.eps).f(hp.weight_decay).u(step)
 }
 
-/// The full uniform of an `adamw` dispatch, for `Program::set_uniform`.
+/// The full uniform of an `adamw` or `adamw_check` dispatch, for `Program::set_uniform`.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_uniforms(
-    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW, step: u32,
+    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize, hp: &AdamW,
+    step: u32,
 ) -> Uniforms {
-    let mut u = offsets8(&[params, grads, m, v, loss, norm]);
+    let mut u = offsets8(&[params, grads, m, v, loss, norm, flag]);
     u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
     u
 }
