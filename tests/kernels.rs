@@ -121,8 +121,11 @@ fn matmul_case(variant: MatmulVariant, shared: bool, m: usize, k: usize, n: usiz
 fn matmul_both_variants_match_reference() {
     let mut rng = Rng::fresh("matmul");
     // (M, K, N): tile multiples, odd M and N, K not a multiple of 4 (register-blocked falls back),
-    // the GPT's shapes (lm_head N = 65), and a single row.
+    // the GPT's shapes (lm_head N = 65), a single row, and lm_heads of V = 50,257 and 65,535 (the
+    // input gradient sums over N in one invocation: at most 65,535 loop iterations on CPU adapters).
     let shapes = [
+        (4, 12, 65_535, false),
+        (3, 30, 50_257, false),
         (64, 64, 64, true),
         (37, 20, 29, true),
         (3, 5, 7, true),
@@ -143,7 +146,9 @@ fn attention_matches_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("attention");
     // both variants; head sizes 4, 32, 4, 4 and 3 (not a multiple of 4: the vec4 variant falls back)
-    let cases = [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2)), (true, (2, 6, 6, 2))];
+    // and head size 65 at T = 480: attention.wgsl's query rows loop about 64,400 times, just under
+    // the 65,535 after which CPU adapters stop an invocation's loops (see `loops_past_...`)
+    let cases = [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2)), (true, (2, 6, 6, 2)), (false, (1, 480, 130, 2))];
     for (variant, (shared, (b, t, c, nh))) in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled].into_iter().flat_map(|v| cases.map(|c| (v, c))) {
         let qkv = rng.vec(b * t * 3 * c, 1.0);
         let dout = rng.vec(b * t * c, 1.0);
@@ -315,6 +320,43 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         assert_eq!(ts.read(p3), params, "an overflowing update skips the step: weights untouched");
         assert_eq!((ts.read(m3), ts.read(v3)), (m_over, v0.clone()), "and moments untouched");
     }
+}
+
+/// On CPU adapters (Mesa stops an invocation's loops after 65,535 iterations, silently) the
+/// launchers refuse shapes whose kernels would loop past that in one invocation, and take the
+/// largest that fit (checked against the reference: the count is the kernel's real one).
+#[test]
+fn loops_past_the_cpu_adapter_cap_are_refused() {
+    let g = gpu();
+    if g.kind != gradscope::gpu::DeviceKind::Cpu {
+        println!("skipped: the adapter is not a CPU adapter (no loop cap)");
+        return;
+    }
+    let mut rng = Rng::fresh("loop cap");
+    let refused = |r: Result<(), gradscope::gpu::ProgramError>, kernel: &str| {
+        let e = r.expect_err(kernel).to_string();
+        assert!(e.contains(kernel) && e.contains("65535"), "{e}");
+    };
+    let mut ts = Tensors::new(&g, false);
+    let big = ts.poisoned(3 * 512 * 130);
+    ts.upload();
+    let v = ts.view(big);
+    let mut pb = ProgramBuilder::new(&g);
+    // head size 65 (not vec4): about T (2 hs + 4) = 68,676 at T = 512
+    refused(pb.attention_forward_with(MatmulVariant::Tiled, v, v, v, v, 1, 512, 130, 2), "attention_forward");
+    refused(pb.attention_backward_with(MatmulVariant::Tiled, v, v, v, v, v, v, 1, 512, 130, 2), "attention_backward");
+    // three passes over C: at C = 21,845 lavapipe cut them short (inf), at 21,844 they complete
+    refused(pb.layernorm_forward(v, v, v, v, v, v, 1, 21_845), "layernorm_forward");
+    let c = 21_844;
+    // the largest C that fits gives the reference's numbers
+    let (n, inp, weight, bias) = (2, rng.vec(2 * c, 2.0), rng.vec(c, 1.0), rng.vec(c, 1.0));
+    let mut ts = Tensors::new(&g, true);
+    let (o, mu, rs, x, w, b) = (ts.poisoned(n * c), ts.poisoned(n), ts.poisoned(n), ts.f32(&inp), ts.f32(&weight), ts.f32(&bias));
+    ts.upload();
+    run(&g, |pb| pb.layernorm_forward(ts.view(o), ts.view(mu), ts.view(rs), ts.view(x), ts.view(w), ts.view(b), n, c).unwrap());
+    let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    r::layernorm_forward(&mut out, &mut mean, &mut rstd, &f64s(&inp), &f64s(&weight), &f64s(&bias), n, c);
+    check("layernorm_forward", "out", &ts.read(o), &out, TOL);
 }
 
 #[test]
