@@ -507,8 +507,7 @@ impl ProgramBuilder {
         &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
         hp: &AdamW, step: u32,
     ) -> Result<usize, ProgramError> {
-        let args = adamw_args("adamw", [params, grads, m, v, loss, norm, flag])?;
-        self.call("adamw", "adamw", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+        self.adamw_call("adamw", [params, grads, m, v, loss, norm, flag], n, hp, step)
     }
 
     /// flag[0] = 1.0 if the AdamW step with these arguments would write a non-finite weight or
@@ -519,18 +518,18 @@ impl ProgramBuilder {
         &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
         hp: &AdamW, step: u32,
     ) -> Result<usize, ProgramError> {
-        let args = adamw_args("adamw_check", [params, grads, m, v, loss, norm, flag])?;
-        self.call("adamw", "adamw_check", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+        self.adamw_call("adamw_check", [params, grads, m, v, loss, norm, flag], n, hp, step)
     }
-}
 
-/// adamw.wgsl reads loss, norm and flag through one binding: they must share a buffer.
-fn adamw_args<'a>(kernel: &str, args: [&'a View; 7]) -> Result<[&'a View; 7], ProgramError> {
-    let id = args[4].buf.id();
-    if args[5].buf.id() != id || args[6].buf.id() != id {
-        return Err(ProgramError::Shape { kernel: kernel.into(), message: "loss, norm and flag must be views of one buffer".into() });
+    /// adamw.wgsl's `entry` over (params, grads, m, v, loss, norm, flag); it reads loss, norm and
+    /// flag through one binding, so they must share a buffer.
+    fn adamw_call(&mut self, entry: &str, args: [&View; 7], n: usize, hp: &AdamW, step: u32) -> Result<usize, ProgramError> {
+        let id = args[4].buf.id();
+        if args[5].buf.id() != id || args[6].buf.id() != id {
+            return Err(ProgramError::Shape { kernel: entry.into(), message: "loss, norm and flag must be views of one buffer".into() });
+        }
+        self.call("adamw", entry, 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
     }
-    Ok(args)
 }
 
 /// AdamW hyper-parameters for one dispatch.
