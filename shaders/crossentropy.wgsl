@@ -7,6 +7,13 @@
 //   backward: dlogits[n,:] += dloss * (softmax(logits[n,:]) - onehot(targets[n]))  (counted rows)
 // Activations (losses, logits, dlogits) are `act`: f32, or f16 in the mixed-precision instantiation
 // of this file; totals (the window's loss sum and count) stay f32, and all arithmetic is f32.
+//
+// The forward and the backward run one workgroup per row: each of its WG invocations walks the
+// row with stride WG, keeping a running max m and sum s = sum exp(x - m) (the online softmax),
+// and a fixed tree in workgroup memory merges the WG pairs (deterministic). No invocation loops
+// more than 2 * ceil(V / WG) + log2(WG) times, far under the 65,535 loop iterations after which
+// Mesa's CPU adapters silently stop an invocation's loops (a loop over V in one invocation gave
+// garbage from V ~ 22k on lavapipe).
 
 alias act = f32;
 
@@ -32,25 +39,58 @@ struct Params {
 
 const IGNORE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+const LOWEST: f32 = -3.4028234e38;
 
-// one invocation per row
+// The row of a one-workgroup-per-row dispatch (rows are split over x and y like Grid::Threads).
+fn row_of(w: vec3<u32>, n: vec3<u32>) -> u32 { return w.x + w.y * n.x; }
+
+// Fold one logit into a running (max m, sum s of exp(x - m)): one exp per element.
+fn online(ms: vec2<f32>, x: f32) -> vec2<f32> {
+    if (x > ms.x) { return vec2<f32>(x, ms.y * exp(ms.x - x) + 1.0); }
+    return vec2<f32>(ms.x, ms.y + exp(x - ms.x));
+}
+
+// Merge every invocation's (m, s) into the row's (max, sum of exp(x - max)) with a fixed tree
+// (the same order on every run). Called once per invocation, from uniform control flow.
+var<workgroup> tree_m: array<f32, 64>;
+var<workgroup> tree_s: array<f32, 64>;
+fn row_stats(l: u32, ms: vec2<f32>) -> vec2<f32> {
+    tree_m[l] = ms.x;
+    tree_s[l] = ms.y;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (l < stride) {
+            let m1 = tree_m[l];
+            let m2 = tree_m[l + stride];
+            let m = max(m1, m2);
+            tree_s[l] = tree_s[l] * exp(m1 - m) + tree_s[l + stride] * exp(m2 - m);
+            tree_m[l] = m;
+        }
+        workgroupBarrier();
+    }
+    return vec2<f32>(tree_m[0], tree_s[0]);
+}
+
+// The row's target, read by one invocation and shared (uniform, so ignored rows can return early).
+var<workgroup> row_target: u32;
+
+// one workgroup per row
 @compute @workgroup_size(64)
 fn crossentropy_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                         @builtin(local_invocation_index) l: u32) {
-    let row = flat(w, n, l);
+    let row = row_of(w, n);
     if (row >= p.N) { return; }
-    let tgt = targets[p.o2 + row];
+    if (l == 0u) { row_target = targets[p.o2 + row]; }
+    let tgt = workgroupUniformLoad(&row_target);
     if (tgt == IGNORE) {
-        losses[p.o0 + row] = 0.0;
+        if (l == 0u) { losses[p.o0 + row] = 0.0; }
         return;
     }
     let x = p.o1 + row * p.V;
-    var m = -3.4028234e38;
-    for (var v = 0u; v < p.V; v++) { m = max(m, f32(logits[x + v])); }
-    var s = 0.0;
-    for (var v = 0u; v < p.V; v++) { s += exp(f32(logits[x + v]) - m); }
-    losses[p.o0 + row] = act(log(s) + m - f32(logits[x + tgt]));
+    var ms = vec2<f32>(LOWEST, 0.0);
+    for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(logits[x + v])); }
+    let st = row_stats(l, ms);
+    if (l == 0u) { losses[p.o0 + row] = act(log(st.y) + st.x - f32(logits[x + tgt])); }
 }
 
 // one workgroup: strided partial sums, then a tree in workgroup memory (fixed order: deterministic)
@@ -82,23 +122,23 @@ fn crossentropy_reduce(@builtin(local_invocation_index) l: u32) {
     }
 }
 
-// one invocation per row
+// one workgroup per row
 @compute @workgroup_size(64)
 fn crossentropy_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                          @builtin(local_invocation_index) l: u32) {
-    let row = flat(w, n, l);
+    let row = row_of(w, n);
     if (row >= p.N) { return; }
-    let tgt = b_targets[p.o2 + row];
+    if (l == 0u) { row_target = b_targets[p.o2 + row]; }
+    let tgt = workgroupUniformLoad(&row_target);
     if (tgt == IGNORE) { return; }
     let x = p.o1 + row * p.V;
-    var m = -3.4028234e38;
-    for (var v = 0u; v < p.V; v++) { m = max(m, f32(b_logits[x + v])); }
-    var s = 0.0;
-    for (var v = 0u; v < p.V; v++) { s += exp(f32(b_logits[x + v]) - m); }
-    let inv = 1.0 / s;
+    var ms = vec2<f32>(LOWEST, 0.0);
+    for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(b_logits[x + v])); }
+    let st = row_stats(l, ms);
+    let inv = 1.0 / st.y;
     let d = p.o0 + row * p.V;
-    for (var v = 0u; v < p.V; v++) {
-        var g = exp(f32(b_logits[x + v]) - m) * inv;
+    for (var v = l; v < p.V; v += WG) {
+        var g = exp(f32(b_logits[x + v]) - st.x) * inv;
         if (v == tgt) { g -= 1.0; }
         dlogits[d + v] = act(f32(dlogits[d + v]) + p.dloss * g);
     }

@@ -121,8 +121,11 @@ fn matmul_case(variant: MatmulVariant, shared: bool, m: usize, k: usize, n: usiz
 fn matmul_both_variants_match_reference() {
     let mut rng = Rng::fresh("matmul");
     // (M, K, N): tile multiples, odd M and N, K not a multiple of 4 (register-blocked falls back),
-    // the GPT's shapes (lm_head N = 65), and a single row.
+    // the GPT's shapes (lm_head N = 65), a single row, and lm_heads of V = 50,257 and 65,535 (the
+    // input gradient sums over N in one invocation: at most 65,535 loop iterations on CPU adapters).
     let shapes = [
+        (4, 12, 65_535, false),
+        (3, 30, 50_257, false),
         (64, 64, 64, true),
         (37, 20, 29, true),
         (3, 5, 7, true),
@@ -143,7 +146,9 @@ fn attention_matches_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("attention");
     // both variants; head sizes 4, 32, 4, 4 and 3 (not a multiple of 4: the vec4 variant falls back)
-    let cases = [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2)), (true, (2, 6, 6, 2))];
+    // and head size 65 at T = 480: attention.wgsl's query rows loop about 64,400 times, just under
+    // the 65,535 after which CPU adapters stop an invocation's loops (see `loops_past_...`)
+    let cases = [(true, (2, 5, 12, 3)), (false, (2, 64, 128, 4)), (true, (1, 1, 4, 1)), (false, (3, 7, 8, 2)), (true, (2, 6, 6, 2)), (false, (1, 480, 130, 2))];
     for (variant, (shared, (b, t, c, nh))) in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled].into_iter().flat_map(|v| cases.map(|c| (v, c))) {
         let qkv = rng.vec(b * t * 3 * c, 1.0);
         let dout = rng.vec(b * t * c, 1.0);
@@ -216,7 +221,11 @@ fn elementwise_kernels_match_reference() {
 fn crossentropy_sums_counted_targets_and_ignores_padding() {
     let g = gpu();
     let mut rng = Rng::fresh("crossentropy");
-    for (shared, (n, v)) in [(true, (10, 7)), (false, (1024, 65)), (true, (3, 2)), (false, (130, 10))] {
+    // V = 50,257 (GPT-2) and 65,535 (TextData's largest) cross the 65,535 loop iterations after
+    // which Mesa's CPU adapters silently stop one invocation's loops: a kernel that walks a row in
+    // one invocation fails there.
+    let shapes = [(true, (10, 7)), (false, (1024, 65)), (true, (3, 2)), (false, (130, 10)), (false, (5, 50_257)), (true, (3, 65_535))];
+    for (shared, (n, v)) in shapes {
         let logits = rng.vec(n * v, 4.0);
         let targets: Vec<u32> =
             (0..n).map(|i| if i % 3 == 1 { r::IGNORE_INDEX } else { rng.below(v as u32) }).collect();
@@ -258,10 +267,15 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         let (gr, norm, parts) = (ts.f32(&grads), ts.poisoned(2), ts.poisoned(256));
         let (g2, g3, totals) = (ts.f32(&grads), ts.f32(&grads), ts.f32(&[0.0, 7.0]));
         let (p, m, v, ga) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0), ts.f32(&grads));
-        // window figures: finite loss and norm (step applies); non-finite norm (step skipped)
-        let ok = ts.f32(&[1.5, 2.0]);
-        let bad = ts.f32(&[1.5, f32::INFINITY, f32::NAN]);
+        // window figures [loss, norm, update flag]: finite loss and norm (step applies); non-finite
+        // norm (step skipped); finite figures but one moment that makes the update overflow
+        // (m / (1 - b1^3) past f32's range: adamw_check flags it, the step is skipped)
+        let ok = ts.f32(&[1.5, 2.0, 0.0]);
+        let bad = ts.f32(&[1.5, f32::INFINITY, 0.0]);
         let (p2, m2, v2) = (ts.f32(&params), ts.f32(&m0), ts.f32(&v0));
+        let mut m_over = m0.clone();
+        m_over[rng.below(n as u32) as usize] = 3e38;
+        let (fig3, p3, m3, v3) = (ts.f32(&[1.5, 2.0, 0.0]), ts.f32(&params), ts.f32(&m_over), ts.f32(&v0));
         ts.upload();
         let max_norm = 0.5;
         let s = 0.37f32;
@@ -271,8 +285,13 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
             pb.clip_by_norm(ts.view(gr), ts.view(norm), max_norm, n).unwrap();
             pb.scale(ts.view(g2), s, n).unwrap();
             pb.scale_by_inverse_count(ts.view(g3), ts.view(totals), n).unwrap();
-            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ts.view(ok), &ts.view(ok).add(1), n, &hp, 3).unwrap();
-            pb.adamw(ts.view(p2), ts.view(ga), ts.view(m2), ts.view(v2), ts.view(bad), &ts.view(bad).add(2), n, &hp, 3).unwrap();
+            let (ok, bad, fig3) = (ts.view(ok), ts.view(bad), ts.view(fig3));
+            pb.adamw_check(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ok, &ok.add(1), &ok.add(2), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p), ts.view(ga), ts.view(m), ts.view(v), ok, &ok.add(1), &ok.add(2), n, &hp, 3).unwrap();
+            pb.adamw(ts.view(p2), ts.view(ga), ts.view(m2), ts.view(v2), bad, &bad.add(1), &bad.add(2), n, &hp, 3).unwrap();
+            let (p3, m3, v3) = (ts.view(p3), ts.view(m3), ts.view(v3));
+            pb.adamw_check(p3, ts.view(ga), m3, v3, fig3, &fig3.add(1), &fig3.add(2), n, &hp, 3).unwrap();
+            pb.adamw(p3, ts.view(ga), m3, v3, fig3, &fig3.add(1), &fig3.add(2), n, &hp, 3).unwrap();
         });
         let want_norm = r::grad_norm(&f64s(&grads), n);
         check("grad_norm", "norm", &ts.read(norm)[..1], &[want_norm], TOL);
@@ -296,7 +315,48 @@ fn grad_norm_clip_scale_and_adamw_match_reference() {
         check_terms("adamw", "v", &ts.read(v), &vr, &terms(0.99, &v0, 2), TOL);
         assert_eq!(ts.read(p2), params, "a non-finite norm skips the step: weights untouched");
         assert_eq!((ts.read(m2), ts.read(v2)), (m0.clone(), v0.clone()), "and moments untouched");
+        assert_eq!(ts.read(ok)[2], 0.0, "finite updates leave the update flag clear");
+        assert_eq!(ts.read(fig3)[2], 1.0, "an overflowing update sets the update flag");
+        assert_eq!(ts.read(p3), params, "an overflowing update skips the step: weights untouched");
+        assert_eq!((ts.read(m3), ts.read(v3)), (m_over, v0.clone()), "and moments untouched");
     }
+}
+
+/// On CPU adapters (Mesa stops an invocation's loops after 65,535 iterations, silently) the
+/// launchers refuse shapes whose kernels would loop past that in one invocation, and take the
+/// largest that fit (checked against the reference: the count is the kernel's real one).
+#[test]
+fn loops_past_the_cpu_adapter_cap_are_refused() {
+    let g = gpu();
+    if g.kind != gradscope::gpu::DeviceKind::Cpu {
+        println!("skipped: the adapter is not a CPU adapter (no loop cap)");
+        return;
+    }
+    let mut rng = Rng::fresh("loop cap");
+    let refused = |r: Result<(), gradscope::gpu::ProgramError>, kernel: &str| {
+        let e = r.expect_err(kernel).to_string();
+        assert!(e.contains(kernel) && e.contains("65535"), "{e}");
+    };
+    let mut ts = Tensors::new(&g, false);
+    let big = ts.poisoned(3 * 512 * 130);
+    ts.upload();
+    let v = ts.view(big);
+    let mut pb = ProgramBuilder::new(&g);
+    // head size 65 (not vec4): about T (2 hs + 4) = 68,676 at T = 512
+    refused(pb.attention_forward_with(MatmulVariant::Tiled, v, v, v, v, 1, 512, 130, 2), "attention_forward");
+    refused(pb.attention_backward_with(MatmulVariant::Tiled, v, v, v, v, v, v, 1, 512, 130, 2), "attention_backward");
+    // three passes over C: at C = 21,845 lavapipe cut them short (inf), at 21,844 they complete
+    refused(pb.layernorm_forward(v, v, v, v, v, v, 1, 21_845), "layernorm_forward");
+    let c = 21_844;
+    // the largest C that fits gives the reference's numbers
+    let (n, inp, weight, bias) = (2, rng.vec(2 * c, 2.0), rng.vec(c, 1.0), rng.vec(c, 1.0));
+    let mut ts = Tensors::new(&g, true);
+    let (o, mu, rs, x, w, b) = (ts.poisoned(n * c), ts.poisoned(n), ts.poisoned(n), ts.f32(&inp), ts.f32(&weight), ts.f32(&bias));
+    ts.upload();
+    run(&g, |pb| pb.layernorm_forward(ts.view(o), ts.view(mu), ts.view(rs), ts.view(x), ts.view(w), ts.view(b), n, c).unwrap());
+    let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    r::layernorm_forward(&mut out, &mut mean, &mut rstd, &f64s(&inp), &f64s(&weight), &f64s(&bias), n, c);
+    check("layernorm_forward", "out", &ts.read(o), &out, TOL);
 }
 
 #[test]

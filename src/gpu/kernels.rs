@@ -4,7 +4,7 @@
 //! reference, so callers zero gradients where a new sum starts.
 
 use super::context::DeviceKind;
-use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
+use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View, grid_1d};
 
 type R = Result<(), ProgramError>;
 
@@ -55,6 +55,22 @@ fn attention_blocks(b: usize, t: usize, c: usize, nh: usize) -> (usize, usize) {
     (heads * t.div_ceil(4) * t.div_ceil(8), heads * t.div_ceil(4) * (c / nh / 4).div_ceil(2))
 }
 
+/// Mesa's CPU adapters (lavapipe, llvmpipe) stop a shader invocation's loops after 65,535
+/// iterations in total, silently (the kernel then returns wrong numbers). On such adapters each
+/// launcher whose kernel loops over an axis in one invocation refuses shapes that would pass it
+/// (`ProgramBuilder::check_loops`); kernels that stride a row over a workgroup (cross-entropy)
+/// stay far under it by construction.
+pub const CPU_ADAPTER_MAX_LOOP: usize = 65_535;
+
+/// The most loop iterations of one attention invocation over T positions with head size hs,
+/// counted as `check_loops` counts: attention_cpu.wgsl's softmax walks a row three times plus
+/// the masked tail (at most 4 T + 4); attention.wgsl's query-row kernels also run a head-size
+/// loop per position and a position loop per head channel (T (hs + 2) + 2 (T + 1) + hs (T + 2)
+/// + 1 at most).
+fn attention_loops(v4: bool, t: usize, hs: usize) -> usize {
+    if v4 { 4 * t + 4 } else { t * (2 * hs + 4) + hs + 3 }
+}
+
 /// Number of partial sums of the two-stage norm: enough workgroups to fill the device, few
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
@@ -62,6 +78,24 @@ pub const NORM_GROUPS: usize = 256;
 impl ProgramBuilder {
     fn variant(&self) -> MatmulVariant {
         MatmulVariant::for_device(self.gpu().kind)
+    }
+
+    /// Refuse, on a CPU adapter, a dispatch of `kernel` whose invocations would loop more than
+    /// CPU_ADAPTER_MAX_LOOP times. `iterations`: the worst case of one invocation, all its loops
+    /// together, plus one for every loop entered after the first (measured on lavapipe: one loop
+    /// of 65,535 iterations completes; three passes over C = 21,845 do not, over 21,844 they
+    /// do); loops of a constant trip count of at most 16 are unrolled and not counted.
+    fn check_loops(&self, kernel: &str, iterations: usize) -> R {
+        if self.gpu().kind == DeviceKind::Cpu && iterations > CPU_ADAPTER_MAX_LOOP {
+            return Err(ProgramError::Shape {
+                kernel: kernel.into(),
+                message: format!(
+                    "one invocation would loop {iterations} times, past the {CPU_ADAPTER_MAX_LOOP} iterations after which \
+                     this CPU adapter (Mesa) silently stops a shader's loops; use smaller dimensions"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// out [B,T,C] = wte[inp] + wpe[t]
@@ -76,6 +110,7 @@ impl ProgramBuilder {
     pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize) -> R {
         let args = [dwte, dwpe, dout, inp];
         let dims = Uniforms::new().n(b).n(t).n(c);
+        self.check_loops("encoder_backward_wte", b * t)?;
         self.call("encoder", "encoder_backward_wte", 9, &args, dims.clone(), Grid::Threads(c))?;
         self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
         Ok(())
@@ -85,6 +120,7 @@ impl ProgramBuilder {
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_forward(&mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, n: usize, c: usize) -> R {
         let dims = Uniforms::new().n(n).n(c);
+        self.check_loops("layernorm_forward", 3 * c + 2)?;
         self.call("layernorm", "layernorm_forward", 1, &[out, mean, rstd, inp, weight, bias], dims, Grid::Threads(n))?;
         Ok(())
     }
@@ -96,6 +132,8 @@ impl ProgramBuilder {
     ) -> R {
         let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
         let dims = Uniforms::new().n(n).n(c);
+        self.check_loops("layernorm_backward_input", 2 * c + 1)?;
+        self.check_loops("layernorm_backward_params", n)?;
         self.call("layernorm", "layernorm_backward_input", 9, &args, dims.clone(), Grid::Threads(n))?;
         self.call("layernorm", "layernorm_backward_params", 9, &args, dims, Grid::Threads(c))?;
         Ok(())
@@ -119,6 +157,7 @@ impl ProgramBuilder {
         // Without a bias the binding still needs a buffer; the kernel does not read it.
         let bias_v = bias.unwrap_or(out);
         let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
+        self.check_loops("matmul_forward", k.div_ceil(16))?;
         self.call("matmul", "matmul_forward", 1, &[out, inp, weight, bias_v], dims, tiles(m, n))?;
         Ok(())
     }
@@ -134,6 +173,8 @@ impl ProgramBuilder {
         let args = [out, inp, weight, bias.unwrap_or(out), aux.unwrap_or(out)];
         let dims = Uniforms::new().n(m).n(k).n(n).u(flags | bias.is_some() as u32);
         let blocks = m.div_ceil(4) * n.div_ceil(8);
+        // the K / 4 loop and the epilogue's 8 x 4 (counted in case it is not unrolled)
+        self.check_loops("matmul_forward_cpu", k / 4 + 49)?;
         self.call("matmul_cpu", "matmul_forward_cpu", 1, &args, dims, Grid::Threads(blocks))?;
         Ok(())
     }
@@ -268,14 +309,19 @@ impl ProgramBuilder {
         if let Some(dinp) = dinp {
             if cpu && aligned(&[dinp, weight]) && dout_v4 {
                 let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
+                self.check_loops("matmul_backward_input_cpu_v4", n / 4)?;
                 self.call("matmul_cpu", "matmul_backward_input_cpu_v4", 9, &args_v4, dims.clone(), Grid::Threads(blocks))?;
             } else if cpu && aligned(&[dinp, weight]) {
                 let blocks = m.div_ceil(4) * (k / 4).div_ceil(2);
+                self.check_loops("matmul_backward_input_cpu", n)?;
                 self.call("matmul_cpu", "matmul_backward_input_cpu", 9, &args, dims.clone(), Grid::Threads(blocks))?;
             } else {
+                self.check_loops("matmul_backward_input", n.div_ceil(16))?;
                 self.call("matmul", "matmul_backward_input", 9, &args, dims.clone(), tiles(m, k))?;
             }
         }
+        // the weight and bias gradients sum over the M rows in one invocation
+        self.check_loops("matmul_backward_weight", m)?;
         if cpu && aligned(&[dweight, inp]) && dout_v4 {
             let blocks = (n / 4) * (k / 4).div_ceil(2);
             self.call("matmul_cpu", "matmul_backward_weight_cpu_v4", 9, &args_v4, dims.clone(), Grid::Threads(blocks))?;
@@ -309,7 +355,9 @@ impl ProgramBuilder {
     ) -> R {
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
         let args = [out, preatt, att, qkv];
-        if attention_v4(variant, c, nh, &[out, qkv]) {
+        let v4 = attention_v4(variant, c, nh, &[out, qkv]);
+        self.check_loops("attention_forward", attention_loops(v4, t, c / nh.max(1)))?;
+        if v4 {
             let (scores, rows) = attention_blocks(b, t, c, nh);
             self.call("attention_cpu", "attention_scores_cpu", 1, &args, dims.clone(), Grid::Threads(scores))?;
             self.call("attention_cpu", "attention_softmax_cpu", 1, &args, dims.clone(), Grid::Threads(b * nh * t))?;
@@ -336,7 +384,9 @@ impl ProgramBuilder {
     ) -> R {
         let args = [dqkv, dpreatt, datt, dout, qkv, att];
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
-        if attention_v4(variant, c, nh, &[dqkv, dout, qkv]) {
+        let v4 = attention_v4(variant, c, nh, &[dqkv, dout, qkv]);
+        self.check_loops("attention_backward", attention_loops(v4, t, c / nh.max(1)))?;
+        if v4 {
             let (scores, rows) = attention_blocks(b, t, c, nh);
             let f = "attention_cpu";
             self.call(f, "attention_backward_datt_cpu", 9, &args, dims.clone(), Grid::Threads(scores))?;
@@ -370,10 +420,18 @@ impl ProgramBuilder {
         Ok(())
     }
 
+    /// One workgroup per row (split over x and y past the device's per-dimension limit), for the
+    /// kernels that reduce a row cooperatively.
+    fn row_groups(&self, rows: usize) -> Grid {
+        let rows = u32::try_from(rows).expect("dispatch too large");
+        Grid::Groups(grid_1d(rows, self.gpu().limits().max_compute_workgroups_per_dimension))
+    }
+
     /// losses [N] from logits [N,V] and targets [N] (IGNORE_INDEX rows get 0).
     pub fn crossentropy_forward(&mut self, losses: &View, logits: &View, targets: &View, n: usize, v: usize) -> R {
         let dims = Uniforms::new().n(n).n(v).f(0.0);
-        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, Grid::Threads(n))?;
+        let grid = self.row_groups(n);
+        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, grid)?;
         Ok(())
     }
 
@@ -391,7 +449,8 @@ impl ProgramBuilder {
         &mut self, dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize,
     ) -> Result<usize, ProgramError> {
         let dims = Uniforms::new().n(n).n(v).f(dloss);
-        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, Grid::Threads(n))
+        let grid = self.row_groups(n);
+        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, grid)
     }
 
     /// grad += micro_grad
@@ -440,15 +499,36 @@ impl ProgramBuilder {
     }
 
     /// One AdamW step over n elements, skipped on the device when `loss[0]` or `norm[0]` is
-    /// non-finite. Returns the dispatch index: `adamw_uniforms` rebuilds the uniform for the next
-    /// step (step count, learning rate).
+    /// non-finite or `flag[0]` is not 0 (set by `adamw_check`). `loss`, `norm` and `flag` are
+    /// views of one buffer (the window figures). Returns the dispatch index: `adamw_uniforms`
+    /// rebuilds the uniform for the next step (step count, learning rate).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
-        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW,
-        step: u32,
+        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
+        hp: &AdamW, step: u32,
     ) -> Result<usize, ProgramError> {
-        let args = [params, grads, m, v, loss, norm];
-        self.call("adamw", "adamw", 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+        self.adamw_call("adamw", [params, grads, m, v, loss, norm, flag], n, hp, step)
+    }
+
+    /// flag[0] = 1.0 if the AdamW step with these arguments would write a non-finite weight or
+    /// moment; otherwise the flag is left as it is (clear it once before the checks of a step).
+    /// Same arguments and uniform as `adamw` (`adamw_uniforms` rebuilds it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_check(
+        &mut self, params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize,
+        hp: &AdamW, step: u32,
+    ) -> Result<usize, ProgramError> {
+        self.adamw_call("adamw_check", [params, grads, m, v, loss, norm, flag], n, hp, step)
+    }
+
+    /// adamw.wgsl's `entry` over (params, grads, m, v, loss, norm, flag); it reads loss, norm and
+    /// flag through one binding, so they must share a buffer.
+    fn adamw_call(&mut self, entry: &str, args: [&View; 7], n: usize, hp: &AdamW, step: u32) -> Result<usize, ProgramError> {
+        let id = args[4].buf.id();
+        if args[5].buf.id() != id || args[6].buf.id() != id {
+            return Err(ProgramError::Shape { kernel: entry.into(), message: "loss, norm and flag must be views of one buffer".into() });
+        }
+        self.call("adamw", entry, 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
     }
 }
 
@@ -466,12 +546,13 @@ fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
     Uniforms::new().n(n).f(hp.lr).f(hp.beta1).f(hp.beta2).f(hp.eps).f(hp.weight_decay).u(step)
 }
 
-/// The full uniform of an `adamw` dispatch, for `Program::set_uniform`.
+/// The full uniform of an `adamw` or `adamw_check` dispatch, for `Program::set_uniform`.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_uniforms(
-    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, n: usize, hp: &AdamW, step: u32,
+    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize, hp: &AdamW,
+    step: u32,
 ) -> Uniforms {
-    let mut u = offsets8(&[params, grads, m, v, loss, norm]);
+    let mut u = offsets8(&[params, grads, m, v, loss, norm, flag]);
     u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
     u
 }

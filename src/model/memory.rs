@@ -82,8 +82,9 @@ impl ModelSpec {
             ModelSpec::Gpt(_) => NUM_PARAM_TENSORS,
             ModelSpec::Cnn(_) => crate::model::cnn::NUM_CNN_TENSORS,
         } as u64;
-        // normalize + norm, norm only, unscale, clip, AdamW per tensor + update norm
-        for dispatches in [3, 2, 1, 1, tensors + 4] {
+        // normalize + norm, norm only, unscale, clip, AdamW (clear the update flag, a check and a
+        // step per tensor, update norm)
+        for dispatches in [3, 2, 1, 1, 1 + 2 * tensors + 4] {
             add(Category::Scratch, dispatches * UNIFORM_SLOT);
         }
         match self {

@@ -1,13 +1,15 @@
 //! What every model shares at the end of a window: the parameter, gradient and AdamW slabs, the
 //! device-side window figures, and the end-of-window programs (normalize by the window's count,
-//! global norm, clip once, AdamW per tensor with its own weight decay). A model (GPT, CNN) owns
+//! global norm, clip once, AdamW per tensor with its own weight decay, skipped on the device as a
+//! whole when the window or any candidate update is non-finite). A model (GPT, CNN) owns
 //! one `Slabs` and records its forward/backward against `params` and `grads`.
 
 use crate::gpu::kernels::{AdamW, adamw_uniforms};
 use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
 use crate::gpu::submit::Submission;
 
-/// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2].
+/// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2,
+/// update norm, its square, update flag, unused].
 pub struct Scratch;
 impl Scratch {
     pub const LOSS_SUM: usize = 0;
@@ -15,6 +17,9 @@ impl Scratch {
     pub const NORM: usize = 2;
     /// L2 norm of the step's parameter update (and its square at +1).
     pub const UPDATE_NORM: usize = 4;
+    /// 1.0 when the step's update would have written a non-finite weight or moment (AdamW was
+    /// then skipped for every tensor), else 0.0; written by `adamw_check`.
+    pub const UPDATE_NONFINITE: usize = 6;
     pub const LEN: usize = 8;
 }
 
@@ -110,7 +115,10 @@ struct StepProgram {
     /// grads *= s (the loss scale's unscale), its scalar rewritten per step
     unscale: Program,
     unscale_index: usize,
+    /// clear the update flag, adamw_check per tensor, adamw per tensor, update norm
     adamw: Program,
+    /// dispatch indices in `adamw` of each tensor's (adamw_check, adamw)
+    adamw_index: Vec<(usize, usize)>,
 }
 
 impl Slabs {
@@ -200,9 +208,20 @@ impl Slabs {
 
             let mut pb = ProgramBuilder::new(&self.gpu);
             let hp = AdamW { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-            for i in 0..self.offsets.len() {
-                pb.adamw(&self.pv(i), &self.gv(i), &View::at(&self.adam_m, self.offsets[i]),
-                    &View::at(&self.adam_v, self.offsets[i]), &totals, &norm, self.sizes[i], &hp, 1)?;
+            // every tensor's candidate update is checked before any tensor steps (all or none)
+            let flag = View::at(&self.scratch, Scratch::UPDATE_NONFINITE);
+            pb.fill(&flag, 0.0, 1)?;
+            let tensors = 0..self.offsets.len();
+            let args = |i: usize| (self.pv(i), self.gv(i), View::at(&self.adam_m, self.offsets[i]), View::at(&self.adam_v, self.offsets[i]));
+            let mut checks = Vec::new();
+            for i in tensors.clone() {
+                let (p, g, m, v) = args(i);
+                checks.push(pb.adamw_check(&p, &g, &m, &v, &totals, &norm, &flag, self.sizes[i], &hp, 1)?);
+            }
+            let mut adamw_index = Vec::new();
+            for i in tensors {
+                let (p, g, m, v) = args(i);
+                adamw_index.push((checks[i], pb.adamw(&p, &g, &m, &v, &totals, &norm, &flag, self.sizes[i], &hp, 1)?));
             }
             // update = params - prev; its norm
             let prev = View::of(&self.prev);
@@ -210,7 +229,9 @@ impl Slabs {
             pb.accumulate(&prev, &View::of(&self.params), n)?;
             pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
             let adamw = pb.finish("adamw");
-            self.step_prog = Some(StepProgram { prologue_norm, prologue_clip, clip_index, norm_only, unscale, unscale_index, adamw });
+            self.step_prog = Some(StepProgram {
+                prologue_norm, prologue_clip, clip_index, norm_only, unscale, unscale_index, adamw, adamw_index,
+            });
         }
         Ok(self.step_prog.as_ref().unwrap())
     }
@@ -350,8 +371,10 @@ impl Slabs {
             };
             let u = adamw_uniforms(&View::at(&params, offsets[i]), &View::at(&grads, offsets[i]),
                 &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), &View::at(&scratch, Scratch::LOSS_SUM),
-                &View::at(&scratch, Scratch::NORM), sizes[i], &hp, step);
-            prog.adamw.set_uniform(i, &u);
+                &View::at(&scratch, Scratch::NORM), &View::at(&scratch, Scratch::UPDATE_NONFINITE), sizes[i], &hp, step);
+            let (check, step_index) = prog.adamw_index[i];
+            prog.adamw.set_uniform(check, &u);
+            prog.adamw.set_uniform(step_index, &u);
         }
         if st.grad_clip > 0.0 {
             let u = crate::gpu::kernels::clip_uniforms(&View::of(&grads), &View::at(&scratch, Scratch::NORM), st.grad_clip, n);
@@ -390,6 +413,7 @@ impl Slabs {
             count: f[Scratch::COUNT] as f64,
             grad_norm: f[Scratch::NORM] as f64,
             update_norm: f[Scratch::UPDATE_NORM] as f64,
+            update_nonfinite: f[Scratch::UPDATE_NONFINITE] != 0.0,
             micro,
         })
     }
@@ -438,6 +462,9 @@ pub struct WindowFigures {
     pub grad_norm: f64,
     /// L2 norm of the parameter update of the step.
     pub update_norm: f64,
+    /// The step would have written a non-finite weight or moment, so the device skipped AdamW
+    /// (weights and moments untouched).
+    pub update_nonfinite: bool,
     /// Per micro-batch: (loss sum, count of targets).
     pub micro: Vec<(f64, f64)>,
 }

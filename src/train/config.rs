@@ -338,26 +338,7 @@ impl TrainConfig {
         if self.n_embd % self.n_head != 0 {
             return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("lr must be a positive number, got {}", self.lr));
-        }
-        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
-            return bad(format!("min_lr must be >= 0, got {}", self.min_lr));
-        }
-        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(format!("{name} must be in [0, 1), got {b}"));
-            }
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return bad(format!("eps must be positive, got {}", self.eps));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
-        }
-        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return bad(format!("grad_clip must be >= 0 (0 = off), got {}", self.grad_clip));
-        }
+        validate_optimizer_floats(self)?;
         if self.max_steps == 0 {
             return bad("max_steps must be at least 1".into());
         }
@@ -533,12 +514,128 @@ fn enum_value<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     T::deserialize(toml::Value::String(text.to_string())).map_err(|e| message(&e))
 }
 
+/// The AdamW and clipping hyper-parameters, checked as the f32 values the kernels receive
+/// (they are read as f64 but cast once per step, see `AdamW` in src/gpu/kernels.rs):
+/// - finite after the cast, and a nonzero value not rounded to 0 or to a subnormal (devices
+///   may flush subnormals to 0): `--lr 1e-50` would otherwise train with lr 0, `--eps 1e-50`
+///   would divide 0 by 0 wherever a gradient is 0;
+/// - betas < 1 after rounding: at 1 the bias correction 1 - beta^t is 0 (a division by 0);
+/// - lr <= MAX_LR: AdamW moves each weight by about lr per step at most (|m_hat / (sqrt(v_hat)
+///   + eps)| <= 1 at step 1), so this bounds the first step's change; no schedule needs more;
+/// - lr x weight_decay < 1 (the larger of lr and min_lr, in f32): the decoupled decay
+///   multiplies each weight by (1 - lr wd) per step; at 1 it zeroes the weights, beyond it
+///   flips their sign, from 2 on it makes them grow every step. `--weight_decay 1e30` made
+///   step 1 write NaN weights.
+///
+/// loss_scale is already bounded to [1, 2^24] (exact in f32).
+fn validate_optimizer_floats(c: &TrainConfig) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(m));
+    let lr = f32_value("lr", c.lr)?;
+    if !(lr > 0.0 && lr <= MAX_LR) {
+        return bad(format!("lr must be a positive number at most {MAX_LR:e}, got {}", c.lr));
+    }
+    let min_lr = f32_value("min_lr", c.min_lr)?;
+    if !(min_lr >= 0.0 && min_lr <= MAX_LR) {
+        return bad(format!("min_lr must be >= 0 and at most {MAX_LR:e}, got {}", c.min_lr));
+    }
+    for (name, b) in [("beta1", c.beta1), ("beta2", c.beta2)] {
+        let b32 = f32_value(name, b)?;
+        if !(0.0..1.0).contains(&b) {
+            return bad(format!("{name} must be in [0, 1), got {b}"));
+        }
+        if b32 >= 1.0 {
+            return bad(format!(
+                "{name} {b} rounds to 1 in f32 (the precision AdamW runs in): the bias correction 1 - {name}^t \
+                 would divide by 0; use at most {}",
+                f32::from_bits(1.0f32.to_bits() - 1)
+            ));
+        }
+    }
+    let eps = f32_value("eps", c.eps)?;
+    if !(eps > 0.0) {
+        return bad(format!("eps must be positive, got {}", c.eps));
+    }
+    let wd = f32_value("weight_decay", c.weight_decay)?;
+    if !(wd >= 0.0) {
+        return bad(format!("weight_decay must be >= 0, got {}", c.weight_decay));
+    }
+    let decay = lr.max(min_lr) * wd;
+    if !(decay < 1.0) {
+        return bad(format!(
+            "weight_decay {} times lr {} is {decay:e}: AdamW's decoupled decay multiplies every weight by \
+             (1 - lr x weight_decay) each step, so the product must stay below 1",
+            c.weight_decay,
+            c.lr.max(c.min_lr)
+        ));
+    }
+    let clip = f32_value("grad_clip", c.grad_clip)?;
+    if !(clip >= 0.0) {
+        return bad(format!("grad_clip must be >= 0 (0 = off), got {}", c.grad_clip));
+    }
+    Ok(())
+}
+
+/// The largest learning rate `validate` accepts (see `validate_optimizer_floats`).
+const MAX_LR: f32 = 1e3;
+
+/// `x` as the f32 a kernel receives, or an error naming `key` when it is not finite there or
+/// when a nonzero `x` becomes 0 or a subnormal (which devices may flush to 0).
+fn f32_value(key: &str, x: f64) -> Result<f32, ConfigError> {
+    let v = x as f32;
+    if !v.is_finite() {
+        return Err(ConfigError::Invalid(format!(
+            "{key} {x} is not a finite f32 (the precision it is used in; at most {:e} in magnitude)",
+            f32::MAX
+        )));
+    }
+    if x != 0.0 && !v.is_normal() {
+        return Err(ConfigError::Invalid(format!(
+            "{key} {x} becomes {v:e} in f32 (the precision it is used in), which devices may flush to 0: \
+             use 0 or a magnitude of at least {:e}",
+            f32::MIN_POSITIVE
+        )));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(args: &[&str]) -> Result<TrainConfig, ConfigError> {
         TrainConfig::load(None, &args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// Values that pass as f64 but break AdamW in f32 are refused, naming the key.
+    #[test]
+    fn optimizer_floats_are_checked_in_f32() {
+        let mut wrong = Vec::new();
+        let mut refused = |args: &[&str], key: &str, why: &str| match load(args) {
+            Ok(_) => wrong.push(format!("{args:?} accepted")),
+            Err(e) if !(e.to_string().contains(&format!("{key} ")) && e.to_string().contains(why)) => {
+                wrong.push(format!("{args:?}: {e} (should name {key} and say {why:?})"))
+            }
+            Err(_) => {}
+        };
+        refused(&["--lr", "1e300"], "lr", "not a finite f32");
+        refused(&["--lr", "1e-50"], "lr", "becomes 0e0 in f32");
+        refused(&["--lr", "1e-40"], "lr", "flush to 0");
+        refused(&["--lr", "1e4"], "lr", "at most 1e3");
+        refused(&["--beta1", "0.99999999999"], "beta1", "rounds to 1 in f32");
+        refused(&["--beta2", "0.999999999"], "beta2", "rounds to 1 in f32");
+        refused(&["--weight_decay", "1e30"], "weight_decay", "below 1");
+        refused(&["--weight_decay", "1e300"], "weight_decay", "not a finite f32");
+        refused(&["--lr", "0.5", "--weight_decay", "2"], "weight_decay", "below 1");
+        refused(&["--min_lr", "2e3"], "min_lr", "at most 1e3");
+        refused(&["--eps", "1e-50"], "eps", "becomes 0e0 in f32");
+        refused(&["--eps", "1e39"], "eps", "not a finite f32");
+        refused(&["--grad_clip", "1e39"], "grad_clip", "not a finite f32");
+        refused(&["--grad_clip", "1e-45"], "grad_clip", "flush to 0");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // the edges that stay representable pass
+        let c = load(&["--beta1", "0.99999994", "--lr", "1e3", "--weight_decay", "9.9e-4", "--eps", "1.2e-38"]).unwrap();
+        assert_eq!((c.beta1 as f32, c.lr as f32), (0.99999994, 1e3));
+        load(&["--min_lr", "0", "--weight_decay", "0", "--grad_clip", "0"]).unwrap();
     }
 
     #[test]

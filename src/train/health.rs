@@ -21,7 +21,8 @@ pub struct StepMetrics {
     pub clipped: bool,
     /// ||parameter update|| / ||gradient|| of the step (gradient after normalization, before clip).
     pub update_grad_ratio: f64,
-    /// The window was non-finite and the device skipped the AdamW step.
+    /// The device skipped the AdamW step: the window's loss or gradient norm was non-finite, or
+    /// the update would have written a non-finite weight or moment.
     pub skipped: bool,
     /// Mixed precision: the loss scale this window used (None in f32).
     pub loss_scale: Option<f64>,
@@ -55,13 +56,14 @@ impl StepMetrics {
 }
 
 /// The figures of a finished optimizer step. The device skipped AdamW if the window's loss or
-/// norm was non-finite (`skipped`); `per_s` is counted items (of `unit`) per second.
+/// norm was non-finite or the update would have been (`skipped`, what the device decided: it
+/// tests the same values); `per_s` is counted items (of `unit`) per second.
 #[allow(clippy::too_many_arguments)]
 pub fn step_metrics(
     step: usize, fig: &WindowFigures, st: &StepSettings, health: &mut HealthMonitor, unit: &str, per_s: f64, b: usize,
     k: usize, memory: MemorySnapshot,
 ) -> StepMetrics {
-    let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite());
+    let skipped = !(fig.loss_sum.is_finite() && fig.grad_norm.is_finite()) || fig.update_nonfinite;
     let train_loss = fig.mean_loss();
     StepMetrics {
         step,
@@ -82,14 +84,17 @@ pub fn step_metrics(
         micro_batch: b,
         accum_steps: k,
         memory,
-        health: health.observe(train_loss, fig.grad_norm),
+        health: {
+            let h = health.observe(train_loss, fig.grad_norm);
+            Health { nonfinite: h.nonfinite || fig.update_nonfinite, ..h }
+        },
     }
 }
 
 /// Gradient health of one step, judged against the recent history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Health {
-    /// The loss or the gradient norm is NaN or infinite.
+    /// The loss or the gradient norm is NaN or infinite, or the step's update would have been.
     pub nonfinite: bool,
     /// The loss is more than 4 standard deviations above the recent mean.
     pub loss_spike: bool,

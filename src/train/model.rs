@@ -188,8 +188,9 @@ pub fn kind_of_format(format: Option<&str>) -> Option<ModelKind> {
 /// Mesa's CPU adapters (lavapipe, llvmpipe) stop a shader invocation's loops after 65,535
 /// iterations in total, silently. Kernels that reduce over the rows of a micro-batch in one
 /// invocation (deterministic sums without atomics) would then return wrong numbers, so larger
-/// micro-batches are refused on such adapters.
-pub const CPU_ADAPTER_MAX_LOOP: usize = 65_535;
+/// micro-batches are refused on such adapters (here, with the advice that fits; the launchers
+/// check every other looped axis).
+pub use crate::gpu::kernels::CPU_ADAPTER_MAX_LOOP;
 
 pub fn check_loop_limit(gpu: &Gpu, what: &str, rows: usize) -> anyhow::Result<()> {
     if gpu.kind == crate::gpu::DeviceKind::Cpu && rows > CPU_ADAPTER_MAX_LOOP {
