@@ -84,3 +84,25 @@ fn a_step_that_would_write_a_nonfinite_weight_is_skipped_and_flagged() {
     assert!(!fig.update_nonfinite && !metrics.skipped, "a clean state steps again");
     assert_ne!(t.model.slabs().read_params().unwrap(), params, "and changes the weights");
 }
+
+/// With `on_nonfinite = "stop"`, a step whose update would be non-finite (the window itself is
+/// finite) stops the run with that diagnosis, naming the AdamW state that caused it.
+#[test]
+fn the_stop_policy_names_a_nonfinite_update() {
+    let g = common::gpu();
+    let tmp = tempfile::Builder::new().prefix("gradscope-relnum-stop-").tempdir().unwrap();
+    let data = tmp.path().join("corpus.txt");
+    std::fs::write(&data, corpus(300)).unwrap();
+    let mut t = Trainer::new(&g, tiny(&data, tmp.path())).unwrap();
+    t.train_step().unwrap();
+    let params = t.model.slabs().read_params().unwrap();
+    let (mut m, v) = t.model.slabs().read_adam().unwrap();
+    m[5] = 3e38;
+    t.model.slabs().load_state(&params, &m, &v);
+    t.cfg.on_nonfinite = gradscope::train::config::OnNonFinite::Stop;
+    t.cfg.max_steps = t.step + 3;
+    let err = t.run(None, &mut |_| Ok(())).unwrap_err().to_string();
+    println!("{err}");
+    assert!(err.contains("update at step 2 would have written non-finite"), "{err}");
+    assert!(err.contains("optimizer.adamw.m"), "{err}");
+}

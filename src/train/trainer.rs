@@ -452,7 +452,16 @@ impl Trainer {
                 return Ok(format!("the gradient of {name} is the first to go non-finite ({k} of {n} values)"));
             }
         }
-        Ok("the loss is non-finite but no parameter or gradient is (check the data)".into())
+        let (m, v) = self.model.slabs().read_adam()?;
+        // values this large overflow the update's arithmetic in f32
+        let bad = |x: &f32| !x.is_finite() || x.abs() > f32::MAX / 2.0;
+        for (name, state) in [("optimizer.adamw.m", &m), ("optimizer.adamw.v", &v)] {
+            let k = state.iter().filter(|x| bad(x) || (name.ends_with(".v") && **x < 0.0)).count();
+            if k > 0 {
+                return Ok(format!("the AdamW state {name} holds {k} non-finite, negative or overflowing values (of {})", state.len()));
+            }
+        }
+        Ok("no parameter, gradient or AdamW moment is non-finite (check the data and the learning rate)".into())
     }
 
     /// Periodic checkpoint: `ckpt-stepNNNNNN.safetensors` and the latest `ckpt.safetensors`,
@@ -530,6 +539,13 @@ impl Trainer {
             if m.skipped {
                 if self.cfg.on_nonfinite == OnNonFinite::Stop && !overflow {
                     let why = self.diagnose_nonfinite()?;
+                    if m.train_loss.is_finite() && m.grad_norm.is_finite() {
+                        anyhow::bail!(
+                            "the AdamW update at step {} would have written non-finite weights or moments (loss {}, grad \
+                             norm {}, both finite); the step was not applied. {why}",
+                            m.step, m.train_loss, m.grad_norm
+                        );
+                    }
                     anyhow::bail!(
                         "non-finite loss or gradient at step {} (loss {}, grad norm {}); the step was not applied. {why}",
                         m.step, m.train_loss, m.grad_norm
