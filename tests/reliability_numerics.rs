@@ -25,6 +25,17 @@ fn tiny(data: &std::path::Path, out: &std::path::Path) -> TrainConfig {
     }
 }
 
+/// A tiny GPT on a 300-character corpus after one step (so AdamW's moments are non-zero), with
+/// the temporary directory that holds its data and output.
+fn stepped_once(g: &gradscope::gpu::Gpu, name: &str) -> (tempfile::TempDir, Trainer) {
+    let tmp = tempfile::Builder::new().prefix(&format!("gradscope-relnum-{name}-")).tempdir().unwrap();
+    let data = tmp.path().join("corpus.txt");
+    std::fs::write(&data, corpus(300)).unwrap();
+    let mut t = Trainer::new(g, tiny(&data, tmp.path())).unwrap();
+    t.train_step().unwrap();
+    (tmp, t)
+}
+
 /// Issue 19: with 50,257 characters the cross-entropy kernels looped over V in one invocation
 /// and lavapipe cut the loops short (first loss ~1.2 below ln V). At initialization (weights
 /// N(0, 0.02)) the logits are nearly equal, so the first loss is ln V within a few hundredths.
@@ -51,11 +62,7 @@ fn a_gpt2_sized_vocabulary_starts_at_ln_v() {
 #[test]
 fn a_step_that_would_write_a_nonfinite_weight_is_skipped_and_flagged() {
     let g = common::gpu();
-    let tmp = tempfile::Builder::new().prefix("gradscope-relnum-update-").tempdir().unwrap();
-    let data = tmp.path().join("corpus.txt");
-    std::fs::write(&data, corpus(300)).unwrap();
-    let mut t = Trainer::new(&g, tiny(&data, tmp.path())).unwrap();
-    t.train_step().unwrap();
+    let (_tmp, mut t) = stepped_once(&g, "update");
     let slabs = t.model.slabs();
     let params = slabs.read_params().unwrap();
     let (m, v) = slabs.read_adam().unwrap();
@@ -90,11 +97,7 @@ fn a_step_that_would_write_a_nonfinite_weight_is_skipped_and_flagged() {
 #[test]
 fn the_stop_policy_names_a_nonfinite_update() {
     let g = common::gpu();
-    let tmp = tempfile::Builder::new().prefix("gradscope-relnum-stop-").tempdir().unwrap();
-    let data = tmp.path().join("corpus.txt");
-    std::fs::write(&data, corpus(300)).unwrap();
-    let mut t = Trainer::new(&g, tiny(&data, tmp.path())).unwrap();
-    t.train_step().unwrap();
+    let (_tmp, mut t) = stepped_once(&g, "stop");
     let params = t.model.slabs().read_params().unwrap();
     let (mut m, v) = t.model.slabs().read_adam().unwrap();
     m[5] = 3e38;
