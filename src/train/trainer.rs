@@ -597,12 +597,9 @@ pub fn periodic_step(path: &Path) -> Option<u64> {
     name.strip_prefix("ckpt-step")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
-/// The checkpoint's training config with `overrides` (CLI syntax) applied on top.
+/// The checkpoint's training config with `overrides` (CLI syntax) applied on top (in memory:
+/// resumes on several threads at once must not share a file).
 fn config_with_overrides(saved: &TrainConfig, overrides: &[String]) -> anyhow::Result<TrainConfig> {
-    let base = toml::to_string(saved)?;
-    let tmp = std::env::temp_dir().join(format!("gradscope-resume-{}.toml", std::process::id()));
-    std::fs::write(&tmp, base)?;
-    let cfg = TrainConfig::load(Some(&tmp), overrides);
-    let _ = std::fs::remove_file(&tmp);
-    Ok(cfg?)
+    let base = toml::Table::try_from(saved)?;
+    Ok(TrainConfig::load_layers(base, None, super::config::parse_overrides(overrides)?)?)
 }
