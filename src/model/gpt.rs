@@ -513,7 +513,7 @@ impl GpuGpt {
         Ok((f[0] as f64, f[1] as f64))
     }
 
-    /// Logits [B,T,V] of the last `eval`/`micro_step` (for sampling).
+    /// Logits [B,T,V] of the last forward pass (`forward_only`, evaluation or a train program; for sampling).
     pub fn read_logits(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         let a = &mb.layout;
