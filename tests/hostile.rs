@@ -168,8 +168,9 @@ fn a_closed_stdout_stops_train_with_a_checkpoint() {
     let t = text(&out);
     assert!(t.contains("status 3"), "gradscope's exit status: {t}");
     assert!(t.contains("stdout was closed") && !t.contains("panicked"), "{t}");
+    // (the reader may go away during the start-up lines: then the checkpoint is of step 0)
     let s = checkpoint_step(&dir.join("ckpt.safetensors"));
-    assert!(s >= 1 && s < 400, "checkpoint at step {s}");
+    assert!(s < 400, "checkpoint at step {s}");
     assert_eq!(jsonl_steps(dir).len(), s);
 }
 
