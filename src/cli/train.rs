@@ -126,7 +126,7 @@ fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, qu
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
     // a closed stdout (`train | head`) stops the run the same way, with a checkpoint
     super::out::on_closed_pipe(|| INTERRUPT.store(true, std::sync::atomic::Ordering::SeqCst));
-    let unit = t.model.summary().unit;
+    let unit = t.model.unit();
     let outcome = t.run(Some(&INTERRUPT), &mut |ev| {
         metrics.on_event(ev).with_context(|| format!("cannot write metrics in {}", out.display()))?;
         match ev {

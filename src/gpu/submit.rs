@@ -17,6 +17,26 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// Wall-clock seconds per run of `program`, averaged over `reps` submissions each waited for
+    /// (after waiting for earlier work); `clear` is zeroed before each run (activation gradients
+    /// that the backward kernels accumulate into). For `gradscope bench`.
+    pub fn time_program(&self, program: &Program, clear: Option<&GpuBuffer>, reps: usize) -> Result<f64, super::readback::ReadbackError> {
+        self.wait()?;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut s = self.submission();
+            if let Some(b) = clear {
+                s.clear(b);
+            }
+            s.run(program);
+            s.submit();
+            self.wait()?;
+        }
+        Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
+    }
+}
+
 impl Submission {
     /// Zero a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) -> &mut Self {

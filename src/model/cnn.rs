@@ -282,21 +282,7 @@ impl GpuCnn {
         let gpu = self.gpu.clone();
         let dacts = self.dacts.clone();
         let progs = self.programs(rows)?;
-        let time = |prog: &Program, clear: bool| -> Result<f64, super::optim::ModelError> {
-            gpu.wait()?;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                let mut s = gpu.submission();
-                if clear {
-                    s.clear(&dacts);
-                }
-                s.run(prog);
-                s.submit();
-                gpu.wait()?;
-            }
-            Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
-        };
-        Ok((time(&progs.eval, false)?, time(&progs.train, true)?))
+        Ok((gpu.time_program(&progs.eval, None, reps)?, gpu.time_program(&progs.train, Some(&dacts), reps)?))
     }
 
     /// Upload `rows` images and labels into the input slots (evaluation, profiling).

@@ -550,21 +550,7 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         self.gpu.upload(&mb.inputs, 0, inputs);
         self.gpu.upload(&mb.targets, 0, targets);
-        let time = |prog: &Program, clear: bool| -> Result<f64, crate::gpu::readback::ReadbackError> {
-            self.gpu.wait()?;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                let mut s = self.gpu.submission();
-                if clear {
-                    s.clear(&mb.dacts);
-                }
-                s.run(prog);
-                s.submit();
-                self.gpu.wait()?;
-            }
-            Ok(t.elapsed().as_secs_f64() / reps as f64)
-        };
-        Ok((time(&mb.eval, false)?, time(&mb.train, true)?))
+        Ok((self.gpu.time_program(&mb.eval, None, reps)?, self.gpu.time_program(&mb.train, Some(&mb.dacts), reps)?))
     }
 }
 

@@ -284,17 +284,7 @@ impl Slabs {
     pub fn time_step_programs(&mut self, reps: usize) -> Result<(f64, f64, f64), ModelError> {
         let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
-        let time = |p: &Program| -> Result<f64, ModelError> {
-            gpu.wait()?;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                let mut s = gpu.submission();
-                s.run(p);
-                s.submit();
-                gpu.wait()?;
-            }
-            Ok(t.elapsed().as_secs_f64() / reps as f64)
-        };
+        let time = |p: &Program| gpu.time_program(p, None, reps);
         Ok((time(&prog.prologue_norm)?, time(&prog.prologue_clip)?, time(&prog.adamw)?))
     }
 
@@ -472,6 +462,11 @@ pub struct WindowFigures {
 impl WindowFigures {
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.count.max(1.0)
+    }
+
+    /// Per micro-batch: (mean loss over its counted targets, counted targets).
+    pub fn micro_means(&self) -> Vec<(f64, f64)> {
+        self.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect()
     }
 }
 

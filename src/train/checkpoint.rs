@@ -143,33 +143,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 pub const OPT_M: &str = "optimizer.adamw.m";
 pub const OPT_V: &str = "optimizer.adamw.v";
 
-/// Save the whole training state in one file, atomically.
+/// Save the whole training state in one file, atomically (the GPT format `Trainer::snapshot`
+/// writes).
 pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
-    let werr = |e: safetensors::SafeTensorError| CheckpointError::Write {
-        path: path.into(),
-        source: std::io::Error::other(e.to_string()),
-    };
+    // plain data: serializing it cannot fail
+    fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+        serde_json::to_string(v).expect("plain data serializes")
+    }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "gradscope-gpt".to_string());
-    meta.insert("config".to_string(), serde_json::to_string(&st.gpt).unwrap());
-    meta.insert("train_config".to_string(), serde_json::to_string(&st.train).unwrap());
-    meta.insert("vocab".to_string(), serde_json::to_string(&st.vocab.iter().collect::<String>()).unwrap());
+    meta.insert("config".to_string(), json(&st.gpt));
+    meta.insert("train_config".to_string(), json(&st.train));
+    meta.insert("vocab".to_string(), json(&st.vocab.iter().collect::<String>()));
     meta.insert("step".to_string(), st.step.to_string());
     meta.insert("adam_step".to_string(), st.adam_step.to_string());
-    meta.insert("sampler".to_string(), serde_json::to_string(&st.sampler).unwrap());
+    meta.insert("sampler".to_string(), json(&st.sampler));
     if let Some(ls) = &st.loss_scaler {
-        meta.insert("loss_scaler".to_string(), serde_json::to_string(ls).unwrap());
+        meta.insert("loss_scaler".to_string(), json(ls));
     }
     let n = st.params.len();
-    let mut tensors = Vec::new();
-    for (name, shape, off) in tensor_table(&st.gpt) {
-        let len: usize = shape.iter().product();
-        tensors.push((name, TensorView::new(Dtype::F32, shape, f32_bytes(&st.params[off..off + len])).map_err(werr)?));
-    }
-    tensors.push((OPT_M.to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_m)).map_err(werr)?));
-    tensors.push((OPT_V.to_string(), TensorView::new(Dtype::F32, vec![n], f32_bytes(&st.adam_v)).map_err(werr)?));
-    let bytes = safetensors::serialize(tensors, Some(meta)).map_err(werr)?;
-    write_atomic(path, &bytes)
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = tensor_table(&st.gpt)
+        .into_iter()
+        .map(|(name, shape, off)| {
+            let len: usize = shape.iter().product();
+            (name, shape, &st.params[off..off + len])
+        })
+        .collect();
+    tensors.push((OPT_M.to_string(), vec![n], &st.adam_m));
+    tensors.push((OPT_V.to_string(), vec![n], &st.adam_v));
+    save_tensors(path, &tensors, meta)
 }
 
 pub fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
@@ -213,7 +215,8 @@ pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashM
     Ok((st, meta))
 }
 
-pub fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+/// Tensor `name` of the file, which must be F32 of shape `want`.
+fn view<'a>(path: &Path, st: &'a SafeTensors, name: &str, want: &[usize]) -> Result<TensorView<'a>, CheckpointError> {
     let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
     if t.shape() != want || t.dtype() != Dtype::F32 {
         return Err(CheckpointError::Shape {
@@ -224,6 +227,11 @@ pub fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> 
             dtype: format!("{:?}", t.dtype()),
         });
     }
+    Ok(t)
+}
+
+pub fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+    let t = view(path, st, name, want)?;
     // The data may be unaligned in the file buffer: copy bytewise.
     Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
@@ -232,23 +240,14 @@ pub fn tensor_f32(path: &Path, st: &SafeTensors, name: &str, want: &[usize]) -> 
 /// (name, shape) as F32 and the AdamW moments of their total size; returns that size.
 pub fn check_tensors(path: &Path, st: &SafeTensors, table: &[(String, Vec<usize>)]) -> Result<usize, CheckpointError> {
     let mut n = 0usize;
-    let shape_of = |name: &str, want: &[usize]| -> Result<(), CheckpointError> {
-        let t = st.tensor(name).map_err(|_| CheckpointError::Missing { path: path.into(), name: name.into() })?;
-        if t.shape() != want || t.dtype() != Dtype::F32 {
-            return Err(CheckpointError::Shape {
-                path: path.into(), name: name.into(), got: t.shape().to_vec(), want: want.to_vec(), dtype: format!("{:?}", t.dtype()),
-            });
-        }
-        Ok(())
-    };
     for (name, shape) in table {
-        shape_of(name, shape)?;
+        view(path, st, name, shape)?;
         n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|k| n.checked_add(k)).ok_or_else(|| {
             CheckpointError::Metadata { path: path.into(), key: "config".into(), detail: format!(": the size of {name} overflows") }
         })?;
     }
-    shape_of(OPT_M, &[n])?;
-    shape_of(OPT_V, &[n])?;
+    view(path, st, OPT_M, &[n])?;
+    view(path, st, OPT_V, &[n])?;
     Ok(n)
 }
 

@@ -98,6 +98,12 @@ pub fn head(set: &Images, n: usize) -> Images {
     s
 }
 
+/// The PyTorch name and shape of every parameter tensor, with its offset in the flat slab.
+pub fn tensor_table(c: &CnnConfig) -> Vec<(String, Vec<usize>, usize)> {
+    let off = c.param_offsets();
+    CnnConfig::param_names().iter().zip(c.param_shapes()).zip(off).map(|((n, s), o)| (n.to_string(), s, o)).collect()
+}
+
 fn pixels(mb: &MicroBatch) -> anyhow::Result<&[f32]> {
     match &mb.inputs {
         Inputs::Pixels(x) => Ok(x),
@@ -139,11 +145,15 @@ impl Model for CnnModel {
         ModelSummary {
             description: format!("CNN ({:?} norm)", self.ccfg.norm),
             params: self.ccfg.num_params(),
-            unit: "images",
+            unit: self.unit(),
             items_per_sample: 1,
             classes: self.ccfg.classes,
             data: format!("{:?}: {} training images {}x{}, {} test images", self.dataset, tr.n, tr.h, tr.w, te.n),
         }
+    }
+
+    fn unit(&self) -> &'static str {
+        "images"
     }
 
     fn spec(&self) -> ModelSpec {
@@ -153,8 +163,7 @@ impl Model for CnnModel {
         self.plan.as_ref()
     }
     fn tensors(&self) -> Vec<(String, Vec<usize>, usize)> {
-        let off = self.ccfg.param_offsets();
-        CnnConfig::param_names().iter().zip(self.ccfg.param_shapes()).enumerate().map(|(i, (n, s))| (n.to_string(), s, off[i])).collect()
+        tensor_table(&self.ccfg)
     }
 
     fn micro_batch(&self) -> usize {

@@ -145,11 +145,15 @@ impl Model for GptModel {
                 if self.gpu_model.activation_checkpointing() { ", checkpointed (blocks recomputed in backward)" } else { "" }
             ),
             params: g.num_params(),
-            unit: "tokens",
+            unit: self.unit(),
             items_per_sample: g.block_size,
             classes: g.vocab_size,
             data: format!("{} train tokens, {} validation tokens", self.data.train.len(), self.data.val.len()),
         }
+    }
+
+    fn unit(&self) -> &'static str {
+        "tokens"
     }
 
     fn spec(&self) -> ModelSpec {

@@ -335,7 +335,7 @@ impl Worker {
             Some(before) => Some(update_ratios(&names, &before, &t.model.slabs().read_params()?)),
             None => None,
         };
-        let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
+        let micro = fig.micro_means();
         let step = metrics.step;
         if t.cfg.eval_every > 0 && step % t.cfg.eval_every == 0 {
             let eval = t.evaluate_live()?;

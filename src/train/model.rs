@@ -79,6 +79,8 @@ pub trait Model: Send {
     fn slabs(&self) -> &Slabs;
     fn slabs_mut(&mut self) -> &mut Slabs;
     fn summary(&self) -> ModelSummary;
+    /// What is counted, normalized by and measured per second: "tokens" or "images".
+    fn unit(&self) -> &'static str;
     /// The memory model's description of this model.
     fn spec(&self) -> ModelSpec;
     /// How B and K were chosen under `memory_budget`, if one was given.
@@ -169,8 +171,7 @@ pub fn checkpoint_table(
         ModelKind::Cnn => {
             let c: crate::reference::cnn_model::CnnConfig = meta_json(path, meta, "cnn_config")?;
             anyhow::ensure!(c.norm == cfg.norm, "{}: saved with {:?} norm, the config asks for {:?}", path.display(), c.norm, cfg.norm);
-            let off = c.param_offsets();
-            crate::reference::cnn_model::CnnConfig::param_names().iter().zip(c.param_shapes()).zip(off).map(|((n, s), o)| (n.to_string(), s, o)).collect()
+            super::cnn::tensor_table(&c)
         }
     };
     Ok(table.into_iter().map(|(n, s, _)| (n, s)).collect())

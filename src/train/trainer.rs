@@ -305,7 +305,7 @@ impl Trainer {
         let fig = self.model.slabs().window_figures(k)?;
         self.step += 1;
         let per_s = fig.count / w.started.elapsed().as_secs_f64().max(1e-9);
-        let unit = self.model.summary().unit;
+        let unit = self.model.unit();
         let memory = self.gpu().ledger.snapshot();
         let mut m = step_metrics(self.step, &fig, &st, &mut self.health, unit, per_s, self.cfg.micro_batch, k, memory);
         m.wall_s = self.started.elapsed().as_secs_f64();
@@ -560,7 +560,7 @@ impl Trainer {
                 on_event(&Event::Eval { step: self.step, epoch: self.model.epoch(), eval: ev })?;
                 last = Some(ev);
             }
-            let micro = fig.micro.iter().map(|&(l, c)| (l / c.max(1.0), c)).collect();
+            let micro = fig.micro_means();
             on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None })))?;
             if self.cfg.save_every > 0 && self.step.is_multiple_of(self.cfg.save_every) {
                 let path = self.save_periodic(&dir)?;
