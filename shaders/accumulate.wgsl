@@ -10,7 +10,7 @@ struct Params {
 
 // accumulate(grad [N], micro_grad [N])
 @group(0) @binding(1) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> micro_grad: array<f32>;
+@group(0) @binding(2) var<storage, read> micro_grad: array<f32>;
 // fill(x [N]) with value
 @group(0) @binding(9) var<storage, read_write> x: array<f32>;
 

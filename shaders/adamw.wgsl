@@ -18,17 +18,20 @@ struct Params {
     eps: f32,
     weight_decay: f32,
     step: u32,
+    norm_at: u32, // positions of the gradient norm and the update flag in `status`, after the loss
+    flag_at: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
 // adamw(params [N], grads [N], m [N], v [N], loss [1], norm [1], flag [1]): loss, norm and flag
-// are views of one buffer (the window figures), read through binding 5; adamw_check sets the
-// flag through binding 7 (the same buffer as atomic bits, so concurrent writers are defined).
+// are views of one buffer (the window figures), read through binding 5 (from the loss on: the
+// norm at norm_at, the flag at flag_at); adamw_check sets the flag through binding 7 (the same
+// buffer as atomic bits, so concurrent writers are defined).
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;
-@group(0) @binding(2) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
-@group(0) @binding(5) var<storage, read_write> status: array<f32>;
+@group(0) @binding(5) var<storage, read> status: array<f32>;
 @group(0) @binding(7) var<storage, read_write> flag_bits: array<atomic<u32>>;
 
 // NaN or +-inf: all exponent bits set (bit test, immune to fast-math folding of x != x)
@@ -72,7 +75,7 @@ fn adamw(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u
          @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    if (nonfinite(status[p.o4]) || nonfinite(status[p.o5]) || status[p.o6] != 0.0) { return; }
+    if (nonfinite(status[p.o4]) || nonfinite(status[p.o4 + p.norm_at]) || status[p.o4 + p.flag_at] != 0.0) { return; }
     let u = update(i);
     m[p.o2 + i] = u.m;
     v[p.o3 + i] = u.v;

@@ -33,8 +33,8 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dpreatt: array<act>;
 @group(0) @binding(11) var<storage, read_write> datt: array<act>;
 @group(0) @binding(12) var<storage, read_write> dout: array<act>;
-@group(0) @binding(13) var<storage, read_write> b_qkv: array<act>;
-@group(0) @binding(14) var<storage, read_write> b_att: array<act>;
+@group(0) @binding(13) var<storage, read> b_qkv: array<act>;
+@group(0) @binding(14) var<storage, read> b_att: array<act>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }

@@ -33,8 +33,8 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dpreatt: array<act>;
 @group(0) @binding(11) var<storage, read_write> datt: array<act>;
 @group(0) @binding(12) var<storage, read_write> dout4: array<vec4<act>>;
-@group(0) @binding(13) var<storage, read_write> b_qkv4: array<vec4<act>>;
-@group(0) @binding(14) var<storage, read_write> b_att: array<act>;
+@group(0) @binding(13) var<storage, read> b_qkv4: array<vec4<act>>;
+@group(0) @binding(14) var<storage, read> b_att: array<act>;
 
 // 16 invocations per workgroup (two 8-wide SIMD rows on lavapipe): smaller work items than 64
 // leave less idle time at the end of each dispatch when 2 threads share few workgroups

@@ -28,26 +28,26 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(6) var<storage, read_write> inp: array<f32>;
-@group(0) @binding(7) var<storage, read_write> weight: array<f32>;
-@group(0) @binding(8) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> weight: array<f32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
 
 // batchnorm_backward(dinp, dweight [C], dbias [C], dout, inp, weight [C], mean [C], rstd [C])
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
-@group(0) @binding(15) var<storage, read_write> b_mean: array<f32>;
-@group(0) @binding(16) var<storage, read_write> b_rstd: array<f32>;
+@group(0) @binding(13) var<storage, read> b_inp: array<f32>;
+@group(0) @binding(14) var<storage, read> b_weight: array<f32>;
+@group(0) @binding(15) var<storage, read> b_mean: array<f32>;
+@group(0) @binding(16) var<storage, read> b_rstd: array<f32>;
 
 // batchnorm_forward_eval(out, inp, weight [C], bias [C], running_mean [C], running_var [C])
 @group(0) @binding(17) var<storage, read_write> e_out: array<f32>;
 @group(0) @binding(18) var<storage, read_write> e_inp: array<f32>;
-@group(0) @binding(19) var<storage, read_write> e_weight: array<f32>;
-@group(0) @binding(20) var<storage, read_write> e_bias: array<f32>;
-@group(0) @binding(21) var<storage, read_write> e_rmean: array<f32>;
-@group(0) @binding(22) var<storage, read_write> e_rvar: array<f32>;
+@group(0) @binding(19) var<storage, read> e_weight: array<f32>;
+@group(0) @binding(20) var<storage, read> e_bias: array<f32>;
+@group(0) @binding(21) var<storage, read> e_rmean: array<f32>;
+@group(0) @binding(22) var<storage, read> e_rvar: array<f32>;
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;

@@ -14,8 +14,8 @@ struct Params {
 // conv2d_forward(out [B,OC,HO,WO], inp [B,IC,H,W], weight [OC,IC,K,K], bias [OC])
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> inp: array<f32>;
-@group(0) @binding(3) var<storage, read_write> weight: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> weight: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 // conv2d_backward(dinp [B,IC,H,W], dweight [OC,IC,K,K], dbias [OC], dout [B,OC,HO,WO],
 //                 inp [B,IC,H,W], weight [OC,IC,K,K])
@@ -23,8 +23,8 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
+@group(0) @binding(13) var<storage, read> b_inp: array<f32>;
+@group(0) @binding(14) var<storage, read> b_weight: array<f32>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }

@@ -27,15 +27,15 @@ struct Params {
 // crossentropy_forward(losses [N], logits [N,V], targets [N])
 @group(0) @binding(1) var<storage, read_write> losses: array<act>;
 @group(0) @binding(2) var<storage, read_write> logits: array<act>;
-@group(0) @binding(3) var<storage, read_write> targets: array<u32>;
+@group(0) @binding(3) var<storage, read> targets: array<u32>;
 // crossentropy_reduce(totals [2], losses [N], targets [N])
 @group(0) @binding(5) var<storage, read_write> totals: array<f32>;
-@group(0) @binding(6) var<storage, read_write> r_losses: array<act>;
-@group(0) @binding(7) var<storage, read_write> r_targets: array<u32>;
+@group(0) @binding(6) var<storage, read> r_losses: array<act>;
+@group(0) @binding(7) var<storage, read> r_targets: array<u32>;
 // crossentropy_backward(dlogits [N,V], logits [N,V], targets [N])
 @group(0) @binding(9) var<storage, read_write> dlogits: array<act>;
-@group(0) @binding(10) var<storage, read_write> b_logits: array<act>;
-@group(0) @binding(11) var<storage, read_write> b_targets: array<u32>;
+@group(0) @binding(10) var<storage, read> b_logits: array<act>;
+@group(0) @binding(11) var<storage, read> b_targets: array<u32>;
 
 const IGNORE: u32 = 0xffffffffu;
 const WG: u32 = 64u;

@@ -17,15 +17,15 @@ struct Params {
 
 // encoder_forward(out [B,T,C], inp [B,T] tokens, wte [V,C], wpe [maxT,C])
 @group(0) @binding(1) var<storage, read_write> out: array<act>;
-@group(0) @binding(2) var<storage, read_write> inp: array<u32>;
-@group(0) @binding(3) var<storage, read_write> wte: array<f32>;
-@group(0) @binding(4) var<storage, read_write> wpe: array<f32>;
+@group(0) @binding(2) var<storage, read> inp: array<u32>;
+@group(0) @binding(3) var<storage, read> wte: array<f32>;
+@group(0) @binding(4) var<storage, read> wpe: array<f32>;
 
 // encoder_backward(dwte [V,C], dwpe [maxT,C], dout [B,T,C], inp [B,T])
 @group(0) @binding(9) var<storage, read_write> dwte: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dwpe: array<f32>;
-@group(0) @binding(11) var<storage, read_write> dout: array<act>;
-@group(0) @binding(12) var<storage, read_write> inp_b: array<u32>;
+@group(0) @binding(11) var<storage, read> dout: array<act>;
+@group(0) @binding(12) var<storage, read> inp_b: array<u32>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }

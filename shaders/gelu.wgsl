@@ -17,7 +17,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> inp: array<act>;
 // gelu_backward(dinp [N], inp [N], dout [N])
 @group(0) @binding(9) var<storage, read_write> dinp: array<act>;
-@group(0) @binding(10) var<storage, read_write> b_inp: array<act>;
+@group(0) @binding(10) var<storage, read> b_inp: array<act>;
 @group(0) @binding(11) var<storage, read_write> dout: array<act>;
 
 const WG: u32 = 64u;

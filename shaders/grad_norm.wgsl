@@ -18,13 +18,13 @@ struct Params {
 
 // grad_norm_partial(partials [groups], grads [N])
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
 // grad_norm_final(norm [2], partials [groups])
 @group(0) @binding(3) var<storage, read_write> norm: array<f32>;
-@group(0) @binding(4) var<storage, read_write> f_partials: array<f32>;
+@group(0) @binding(4) var<storage, read> f_partials: array<f32>;
 // scale(x [N]);  clip_by_norm(x [N], norm [2]) with max_norm = s;  scale_by_inverse_count(x, totals)
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
-@group(0) @binding(6) var<storage, read_write> by: array<f32>;
+@group(0) @binding(6) var<storage, read> by: array<f32>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }

@@ -19,18 +19,18 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(4) var<storage, read_write> inp: array<f32>;
-@group(0) @binding(5) var<storage, read_write> weight: array<f32>;
-@group(0) @binding(6) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> weight: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
 
 // groupnorm_backward(dinp, dweight [C], dbias [C], dout, inp, weight [C], mean [B*G], rstd [B*G])
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<f32>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
-@group(0) @binding(15) var<storage, read_write> b_mean: array<f32>;
-@group(0) @binding(16) var<storage, read_write> b_rstd: array<f32>;
+@group(0) @binding(13) var<storage, read> b_inp: array<f32>;
+@group(0) @binding(14) var<storage, read> b_weight: array<f32>;
+@group(0) @binding(15) var<storage, read> b_mean: array<f32>;
+@group(0) @binding(16) var<storage, read> b_rstd: array<f32>;
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;

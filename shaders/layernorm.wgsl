@@ -20,8 +20,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> mean: array<act>;
 @group(0) @binding(3) var<storage, read_write> rstd: array<act>;
 @group(0) @binding(4) var<storage, read_write> inp: array<act>;
-@group(0) @binding(5) var<storage, read_write> weight: array<f32>;
-@group(0) @binding(6) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> weight: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
 
 // layernorm_backward(dinp [N,C], dweight [C], dbias [C], dout [N,C], inp [N,C], weight [C],
 //                    mean [N], rstd [N])
@@ -29,10 +29,10 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dout: array<act>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<act>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
-@group(0) @binding(15) var<storage, read_write> b_mean: array<act>;
-@group(0) @binding(16) var<storage, read_write> b_rstd: array<act>;
+@group(0) @binding(13) var<storage, read> b_inp: array<act>;
+@group(0) @binding(14) var<storage, read> b_weight: array<f32>;
+@group(0) @binding(15) var<storage, read> b_mean: array<act>;
+@group(0) @binding(16) var<storage, read> b_rstd: array<act>;
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;

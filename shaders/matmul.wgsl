@@ -21,16 +21,16 @@ struct Params {
 // matmul_forward(out [M,N], inp [M,K], weight [N,K], bias [N])
 @group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<storage, read_write> inp: array<act>;
-@group(0) @binding(3) var<storage, read_write> weight: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> weight: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 // matmul_backward(dinp [M,K], dweight [N,K], dbias [N], dout [M,N], inp [M,K], weight [N,K])
 @group(0) @binding(9) var<storage, read_write> dinp: array<act>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dout: array<act>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<act>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<f32>;
+@group(0) @binding(13) var<storage, read> b_inp: array<act>;
+@group(0) @binding(14) var<storage, read> b_weight: array<f32>;
 
 const TS: u32 = 16u;
 var<workgroup> ta: array<array<f32, 16>, 16>; // ta[i][r]

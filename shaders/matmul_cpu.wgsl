@@ -33,8 +33,8 @@ struct Params {
 // matmul_forward(out [M,N], inp [M,K], weight [N,K], bias [N])
 @group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<storage, read_write> inp: array<vec4<act>>;
-@group(0) @binding(3) var<storage, read_write> weight: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> weight: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 // the GELU output (flag bit 1) or the GELU input (flag bit 3), [M,N] like out
 @group(0) @binding(5) var<storage, read_write> aux: array<act>;
 // transpose_cpu(weight [N,K] at binding 3) -> weight_t [K,N]
@@ -44,8 +44,8 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dinp: array<vec4<act>>;
 @group(0) @binding(10) var<storage, read_write> dweight: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> dout: array<act>;
-@group(0) @binding(13) var<storage, read_write> b_inp: array<vec4<act>>;
-@group(0) @binding(14) var<storage, read_write> b_weight: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> b_inp: array<vec4<act>>;
+@group(0) @binding(14) var<storage, read> b_weight: array<vec4<f32>>;
 // the same dout read as vec4 along N (N % 4 == 0): the *_v4 entries get dout twice
 @group(0) @binding(15) var<storage, read_write> dout4: array<vec4<act>>;
 

@@ -15,7 +15,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> inp: array<f32>;
 // maxpool2_backward(dinp [B,C,H,W], idx [N] u32, dout [N])
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
-@group(0) @binding(10) var<storage, read_write> b_idx: array<u32>;
+@group(0) @binding(10) var<storage, read> b_idx: array<u32>;
 @group(0) @binding(11) var<storage, read_write> dout: array<f32>;
 
 const WG: u32 = 64u;

@@ -13,7 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> inp: array<f32>;
 // relu_backward(dinp [N], inp [N], dout [N])
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
-@group(0) @binding(10) var<storage, read_write> b_inp: array<f32>;
+@group(0) @binding(10) var<storage, read> b_inp: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dout: array<f32>;
 
 const WG: u32 = 64u;

@@ -2,7 +2,8 @@
 //! including shapes that are not multiples of the tile sizes. Outputs are poisoned with NaN before
 //! each run, so an element a kernel fails to write fails the test; gradients start from random
 //! values, so a kernel that overwrites instead of accumulating fails too. Tensors are tested both
-//! packed at offsets in one slab (as the model binds them) and in separate buffers.
+//! each behind a gap in its own buffer (bound as a range that starts before it, as the model
+//! binds slab tensors) and at offset 0.
 
 mod common;
 
@@ -35,8 +36,8 @@ fn encoder_matches_reference() {
         let (dw1, dw2, d) = (ts.f32(&dwte0), ts.f32(&dwpe0), ts.f32(&dout));
         ts.upload();
         run(&g, |pb| {
-            pb.encoder_forward(ts.view(o), ts.view(ti), ts.view(w1), ts.view(w2), b, t, c).unwrap();
-            pb.encoder_backward(ts.view(dw1), ts.view(dw2), ts.view(d), ts.view(ti), b, t, c).unwrap();
+            pb.encoder_forward(ts.view(o), ts.view(ti), ts.view(w1), ts.view(w2), b, t, c, v).unwrap();
+            pb.encoder_backward(ts.view(dw1), ts.view(dw2), ts.view(d), ts.view(ti), b, t, c, v).unwrap();
         });
         let mut out = vec![0.0f64; b * t * c];
         r::encoder_forward(&mut out, &inp, &f64s(&wte), &f64s(&wpe), b, t, c);

@@ -156,7 +156,7 @@ fn relu_and_maxpool_match_reference() {
             pb.relu_forward(ts.view(ro), ts.view(xi), n).unwrap();
             pb.relu_backward(ts.view(rdx), ts.view(xi), ts.view(rdy), n).unwrap();
             pb.maxpool2_forward(ts.view(po), ts.view(pi), ts.view(xi), b, c, h, w).unwrap();
-            pb.maxpool2_backward(ts.view(pdx), ts.view(pi), ts.view(pgr), no).unwrap();
+            pb.maxpool2_backward(ts.view(pdx), ts.view(pi), ts.view(pgr), no, n).unwrap();
         });
         let mut out = vec![0.0; n];
         r::relu_forward(&mut out, &f64s(&x), n);

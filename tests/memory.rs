@@ -58,6 +58,9 @@ fn assert_same(what: &str, predicted: MemorySnapshot, actual: MemorySnapshot) {
 #[test]
 fn gpt_prediction_equals_the_byte_ledger() {
     let g = common::gpu();
+    // a fresh device holds only its unused-binding stand-ins, in the ledger's scratch category
+    let fresh = g.ledger.snapshot();
+    assert_eq!((fresh.get(Category::Scratch), fresh.total()), (gradscope::gpu::UNUSED_BINDING_BYTES, gradscope::gpu::UNUSED_BINDING_BYTES));
     for cfg in [
         gpt(2, 2, 32, 16, 4, 3, false),
         gpt(2, 2, 32, 16, 4, 3, true),

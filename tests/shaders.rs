@@ -1,7 +1,8 @@
 //! Every WGSL file parses and validates with naga and follows the binding convention (uniform at
-//! binding 0, read_write storage, at most 8 storage bindings per entry point). No device needed.
+//! binding 0, storage tensors at 1.., at most 8 storage bindings per entry point), and every entry
+//! point fits WebGPU's guaranteed limits. No device needed.
 
-use gradscope::gpu::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, reflect};
+use gradscope::gpu::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, check_limits, reflect};
 
 #[test]
 fn every_shader_parses_validates_and_follows_the_binding_convention() {
@@ -10,9 +11,18 @@ fn every_shader_parses_validates_and_follows_the_binding_convention() {
         match reflect(name, source) {
             Ok(r) => {
                 assert!(!r.entry_points.is_empty(), "{name}.wgsl has no entry point");
-                for (entry, bindings) in &r.entry_points {
-                    println!("{name}.wgsl {entry}: uniform {} bytes, storage bindings {bindings:?}", r.uniform_size);
-                    assert!(!bindings.is_empty(), "{name}.wgsl {entry} binds no tensor");
+                for ep in &r.entry_points {
+                    let bindings: Vec<String> =
+                        ep.bindings.iter().map(|b| format!("{}{}", b.binding, if b.read_only { "r" } else { "rw" })).collect();
+                    println!(
+                        "{name}.wgsl {}: uniform {} bytes, storage bindings {bindings:?}, {} invocations, {} bytes of workgroup memory",
+                        ep.name, r.uniform_size, ep.invocations, ep.workgroup_bytes
+                    );
+                    assert!(!ep.bindings.is_empty(), "{name}.wgsl {} binds no tensor", ep.name);
+                    // WebGPU's guaranteed limits (what a browser gives without asking)
+                    if let Err(e) = check_limits(name, ep, &wgpu::Limits::default()) {
+                        failures.push(e.to_string());
+                    }
                 }
             }
             Err(e) => failures.push(e.to_string()),
@@ -50,7 +60,13 @@ fn act_typed_shaders_validate_as_f16_with_the_same_entry_points_and_bindings() {
             Ok(r) => {
                 println!("{name}{F16_SUFFIX}.wgsl: {:?}", r.entry_points);
                 let what = format!("{name}.wgsl: the f16 instantiation's entry points and bindings");
-                assert_eq!(r.entry_points, f32_reflection.entry_points, "{what}");
+                type Shape = Vec<(String, Vec<(u32, String, bool)>, u32)>;
+                let shape = |eps: &[gradscope::gpu::EntryPoint]| -> Shape {
+                    eps.iter()
+                        .map(|e| (e.name.clone(), e.bindings.iter().map(|b| (b.binding, b.name.clone(), b.read_only)).collect(), e.invocations))
+                        .collect()
+                };
+                assert_eq!(shape(&r.entry_points), shape(&f32_reflection.entry_points), "{what}");
                 assert_eq!(r.uniform_size, f32_reflection.uniform_size, "{name}.wgsl: uniform size");
             }
             Err(e) => failures.push(e.to_string()),
@@ -69,9 +85,9 @@ fn fill_act_keeps_the_residual_uniform_layout() {
     let (_, source) = SHADERS.iter().find(|(n, _)| *n == "residual").unwrap();
     let r = reflect("residual", source).unwrap();
     assert_eq!(r.uniform_size, 40);
-    assert_eq!(r.bindings("fill_act"), Some(&[12u32][..]));
-    assert_eq!(r.bindings("residual_forward"), Some(&[1u32, 2, 3][..]));
-    assert_eq!(r.bindings("residual_backward"), Some(&[9u32, 10, 11][..]));
+    assert_eq!(r.bindings("fill_act"), Some(vec![12u32]));
+    assert_eq!(r.bindings("residual_forward"), Some(vec![1u32, 2, 3]));
+    assert_eq!(r.bindings("residual_backward"), Some(vec![9u32, 10, 11]));
 }
 
 #[test]
@@ -96,7 +112,29 @@ fn a_broken_shader_is_reported_with_its_name() {
     let bad = "@group(0) @binding(0) var<uniform> p: u32;\n@compute @workgroup_size(1) fn f() { let x: f32 = p; }";
     let err = reflect("broken", bad).unwrap_err().to_string();
     assert!(err.contains("broken.wgsl"), "{err}");
-    let read_only = "struct P { n: u32 }\n@group(0) @binding(0) var<uniform> p: P;\n@group(0) @binding(1) var<storage, read> x: array<f32>;\n@compute @workgroup_size(1) fn f() { let y = x[p.n]; }";
-    let err = reflect("ro", read_only).unwrap_err().to_string();
-    assert!(err.contains("read_write"), "{err}");
+    // a read-only binding is reflected as such, with the width of its scalars
+    let read_only = "enable f16;\nstruct P { n: u32 }\n@group(0) @binding(0) var<uniform> p: P;\n@group(0) @binding(1) var<storage, read> x: array<vec4<f16>>;\n@group(0) @binding(2) var<storage, read_write> y: array<f32>;\n@compute @workgroup_size(1) fn f() { y[0] = f32(x[p.n].x); }";
+    let r = reflect("ro", read_only).unwrap();
+    let b = &r.entry("f").unwrap().bindings;
+    assert_eq!((b[0].binding, b[0].read_only, b[0].scalar_bytes, b[0].name.as_str()), (1, true, 2, "x"));
+    assert_eq!((b[1].binding, b[1].read_only, b[1].scalar_bytes), (2, false, 4));
+}
+
+#[test]
+fn an_entry_point_past_the_device_limits_is_refused_with_what_it_needs() {
+    // 512 invocations and 32 KiB of workgroup memory: above WebGPU's guaranteed 256 and 16 KiB
+    let big = "struct P { n: u32 }\n@group(0) @binding(0) var<uniform> p: P;\n@group(0) @binding(1) var<storage, read_write> y: array<f32>;\nvar<workgroup> t: array<f32, 8192>;\n@compute @workgroup_size(512) fn big(@builtin(local_invocation_index) l: u32) { t[l] = 1.0; workgroupBarrier(); y[l] = t[p.n]; }";
+    let r = reflect("big", big).unwrap();
+    let ep = r.entry("big").unwrap();
+    assert_eq!((ep.invocations, ep.workgroup_bytes), (512, 32768));
+    let err = check_limits("big", ep, &wgpu::Limits::default()).unwrap_err().to_string();
+    assert!(err.contains("big.wgsl big") && err.contains("512 invocations") && err.contains("32768 bytes of workgroup memory"), "{err}");
+    // the same kernel fits a device that offers more
+    let roomy = wgpu::Limits {
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        max_compute_workgroup_storage_size: 65536,
+        ..Default::default()
+    };
+    check_limits("big", ep, &roomy).unwrap();
 }

@@ -120,7 +120,8 @@ fn a_thousand_live_changes_lose_nothing() {
         None => 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64,
     };
     let now = g.ledger.snapshot();
-    let n = gcfg.num_params() as u64 * 4;
+    // the slabs' device length (each tensor padded to TENSOR_ALIGN bytes)
+    let n = gradscope::model::memory::ModelSpec::Gpt(gcfg).slab_len() as u64 * 4;
     assert_eq!(now.get(Category::Parameters) - before.get(Category::Parameters), n);
     assert_eq!(now.get(Category::Gradients) - before.get(Category::Gradients), n);
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);

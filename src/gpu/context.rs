@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::ledger::Ledger;
+use super::ledger::{Category, GpuBuffer, Ledger};
 use super::registry::Registry;
 
 /// What kind of device runs the kernels. Kernel variants are chosen by this: workgroup-memory
@@ -229,18 +229,42 @@ pub struct Gpu {
     pub registry: Arc<Registry>,
     /// Device errors wgpu reported outside an error scope (validation, out of memory), kept
     /// instead of panicking; the trainer checks them after each step.
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) errors: Arc<std::sync::Mutex<Vec<String>>>,
     lost: Arc<std::sync::atomic::AtomicBool>,
     /// Command buffers of work (dispatches, clears, copies) submitted so far; readbacks are not
     /// counted. Lets tests check that a window is one submission.
     submitted: Arc<std::sync::atomic::AtomicU64>,
+    /// Stand-ins for storage bindings an entry point declares but a dispatch does not use
+    /// (`ProgramBuilder::call` with extent 0): one slot shared by read-only bindings, and one
+    /// slot per binding position for writable ones, which WebGPU forbids to overlap.
+    unused: Arc<(GpuBuffer, GpuBuffer)>,
+    /// Armed by `trace_next_submission`: the next submission's commands (`gpu::trace`).
+    pub(crate) tracer: Arc<std::sync::Mutex<Option<super::trace::Recorder>>>,
+    pub(crate) traced: Arc<std::sync::Mutex<Option<super::trace::Trace>>>,
 }
+
+/// Bytes of one unused-binding slot (the largest storage offset alignment WebGPU allows).
+pub const UNUSED_SLOT: u64 = 256;
+
+/// Bytes of the unused-binding buffers every device holds (in the ledger's scratch category):
+/// one read-only slot and eight writable ones (WebGPU guarantees 8 storage buffers per stage).
+pub const UNUSED_BINDING_BYTES: u64 = UNUSED_SLOT * (1 + 8);
 
 impl Gpu {
     /// Select an adapter and create a device with the adapter's limits.
     pub fn new(choice: &AdapterChoice) -> Result<Self, GpuError> {
+        Self::with_limits(choice, None)
+    }
+
+    /// Select an adapter and create a device with `limits` (None: the adapter's own). With
+    /// `wgpu::Limits::default()`, WebGPU's guaranteed limits: what a browser gives a page that
+    /// asks for nothing more.
+    pub fn with_limits(choice: &AdapterChoice, limits: Option<wgpu::Limits>) -> Result<Self, GpuError> {
         let adapter = select_adapter(choice)?;
-        let desc = device_descriptor(&adapter);
+        let mut desc = device_descriptor(&adapter);
+        if let Some(l) = limits {
+            desc.required_limits = l;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
             GpuError::RequestDevice { adapter: adapter.get_info().name, source }
         })?;
@@ -266,9 +290,15 @@ impl Gpu {
             l.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("gradscope: the GPU device was lost ({reason:?}): {msg}");
         });
+        let ledger = Ledger::default();
+        let usage = super::readback::STORAGE;
+        let unused = Arc::new((
+            GpuBuffer::new(&device, &ledger, "unused read-only binding", Category::Scratch, UNUSED_SLOT, usage),
+            GpuBuffer::new(&device, &ledger, "unused writable bindings", Category::Scratch, UNUSED_BINDING_BYTES - UNUSED_SLOT, usage),
+        ));
         Self {
-            device, queue, summary: Arc::new(summary), kind, ledger: Ledger::default(), registry, errors, lost,
-            submitted: Arc::default(),
+            device, queue, summary: Arc::new(summary), kind, ledger, registry, errors, lost, submitted: Arc::default(),
+            unused, tracer: Arc::default(), traced: Arc::default(),
         }
     }
 
@@ -316,6 +346,17 @@ impl Gpu {
     /// The device eframe created for the app (one device for the UI and the trainer).
     pub fn from_render_state(rs: &eframe::egui_wgpu::RenderState) -> Self {
         Self::from_device(&rs.adapter, rs.device.clone(), rs.queue.clone())
+    }
+
+    /// The buffer and byte offset that stand in for an unused storage binding at position `slot`
+    /// of an entry point's bindings.
+    pub(crate) fn unused_binding(&self, read_only: bool, slot: usize) -> (GpuBuffer, u64) {
+        if read_only {
+            (self.unused.0.clone(), 0)
+        } else {
+            assert!(slot < 8, "at most 8 storage bindings per entry point");
+            (self.unused.1.clone(), slot as u64 * UNUSED_SLOT)
+        }
     }
 
     /// The limits the device was created with.

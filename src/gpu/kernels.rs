@@ -100,15 +100,16 @@ impl ProgramBuilder {
 
     /// out [B,T,C] = wte[inp] + wpe[t]
     #[allow(clippy::too_many_arguments)]
-    pub fn encoder_forward(&mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize) -> R {
+    pub fn encoder_forward(&mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize, v: usize) -> R {
         let dims = Uniforms::new().n(b).n(t).n(c);
-        self.call("encoder", "encoder_forward", 1, &[out, inp, wte, wpe], dims, Grid::Threads(b * t * c))?;
+        let args = [(out, b * t * c), (inp, b * t), (wte, v * c), (wpe, t * c)];
+        self.call("encoder", "encoder_forward", 1, &args, dims, Grid::Threads(b * t * c))?;
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize) -> R {
-        let args = [dwte, dwpe, dout, inp];
+    pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize, v: usize) -> R {
+        let args = [(dwte, v * c), (dwpe, t * c), (dout, b * t * c), (inp, b * t)];
         let dims = Uniforms::new().n(b).n(t).n(c);
         self.check_loops("encoder_backward_wte", b * t)?;
         self.call("encoder", "encoder_backward_wte", 9, &args, dims.clone(), Grid::Threads(c))?;
@@ -121,7 +122,8 @@ impl ProgramBuilder {
     pub fn layernorm_forward(&mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, n: usize, c: usize) -> R {
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_forward", 3 * c + 2)?;
-        self.call("layernorm", "layernorm_forward", 1, &[out, mean, rstd, inp, weight, bias], dims, Grid::Threads(n))?;
+        let args = [(out, n * c), (mean, n), (rstd, n), (inp, n * c), (weight, c), (bias, c)];
+        self.call("layernorm", "layernorm_forward", 1, &args, dims, Grid::Threads(n))?;
         Ok(())
     }
 
@@ -130,7 +132,7 @@ impl ProgramBuilder {
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
         mean: &View, rstd: &View, n: usize, c: usize,
     ) -> R {
-        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let args = [(dinp, n * c), (dweight, c), (dbias, c), (dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)];
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_backward_input", 2 * c + 1)?;
         self.check_loops("layernorm_backward_params", n)?;
@@ -154,11 +156,11 @@ impl ProgramBuilder {
         if forward_cpu_fits(variant, k, inp, weight) {
             return self.matmul_forward_cpu(out, inp, weight, bias, None, 0, m, k, n);
         }
-        // Without a bias the binding still needs a buffer; the kernel does not read it.
-        let bias_v = bias.unwrap_or(out);
+        // Without a bias the binding gets the unused-binding stand-in; the kernel does not read it.
+        let bias_v = bias.map_or((out, 0), |b| (b, n));
         let dims = Uniforms::new().n(m).n(k).n(n).u(bias.is_some() as u32);
         self.check_loops("matmul_forward", k.div_ceil(16))?;
-        self.call("matmul", "matmul_forward", 1, &[out, inp, weight, bias_v], dims, tiles(m, n))?;
+        self.call("matmul", "matmul_forward", 1, &[(out, m * n), (inp, m * k), (weight, n * k), bias_v], dims, tiles(m, n))?;
         Ok(())
     }
 
@@ -169,8 +171,8 @@ impl ProgramBuilder {
         &mut self, out: &View, inp: &View, weight: &View, bias: Option<&View>, aux: Option<&View>, flags: u32, m: usize,
         k: usize, n: usize,
     ) -> R {
-        // Unused bindings still need a buffer (the kernel does not touch them): out stands in.
-        let args = [out, inp, weight, bias.unwrap_or(out), aux.unwrap_or(out)];
+        // Unused bindings get the unused-binding stand-in (the kernel does not touch them).
+        let args = [(out, m * n), (inp, m * k), (weight, n * k), bias.map_or((out, 0), |b| (b, n)), aux.map_or((out, 0), |a| (a, m * n))];
         let dims = Uniforms::new().n(m).n(k).n(n).u(flags | bias.is_some() as u32);
         let blocks = m.div_ceil(4) * n.div_ceil(8);
         // the K / 4 loop and the epilogue's 8 x 4 (counted in case it is not unrolled)
@@ -277,7 +279,7 @@ impl ProgramBuilder {
             return Err(ProgramError::Shape { kernel: "transpose_cpu".into(), message: format!("needs K % 4 == 0 and a 4-aligned weight (N {n}, K {k})") });
         }
         let dims = Uniforms::new().n(0).n(k).n(n).u(0);
-        let args = [weight_t, weight_t, weight, weight_t, weight_t, weight_t];
+        let args = [(weight_t, 0), (weight_t, 0), (weight, n * k), (weight_t, 0), (weight_t, 0), (weight_t, k * n)];
         self.call("matmul_cpu", "transpose_cpu", 1, &args, dims, Grid::Threads(n * k / 4))?;
         Ok(())
     }
@@ -300,11 +302,11 @@ impl ProgramBuilder {
     ) -> R {
         let dims = Uniforms::new().n(m).n(k).n(n).u(dbias.is_some() as u32);
         let cpu = variant == MatmulVariant::RegisterBlocked && k % 4 == 0;
-        let dinp_v = dinp.unwrap_or(dweight);
-        let dbias_v = dbias.unwrap_or(dweight);
-        let args = [dinp_v, dweight, dbias_v, dout, inp, weight];
-        // the _v4 entries also read dout as vec4 along N (binding 15 = the 7th argument)
-        let args_v4 = [dinp_v, dweight, dbias_v, dout, inp, weight, dout];
+        let dinp_v = dinp.map_or((dweight, 0), |d| (d, m * k));
+        let dbias_v = dbias.map_or((dweight, 0), |d| (d, n));
+        let args = [dinp_v, (dweight, n * k), dbias_v, (dout, m * n), (inp, m * k), (weight, n * k)];
+        // the _v4 entries read dout as vec4 along N (binding 15 = the 7th argument) instead
+        let args_v4 = [dinp_v, (dweight, n * k), dbias_v, (dout, 0), (inp, m * k), (weight, n * k), (dout, m * n)];
         let dout_v4 = n % 4 == 0 && aligned(&[dout]);
         if let Some(dinp) = dinp {
             if cpu && aligned(&[dinp, weight]) && dout_v4 {
@@ -354,7 +356,8 @@ impl ProgramBuilder {
         nh: usize,
     ) -> R {
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
-        let args = [out, preatt, att, qkv];
+        let tt = b * nh * t * t;
+        let args = [(out, b * t * c), (preatt, tt), (att, tt), (qkv, b * t * 3 * c)];
         let v4 = attention_v4(variant, c, nh, &[out, qkv]);
         self.check_loops("attention_forward", attention_loops(v4, t, c / nh.max(1)))?;
         if v4 {
@@ -382,7 +385,8 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
         b: usize, t: usize, c: usize, nh: usize,
     ) -> R {
-        let args = [dqkv, dpreatt, datt, dout, qkv, att];
+        let tt = b * nh * t * t;
+        let args = [(dqkv, b * t * 3 * c), (dpreatt, tt), (datt, tt), (dout, b * t * c), (qkv, b * t * 3 * c), (att, tt)];
         let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
         let v4 = attention_v4(variant, c, nh, &[dqkv, dout, qkv]);
         self.check_loops("attention_backward", attention_loops(v4, t, c / nh.max(1)))?;
@@ -401,22 +405,22 @@ impl ProgramBuilder {
     }
 
     pub fn gelu_forward(&mut self, out: &View, inp: &View, n: usize) -> R {
-        self.call("gelu", "gelu_forward", 1, &[out, inp], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("gelu", "gelu_forward", 1, &[(out, n), (inp, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
     pub fn gelu_backward(&mut self, dinp: &View, inp: &View, dout: &View, n: usize) -> R {
-        self.call("gelu", "gelu_backward", 9, &[dinp, inp, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("gelu", "gelu_backward", 9, &[(dinp, n), (inp, n), (dout, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
     pub fn residual_forward(&mut self, out: &View, inp1: &View, inp2: &View, n: usize) -> R {
-        self.call("residual", "residual_forward", 1, &[out, inp1, inp2], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("residual", "residual_forward", 1, &[(out, n), (inp1, n), (inp2, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
     pub fn residual_backward(&mut self, dinp1: &View, dinp2: &View, dout: &View, n: usize) -> R {
-        self.call("residual", "residual_backward", 9, &[dinp1, dinp2, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("residual", "residual_backward", 9, &[(dinp1, n), (dinp2, n), (dout, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
@@ -431,14 +435,14 @@ impl ProgramBuilder {
     pub fn crossentropy_forward(&mut self, losses: &View, logits: &View, targets: &View, n: usize, v: usize) -> R {
         let dims = Uniforms::new().n(n).n(v).f(0.0);
         let grid = self.row_groups(n);
-        self.call("crossentropy", "crossentropy_forward", 1, &[losses, logits, targets], dims, grid)?;
+        self.call("crossentropy", "crossentropy_forward", 1, &[(losses, n), (logits, n * v), (targets, n)], dims, grid)?;
         Ok(())
     }
 
     /// totals[0] += sum of counted losses; totals[1] += count of counted rows.
     pub fn crossentropy_reduce(&mut self, totals: &View, losses: &View, targets: &View, n: usize) -> R {
         let dims = Uniforms::new().n(n).n(0).f(0.0);
-        self.call("crossentropy", "crossentropy_reduce", 5, &[totals, losses, targets], dims, Grid::Groups([1, 1, 1]))?;
+        self.call("crossentropy", "crossentropy_reduce", 5, &[(totals, 2), (losses, n), (targets, n)], dims, Grid::Groups([1, 1, 1]))?;
         Ok(())
     }
 
@@ -450,18 +454,18 @@ impl ProgramBuilder {
     ) -> Result<usize, ProgramError> {
         let dims = Uniforms::new().n(n).n(v).f(dloss);
         let grid = self.row_groups(n);
-        self.call("crossentropy", "crossentropy_backward", 9, &[dlogits, logits, targets], dims, grid)
+        self.call("crossentropy", "crossentropy_backward", 9, &[(dlogits, n * v), (logits, n * v), (targets, n)], dims, grid)
     }
 
     /// grad += micro_grad
     pub fn accumulate(&mut self, grad: &View, micro_grad: &View, n: usize) -> R {
-        self.call("accumulate", "accumulate", 1, &[grad, micro_grad], Uniforms::new().n(n).f(0.0), Grid::Threads(n))?;
+        self.call("accumulate", "accumulate", 1, &[(grad, n), (micro_grad, n)], Uniforms::new().n(n).f(0.0), Grid::Threads(n))?;
         Ok(())
     }
 
     /// x[..n] = value
     pub fn fill(&mut self, x: &View, value: f32, n: usize) -> R {
-        self.call("accumulate", "fill", 9, &[x], Uniforms::new().n(n).f(value), Grid::Threads(n))?;
+        self.call("accumulate", "fill", 9, &[(x, n)], Uniforms::new().n(n).f(value), Grid::Threads(n))?;
         Ok(())
     }
 
@@ -469,7 +473,7 @@ impl ProgramBuilder {
     pub fn fill_act(&mut self, x: &View, value: f32, n: usize) -> R {
         // fill_act reads o0 and N (the uniform's residual layout) and `value` after them
         let dims = Uniforms::new().n(n).f(value);
-        self.call("residual", "fill_act", 12, &[x], dims, Grid::Threads(n))?;
+        self.call("residual", "fill_act", 12, &[(x, n)], dims, Grid::Threads(n))?;
         Ok(())
     }
 
@@ -477,24 +481,24 @@ impl ProgramBuilder {
     pub fn grad_norm(&mut self, norm: &View, partials: &View, grads: &View, n: usize) -> R {
         let g = NORM_GROUPS;
         let dims = Uniforms::new().n(n).n(g).f(0.0);
-        self.call("grad_norm", "grad_norm_partial", 1, &[partials, grads], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
-        self.call("grad_norm", "grad_norm_final", 3, &[norm, partials], dims, Grid::Groups([1, 1, 1]))?;
+        self.call("grad_norm", "grad_norm_partial", 1, &[(partials, g), (grads, n)], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
+        self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, g)], dims, Grid::Groups([1, 1, 1]))?;
         Ok(())
     }
 
     /// x[..n] *= s. Returns the dispatch index (the scalar can be rewritten).
     pub fn scale(&mut self, x: &View, s: f32, n: usize) -> Result<usize, ProgramError> {
-        self.call("grad_norm", "scale", 5, &[x], Uniforms::new().n(n).n(0).f(s), Grid::Threads(n))
+        self.call("grad_norm", "scale", 5, &[(x, n)], Uniforms::new().n(n).n(0).f(s), Grid::Threads(n))
     }
 
     /// x[..n] *= min(1, max_norm / (norm[0] + 1e-6)), the norm read on the device.
     pub fn clip_by_norm(&mut self, x: &View, norm: &View, max_norm: f32, n: usize) -> Result<usize, ProgramError> {
-        self.call("grad_norm", "clip_by_norm", 5, &[x, norm], Uniforms::new().n(n).n(0).f(max_norm), Grid::Threads(n))
+        self.call("grad_norm", "clip_by_norm", 5, &[(x, n), (norm, 2)], Uniforms::new().n(n).n(0).f(max_norm), Grid::Threads(n))
     }
 
     /// x[..n] *= 1 / totals[1] (the window's count of counted targets, read on the device).
     pub fn scale_by_inverse_count(&mut self, x: &View, totals: &View, n: usize) -> R {
-        self.call("grad_norm", "scale_by_inverse_count", 5, &[x, totals], Uniforms::new().n(n).n(0).f(0.0), Grid::Threads(n))?;
+        self.call("grad_norm", "scale_by_inverse_count", 5, &[(x, n), (totals, 2)], Uniforms::new().n(n).n(0).f(0.0), Grid::Threads(n))?;
         Ok(())
     }
 
@@ -521,14 +525,20 @@ impl ProgramBuilder {
         self.adamw_call("adamw_check", [params, grads, m, v, loss, norm, flag], n, hp, step)
     }
 
-    /// adamw.wgsl's `entry` over (params, grads, m, v, loss, norm, flag); it reads loss, norm and
-    /// flag through one binding, so they must share a buffer.
+    /// adamw.wgsl's `entry` over (params, grads, m, v, loss, norm, flag): `adamw` reads loss,
+    /// norm and flag through one read-only binding (the window figures), bound from `loss` to
+    /// the end of the later of `norm` and `flag`, so the three must be views of one buffer with
+    /// `loss` first; `adamw_check` writes the flag through its own binding.
     fn adamw_call(&mut self, entry: &str, args: [&View; 7], n: usize, hp: &AdamW, step: u32) -> Result<usize, ProgramError> {
-        let id = args[4].buf.id();
-        if args[5].buf.id() != id || args[6].buf.id() != id {
-            return Err(ProgramError::Shape { kernel: entry.into(), message: "loss, norm and flag must be views of one buffer".into() });
+        let [params, grads, m, v, loss, norm, flag] = args;
+        let id = loss.buf.id();
+        if norm.buf.id() != id || flag.buf.id() != id || norm.offset < loss.offset || flag.offset < loss.offset {
+            return Err(ProgramError::Shape { kernel: entry.into(), message: "loss, norm and flag must be views of one buffer, loss first".into() });
         }
-        self.call("adamw", entry, 1, &args, adamw_dims(n, hp, step), Grid::Threads(n))
+        let (norm_at, flag_at) = (norm.offset - loss.offset, flag.offset - loss.offset);
+        let args = [(params, n), (grads, n), (m, n), (v, n), (loss, norm_at.max(flag_at) + 1), (norm, 2), (flag, 1)];
+        let dims = adamw_dims(n, hp, step).n(norm_at).n(flag_at);
+        self.call("adamw", entry, 1, &args, dims, Grid::Threads(n))
     }
 }
 
@@ -546,42 +556,23 @@ fn adamw_dims(n: usize, hp: &AdamW, step: u32) -> Uniforms {
     Uniforms::new().n(n).f(hp.lr).f(hp.beta1).f(hp.beta2).f(hp.eps).f(hp.weight_decay).u(step)
 }
 
-/// The full uniform of an `adamw` or `adamw_check` dispatch, for `Program::set_uniform`.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_uniforms(
-    params: &View, grads: &View, m: &View, v: &View, loss: &View, norm: &View, flag: &View, n: usize, hp: &AdamW,
-    step: u32,
-) -> Uniforms {
-    let mut u = offsets8(&[params, grads, m, v, loss, norm, flag]);
-    u.0.extend_from_slice(&adamw_dims(n, hp, step).0);
-    u
+/// The dimensions and scalars of an `adamw` or `adamw_check` dispatch, for `Program::set_dims`
+/// (the positions of the norm and the flag in the window figures stay as recorded).
+pub fn adamw_uniforms(n: usize, hp: &AdamW, step: u32) -> Uniforms {
+    adamw_dims(n, hp, step)
 }
 
-fn offsets8(views: &[&View]) -> Uniforms {
-    let mut u = Uniforms::new();
-    for i in 0..8 {
-        u = u.u(views.get(i).map_or(0, |v| v.off()));
-    }
-    u
+/// The dimensions and scalars of a `crossentropy_backward` dispatch (to rewrite `dloss`).
+pub fn crossentropy_backward_uniforms(dloss: f32, n: usize, v: usize) -> Uniforms {
+    Uniforms::new().n(n).n(v).f(dloss)
 }
 
-/// The full uniform of a `crossentropy_backward` dispatch (to rewrite `dloss`).
-pub fn crossentropy_backward_uniforms(dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize) -> Uniforms {
-    let mut u = offsets8(&[dlogits, logits, targets]);
-    u.0.extend_from_slice(&Uniforms::new().n(n).n(v).f(dloss).0);
-    u
+/// The dimensions and scalars of a `clip_by_norm` dispatch (to change the threshold).
+pub fn clip_uniforms(max_norm: f32, n: usize) -> Uniforms {
+    Uniforms::new().n(n).n(0).f(max_norm)
 }
 
-/// The full uniform of a `clip_by_norm` dispatch (to change the threshold).
-pub fn clip_uniforms(x: &View, norm: &View, max_norm: f32, n: usize) -> Uniforms {
-    let mut u = offsets8(&[x, norm]);
-    u.0.extend_from_slice(&Uniforms::new().n(n).n(0).f(max_norm).0);
-    u
-}
-
-/// The full uniform of a `scale` dispatch (to change the scalar).
-pub fn scale_uniforms(x: &View, s: f32, n: usize) -> Uniforms {
-    let mut u = offsets8(&[x]);
-    u.0.extend_from_slice(&Uniforms::new().n(n).n(0).f(s).0);
-    u
+/// The dimensions and scalars of a `scale` dispatch (to change the scalar).
+pub fn scale_uniforms(s: f32, n: usize) -> Uniforms {
+    Uniforms::new().n(n).n(0).f(s)
 }

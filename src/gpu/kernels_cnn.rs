@@ -24,7 +24,7 @@ impl ProgramBuilder {
     ) -> R {
         let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
         let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
-        let args = [out, inp, weight, bias];
+        let args = [(out, b * oc * ho * wo), (inp, b * ic * h * w), (weight, oc * ic * k * k), (bias, oc)];
         if blocked {
             let n = b * oc.div_ceil(4) * ho * wo.div_ceil(4);
             self.call("conv2d", "conv2d_forward_x4", 1, &args, dims, Grid::Threads(n))?;
@@ -49,8 +49,10 @@ impl ProgramBuilder {
         &mut self, blocked: bool, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
         b: usize, ic: usize, oc: usize, h: usize, w: usize, k: usize, pad: usize,
     ) -> R {
-        let args = [dinp, dweight, dbias, dout, inp, weight];
         let dims = Uniforms::new().n(b).n(ic).n(oc).n(h).n(w).n(k).n(pad);
+        let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+        let (x, wt) = (b * ic * h * w, oc * ic * k * k);
+        let args = [(dinp, x), (dweight, wt), (dbias, oc), (dout, b * oc * ho * wo), (inp, x), (weight, wt)];
         if blocked {
             let n = b * ic.div_ceil(4) * h * w.div_ceil(4);
             self.call("conv2d", "conv2d_backward_input_x4", 9, &args, dims.clone(), Grid::Threads(n))?;
@@ -69,7 +71,9 @@ impl ProgramBuilder {
         hw: usize, g: usize,
     ) -> R {
         let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
-        self.call("groupnorm", "groupnorm_forward", 1, &[out, mean, rstd, inp, weight, bias], dims, Grid::Threads(b * g))?;
+        let x = b * c * hw;
+        let args = [(out, x), (mean, b * g), (rstd, b * g), (inp, x), (weight, c), (bias, c)];
+        self.call("groupnorm", "groupnorm_forward", 1, &args, dims, Grid::Threads(b * g))?;
         Ok(())
     }
 
@@ -78,7 +82,8 @@ impl ProgramBuilder {
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, mean: &View,
         rstd: &View, b: usize, c: usize, hw: usize, g: usize,
     ) -> R {
-        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let x = b * c * hw;
+        let args = [(dinp, x), (dweight, c), (dbias, c), (dout, x), (inp, x), (weight, c), (mean, b * g), (rstd, b * g)];
         let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
         self.call("groupnorm", "groupnorm_backward_input", 9, &args, dims.clone(), Grid::Threads(b * g))?;
         self.call("groupnorm", "groupnorm_backward_params", 9, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
@@ -91,7 +96,8 @@ impl ProgramBuilder {
         &mut self, out: &View, mean: &View, rstd: &View, running_mean: &View, running_var: &View, inp: &View,
         weight: &View, bias: &View, b: usize, c: usize, hw: usize, momentum: f32,
     ) -> R {
-        let args = [out, mean, rstd, running_mean, running_var, inp, weight, bias];
+        let x = b * c * hw;
+        let args = [(out, x), (mean, c), (rstd, c), (running_mean, c), (running_var, c), (inp, x), (weight, c), (bias, c)];
         let dims = Uniforms::new().n(b).n(c).n(hw).f(momentum);
         self.call("batchnorm", "batchnorm_forward_train", 1, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
         Ok(())
@@ -103,7 +109,8 @@ impl ProgramBuilder {
         &mut self, out: &View, inp: &View, weight: &View, bias: &View, running_mean: &View, running_var: &View, b: usize,
         c: usize, hw: usize,
     ) -> R {
-        let args = [out, inp, weight, bias, running_mean, running_var];
+        let x = b * c * hw;
+        let args = [(out, x), (inp, x), (weight, c), (bias, c), (running_mean, c), (running_var, c)];
         let dims = Uniforms::new().n(b).n(c).n(hw).f(0.0);
         self.call("batchnorm", "batchnorm_forward_eval", 17, &args, dims, Grid::Threads(b * c * hw))?;
         Ok(())
@@ -114,19 +121,20 @@ impl ProgramBuilder {
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, mean: &View,
         rstd: &View, b: usize, c: usize, hw: usize,
     ) -> R {
-        let args = [dinp, dweight, dbias, dout, inp, weight, mean, rstd];
+        let x = b * c * hw;
+        let args = [(dinp, x), (dweight, c), (dbias, c), (dout, x), (inp, x), (weight, c), (mean, c), (rstd, c)];
         let dims = Uniforms::new().n(b).n(c).n(hw).f(0.0);
         self.call("batchnorm", "batchnorm_backward", 9, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
         Ok(())
     }
 
     pub fn relu_forward(&mut self, out: &View, inp: &View, n: usize) -> R {
-        self.call("relu", "relu_forward", 1, &[out, inp], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("relu", "relu_forward", 1, &[(out, n), (inp, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
     pub fn relu_backward(&mut self, dinp: &View, inp: &View, dout: &View, n: usize) -> R {
-        self.call("relu", "relu_backward", 9, &[dinp, inp, dout], Uniforms::new().n(n), Grid::Threads(n))?;
+        self.call("relu", "relu_backward", 9, &[(dinp, n), (inp, n), (dout, n)], Uniforms::new().n(n), Grid::Threads(n))?;
         Ok(())
     }
 
@@ -134,13 +142,15 @@ impl ProgramBuilder {
     #[allow(clippy::too_many_arguments)]
     pub fn maxpool2_forward(&mut self, out: &View, idx: &View, inp: &View, b: usize, c: usize, h: usize, w: usize) -> R {
         let dims = Uniforms::new().n(b).n(c).n(h).n(w).n(0);
-        self.call("maxpool", "maxpool2_forward", 1, &[out, idx, inp], dims, Grid::Threads(b * c * (h / 2) * (w / 2)))?;
+        let o = b * c * (h / 2) * (w / 2);
+        self.call("maxpool", "maxpool2_forward", 1, &[(out, o), (idx, o), (inp, b * c * h * w)], dims, Grid::Threads(o))?;
         Ok(())
     }
 
-    pub fn maxpool2_backward(&mut self, dinp: &View, idx: &View, dout: &View, n_out: usize) -> R {
+    /// dinp [n_in] (the pooled input) += dout [n_out] at the argmax `idx` [n_out].
+    pub fn maxpool2_backward(&mut self, dinp: &View, idx: &View, dout: &View, n_out: usize, n_in: usize) -> R {
         let dims = Uniforms::new().n(0).n(0).n(0).n(0).n(n_out);
-        self.call("maxpool", "maxpool2_backward", 9, &[dinp, idx, dout], dims, Grid::Threads(n_out))?;
+        self.call("maxpool", "maxpool2_backward", 9, &[(dinp, n_in), (idx, n_out), (dout, n_out)], dims, Grid::Threads(n_out))?;
         Ok(())
     }
 }

@@ -110,6 +110,7 @@ pub struct GpuBuffer {
 
 struct Tracked {
     buffer: wgpu::Buffer,
+    label: String,
     category: Category,
     ledger: Ledger,
 }
@@ -147,7 +148,7 @@ impl GpuBuffer {
             mapped_at_creation: false,
         });
         ledger.add(category, buffer.size());
-        Self { inner: Arc::new(Tracked { buffer, category, ledger: ledger.clone() }) }
+        Self { inner: Arc::new(Tracked { buffer, label: label.to_string(), category, ledger: ledger.clone() }) }
     }
 
     pub fn buffer(&self) -> &wgpu::Buffer {
@@ -155,6 +156,10 @@ impl GpuBuffer {
     }
     pub fn size(&self) -> u64 {
         self.inner.buffer.size()
+    }
+    /// The name it was created with (error messages name buffers by it).
+    pub fn label(&self) -> &str {
+        &self.inner.label
     }
     pub fn category(&self) -> Category {
         self.inner.category

@@ -9,8 +9,9 @@ pub mod program;
 pub mod readback;
 pub mod registry;
 pub mod submit;
+pub mod trace;
 
-pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, list_adapters};
+pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, UNUSED_BINDING_BYTES, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes};
-pub use program::{Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View};
-pub use registry::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, is_act_typed, reflect};
+pub use program::{Bound, TENSOR_ALIGN, Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View, check_bindings};
+pub use registry::{ACT_ALIAS_F32, BindingInfo, EntryPoint, F16_SUFFIX, SHADERS, act_f16_source, check_limits, for_tint, is_act_typed, reflect, tint_source};

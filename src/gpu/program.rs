@@ -1,7 +1,7 @@
 //! Dispatch helpers: a `Program` is a list of kernel dispatches recorded once (pipelines, bind
 //! groups and uniform values made at build time) and replayed into a compute pass each step.
 //! Each step then only records dispatches and submits, as in wgpu's `repeated_compute`; values that
-//! change (the AdamW step count, the learning rate) are rewritten with `set_uniform`.
+//! change (the AdamW step count, the learning rate) are rewritten with `set_dims`.
 //!
 //! All uniforms of a program live in one arena buffer, one 256-byte slot per dispatch, bound with
 //! a dynamic offset.
@@ -15,6 +15,10 @@ use super::registry::{Kernel, ShaderError};
 
 /// Bytes per uniform slot: the largest `min_uniform_buffer_offset_alignment` wgpu allows.
 const SLOT: u32 = 256;
+
+/// Tensors in a slab start at multiples of this many bytes: WebGPU's largest (and default)
+/// `min_storage_buffer_offset_alignment`, so every device can bind each tensor as its own range.
+pub const TENSOR_ALIGN: usize = 256;
 
 /// A uniform parameter struct, written field by field in the order of the WGSL struct.
 /// Every field is a 4-byte scalar (u32 or f32), so the layout is the field order.
@@ -87,9 +91,59 @@ pub enum Grid {
     Groups([u32; 3]),
 }
 
+/// One storage binding of a dispatch: a byte range of a buffer (WebGPU binds ranges; the
+/// offset is a multiple of the device's `min_storage_buffer_offset_alignment`).
+#[derive(Clone)]
+pub struct Bound {
+    /// The WGSL binding number.
+    pub binding: u32,
+    /// The WGSL variable's name (for error messages).
+    pub name: String,
+    pub buf: GpuBuffer,
+    pub offset: u64,
+    pub size: u64,
+    /// Declared `var<storage, read>`: the kernel never writes it.
+    pub read_only: bool,
+}
+
+impl Bound {
+    fn end(&self) -> u64 {
+        self.offset + self.size
+    }
+    fn describe(&self) -> String {
+        format!("binding {} `{}` ({} bytes {}..{} of {:?})", self.binding, self.name, self.size, self.offset, self.end(), self.buf.label())
+    }
+}
+
+/// WebGPU's rules for the storage bindings of one dispatch (a usage scope), which wgpu's native
+/// backends do not all enforce but browsers do: no writable binding may overlap another binding
+/// of the same buffer, and a buffer bound read-only may not also be bound writable.
+pub fn check_bindings(kernel: &str, bindings: &[Bound]) -> Result<(), ProgramError> {
+    for (i, a) in bindings.iter().enumerate() {
+        for b in &bindings[i + 1..] {
+            if a.buf.id() != b.buf.id() {
+                continue;
+            }
+            let overlap = a.offset < b.end() && b.offset < a.end();
+            let message = if a.read_only != b.read_only {
+                "a buffer bound read-only may not also be bound writable in one dispatch"
+            } else if !a.read_only && overlap {
+                "writable bindings overlap"
+            } else {
+                continue;
+            };
+            return Err(ProgramError::Aliasing {
+                kernel: kernel.into(),
+                message: format!("{message}: {} and {}", a.describe(), b.describe()),
+            });
+        }
+    }
+    Ok(())
+}
+
 struct Pending {
     kernel: Arc<Kernel>,
-    buffers: Vec<GpuBuffer>,
+    bindings: Vec<Bound>,
     uniforms: Uniforms,
     workgroups: [u32; 3],
 }
@@ -157,6 +211,10 @@ pub enum ProgramError {
     Arity { kernel: String, expected: u32, got: usize },
     #[error("{kernel}: {message}")]
     Shape { kernel: String, message: String },
+    /// A dispatch WebGPU would reject: overlapping writable ranges, or one buffer bound both
+    /// read-only and writable.
+    #[error("{kernel}: {message}")]
+    Aliasing { kernel: String, message: String },
 }
 
 impl ProgramBuilder {
@@ -183,21 +241,10 @@ impl ProgramBuilder {
         &self.gpu
     }
 
-    /// Add one dispatch of `file`'s `entry` with `buffers` at bindings 1.. and `uniforms` at 0.
-    /// Returns its index (for `Program::set_uniform`).
-    pub fn dispatch(
-        &mut self,
-        file: &str,
-        entry: &str,
-        buffers: &[&GpuBuffer],
-        uniforms: Uniforms,
-        workgroups: [u32; 3],
-    ) -> Result<usize, ProgramError> {
-        let kernel = self.gpu.registry.kernel(file, entry)?;
-        let expected = kernel.bindings.len() as u32;
-        if buffers.len() != expected as usize {
-            return Err(ProgramError::Arity { kernel: entry.into(), expected, got: buffers.len() });
-        }
+    /// Add one dispatch of `kernel` with its storage bindings and `uniforms` at binding 0, after
+    /// WebGPU's binding rules (`check_bindings`). Returns its index (for `Program::set_dims`).
+    fn dispatch(&mut self, kernel: Arc<Kernel>, bindings: Vec<Bound>, uniforms: Uniforms, workgroups: [u32; 3]) -> Result<usize, ProgramError> {
+        let entry = kernel.entry.as_str();
         if uniforms.0.len() * 4 > SLOT as usize {
             return Err(ProgramError::Shape { kernel: entry.into(), message: "uniform too large".into() });
         }
@@ -208,41 +255,25 @@ impl ProgramBuilder {
                 message: format!("{workgroups:?} workgroups exceed the device limit {max} per dimension"),
             });
         }
-        self.pending.push(Pending {
-            kernel,
-            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
-            uniforms,
-            workgroups,
-        });
+        check_bindings(entry, &bindings)?;
+        self.pending.push(Pending { kernel, bindings, uniforms, workgroups });
         Ok(self.pending.len() - 1)
     }
 
-    /// A 1-D dispatch over `threads` invocations (workgroups of the entry point's own
-    /// @workgroup_size, read from the shader, split over x/y if needed).
-    pub fn dispatch_1d(
-        &mut self,
-        file: &str,
-        entry: &str,
-        buffers: &[&GpuBuffer],
-        uniforms: Uniforms,
-        threads: usize,
-    ) -> Result<usize, ProgramError> {
-        let size = self.gpu.registry.kernel(file, entry)?.workgroup as usize;
-        let wg = u32::try_from(threads.div_ceil(size)).expect("dispatch too large");
-        let grid = grid_1d(wg, self.gpu.limits().max_compute_workgroups_per_dimension);
-        self.dispatch(file, entry, buffers, uniforms, grid)
-    }
-
     /// Dispatch `file`'s `entry` with the tensor arguments of the CPU reference function, in its
-    /// order. The uniform gets their element offsets (o0..o7) followed by `dims`; each storage
-    /// binding `b` the entry point uses receives `args[b - base]` (forward functions have
-    /// base 1, backward functions base 9; see the shaders' header comments).
+    /// order, each with the number of elements the kernel touches (0: the entry point does not
+    /// use it; a small unused-binding buffer stands in). Each storage binding `b` the entry point
+    /// uses receives `args[b - base]` (forward functions have base 1, backward functions base 9;
+    /// see the shaders' header comments), bound as its own range: from the argument's offset
+    /// rounded down to the device's storage offset alignment to the end of its extent. The
+    /// uniform gets each argument's element offset inside its bound range (o0..o7; arguments the
+    /// entry point does not bind keep their offset in the buffer) followed by `dims`.
     pub fn call(
         &mut self,
         file: &str,
         entry: &str,
         base: u32,
-        args: &[&View],
+        args: &[(&View, usize)],
         dims: Uniforms,
         grid: Grid,
     ) -> Result<usize, ProgramError> {
@@ -255,26 +286,62 @@ impl ProgramBuilder {
             file
         };
         let kernel = self.gpu.registry.kernel(file, entry)?;
-        let mut u = Uniforms::new();
-        for i in 0..8 {
-            u = u.u(args.get(i).map_or(0, |v| v.off()));
-        }
-        u.0.extend_from_slice(&dims.0);
-        let mut buffers = Vec::with_capacity(kernel.bindings.len());
-        for &b in &kernel.bindings {
-            let i = b.checked_sub(base).map(|i| i as usize).filter(|&i| i < args.len());
+        let align = u64::from(self.gpu.limits().min_storage_buffer_offset_alignment);
+        let mut offsets: Vec<u32> = (0..8).map(|i| args.get(i).map_or(0, |(v, _)| v.off())).collect();
+        let mut bindings = Vec::with_capacity(kernel.bindings.len());
+        for (slot, info) in kernel.bindings.iter().enumerate() {
+            let i = info.binding.checked_sub(base).map(|i| i as usize).filter(|&i| i < args.len());
             let Some(i) = i else {
                 return Err(ProgramError::Shape {
                     kernel: entry.into(),
-                    message: format!("binding {b} has no argument (base {base}, {} args)", args.len()),
+                    message: format!("binding {} has no argument (base {base}, {} args)", info.binding, args.len()),
                 });
             };
-            buffers.push(&args[i].buf);
+            let (view, extent) = args[i];
+            if extent == 0 {
+                let (buf, offset) = self.gpu.unused_binding(info.read_only, slot);
+                let size = super::context::UNUSED_SLOT;
+                bindings.push(Bound { binding: info.binding, name: info.name.clone(), buf, offset, size, read_only: info.read_only });
+                offsets[i] = 0;
+                continue;
+            }
+            let w = u64::from(info.scalar_bytes);
+            let start = view.offset as u64 * w;
+            let end = (view.offset + extent) as u64 * w;
+            if end > view.buf.size() {
+                return Err(ProgramError::Shape {
+                    kernel: entry.into(),
+                    message: format!(
+                        "binding {} `{}`: {extent} elements at {} pass the end of {:?} ({} bytes)",
+                        info.binding, info.name, view.offset, view.buf.label(), view.buf.size()
+                    ),
+                });
+            }
+            let offset = start / align * align;
+            let size = (end - offset).next_multiple_of(4).min(view.buf.size() - offset);
+            if size > u64::from(self.gpu.limits().max_storage_buffer_binding_size) {
+                return Err(ProgramError::Shape {
+                    kernel: entry.into(),
+                    message: format!(
+                        "binding {} `{}` of {:?} needs {} in one binding; the device allows {}",
+                        info.binding, info.name, view.buf.label(), super::human_bytes(size),
+                        super::human_bytes(u64::from(self.gpu.limits().max_storage_buffer_binding_size))
+                    ),
+                });
+            }
+            offsets[i] = u32::try_from((start - offset) / w).expect("offset within a binding");
+            bindings.push(Bound { binding: info.binding, name: info.name.clone(), buf: view.buf.clone(), offset, size, read_only: info.read_only });
         }
-        match grid {
-            Grid::Threads(n) => self.dispatch_1d(file, entry, &buffers, u, n),
-            Grid::Groups(g) => self.dispatch(file, entry, &buffers, u, g),
-        }
+        let mut u = Uniforms(offsets);
+        u.0.extend_from_slice(&dims.0);
+        let workgroups = match grid {
+            Grid::Threads(n) => {
+                let wg = u32::try_from(n.div_ceil(kernel.workgroup as usize)).expect("dispatch too large");
+                grid_1d(wg, self.gpu.limits().max_compute_workgroups_per_dimension)
+            }
+            Grid::Groups(g) => g,
+        };
+        self.dispatch(kernel, bindings, u, workgroups)
     }
 
     pub fn len(&self) -> usize {
@@ -284,7 +351,7 @@ impl ProgramBuilder {
         self.pending.is_empty()
     }
 
-    /// Make the uniform arena and one bind group per distinct (layout, buffers).
+    /// Make the uniform arena and one bind group per distinct (layout, bound ranges).
     pub fn finish(self, label: &str) -> Program {
         let device = &self.gpu.device;
         let uniforms = GpuBuffer::new(
@@ -293,17 +360,18 @@ impl ProgramBuilder {
             label,
             Category::Scratch,
             (self.pending.len().max(1) as u64) * SLOT as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            // COPY_SRC: a recorded submission (`gpu::trace`) reads the arena back
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         );
         let mut arena = vec![0u8; self.pending.len() * SLOT as usize];
-        let mut cache: HashMap<(usize, Vec<usize>), wgpu::BindGroup> = HashMap::new();
+        let mut cache: HashMap<(usize, Vec<(usize, u64, u64)>), wgpu::BindGroup> = HashMap::new();
         let mut dispatches = Vec::with_capacity(self.pending.len());
         for (i, p) in self.pending.into_iter().enumerate() {
             let k = &p.kernel;
             let usize_ = k.uniform_size;
             let offset = i as u32 * SLOT;
             arena[offset as usize..(offset + usize_) as usize].copy_from_slice(&p.uniforms.bytes(usize_));
-            let key = (Arc::as_ptr(k) as usize, p.buffers.iter().map(|b| b.id()).collect());
+            let key = (Arc::as_ptr(k) as usize, p.bindings.iter().map(|b| (b.buf.id(), b.offset, b.size)).collect());
             let bind_group = cache
                 .entry(key)
                 .or_insert_with(|| {
@@ -315,10 +383,14 @@ impl ProgramBuilder {
                             size: wgpu::BufferSize::new(usize_ as u64),
                         }),
                     }];
-                    for (&b, buf) in k.bindings.iter().zip(&p.buffers) {
+                    for b in &p.bindings {
                         entries.push(wgpu::BindGroupEntry {
-                            binding: b,
-                            resource: buf.buffer().as_entire_binding(),
+                            binding: b.binding,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: b.buf.buffer(),
+                                offset: b.offset,
+                                size: wgpu::BufferSize::new(b.size),
+                            }),
                         });
                     }
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -328,13 +400,7 @@ impl ProgramBuilder {
                     })
                 })
                 .clone();
-            dispatches.push(Dispatch {
-                kernel: p.kernel,
-                bind_group,
-                offset,
-                workgroups: p.workgroups,
-                _buffers: p.buffers,
-            });
+            dispatches.push(Dispatch { kernel: p.kernel, bind_group, offset, workgroups: p.workgroups, bindings: p.bindings });
         }
         self.gpu.queue.write_buffer(uniforms.buffer(), 0, &arena);
         Program { gpu: self.gpu, dispatches, uniforms }
@@ -346,8 +412,8 @@ struct Dispatch {
     bind_group: wgpu::BindGroup,
     offset: u32,
     workgroups: [u32; 3],
-    /// Keeps the bound buffers (and their ledger entries) alive as long as the program.
-    _buffers: Vec<GpuBuffer>,
+    /// The bound ranges; keeps the buffers (and their ledger entries) alive as long as the program.
+    bindings: Vec<Bound>,
 }
 
 /// A recorded list of dispatches, replayable any number of times.
@@ -377,6 +443,19 @@ impl Program {
         self.encode(&mut pass);
     }
 
+    /// Report every dispatch to the device's armed trace (`gpu::trace`).
+    pub(crate) fn trace(&self, gpu: &Gpu) {
+        for d in &self.dispatches {
+            gpu.record(super::trace::Command::Dispatch {
+                kernel: d.kernel.clone(),
+                uniforms: self.uniforms.clone(),
+                uniform_offset: d.offset,
+                bindings: d.bindings.clone(),
+                workgroups: d.workgroups,
+            });
+        }
+    }
+
     /// Record and submit (no wait).
     pub fn run(&self) {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
@@ -384,11 +463,13 @@ impl Program {
         self.gpu.submit_work(encoder.finish());
     }
 
-    /// Rewrite the uniforms of dispatch `index` (takes effect at the next submit).
-    pub fn set_uniform(&self, index: usize, uniforms: &Uniforms) {
+    /// Rewrite the leading dimensions and scalars of dispatch `index`: its uniform after the
+    /// eight recorded offsets, as many words as `dims` has (later fields keep their recorded
+    /// values; takes effect at the next submit).
+    pub fn set_dims(&self, index: usize, dims: &Uniforms) {
         let d = &self.dispatches[index];
-        let size = d.kernel.uniform_size;
-        self.gpu.queue.write_buffer(self.uniforms.buffer(), d.offset as u64, &uniforms.bytes(size));
+        assert!(32 + 4 * dims.0.len() as u32 <= d.kernel.uniform_size, "{}: dims past the uniform", d.kernel.entry);
+        self.gpu.queue.write_buffer(self.uniforms.buffer(), d.offset as u64 + 32, bytemuck::cast_slice(&dims.0));
     }
 
     pub fn len(&self) -> usize {

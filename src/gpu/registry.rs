@@ -3,10 +3,12 @@
 //! Binding convention (every shader file follows it, `tests/shaders.rs` checks it with naga):
 //! - `@group(0) @binding(0)` is a `var<uniform>` parameter struct, bound with a dynamic offset so
 //!   that one uniform arena serves every dispatch of a program;
-//! - `@binding(1..)` are `var<storage, read_write>` tensors, one per tensor argument. Inputs are
-//!   read_write too: wgpu forbids one buffer as read-only and writable storage in the same
-//!   dispatch, and the model binds whole slabs (parameters, activations, ...) several times with
-//!   element offsets in the uniform.
+//! - `@binding(1..)` are `var<storage>` tensors, one per tensor argument, each bound as its own
+//!   range of a buffer (`ProgramBuilder::call`). A binding is declared `read` when the kernel
+//!   only reads it and no dispatch binds its buffer writable elsewhere: WebGPU forbids one buffer
+//!   as read-only and writable storage in the same dispatch, so inputs that live in the slab the
+//!   kernel writes (a forward kernel's activations) stay `read_write`, while parameters read by
+//!   forward and backward kernels, activations read by backward kernels, and tokens are `read`.
 //! - Each entry point uses at most 8 storage bindings (the WebGPU minimum every adapter has).
 //!
 //! The bind-group layout of each entry point is derived from the shader itself (naga reflection
@@ -62,6 +64,27 @@ pub fn is_act_typed(file: &str) -> bool {
     shader_source(file).is_some_and(|s| s.contains(ACT_ALIAS_F32))
 }
 
+/// The WGSL of `file` (a shader file or its `_f16` instantiation) as Tint, Chrome's compiler,
+/// accepts it. The sources are written for naga; where the two compilers differ the variant is
+/// derived here from the one source: Tint requires `enable subgroups;` before subgroup builtins,
+/// which naga 30 rejects (none of today's shaders uses subgroups; `for_tint` is ready for those
+/// that will).
+pub fn tint_source(file: &str) -> String {
+    let source = all_sources().iter().find(|(n, _)| *n == file).map_or("", |(_, s)| *s);
+    for_tint(source)
+}
+
+/// A naga-accepted WGSL source in the form Tint accepts (see `tint_source`).
+pub fn for_tint(source: &str) -> String {
+    const SUBGROUP_BUILTINS: &[&str] = &["subgroupAdd", "subgroupMax", "subgroupMin", "subgroupBroadcast", "subgroupShuffle",
+        "subgroup_size", "subgroup_invocation_id", "subgroupBallot", "subgroupExclusiveAdd", "subgroupInclusiveAdd"];
+    if SUBGROUP_BUILTINS.iter().any(|b| source.contains(b)) && !source.contains("enable subgroups;") {
+        format!("enable subgroups;\n{source}")
+    } else {
+        source.to_string()
+    }
+}
+
 /// Every shader file, and the f16 instantiation (`<file>_f16`) of each act-typed one. Built once
 /// per process.
 fn all_sources() -> &'static [(&'static str, &'static str)] {
@@ -78,24 +101,86 @@ fn all_sources() -> &'static [(&'static str, &'static str)] {
     })
 }
 
+/// One storage binding of an entry point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingInfo {
+    pub binding: u32,
+    /// The WGSL variable's name.
+    pub name: String,
+    /// Declared `var<storage, read>`.
+    pub read_only: bool,
+    /// Bytes per scalar of its element type (2 for f16 and vec4<f16>, 4 otherwise): the unit of
+    /// the element offsets in the uniform.
+    pub scalar_bytes: u32,
+    /// Floating-point elements (f32, f16), not integers (u32, atomics).
+    pub float: bool,
+}
+
+/// What one compute entry point needs from the device.
+#[derive(Clone, Debug)]
+pub struct EntryPoint {
+    pub name: String,
+    /// The storage bindings it uses, in binding order.
+    pub bindings: Vec<BindingInfo>,
+    /// Invocations per workgroup (x * y * z of its @workgroup_size).
+    pub invocations: u32,
+    /// @workgroup_size per dimension.
+    pub workgroup_size: [u32; 3],
+    /// Bytes of workgroup memory (the `var<workgroup>` variables it uses).
+    pub workgroup_bytes: u32,
+}
+
 /// What naga tells about one shader file's bindings.
 #[derive(Clone, Debug)]
 pub struct Reflection {
     /// Size in bytes of the uniform parameter struct at binding 0.
     pub uniform_size: u32,
-    /// Compute entry points and the storage bindings each one uses, in binding order.
-    pub entry_points: Vec<(String, Vec<u32>)>,
-    /// Invocations per workgroup of each entry point (x * y * z of its @workgroup_size).
-    pub workgroup_sizes: Vec<(String, u32)>,
+    /// Compute entry points.
+    pub entry_points: Vec<EntryPoint>,
 }
 
 impl Reflection {
-    pub fn bindings(&self, entry: &str) -> Option<&[u32]> {
-        self.entry_points.iter().find(|(e, _)| e == entry).map(|(_, b)| b.as_slice())
+    pub fn entry(&self, entry: &str) -> Option<&EntryPoint> {
+        self.entry_points.iter().find(|e| e.name == entry)
+    }
+
+    /// The binding numbers of an entry point's storage bindings.
+    pub fn bindings(&self, entry: &str) -> Option<Vec<u32>> {
+        self.entry(entry).map(|e| e.bindings.iter().map(|b| b.binding).collect())
     }
 
     pub fn workgroup_size(&self, entry: &str) -> Option<u32> {
-        self.workgroup_sizes.iter().find(|(e, _)| e == entry).map(|&(_, n)| n)
+        self.entry(entry).map(|e| e.invocations)
+    }
+}
+
+/// Check an entry point against a device's limits; the error says what the kernel needs.
+pub fn check_limits(file: &str, ep: &EntryPoint, limits: &wgpu::Limits) -> Result<(), ShaderError> {
+    let mut needs = Vec::new();
+    let storage = ep.bindings.len() as u32;
+    if storage > limits.max_storage_buffers_per_shader_stage {
+        needs.push(format!("{storage} storage buffers (the device allows {})", limits.max_storage_buffers_per_shader_stage));
+    }
+    if ep.invocations > limits.max_compute_invocations_per_workgroup {
+        needs.push(format!("{} invocations per workgroup (the device allows {})", ep.invocations, limits.max_compute_invocations_per_workgroup));
+    }
+    let [x, y, z] = ep.workgroup_size;
+    if x > limits.max_compute_workgroup_size_x || y > limits.max_compute_workgroup_size_y || z > limits.max_compute_workgroup_size_z {
+        needs.push(format!(
+            "a workgroup of {x}x{y}x{z} (the device allows {}x{}x{})",
+            limits.max_compute_workgroup_size_x, limits.max_compute_workgroup_size_y, limits.max_compute_workgroup_size_z
+        ));
+    }
+    if ep.workgroup_bytes > limits.max_compute_workgroup_storage_size {
+        needs.push(format!(
+            "{} bytes of workgroup memory (the device allows {})",
+            ep.workgroup_bytes, limits.max_compute_workgroup_storage_size
+        ));
+    }
+    if needs.is_empty() {
+        Ok(())
+    } else {
+        Err(ShaderError::Limits { file: file.into(), entry: ep.name.clone(), needs: needs.join(", ") })
     }
 }
 
@@ -109,6 +194,8 @@ pub enum ShaderError {
     Convention { file: String, message: String },
     #[error("no shader file named {0}")]
     Missing(String),
+    #[error("{file}.wgsl {entry} needs more than this device offers: {needs}")]
+    Limits { file: String, entry: String, needs: String },
     #[error("device error {what}: {message}")]
     Device { what: String, message: String },
 }
@@ -154,30 +241,27 @@ pub fn reflect(file: &str, source: &str) -> Result<Reflection, ShaderError> {
                 uniform_size = Some(module.types[gv.ty].inner.size(module.to_ctx()));
             }
             naga::AddressSpace::Storage { access } => {
-                if !access.contains(naga::StorageAccess::STORE) {
-                    return Err(conv(format!(
-                        "binding {} is read-only; declare every storage binding read_write",
-                        binding.binding
-                    )));
-                }
                 if binding.binding == 0 {
                     return Err(conv("binding 0 is reserved for the uniform".into()));
                 }
-                storage.push((handle, binding.binding));
+                let read_only = !access.contains(naga::StorageAccess::STORE);
+                let name = gv.name.clone().unwrap_or_default();
+                let scalar = scalar_of(&module, gv.ty)
+                    .ok_or_else(|| conv(format!("binding {} `{name}`: not an array of scalars or vectors", binding.binding)))?;
+                let (scalar_bytes, float) = (u32::from(scalar.width), scalar.kind == naga::ScalarKind::Float);
+                storage.push((handle, BindingInfo { binding: binding.binding, name, read_only, scalar_bytes, float }));
             }
             other => return Err(conv(format!("unexpected address space {other:?}"))),
         }
     }
     let uniform_size = uniform_size.ok_or_else(|| conv("no uniform at binding 0".into()))?;
     let mut entry_points = Vec::new();
-    let mut workgroup_sizes = Vec::new();
     for (i, ep) in module.entry_points.iter().enumerate() {
-        workgroup_sizes.push((ep.name.clone(), ep.workgroup_size.iter().product::<u32>()));
         let uses = info.get_entry_point(i);
-        let mut used: Vec<u32> =
-            storage.iter().filter(|(h, _)| !uses[*h].is_empty()).map(|(_, b)| *b).collect();
-        used.sort_unstable();
-        if used.windows(2).any(|w| w[0] == w[1]) {
+        let mut used: Vec<BindingInfo> =
+            storage.iter().filter(|(h, _)| !uses[*h].is_empty()).map(|(_, b)| b.clone()).collect();
+        used.sort_unstable_by_key(|b| b.binding);
+        if used.windows(2).any(|w| w[0].binding == w[1].binding) {
             return Err(conv(format!("{}: two storage variables share a binding", ep.name)));
         }
         if used.len() > 8 {
@@ -187,17 +271,40 @@ pub fn reflect(file: &str, source: &str) -> Result<Reflection, ShaderError> {
                 used.len()
             )));
         }
-        entry_points.push((ep.name.clone(), used));
+        let workgroup_bytes = module
+            .global_variables
+            .iter()
+            .filter(|(h, gv)| gv.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+            .map(|(_, gv)| module.types[gv.ty].inner.size(module.to_ctx()))
+            .sum();
+        entry_points.push(EntryPoint {
+            name: ep.name.clone(),
+            bindings: used,
+            invocations: ep.workgroup_size.iter().product::<u32>(),
+            workgroup_size: ep.workgroup_size,
+            workgroup_bytes,
+        });
     }
-    Ok(Reflection { uniform_size, entry_points, workgroup_sizes })
+    Ok(Reflection { uniform_size, entry_points })
+}
+
+/// The scalar of a storage variable's type: array<T> (or T) with T a scalar, a vector of
+/// scalars or an atomic.
+fn scalar_of(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<naga::Scalar> {
+    match &module.types[ty].inner {
+        naga::TypeInner::Array { base, .. } => scalar_of(module, *base),
+        naga::TypeInner::Scalar(s) | naga::TypeInner::Atomic(s) => Some(*s),
+        naga::TypeInner::Vector { scalar, .. } => Some(*scalar),
+        _ => None,
+    }
 }
 
 /// A compiled kernel: its pipeline and the layout its bind groups are made for.
 pub struct Kernel {
     pub file: &'static str,
     pub entry: String,
-    /// Storage bindings, in the order launchers pass buffers.
-    pub bindings: Vec<u32>,
+    /// Storage bindings, in binding order.
+    pub bindings: Vec<BindingInfo>,
     pub uniform_size: u32,
     /// Invocations per workgroup (1-D dispatches launch ceil(threads / workgroup) workgroups).
     pub workgroup: u32,
@@ -252,11 +359,13 @@ impl Registry {
         if let Some(k) = self.kernels.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
-        let bindings = f
+        let ep = f
             .reflection
-            .bindings(entry)
+            .entry(entry)
             .ok_or_else(|| ShaderError::Missing(format!("{file}.wgsl entry point {entry}")))?
-            .to_vec();
+            .clone();
+        check_limits(f.name, &ep, &self.device.limits())?;
+        let bindings = ep.bindings.clone();
         let uniform_size = f.reflection.uniform_size;
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -268,12 +377,12 @@ impl Registry {
             },
             count: None,
         }];
-        for &b in &bindings {
+        for b in &bindings {
             entries.push(wgpu::BindGroupLayoutEntry {
-                binding: b,
+                binding: b.binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: false },
+                    ty: wgpu::BufferBindingType::Storage { read_only: b.read_only },
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
@@ -304,7 +413,7 @@ impl Registry {
             entry: entry.into(),
             bindings,
             uniform_size,
-            workgroup: f.reflection.workgroup_size(entry).unwrap_or(1).max(1),
+            workgroup: ep.invocations.max(1),
             pipeline,
             bind_group_layout,
         });

@@ -4,6 +4,7 @@
 use super::context::Gpu;
 use super::ledger::GpuBuffer;
 use super::program::Program;
+use super::trace::Command;
 
 pub struct Submission {
     gpu: Gpu,
@@ -41,23 +42,40 @@ impl Submission {
     /// Zero a whole buffer.
     pub fn clear(&mut self, buf: &GpuBuffer) -> &mut Self {
         self.encoder.clear_buffer(buf.buffer(), 0, None);
+        if self.gpu.recording() {
+            self.gpu.record(Command::Clear(buf.clone()));
+        }
         self
     }
 
     /// Record every dispatch of `program` in a compute pass.
     pub fn run(&mut self, program: &Program) -> &mut Self {
         program.record(&mut self.encoder);
+        if self.gpu.recording() {
+            program.trace(&self.gpu);
+        }
         self
     }
 
     /// Copy `len` elements between buffers (element offsets).
     pub fn copy(&mut self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) -> &mut Self {
-        self.encoder.copy_buffer_to_buffer(src.buffer(), src_off as u64 * 4, dst.buffer(), dst_off as u64 * 4, len as u64 * 4);
+        let (src_offset, dst_offset, size) = (src_off as u64 * 4, dst_off as u64 * 4, len as u64 * 4);
+        self.encoder.copy_buffer_to_buffer(src.buffer(), src_offset, dst.buffer(), dst_offset, size);
+        if self.gpu.recording() {
+            self.gpu.record(Command::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
+        }
         self
     }
 
-    /// Submit (no wait). Uploads queued before this call are executed first.
+    /// Submit (no wait). Uploads queued before this call are executed first. When the device's
+    /// trace is armed (`Gpu::trace_next_submission`), the submission is recorded, which waits.
     pub fn submit(self) {
-        self.gpu.submit_work(self.encoder.finish());
+        if self.gpu.recording() {
+            if let Err(e) = self.gpu.submit_traced(self.encoder.finish()) {
+                self.gpu.errors.lock().unwrap().push(format!("recording a submission: {e}"));
+            }
+        } else {
+            self.gpu.submit_work(self.encoder.finish());
+        }
     }
 }

@@ -47,10 +47,12 @@ impl CnnActs {
         let hw2 = (h / 2) * (w / 2);
         let hw4 = (h / 4) * (w / 4);
         let stat = |c: usize| (b * cfg.groups).max(c);
+        // each tensor at a multiple of TENSOR_ALIGN bytes (bound as its own range)
+        let align = crate::gpu::TENSOR_ALIGN / 4;
         let mut at = 0usize;
         let mut take = |n: usize| {
             let o = at;
-            at = (at + n).next_multiple_of(4);
+            at = (at + n).next_multiple_of(align);
             o
         };
         Self {
@@ -86,8 +88,10 @@ pub struct GpuCnn {
     pub gpu: Gpu,
     pub cfg: CnnConfig,
     pub slabs: Slabs,
-    /// BatchNorm running statistics [mean1 C1 | var1 C1 | mean2 C2 | var2 C2].
+    /// BatchNorm running statistics: mean1 [C1], var1 [C1], mean2 [C2], var2 [C2], each at
+    /// its offset in `running_offsets` (TENSOR_ALIGN apart; the host layout is contiguous).
     pub running: GpuBuffer,
+    running_offsets: Vec<usize>,
     b: usize,
     layout: CnnActs,
     acts: GpuBuffer,
@@ -113,13 +117,37 @@ impl GpuCnn {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let decay = (0..NUM_CNN_TENSORS).map(cnn_decays).collect();
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
-        let running = gpu.try_storage("batchnorm running statistics", Category::Parameters, cfg.running_len())?;
-        gpu.upload(&running, 0, &cfg.running_init());
+        let (running_offsets, running_len) = super::optim::padded_offsets(&Self::running_sizes(&cfg));
+        let running = gpu.try_storage("batchnorm running statistics", Category::Parameters, running_len)?;
         let layout = CnnActs::new(&cfg, b);
         let acts = gpu.try_storage("activations", Category::Activations, layout.len)?;
         let dacts = gpu.try_storage("activation gradients", Category::Activations, layout.len)?;
         let labels = gpu.try_storage("labels", Category::Activations, b)?;
-        Ok(Self { gpu: gpu.clone(), cfg, slabs, running, b, layout, acts, dacts, labels, programs: HashMap::new(), window_inputs: None })
+        let m = Self {
+            gpu: gpu.clone(), cfg, slabs, running, running_offsets, b, layout, acts, dacts, labels, programs: HashMap::new(),
+            window_inputs: None,
+        };
+        m.load_running(&cfg.running_init());
+        Ok(m)
+    }
+
+    /// Sizes of the four running-statistics tensors (mean1, var1, mean2, var2).
+    fn running_sizes(cfg: &CnnConfig) -> [usize; 4] {
+        [cfg.c1, cfg.c1, cfg.c2, cfg.c2]
+    }
+
+    /// Elements of the running-statistics buffer on the device.
+    pub fn running_device_len(cfg: &CnnConfig) -> usize {
+        super::optim::padded_offsets(&Self::running_sizes(cfg)).1
+    }
+
+    /// Overwrite the running statistics (host layout [mean1 | var1 | mean2 | var2]).
+    pub fn load_running(&self, host: &[f32]) {
+        let mut at = 0;
+        for (o, n) in self.running_offsets.iter().zip(Self::running_sizes(&self.cfg)) {
+            self.gpu.upload(&self.running, *o, &host[at..at + n]);
+            at += n;
+        }
     }
 
     pub fn micro_batch(&self) -> usize {
@@ -172,8 +200,8 @@ impl GpuCnn {
         match self.cfg.norm {
             NormKind::Group => pb.groupnorm_forward(out, mean, rstd, inp, w, bias, b, c, hw, self.cfg.groups),
             NormKind::Batch => {
-                let rm = View::at(&self.running, run);
-                let rv = View::at(&self.running, run + c);
+                let rm = View::at(&self.running, self.running_offsets[2 * run]);
+                let rv = View::at(&self.running, self.running_offsets[2 * run + 1]);
                 if train {
                     pb.batchnorm_forward_train(out, mean, rstd, &rm, &rv, inp, w, bias, b, c, hw, BN_MOMENTUM)
                 } else {
@@ -196,7 +224,7 @@ impl GpuCnn {
         pb.relu_forward(&a(l.y1), &a(l.n1), b * c.c1 * h * w)?;
         pb.maxpool2_forward(&a(l.q1), &a(l.i1), &a(l.y1), b, c.c1, h, w)?;
         pb.conv2d_forward(&a(l.a2), &a(l.q1), &p(4), &p(5), b, c.c1, c.c2, h2, w2, 3, 1)?;
-        self.norm_forward(pb, train, &a(l.n2), &a(l.m2), &a(l.r2), 2 * c.c1, &a(l.a2), &p(6), &p(7), b, c.c2, h2 * w2)?;
+        self.norm_forward(pb, train, &a(l.n2), &a(l.m2), &a(l.r2), 1, &a(l.a2), &p(6), &p(7), b, c.c2, h2 * w2)?;
         pb.relu_forward(&a(l.y2), &a(l.n2), b * c.c2 * h2 * w2)?;
         pb.maxpool2_forward(&a(l.q2), &a(l.i2), &a(l.y2), b, c.c2, h2, w2)?;
         pb.matmul_forward(&a(l.logits), &a(l.q2), &p(8), Some(&p(9)), b, c.features(), c.classes)?;
@@ -217,14 +245,14 @@ impl GpuCnn {
         // reduction = sum: each counted image weighs 1; the window's count divides once at the step
         pb.crossentropy_backward(&d(l.logits), &a(l.logits), &View::of(&self.labels), 1.0, b, c.classes)?;
         pb.matmul_backward(Some(&d(l.q2)), &g(8), Some(&g(9)), &d(l.logits), &a(l.q2), &p(8), b, c.features(), c.classes)?;
-        pb.maxpool2_backward(&d(l.y2), &a(l.i2), &d(l.q2), b * c.c2 * h4 * w4)?;
+        pb.maxpool2_backward(&d(l.y2), &a(l.i2), &d(l.q2), b * c.c2 * h4 * w4, b * c.c2 * h2 * w2)?;
         pb.relu_backward(&d(l.n2), &a(l.n2), &d(l.y2), b * c.c2 * h2 * w2)?;
         match c.norm {
             NormKind::Group => pb.groupnorm_backward(&d(l.a2), &g(6), &g(7), &d(l.n2), &a(l.a2), &p(6), &a(l.m2), &a(l.r2), b, c.c2, h2 * w2, c.groups)?,
             NormKind::Batch => pb.batchnorm_backward(&d(l.a2), &g(6), &g(7), &d(l.n2), &a(l.a2), &p(6), &a(l.m2), &a(l.r2), b, c.c2, h2 * w2)?,
         }
         pb.conv2d_backward(&d(l.q1), &g(4), &g(5), &d(l.a2), &a(l.q1), &p(4), b, c.c1, c.c2, h2, w2, 3, 1)?;
-        pb.maxpool2_backward(&d(l.y1), &a(l.i1), &d(l.q1), b * c.c1 * h2 * w2)?;
+        pb.maxpool2_backward(&d(l.y1), &a(l.i1), &d(l.q1), b * c.c1 * h2 * w2, b * c.c1 * h * w)?;
         pb.relu_backward(&d(l.n1), &a(l.n1), &d(l.y1), b * c.c1 * h * w)?;
         match c.norm {
             NormKind::Group => pb.groupnorm_backward(&d(l.a1), &g(2), &g(3), &d(l.n1), &a(l.a1), &p(2), &a(l.m1), &a(l.r1), b, c.c1, h * w, c.groups)?,
@@ -309,6 +337,7 @@ impl GpuCnn {
     }
 
     pub fn read_running(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        self.gpu.read(&self.running, 0, self.cfg.running_len())
+        let dev: Vec<f32> = self.gpu.read_all(&self.running)?;
+        Ok(self.running_offsets.iter().zip(Self::running_sizes(&self.cfg)).flat_map(|(&o, n)| dev[o..o + n].to_vec()).collect())
     }
 }

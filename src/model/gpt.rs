@@ -41,7 +41,8 @@ pub fn decays(tensor: usize) -> bool {
 }
 
 /// Offsets (in elements of the activation precision) of every activation tensor of a micro-batch of B sequences.
-/// Each tensor starts at a multiple of 4 so the vec4 matmul can read it.
+/// Each tensor starts at a multiple of `TENSOR_ALIGN` bytes, so each is bound as its own range
+/// (and the vec4 kernels can read it).
 ///
 /// With activation checkpointing (`recompute`) only each block's input (`encoded` and the
 /// `residual3` of every layer) is kept per layer; the tensors inside a block have one copy shared
@@ -83,13 +84,14 @@ pub struct ActLayout {
 }
 
 impl ActLayout {
-    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool) -> Self {
+    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision) -> Self {
         let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
         let bt = b * t;
+        let align = crate::gpu::TENSOR_ALIGN / precision.act_bytes() as usize;
         let mut at = 0usize;
         let mut take = |n: usize| {
             let o = at;
-            at = (at + n).next_multiple_of(4);
+            at = (at + n).next_multiple_of(align);
             o
         };
         let encoded = take(bt * c);
@@ -192,11 +194,9 @@ struct MicroBatch {
     eval: Program,
 }
 
+/// The rows and vocabulary of the crossentropy_backward dispatch (its dims are rewritten).
 #[derive(Clone)]
 struct CeUniform {
-    dlogits: View,
-    logits: View,
-    targets: View,
     n: usize,
     v: usize,
 }
@@ -236,7 +236,7 @@ impl GpuGpt {
 
     /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
     pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size, recompute).bytes(precision)
+        ActLayout::new(cfg, b, cfg.block_size, recompute, precision).bytes(precision)
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
@@ -317,7 +317,7 @@ impl GpuGpt {
 
     fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
-        let layout = ActLayout::new(&self.cfg, b, t, self.recompute);
+        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision);
         let slab = layout.bytes(self.precision);
         let acts = self.gpu.try_storage_bytes("activations", Category::Activations, slab)?;
         let dacts = self.gpu.try_storage_bytes("activation gradients", Category::Activations, slab)?;
@@ -344,7 +344,7 @@ impl GpuGpt {
         let bt = b * t;
         let act = |o: usize| View::at(acts, o);
 
-        pb.encoder_forward(&act(a.encoded), &View::of(inputs), &self.pv(p::WTE), &self.pv(p::WPE), b, t, c)?;
+        pb.encoder_forward(&act(a.encoded), &View::of(inputs), &self.pv(p::WTE), &self.pv(p::WPE), b, t, c, v)?;
         for l in 0..cl {
             self.record_block_forward(pb, a, acts, l)?;
         }
@@ -408,8 +408,8 @@ impl GpuGpt {
 
         // reduction = sum: each counted target's loss has weight 1; the window's gradient is
         // divided once by the window's count at the step.
-        let ce = CeUniform { dlogits: dact(a.logits), logits: act(a.logits), targets: View::of(targets), n: bt, v };
-        let ce_idx = pb.crossentropy_backward(&ce.dlogits, &ce.logits, &ce.targets, 1.0, bt, v)?;
+        let ce = CeUniform { n: bt, v };
+        let ce_idx = pb.crossentropy_backward(&dact(a.logits), &act(a.logits), &View::of(targets), 1.0, bt, v)?;
         pb.matmul_backward(Some(&dact(a.lnf)), &self.gv(p::WTE), None, &dact(a.logits), &act(a.lnf), &self.pv(p::WTE), bt, c, v)?;
         let last = if cl == 0 { a.encoded } else { a.residual3[cl - 1] };
         // The residual stream's gradient is one tensor (llm.c's dresidual), the gradient of the
@@ -449,7 +449,7 @@ impl GpuGpt {
             pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
         }
-        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dres, &View::of(inputs), b, t, c)?;
+        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dres, &View::of(inputs), b, t, c, v)?;
         Ok((ce_idx, ce))
     }
 
@@ -474,8 +474,8 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("checked above");
         self.slabs.reserve_figures(k);
         let ce = &mb.ce_uniform_base;
-        let u = crate::gpu::kernels::crossentropy_backward_uniforms(&ce.dlogits, &ce.logits, &ce.targets, dloss, ce.n, ce.v);
-        mb.train.set_uniform(mb.ce_backward, &u);
+        let u = crate::gpu::kernels::crossentropy_backward_uniforms(dloss, ce.n, ce.v);
+        mb.train.set_dims(mb.ce_backward, &u);
         for (i, (x, y)) in batches.iter().enumerate() {
             assert_eq!((x.len(), y.len()), (bt, bt), "inputs and targets must be [B,T]");
             self.gpu.upload(&tokens, (first + i) * bt, x);

@@ -5,7 +5,9 @@
 //!
 //! The prediction is the steady state of training: after the first optimizer step, with the
 //! programs of micro-batch B recorded (and, for the CNN, those of the epoch's short remainder once
-//! it has run: `Remainder`). Readback staging buffers live only during a read and are not counted.
+//! it has run: `Remainder`). Readback staging buffers live only during a read and are not counted,
+//! nor are the device's own unused-binding stand-ins (`gpu::UNUSED_BINDING_BYTES`, 2.25 KiB of
+//! scratch in the ledger from the moment the device exists, whatever runs on it).
 
 use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, MemorySnapshot, Precision};
@@ -44,10 +46,19 @@ impl ModelSpec {
         }
     }
 
+    /// Elements of the parameter, gradient and AdamW slabs on the device.
+    pub fn slab_len(&self) -> usize {
+        let sizes = match self {
+            ModelSpec::Gpt(c) => c.param_sizes().to_vec(),
+            ModelSpec::Cnn(c) => c.param_sizes().to_vec(),
+        };
+        crate::model::optim::padded_offsets(&sizes).1
+    }
+
     /// Bytes of the largest single buffer at micro-batch `b` (checked against the device's
     /// max binding and buffer sizes): the activation slab or the parameter slab.
     pub fn largest_buffer(&self, b: usize, opts: MemoryOptions) -> u64 {
-        let params = self.num_params() as u64 * 4;
+        let params = self.slab_len() as u64 * 4;
         let slab = match self {
             ModelSpec::Gpt(c) => GpuGpt::activation_slab_bytes(c, b, opts.checkpoint_activations, opts.precision),
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
@@ -68,7 +79,8 @@ impl ModelSpec {
     /// per window (`k` sizes the per-micro-batch figures buffer). `remainder`: the CNN's short
     /// last micro-batch of an epoch (its programs are recorded once it has run); 0 for none.
     pub fn predict(&self, b: usize, k: usize, remainder: usize, opts: MemoryOptions) -> MemorySnapshot {
-        let n = self.num_params() as u64;
+        // the slabs' device length: each tensor padded to TENSOR_ALIGN (`optim::padded_offsets`)
+        let n = self.slab_len() as u64;
         let mut m = MemorySnapshot::default();
         let mut add = |c: Category, bytes: u64| m.bytes[c.index()] += bytes;
         add(Category::Parameters, buf(n * 4));
@@ -101,7 +113,7 @@ impl ModelSpec {
                 }
             }
             ModelSpec::Cnn(c) => {
-                add(Category::Parameters, buf(c.running_len() as u64 * 4));
+                add(Category::Parameters, buf(GpuCnn::running_device_len(c) as u64 * 4));
                 add(Category::Activations, GpuCnn::predicted_activation_bytes(c, b));
                 // the window's images and labels, uploaded once
                 add(Category::Activations, buf(GpuCnn::window_inputs_len(c, b, k) as u64 * 4));

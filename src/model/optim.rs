@@ -8,19 +8,38 @@ use crate::gpu::kernels::{AdamW, adamw_uniforms};
 use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
 use crate::gpu::submit::Submission;
 
-/// Small device-side figures of the current window: [loss sum, target count, grad norm, norm^2,
-/// update norm, its square, update flag, unused].
+/// Small device-side figures of the current window: (loss sum, target count), (grad norm,
+/// norm^2), (update norm, its square) and the update flag, each pair in its own 256-byte slot
+/// so that a kernel writing one may read another (WebGPU forbids overlapping writable ranges).
 pub struct Scratch;
 impl Scratch {
     pub const LOSS_SUM: usize = 0;
     pub const COUNT: usize = 1;
-    pub const NORM: usize = 2;
+    pub const NORM: usize = SLOT;
     /// L2 norm of the step's parameter update (and its square at +1).
-    pub const UPDATE_NORM: usize = 4;
+    pub const UPDATE_NORM: usize = 2 * SLOT;
     /// 1.0 when the step's update would have written a non-finite weight or moment (AdamW was
     /// then skipped for every tensor), else 0.0; written by `adamw_check`.
-    pub const UPDATE_NONFINITE: usize = 6;
-    pub const LEN: usize = 8;
+    pub const UPDATE_NONFINITE: usize = 3 * SLOT;
+    pub const LEN: usize = 4 * SLOT;
+}
+
+/// f32 elements per 256-byte slot (`TENSOR_ALIGN`).
+const SLOT: usize = crate::gpu::TENSOR_ALIGN / 4;
+
+/// Device offsets of tensors of `sizes` f32 elements, each starting at a multiple of
+/// `TENSOR_ALIGN` bytes (so that each is bound as its own range), and the slab's length.
+pub fn padded_offsets(sizes: &[usize]) -> (Vec<usize>, usize) {
+    let mut at = 0;
+    let offsets = sizes
+        .iter()
+        .map(|&n| {
+            let o = at;
+            at = (at + n).next_multiple_of(SLOT);
+            o
+        })
+        .collect();
+    (offsets, at)
 }
 
 /// Optimizer settings of one step.
@@ -76,10 +95,13 @@ pub struct Slabs {
     pub gpu: Gpu,
     /// Number of parameters.
     pub n: usize,
-    pub params: GpuBuffer,   // [n]
-    pub grads: GpuBuffer,    // [n]
-    pub adam_m: GpuBuffer,   // [n]
-    pub adam_v: GpuBuffer,   // [n]
+    /// Elements of each slab on the device: the tensors at `offsets`, padded to TENSOR_ALIGN
+    /// (the padding stays zero in every slab, so norms and updates are those of the tensors).
+    pub len: usize,
+    pub params: GpuBuffer,   // [len]
+    pub grads: GpuBuffer,    // [len]
+    pub adam_m: GpuBuffer,   // [len]
+    pub adam_v: GpuBuffer,   // [len]
     pub scratch: GpuBuffer,  // [Scratch::LEN]
     /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
     /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
@@ -87,9 +109,11 @@ pub struct Slabs {
     figures_cap: usize,
     pub partials: GpuBuffer, // [NORM_GROUPS]
     /// The parameters before the step, then the update (for ||update||); scratch.
-    prev: GpuBuffer,         // [n]
-    /// Offset, size and weight decay (or not) of each parameter tensor.
+    prev: GpuBuffer,         // [len]
+    /// Device offset, size and weight decay (or not) of each parameter tensor.
     pub offsets: Vec<usize>,
+    /// Offsets in the host layout (`params` as given to `new`, checkpoints, the CPU reference).
+    pub host_offsets: Vec<usize>,
     pub sizes: Vec<usize>,
     pub decay: Vec<bool>,
     step_prog: Option<StepProgram>,
@@ -122,38 +146,65 @@ struct StepProgram {
 }
 
 impl Slabs {
-    /// Allocate the slabs for `params` (tensors at `offsets` with `sizes`; `decay[i]`: whether
-    /// AdamW decays tensor i) and upload them; moments start at zero.
-    pub fn new(gpu: &Gpu, params: &[f32], offsets: Vec<usize>, sizes: Vec<usize>, decay: Vec<bool>) -> Result<Self, ProgramError> {
+    /// Allocate the slabs for `params` (host layout: tensors at `host_offsets` with `sizes`;
+    /// `decay[i]`: whether AdamW decays tensor i) and upload them; moments start at zero.
+    pub fn new(gpu: &Gpu, params: &[f32], host_offsets: Vec<usize>, sizes: Vec<usize>, decay: Vec<bool>) -> Result<Self, ProgramError> {
         let n = params.len();
-        let pbuf = gpu.try_storage("parameters", Category::Parameters, n)?;
-        let grads = gpu.try_storage("gradients", Category::Gradients, n)?;
-        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, n)?;
-        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, n)?;
+        let (offsets, len) = padded_offsets(&sizes);
+        let pbuf = gpu.try_storage("parameters", Category::Parameters, len)?;
+        let grads = gpu.try_storage("gradients", Category::Gradients, len)?;
+        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, len)?;
+        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, len)?;
         let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
         let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
-        let prev = gpu.try_storage("parameters before the step", Category::Scratch, n)?;
-        gpu.upload(&pbuf, 0, params);
-        let zeros = vec![0.0f32; n];
+        let prev = gpu.try_storage("parameters before the step", Category::Scratch, len)?;
+        let zeros = vec![0.0f32; len];
         gpu.upload(&adam_m, 0, &zeros);
         gpu.upload(&adam_v, 0, &zeros);
         gpu.upload(&grads, 0, &zeros);
+        gpu.upload(&pbuf, 0, &zeros);
         gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
         let figures_cap = 16;
         let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
-        Ok(Self {
-            gpu: gpu.clone(), n, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev,
-            offsets, sizes, decay, step_prog: None, micro_clip: None,
-        })
+        let slabs = Self {
+            gpu: gpu.clone(), n, len, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev,
+            offsets, host_offsets, sizes, decay, step_prog: None, micro_clip: None,
+        };
+        slabs.upload_host(&slabs.params, params);
+        Ok(slabs)
+    }
+
+    /// Write a host-layout vector into a slab's tensors.
+    fn upload_host(&self, slab: &GpuBuffer, host: &[f32]) {
+        for i in 0..self.sizes.len() {
+            let h = self.host_offsets[i];
+            self.gpu.upload(slab, self.offsets[i], &host[h..h + self.sizes[i]]);
+        }
+    }
+
+    /// A slab's tensors in the host layout.
+    fn read_host(&self, slab: &GpuBuffer) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
+        let dev: Vec<f32> = self.gpu.read(slab, 0, self.len)?;
+        let mut host = vec![0.0f32; self.n];
+        for i in 0..self.sizes.len() {
+            let (h, d, n) = (self.host_offsets[i], self.offsets[i], self.sizes[i]);
+            host[h..h + n].copy_from_slice(&dev[d..d + n]);
+        }
+        Ok(host)
+    }
+
+    /// Parameter tensor i and its size.
+    fn tensor(&self, slab: &GpuBuffer, i: usize) -> View {
+        View::at(slab, self.offsets[i])
     }
 
     /// Parameter tensor i.
     pub fn pv(&self, i: usize) -> View {
-        View::at(&self.params, self.offsets[i])
+        self.tensor(&self.params, i)
     }
     /// Gradient of parameter tensor i.
     pub fn gv(&self, i: usize) -> View {
-        View::at(&self.grads, self.offsets[i])
+        self.tensor(&self.grads, i)
     }
 
     /// Make room for the figures of a window of `k` micro-batches (before its first one: a
@@ -183,7 +234,7 @@ impl Slabs {
     /// Record the end-of-window programs (once; they bind only the fixed slabs).
     fn step_programs(&mut self) -> Result<&StepProgram, ProgramError> {
         if self.step_prog.is_none() {
-            let n = self.n;
+            let n = self.len;
             let grads = View::of(&self.grads);
             let norm = View::at(&self.scratch, Scratch::NORM);
             let totals = View::at(&self.scratch, Scratch::LOSS_SUM);
@@ -212,7 +263,7 @@ impl Slabs {
             let flag = View::at(&self.scratch, Scratch::UPDATE_NONFINITE);
             pb.fill(&flag, 0.0, 1)?;
             let tensors = 0..self.offsets.len();
-            let args = |i: usize| (self.pv(i), self.gv(i), View::at(&self.adam_m, self.offsets[i]), View::at(&self.adam_v, self.offsets[i]));
+            let args = |i: usize| (self.pv(i), self.gv(i), self.tensor(&self.adam_m, i), self.tensor(&self.adam_v, i));
             let mut checks = Vec::new();
             for i in tensors.clone() {
                 let (p, g, m, v) = args(i);
@@ -238,11 +289,10 @@ impl Slabs {
 
     /// Record the normalization `divide` and the global norm into `s`.
     fn record_divide(&mut self, s: &mut Submission, divide: WindowDivide) -> Result<(), ProgramError> {
-        let n = self.n;
-        let grads = View::of(&self.grads);
+        let n = self.len;
         let prog = self.step_programs()?;
         let unscale = |s: &mut Submission, scale: f32| {
-            prog.unscale.set_uniform(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / scale, n));
+            prog.unscale.set_dims(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(1.0 / scale, n));
             s.run(&prog.unscale);
         };
         match divide {
@@ -267,11 +317,10 @@ impl Slabs {
     /// Multiply the accumulated gradient by 1 / `scale` now (the wrong order kept for tests:
     /// unscaling the accumulator after every micro-batch instead of once per window).
     pub fn unscale_now(&mut self, scale: f32) -> Result<(), ProgramError> {
-        let n = self.n;
-        let grads = View::of(&self.grads);
+        let n = self.len;
         let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
-        prog.unscale.set_uniform(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / scale, n));
+        prog.unscale.set_dims(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(1.0 / scale, n));
         let mut s = gpu.submission();
         s.run(&prog.unscale);
         s.submit();
@@ -293,7 +342,7 @@ impl Slabs {
     /// on its own norm to `max_norm`, and added to a sum. Call `finish_clipped_window` before
     /// `optimizer_step(.., divide_by_count = false)` with clipping off.
     pub fn clip_micro_batch(&mut self, index: usize, window_count: f32, max_norm: f32) -> Result<(), ProgramError> {
-        let n = self.n;
+        let n = self.len;
         if self.micro_clip.is_none() {
             let accum = self.gpu.storage("per-micro-batch clip sum", Category::Gradients, n);
             let grads = View::of(&self.grads);
@@ -305,10 +354,9 @@ impl Slabs {
             self.micro_clip = Some(MicroClip { accum, prog: pb.finish("per-micro-batch clip"), scale_index, clip_index });
         }
         let mc = self.micro_clip.as_ref().unwrap();
-        let grads = View::of(&self.grads);
-        mc.prog.set_uniform(mc.scale_index, &crate::gpu::kernels::scale_uniforms(&grads, 1.0 / window_count, n));
+        mc.prog.set_dims(mc.scale_index, &crate::gpu::kernels::scale_uniforms(1.0 / window_count, n));
         let clip = if max_norm > 0.0 { max_norm } else { f32::MAX };
-        mc.prog.set_uniform(mc.clip_index, &crate::gpu::kernels::clip_uniforms(&grads, &View::at(&self.scratch, Scratch::NORM), clip, n));
+        mc.prog.set_dims(mc.clip_index, &crate::gpu::kernels::clip_uniforms(clip, n));
         let mut s = self.gpu.submission();
         if index == 0 {
             s.clear(&mc.accum);
@@ -324,7 +372,7 @@ impl Slabs {
     pub fn finish_clipped_window(&self) {
         if let Some(mc) = &self.micro_clip {
             let mut s = self.gpu.submission();
-            s.copy(&mc.accum, 0, &self.grads, 0, self.n);
+            s.copy(&mc.accum, 0, &self.grads, 0, self.len);
             s.submit();
         }
     }
@@ -346,29 +394,26 @@ impl Slabs {
     /// its step can then go to the device as one submission).
     pub fn record_optimizer_step(&mut self, s: &mut Submission, st: &StepSettings, step: u32, divide: WindowDivide) -> Result<(), ProgramError> {
         self.record_divide(s, divide)?;
-        let n = self.n;
-        let offsets = self.offsets.clone();
+        let n = self.len;
         let sizes = self.sizes.clone();
         let decay = self.decay.clone();
-        let (params, grads, m, v) = (self.params.clone(), self.grads.clone(), self.adam_m.clone(), self.adam_v.clone());
+        let params = self.params.clone();
         let scratch = self.scratch.clone();
         let (prev, figures) = (self.prev.clone(), self.figures.clone());
         let prog = self.step_programs()?;
-        for i in 0..offsets.len() {
+        for i in 0..sizes.len() {
             let hp = AdamW {
                 lr: st.lr, beta1: st.beta1, beta2: st.beta2, eps: st.eps,
                 weight_decay: if decay[i] { st.weight_decay } else { 0.0 },
             };
-            let u = adamw_uniforms(&View::at(&params, offsets[i]), &View::at(&grads, offsets[i]),
-                &View::at(&m, offsets[i]), &View::at(&v, offsets[i]), &View::at(&scratch, Scratch::LOSS_SUM),
-                &View::at(&scratch, Scratch::NORM), &View::at(&scratch, Scratch::UPDATE_NONFINITE), sizes[i], &hp, step);
+            let u = adamw_uniforms(sizes[i], &hp, step);
             let (check, step_index) = prog.adamw_index[i];
-            prog.adamw.set_uniform(check, &u);
-            prog.adamw.set_uniform(step_index, &u);
+            prog.adamw.set_dims(check, &u);
+            prog.adamw.set_dims(step_index, &u);
         }
         if st.grad_clip > 0.0 {
-            let u = crate::gpu::kernels::clip_uniforms(&View::of(&grads), &View::at(&scratch, Scratch::NORM), st.grad_clip, n);
-            prog.prologue_clip.set_uniform(prog.clip_index, &u);
+            let u = crate::gpu::kernels::clip_uniforms(st.grad_clip, n);
+            prog.prologue_clip.set_dims(prog.clip_index, &u);
             s.run(&prog.prologue_clip);
         }
         s.copy(&params, 0, &prev, 0, n);
@@ -414,22 +459,28 @@ impl Slabs {
         Ok((f[0] as f64, f[1] as f64))
     }
 
+    /// The parameters in the host layout.
     pub fn read_params(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        self.gpu.read_all(&self.params).map(|mut v: Vec<f32>| { v.truncate(self.n); v })
+        self.read_host(&self.params)
     }
+    /// The gradient slab in the host layout.
     pub fn read_grads(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        self.gpu.read_all(&self.grads).map(|mut v: Vec<f32>| { v.truncate(self.n); v })
+        self.read_host(&self.grads)
     }
-    /// AdamW first and second moments.
+    /// AdamW first and second moments (host layout).
     pub fn read_adam(&self) -> Result<(Vec<f32>, Vec<f32>), crate::gpu::readback::ReadbackError> {
-        let n = self.n;
-        Ok((self.gpu.read(&self.adam_m, 0, n)?, self.gpu.read(&self.adam_v, 0, n)?))
+        Ok((self.read_host(&self.adam_m)?, self.read_host(&self.adam_v)?))
     }
-    /// Restore parameters and AdamW moments (resume).
+    /// Restore parameters and AdamW moments (resume; host layout).
     pub fn load_state(&self, params: &[f32], m: &[f32], v: &[f32]) {
-        self.gpu.upload(&self.params, 0, params);
-        self.gpu.upload(&self.adam_m, 0, m);
-        self.gpu.upload(&self.adam_v, 0, v);
+        self.upload_host(&self.params, params);
+        self.upload_host(&self.adam_m, m);
+        self.upload_host(&self.adam_v, v);
+    }
+
+    /// Overwrite the parameters (host layout).
+    pub fn load_params(&self, params: &[f32]) {
+        self.upload_host(&self.params, params);
     }
 }
 

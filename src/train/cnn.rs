@@ -212,7 +212,7 @@ impl Model for CnnModel {
         let running = self.gpu_model.read_running()?;
         let p = self.gpu_model.profile_micro_batch(&x, &y);
         // the train program updated BatchNorm's running statistics: put them back
-        self.gpu_model.gpu.upload(&self.gpu_model.running, 0, &running);
+        self.gpu_model.load_running(&running);
         Ok(p)
     }
 
@@ -221,7 +221,7 @@ impl Model for CnnModel {
         let running = self.gpu_model.read_running()?;
         self.gpu_model.upload_inputs(&x, &y);
         let t = self.gpu_model.time_programs(y.len(), reps)?;
-        self.gpu_model.gpu.upload(&self.gpu_model.running, 0, &running);
+        self.gpu_model.load_running(&running);
         Ok(t)
     }
 
@@ -257,7 +257,7 @@ impl Model for CnnModel {
             for (name, c) in RUNNING.iter().zip(self.running_sizes()) {
                 run.extend(checkpoint::tensor_f32(path, tensors, name, &[c])?);
             }
-            self.gpu_model.gpu.upload(&self.gpu_model.running, 0, &run);
+            self.gpu_model.load_running(&run);
         }
         self.sampler = checkpoint::meta_json(path, meta, "sampler")?;
         Ok(())

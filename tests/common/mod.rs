@@ -47,8 +47,11 @@ impl Rng {
     }
 }
 
-/// Tensors of one test, placed in one slab at 4-aligned offsets (plus a random gap, so offsets
-/// are really used) or each in its own buffer.
+/// Tensors of one test, each in its own buffer: at offset 0, or (`shared`) behind a NaN-filled
+/// gap of 4 to 76 elements, so that its bound range starts before it (the range is aligned down
+/// to the device's storage offset alignment) and the kernel's element offsets are really used.
+/// (One buffer cannot hold them all: WebGPU forbids a buffer bound read-only and writable in one
+/// dispatch, and the model's slabs keep inputs a kernel only reads apart from its outputs.)
 pub struct Tensors {
     gpu: Gpu,
     data: Vec<Vec<u32>>,
@@ -79,17 +82,14 @@ impl Tensors {
     /// Upload everything and make the views.
     pub fn upload(&mut self) {
         if self.shared {
-            let mut slab: Vec<u32> = Vec::new();
-            let mut offsets = Vec::new();
             for (i, d) in self.data.iter().enumerate() {
-                slab.resize(slab.len() + 4 * (i % 3), f32::NAN.to_bits()); // gaps
-                offsets.push(slab.len());
+                let gap = 4 * (1 + i % 3) + 64 * (i % 2);
+                let mut slab = vec![f32::NAN.to_bits(); gap];
                 slab.extend_from_slice(d);
-                slab.resize(slab.len().next_multiple_of(4), f32::NAN.to_bits());
+                let buf = self.gpu.storage("test tensor behind a gap", Category::Activations, slab.len());
+                self.gpu.upload(&buf, 0, &slab);
+                self.views.push(View::at(&buf, gap));
             }
-            let buf = self.gpu.storage("test slab", Category::Activations, slab.len());
-            self.gpu.upload(&buf, 0, &slab);
-            self.views = offsets.into_iter().map(|o| View::at(&buf, o)).collect();
         } else {
             for d in &self.data {
                 let buf = self.gpu.storage("test tensor", Category::Activations, d.len());
