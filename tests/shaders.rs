@@ -138,3 +138,17 @@ fn an_entry_point_past_the_device_limits_is_refused_with_what_it_needs() {
     };
     check_limits("big", ep, &roomy).unwrap();
 }
+
+#[test]
+fn tint_gets_the_subgroups_directive_naga_rejects() {
+    // naga 30 rejects `enable subgroups;`, Tint requires it before subgroup builtins: the
+    // registry writes the Tint variant from the one source
+    let uses = "@compute @workgroup_size(64) fn f(@builtin(subgroup_size) n: u32) { let s = subgroupAdd(1.0); }";
+    assert_eq!(gradscope::gpu::for_tint(uses), format!("enable subgroups;\n{uses}"));
+    assert_eq!(gradscope::gpu::for_tint(&format!("enable subgroups;\n{uses}")), format!("enable subgroups;\n{uses}"), "not twice");
+    // the shaders of today use no subgroups: their Tint variant is the source itself (the Dawn
+    // test compiles exactly these)
+    for (name, source) in SHADERS {
+        assert_eq!(gradscope::gpu::tint_source(name), *source, "{name}");
+    }
+}

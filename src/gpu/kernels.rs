@@ -447,7 +447,7 @@ impl ProgramBuilder {
     }
 
     /// dlogits [N,V] += dloss * (softmax - onehot) on counted rows. Returns the dispatch index so
-    /// `dloss` can be rewritten with `Program::set_uniform` (see `crossentropy_uniforms`).
+    /// `dloss` can be rewritten with `Program::set_dims` (see `crossentropy_backward_uniforms`).
     #[allow(clippy::too_many_arguments)]
     pub fn crossentropy_backward(
         &mut self, dlogits: &View, logits: &View, targets: &View, dloss: f32, n: usize, v: usize,

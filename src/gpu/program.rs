@@ -207,8 +207,6 @@ pub enum ProgramError {
     Shader(#[from] ShaderError),
     #[error(transparent)]
     Device(#[from] super::context::GpuError),
-    #[error("{kernel}: expects {expected} buffers, got {got}")]
-    Arity { kernel: String, expected: u32, got: usize },
     #[error("{kernel}: {message}")]
     Shape { kernel: String, message: String },
     /// A dispatch WebGPU would reject: overlapping writable ranges, or one buffer bound both
@@ -319,13 +317,14 @@ impl ProgramBuilder {
             }
             let offset = start / align * align;
             let size = (end - offset).next_multiple_of(4).min(view.buf.size() - offset);
-            if size > u64::from(self.gpu.limits().max_storage_buffer_binding_size) {
+            let max_binding = self.gpu.limits().max_storage_buffer_binding_size;
+            if size > max_binding {
                 return Err(ProgramError::Shape {
                     kernel: entry.into(),
                     message: format!(
                         "binding {} `{}` of {:?} needs {} in one binding; the device allows {}",
                         info.binding, info.name, view.buf.label(), super::human_bytes(size),
-                        super::human_bytes(u64::from(self.gpu.limits().max_storage_buffer_binding_size))
+                        super::human_bytes(max_binding)
                     ),
                 });
             }
@@ -364,7 +363,9 @@ impl ProgramBuilder {
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         );
         let mut arena = vec![0u8; self.pending.len() * SLOT as usize];
-        let mut cache: HashMap<(usize, Vec<(usize, u64, u64)>), wgpu::BindGroup> = HashMap::new();
+        // (kernel, [(buffer, offset, size)]) -> its bind group
+        type Key = (usize, Vec<(usize, u64, u64)>);
+        let mut cache: HashMap<Key, wgpu::BindGroup> = HashMap::new();
         let mut dispatches = Vec::with_capacity(self.pending.len());
         for (i, p) in self.pending.into_iter().enumerate() {
             let k = &p.kernel;
