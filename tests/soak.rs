@@ -120,14 +120,15 @@ fn a_thousand_live_changes_lose_nothing() {
         None => 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64,
     };
     let now = g.ledger.snapshot();
-    // the slabs' device length (each tensor padded to TENSOR_ALIGN bytes)
-    let n = gradscope::model::memory::ModelSpec::Gpt(gcfg).slab_len() as u64 * 4;
+    // the slabs as laid out on this device (each tensor padded to TENSOR_ALIGN bytes)
+    let limits = gradscope::model::layout::SlabLimits::of(&g);
+    let n = gradscope::model::memory::ModelSpec::Gpt(gcfg).slab_layout(limits).0.bytes();
     assert_eq!(now.get(Category::Parameters) - before.get(Category::Parameters), n);
     assert_eq!(now.get(Category::Gradients) - before.get(Category::Gradients), n);
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision) + window_tokens,
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits) + window_tokens,
         "activation bytes for the final B = {final_b}, checkpointing {final_ck}, precision {final_precision}"
     );
     s.controls.send(Control::Shutdown).unwrap();

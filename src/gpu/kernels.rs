@@ -101,19 +101,41 @@ impl ProgramBuilder {
     /// out [B,T,C] = wte[inp] + wpe[t]
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_forward(&mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize, v: usize) -> R {
-        let dims = Uniforms::new().n(b).n(t).n(c);
-        let args = [(out, b * t * c), (inp, b * t), (wte, v * c), (wpe, t * c)];
+        self.encoder_forward_rows(out, inp, wte, wpe, b, t, c, 0, v)
+    }
+
+    /// `encoder_forward` for the positions whose token is in `v0 .. v0 + vn`, with `wte` the
+    /// embedding's rows v0 .. v0 + vn (one part of an embedding cut into vocabulary ranges).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_forward_rows(
+        &mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize, v0: usize, vn: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(t).n(c).n(v0).n(vn);
+        let args = [(out, b * t * c), (inp, b * t), (wte, vn * c), (wpe, t * c)];
         self.call("encoder", "encoder_forward", 1, &args, dims, Grid::Threads(b * t * c))?;
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize, v: usize) -> R {
-        let args = [(dwte, v * c), (dwpe, t * c), (dout, b * t * c), (inp, b * t)];
-        let dims = Uniforms::new().n(b).n(t).n(c);
+        self.encoder_backward_rows(dwte, Some(dwpe), dout, inp, b, t, c, 0, v)
+    }
+
+    /// `encoder_backward` into the embedding rows v0 .. v0 + vn (`dwte` is that part), and the
+    /// position embedding's gradient when `dwpe` is given (once, with one of the parts).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_backward_rows(
+        &mut self, dwte: &View, dwpe: Option<&View>, dout: &View, inp: &View, b: usize, t: usize, c: usize, v0: usize,
+        vn: usize,
+    ) -> R {
+        let dwpe_v = dwpe.map_or((dwte, 0), |d| (d, t * c));
+        let args = [(dwte, vn * c), dwpe_v, (dout, b * t * c), (inp, b * t)];
+        let dims = Uniforms::new().n(b).n(t).n(c).n(v0).n(vn);
         self.check_loops("encoder_backward_wte", b * t)?;
         self.call("encoder", "encoder_backward_wte", 9, &args, dims.clone(), Grid::Threads(c))?;
-        self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
+        if dwpe.is_some() {
+            self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
+        }
         Ok(())
     }
 
@@ -483,6 +505,22 @@ impl ProgramBuilder {
         let dims = Uniforms::new().n(n).n(g).f(0.0);
         self.call("grad_norm", "grad_norm_partial", 1, &[(partials, g), (grads, n)], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
         self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, g)], dims, Grid::Groups([1, 1, 1]))?;
+        Ok(())
+    }
+
+    /// The global norm of several buffers' contents (a slab of several buffers): each buffer's
+    /// partial sums into its own NORM_GROUPS slots of `partials`, then one final sum over all of
+    /// them: norm[0] = ||all||_2, norm[1] = its square. With one buffer, `grad_norm` exactly.
+    pub fn grad_norm_slabs(&mut self, norm: &View, partials: &View, slabs: &[(View, usize)]) -> R {
+        let g = NORM_GROUPS;
+        for (i, (x, n)) in slabs.iter().enumerate() {
+            let dims = Uniforms::new().n(*n).n(g).f(0.0);
+            let part = partials.add(i * g);
+            self.call("grad_norm", "grad_norm_partial", 1, &[(&part, g), (x, *n)], dims, Grid::Groups([g as u32, 1, 1]))?;
+        }
+        let all = g * slabs.len().max(1);
+        let dims = Uniforms::new().n(0).n(all).f(0.0);
+        self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, all)], dims, Grid::Groups([1, 1, 1]))?;
         Ok(())
     }
 

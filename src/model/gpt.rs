@@ -7,6 +7,7 @@
 
 use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
+use crate::model::layout::{Packer, SlabLimits, allocate, locate, view};
 use crate::reference::gpt::GptConfig;
 
 pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowDivide, WindowFigures};
@@ -32,6 +33,22 @@ pub mod p {
     pub const FCPROJB: usize = 13;
     pub const LNFW: usize = 14;
     pub const LNFB: usize = 15;
+}
+
+/// The parameter tensors as the slabs lay them out: the tied embedding (wte) may be cut into
+/// row ranges (vocabulary ranges) that each fit one binding; every other tensor must fit one.
+pub fn tensor_specs(cfg: &GptConfig) -> Vec<super::optim::TensorSpec> {
+    let names = GptConfig::param_names();
+    cfg.param_sizes()
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| super::optim::TensorSpec {
+            name: names[i].to_string(),
+            size,
+            rows_of: if i == p::WTE { cfg.n_embd } else { 0 },
+            decay: decays(i),
+        })
+        .collect()
 }
 
 /// Whether AdamW decays a parameter tensor: 2-D weights (embeddings and linear weights) yes,
@@ -70,71 +87,72 @@ pub struct ActLayout {
     pub fch: Vec<usize>,         // L x [B,T,4C]
     pub fch_gelu: Vec<usize>,    // L x [B,T,4C]
     pub fcproj: Vec<usize>,      // L x [B,T,C]
-    /// The block-internal tensors (everything from `ln1` to `fcproj`) occupy
-    /// `block_start .. block_start + block_len`.
-    pub block_start: usize,
-    pub block_len: usize,
+    /// Ranges (virtual offset, elements) that zero the block-internal gradients (everything from
+    /// `ln1` to `fcproj`) before a recomputed block's backward: one range when they share a
+    /// buffer (they are then contiguous), else one per tensor.
+    pub block_fill: Vec<(usize, usize)>,
     pub lnf: usize,              // [B,T,C]
     pub lnf_mean: usize,         // [B,T]
     pub lnf_rstd: usize,         // [B,T]
     pub logits: usize,           // [B,T,V]
     pub losses: usize,           // [B,T]
-    /// Total elements.
-    pub len: usize,
+    /// The buffers of the slab (`layout::Packer`; offsets above are virtual).
+    pub packer: Packer,
 }
 
 impl ActLayout {
-    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision) -> Self {
+    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision, limits: SlabLimits) -> Self {
         let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
         let bt = b * t;
-        let align = crate::gpu::TENSOR_ALIGN / precision.act_bytes() as usize;
-        let mut at = 0usize;
-        let mut take = |n: usize| {
-            let o = at;
-            at = (at + n).next_multiple_of(align);
-            o
-        };
-        let encoded = take(bt * c);
-        let residual3 = (0..l).map(|_| take(bt * c)).collect::<Vec<_>>();
+        let mut packer = Packer::new(precision.act_bytes(), limits);
+        let encoded = packer.take("encoded", bt * c);
+        let residual3 = (0..l).map(|_| packer.take("residual3", bt * c)).collect::<Vec<_>>();
         // one copy per layer, or one shared copy when the backward recomputes blocks
         let copies = if recompute { l.min(1) } else { l };
-        let block_start = take(0);
-        let mut per = |n: usize| {
-            let own: Vec<usize> = (0..copies).map(|_| take(n)).collect();
+        let mut block: Vec<(usize, usize)> = Vec::new();
+        let mut per = |name: &str, n: usize| {
+            let own: Vec<usize> = (0..copies).map(|_| packer.take(name, n)).collect();
+            if let Some(&first) = own.first() {
+                block.push((first, n));
+            }
             (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>()
         };
-        let ln1 = per(bt * c);
-        let ln1_mean = per(bt);
-        let ln1_rstd = per(bt);
-        let qkv = per(bt * 3 * c);
-        let atty = per(bt * c);
-        let preatt = per(b * nh * t * t);
-        let att = per(b * nh * t * t);
-        let attproj = per(bt * c);
-        let residual2 = per(bt * c);
-        let ln2 = per(bt * c);
-        let ln2_mean = per(bt);
-        let ln2_rstd = per(bt);
-        let fch = per(bt * 4 * c);
-        let fch_gelu = per(bt * 4 * c);
-        let fcproj = per(bt * c);
-        let block_len = take(0) - block_start;
-        let lnf = take(bt * c);
-        let lnf_mean = take(bt);
-        let lnf_rstd = take(bt);
-        let logits = take(bt * v);
-        let losses = take(bt);
+        let ln1 = per("ln1", bt * c);
+        let ln1_mean = per("ln1_mean", bt);
+        let ln1_rstd = per("ln1_rstd", bt);
+        let qkv = per("qkv", bt * 3 * c);
+        let atty = per("atty", bt * c);
+        let preatt = per("preatt", b * nh * t * t);
+        let att = per("att", b * nh * t * t);
+        let attproj = per("attproj", bt * c);
+        let residual2 = per("residual2", bt * c);
+        let ln2 = per("ln2", bt * c);
+        let ln2_mean = per("ln2_mean", bt);
+        let ln2_rstd = per("ln2_rstd", bt);
+        let fch = per("fch", bt * 4 * c);
+        let fch_gelu = per("fch_gelu", bt * 4 * c);
+        let fcproj = per("fcproj", bt * c);
+        let block_fill = match (block.first(), block.last()) {
+            (Some(&(first, _)), Some(&(last, n))) if block.iter().all(|&(o, _)| locate(o).0 == locate(first).0) => {
+                vec![(first, last + n - first)]
+            }
+            _ => block,
+        };
+        let lnf = packer.take("lnf", bt * c);
+        let lnf_mean = packer.take("lnf_mean", bt);
+        let lnf_rstd = packer.take("lnf_rstd", bt);
+        let logits = packer.take("logits", bt * v);
+        let losses = packer.take("losses", bt);
         Self {
             b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj,
-            residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_start, block_len, lnf, lnf_mean,
-            lnf_rstd, logits, losses, len: at,
+            residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_fill, lnf, lnf_mean,
+            lnf_rstd, logits, losses, packer,
         }
     }
 
-    /// Bytes of one activation slab whose elements are of `precision` (rounded up to 4 bytes, as
-    /// buffers are).
-    pub fn bytes(&self, precision: Precision) -> u64 {
-        (self.len.max(1) as u64 * precision.act_bytes()).next_multiple_of(4)
+    /// Bytes of one activation slab (all its buffers).
+    pub fn bytes(&self) -> u64 {
+        self.packer.bytes()
     }
 }
 
@@ -178,10 +196,11 @@ pub fn uses_transposed_weights(cfg: &GptConfig, kernels: MatmulVariant) -> bool 
 /// bind them.
 struct MicroBatch {
     layout: ActLayout,
-    acts: GpuBuffer,
-    /// Activation gradients: cleared (a buffer clear, not a dispatch) before each micro-batch's
-    /// train program, since the backward kernels accumulate.
-    dacts: GpuBuffer,
+    /// The activation slab's buffers.
+    acts: Vec<GpuBuffer>,
+    /// Activation gradients (the same layout): cleared (buffer clears, not dispatches) before
+    /// each micro-batch's train program, since the backward kernels accumulate.
+    dacts: Vec<GpuBuffer>,
     inputs: GpuBuffer,  // [B,T] u32
     targets: GpuBuffer, // [B,T] u32
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
@@ -207,8 +226,7 @@ impl GpuGpt {
     /// `GptConfig::param_offsets`).
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
-        let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
-        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
+        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
         let weights_t = match uses_transposed_weights(&cfg, MatmulVariant::for_device(gpu.kind)) {
             true => {
                 let n = WT_PER_LAYER_C2 * cfg.n_embd * cfg.n_embd * cfg.n_layer;
@@ -229,20 +247,25 @@ impl GpuGpt {
         self.slabs.gv(i)
     }
 
+    /// Buffers of the activation slab (0 before `set_micro_batch`).
+    pub fn activation_buffers(&self) -> usize {
+        self.mb.as_ref().map_or(0, |m| m.acts.len())
+    }
+
     /// The current micro-batch size (0 before `set_micro_batch`).
     pub fn micro_batch(&self) -> usize {
         self.mb.as_ref().map_or(0, |m| m.layout.b)
     }
 
-    /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
-    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size, recompute, precision).bytes(precision)
+    /// Bytes of the activation slab at micro-batch `b` (all its buffers).
+    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits) -> u64 {
+        ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits).bytes()
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, its gradient slab, and the input and target tokens.
-    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
-        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision);
+    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits) -> u64 {
+        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits);
         let tokens = ((b * cfg.block_size).max(1) as u64 * 4).next_multiple_of(4);
         2 * slab + 2 * tokens
     }
@@ -317,10 +340,10 @@ impl GpuGpt {
 
     fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
-        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision);
-        let slab = layout.bytes(self.precision);
-        let acts = self.gpu.try_storage_bytes("activations", Category::Activations, slab)?;
-        let dacts = self.gpu.try_storage_bytes("activation gradients", Category::Activations, slab)?;
+        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision, SlabLimits::of(&self.gpu));
+        layout.packer.check(&format!("activations of micro_batch {b}")).map_err(|e| ProgramError::Shape { kernel: "activation slab".into(), message: e.message })?;
+        let acts = allocate(&self.gpu, "activations", Category::Activations, &layout.packer)?;
+        let dacts = allocate(&self.gpu, "activation gradients", Category::Activations, &layout.packer)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
 
@@ -337,14 +360,17 @@ impl GpuGpt {
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list).
     fn record_forward(
-        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, inputs: &GpuBuffer, targets: &GpuBuffer,
+        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], inputs: &GpuBuffer, targets: &GpuBuffer,
     ) -> Result<(), ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, v, cl) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_layer);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
+        let act = |o: usize| view(acts, o);
 
-        pb.encoder_forward(&act(a.encoded), &View::of(inputs), &self.pv(p::WTE), &self.pv(p::WPE), b, t, c, v)?;
+        // the embedding, in as many vocabulary ranges as the device's bindings need
+        for (w, _, start, len) in self.slabs.tensor_parts(p::WTE) {
+            pb.encoder_forward_rows(&act(a.encoded), &View::of(inputs), &w, &self.pv(p::WPE), b, t, c, start / c, len / c)?;
+        }
         for l in 0..cl {
             self.record_block_forward(pb, a, acts, l)?;
         }
@@ -360,11 +386,11 @@ impl GpuGpt {
 
     /// Transformer block `l`: from its input (`encoded` or the previous block's `residual3`) to
     /// its `residual3`. Also what the backward pass replays under activation checkpointing.
-    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, l: usize) -> Result<(), ProgramError> {
+    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], l: usize) -> Result<(), ProgramError> {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let (b, t) = (a.b, a.t);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
+        let act = |o: usize| view(acts, o);
         let lw = |i: usize, per: usize| self.pv(i).add(l * per);
         let residual = if l == 0 { act(a.encoded) } else { act(a.residual3[l - 1]) };
         pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
@@ -385,14 +411,14 @@ impl GpuGpt {
     /// Backward pass of one micro-batch; parameter gradients accumulate (`+=`) into `grads`.
     #[allow(clippy::too_many_arguments)]
     fn record_backward(
-        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, dacts: &GpuBuffer, inputs: &GpuBuffer,
+        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], dacts: &[GpuBuffer], inputs: &GpuBuffer,
         targets: &GpuBuffer,
     ) -> Result<(usize, CeUniform), ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, nh, v, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.vocab_size, self.cfg.n_layer);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
-        let dact = |o: usize| View::at(dacts, o);
+        let act = |o: usize| view(acts, o);
+        let dact = |o: usize| view(dacts, o);
         let lw = |i: usize, l: usize, per: usize| self.pv(i).add(l * per);
         let lg = |i: usize, l: usize, per: usize| self.gv(i).add(l * per);
         // the transposed block weights, refreshed from this step's weights first
@@ -426,7 +452,9 @@ impl GpuGpt {
                 // its kept input, and restart the shared block gradients from zero (the
                 // backward kernels accumulate). The last block's activations are still there.
                 self.record_block_forward(pb, a, acts, l)?;
-                pb.fill_act(&dact(a.block_start), 0.0, a.block_len)?;
+                for &(at, n) in &a.block_fill {
+                    pb.fill_act(&dact(at), 0.0, n)?;
+                }
             }
             // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
@@ -449,7 +477,10 @@ impl GpuGpt {
             pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
         }
-        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dres, &View::of(inputs), b, t, c, v)?;
+        for (k, (_, dw, start, len)) in self.slabs.tensor_parts(p::WTE).into_iter().enumerate() {
+            let dwpe = (k == 0).then(|| self.gv(p::WPE));
+            pb.encoder_backward_rows(&dw, dwpe.as_ref(), &dres, &View::of(inputs), b, t, c, start / c, len / c)?;
+        }
         Ok((ce_idx, ce))
     }
 
@@ -486,7 +517,9 @@ impl GpuGpt {
             self.slabs.record_begin_micro(s, j);
             s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
             s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
-            s.clear(&mb.dacts);
+            for d in &mb.dacts {
+                s.clear(d);
+            }
             s.run(&mb.train);
             self.slabs.record_end_micro(s, j);
         }
@@ -518,9 +551,10 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         let a = &mb.layout;
         let n = a.b * a.t * self.cfg.vocab_size;
+        let at = view(&mb.acts, a.logits);
         match self.precision {
-            Precision::F32 => self.gpu.read(&mb.acts, a.logits, n),
-            Precision::F16 => self.gpu.read_f16(&mb.acts, a.logits, n),
+            Precision::F32 => self.gpu.read(&at.buf, at.offset, n),
+            Precision::F16 => self.gpu.read_f16(&at.buf, at.offset, n),
         }
     }
 
@@ -550,7 +584,7 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         self.gpu.upload(&mb.inputs, 0, inputs);
         self.gpu.upload(&mb.targets, 0, targets);
-        Ok((self.gpu.time_program(&mb.eval, None, reps)?, self.gpu.time_program(&mb.train, Some(&mb.dacts), reps)?))
+        Ok((self.gpu.time_program(&mb.eval, &[], reps)?, self.gpu.time_program(&mb.train, &mb.dacts, reps)?))
     }
 }
 

@@ -273,31 +273,24 @@ impl Model for GptModel {
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
 /// device is refused with the numbers, before anything is allocated.
 pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> anyhow::Result<()> {
-    let bytes = GpuGpt::activation_slab_bytes(cfg, b, recompute, precision);
-    let limits = gpu.limits();
-    let max_bind = limits.max_storage_buffer_binding_size;
-    let max_buf = limits.max_buffer_size;
-    if bytes > max_bind || bytes > max_buf {
-        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1, recompute, precision);
+    // the slabs may span several buffers; each tensor must fit one binding (the embedding may
+    // be cut into vocabulary ranges)
+    let limits = crate::model::layout::SlabLimits::of(gpu);
+    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits);
+    if acts.packer.largest.1 > limits.max_binding {
+        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits).packer.largest.1;
         anyhow::bail!(
-            "micro_batch {b} needs an activation slab of {} but this device's max storage binding is {} \
-             (max buffer {}); the largest micro_batch that fits is about {}. Use a smaller micro_batch \
-             and more accum_steps for the same effective batch.",
-            crate::gpu::human_bytes(bytes),
-            crate::gpu::human_bytes(max_bind),
-            crate::gpu::human_bytes(max_buf),
-            max_bind.min(max_buf) / per_seq.max(1)
+            "micro_batch {b}: the activation tensor {} needs {} in one binding but this device's max storage binding is {}; \
+             the largest micro_batch that fits is about {}. Use a smaller micro_batch and more accum_steps for the same \
+             effective batch.",
+            acts.packer.largest.0,
+            crate::gpu::human_bytes(acts.packer.largest.1),
+            crate::gpu::human_bytes(limits.max_binding),
+            limits.max_binding / per_seq.max(1)
         );
     }
     check_loop_limit(gpu, "micro_batch x block_size", b * cfg.block_size)?;
-    let params_bytes = cfg.num_params() as u64 * 4;
-    if params_bytes > max_bind {
-        anyhow::bail!(
-            "the model's {} parameters ({}) exceed the device's max storage binding {}",
-            cfg.num_params(),
-            crate::gpu::human_bytes(params_bytes),
-            crate::gpu::human_bytes(max_bind)
-        );
-    }
+    let (params, _) = crate::model::optim::slab_layout(&crate::model::gpt::tensor_specs(cfg), limits);
+    params.check("the model's parameters")?;
     Ok(())
 }
