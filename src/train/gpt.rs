@@ -57,7 +57,7 @@ impl GptModel {
     /// The same with the corpus given (`sample` needs only a checkpoint's vocabulary).
     pub fn with_data(gpu: &Gpu, cfg: &mut TrainConfig, data: TextData) -> anyhow::Result<Self> {
         let gcfg = GptConfig {
-            vocab_size: data.vocab_size(),
+            vocab_size: super::plan::model_vocab(cfg, data.vocab_size())?,
             block_size: cfg.block_size,
             n_layer: cfg.n_layer,
             n_head: cfg.n_head,

@@ -45,13 +45,22 @@ pub fn apply_memory_budget(gpu: &Gpu, cfg: &mut TrainConfig, spec: &ModelSpec) -
 
 /// The model a config describes, with the data-dependent sizes (vocabulary, image size) read
 /// from its data set.
+/// The GPT's vocabulary: `vocab_size`, or the data's when it is 0; never smaller than the data's.
+pub fn model_vocab(cfg: &TrainConfig, data_vocab: usize) -> anyhow::Result<usize> {
+    match cfg.vocab_size {
+        0 => Ok(data_vocab),
+        v if v < data_vocab => anyhow::bail!("vocab_size = {v} is smaller than the {data_vocab} tokens of the data {}", cfg.data),
+        v => Ok(v),
+    }
+}
+
 pub fn model_spec(cfg: &TrainConfig) -> anyhow::Result<ModelSpec> {
     use super::config::ModelKind;
     Ok(match cfg.model {
         ModelKind::Gpt => {
             let data = crate::data::text::TextData::load(std::path::Path::new(&cfg.data))?;
             ModelSpec::Gpt(crate::reference::gpt::GptConfig {
-                vocab_size: data.vocab_size(),
+                vocab_size: model_vocab(cfg, data.vocab_size())?,
                 block_size: cfg.block_size,
                 n_layer: cfg.n_layer,
                 n_head: cfg.n_head,
