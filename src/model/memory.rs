@@ -40,6 +40,8 @@ pub struct MemoryOptions {
     /// The binding and buffer sizes the slabs are packed for (`layout::SlabLimits::of` the
     /// device; the default packs every slab into one buffer).
     pub limits: SlabLimits,
+    /// GPT: vocabulary entries per lm_head chunk (`vocab_chunk`; 0: the whole vocabulary).
+    pub vocab_chunk: usize,
 }
 
 impl ModelSpec {
@@ -71,7 +73,7 @@ impl ModelSpec {
         let params = self.slab_layout(opts.limits).0.largest.1;
         let acts = match self {
             ModelSpec::Gpt(c) => {
-                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits);
+                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk);
                 a.packer.largest.1
             }
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
@@ -116,15 +118,15 @@ impl ModelSpec {
         }
         match self {
             ModelSpec::Gpt(c) => {
-                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits));
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk));
                 // the window's tokens (inputs and targets of K micro-batches), uploaded once
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, b, opts);
-                add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
+                // and one program per vocabulary chunk for `read_logits`, a dispatch each
+                add(Category::Scratch, (train + eval + vocab_chunks(c, opts)) * UNIFORM_SLOT);
                 // CPU kernels: the transposed block weights of the input gradients
                 if crate::model::gpt::uses_transposed_weights(c, opts.kernels) {
-                    let n = crate::model::gpt::WT_PER_LAYER_C2 * c.n_embd * c.n_embd * c.n_layer;
-                    add(Category::Scratch, buf(n as u64 * 4));
+                    add(Category::Scratch, crate::model::gpt::transposed_weights_layout(c, opts.limits).0.bytes());
                 }
             }
             ModelSpec::Cnn(c) => {
@@ -144,6 +146,14 @@ impl ModelSpec {
 /// wgpu buffer size of `bytes` as `GpuBuffer::new` creates it.
 fn buf(bytes: u64) -> u64 {
     bytes.max(4).next_multiple_of(4)
+}
+
+/// The lm_head's vocabulary chunks (`GpuGpt::vocab_chunks`): each part of the embedding in
+/// chunks of at most `vocab_chunk` entries.
+pub fn vocab_chunks(c: &GptConfig, opts: MemoryOptions) -> u64 {
+    let chunk = crate::model::gpt::effective_chunk(c.vocab_size, opts.vocab_chunk);
+    let parts = &ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE];
+    parts.iter().map(|p| (p.len / c.n_embd).div_ceil(chunk).max(1) as u64).sum()
 }
 
 /// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
@@ -172,8 +182,13 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     let fused_gelu = if cpu { 1 } else { 0 };
     let transposes = if cpu { 4 } else { 0 };
     let block_forward = 10 + attention - fused_gelu;
-    let forward = block_forward * l + 4 + wte_parts;
-    let backward = (19 + attention - fused_gelu + transposes) * l + 6 + wte_parts;
+    // the lm_head and the cross-entropy per vocabulary chunk: forward a matmul and an online
+    // log-sum-exp each, then one finish; backward, last chunk first, the chunk's cross-entropy
+    // backward and its matmul backward (input and weight), every chunk but the last recomputing
+    // its logits first
+    let chunks = vocab_chunks(c, opts);
+    let forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1;
+    let backward = (19 + attention - fused_gelu + transposes) * l + 2 + wte_parts + 1 + 3 * chunks + (chunks - 1);
     let replay = if recompute { (block_forward + fills) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }
