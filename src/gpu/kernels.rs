@@ -1,7 +1,8 @@
 //! Typed launchers: one method per kernel, with the name and argument order of its CPU twin in
 //! `crate::reference::layers`. Each records dispatches into a `ProgramBuilder`; nothing runs until
 //! the program is submitted. Backward launchers accumulate (`+=`) into every gradient, like the
-//! reference, so callers zero gradients where a new sum starts.
+//! reference, so callers zero gradients where a new sum starts; the one exception is
+//! `crossentropy_chunk_backward`, which assigns (one scratch serves every vocabulary chunk).
 
 use super::context::DeviceKind;
 use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View, grid_1d};
@@ -479,6 +480,46 @@ impl ProgramBuilder {
         self.call("crossentropy", "crossentropy_backward", 9, &[(dlogits, n * v), (logits, n * v), (targets, n)], dims, grid)
     }
 
+    /// One vocabulary chunk of a chunked cross-entropy: logits_chunk [N,VC] holds columns
+    /// [v0, v0 + vc) of the logits. Merges the chunk's max and sum of exp into each counted row's
+    /// state [N,4] (f32: m, s, target logit, lse) with an online log-sum-exp, and records the
+    /// target's logit when the target is in the chunk; `first` sets the state from this chunk
+    /// instead of merging (no fill needed before). Ignored rows keep their state. The state is an
+    /// f32 tensor in a buffer of its own (the logits are bound read-only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_chunk_forward(
+        &mut self, state: &View, logits_chunk: &View, targets: &View, v0: usize, vc: usize, n: usize, first: bool,
+    ) -> R {
+        let dims = Uniforms::new().n(n).n(vc).f(0.0).n(v0).u(u32::from(first));
+        let grid = self.row_groups(n);
+        let args = [(state, n * 4), (logits_chunk, n * vc), (targets, n)];
+        self.call("crossentropy", "crossentropy_chunk_forward", 13, &args, dims, grid)?;
+        Ok(())
+    }
+
+    /// After every chunk's `crossentropy_chunk_forward`: losses [N] = log(s) + m - target logit
+    /// (0 on ignored rows) and state[row].lse = m + log(s) for `crossentropy_chunk_backward`.
+    pub fn crossentropy_chunk_finish(&mut self, losses: &View, state: &View, targets: &View, n: usize) -> R {
+        let dims = Uniforms::new().n(n).n(0).f(0.0);
+        self.call("crossentropy", "crossentropy_chunk_finish", 17, &[(losses, n), (state, n * 4), (targets, n)], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// dlogits_chunk [N,VC] = dloss * (exp(logits_chunk - lse) - onehot(targets - v0)) on counted
+    /// rows, 0 on ignored rows: ASSIGNED, not accumulated (one scratch serves every chunk). Needs
+    /// the state after `crossentropy_chunk_finish`. Returns the dispatch index so `dloss` can be
+    /// rewritten with `Program::set_dims` (see `crossentropy_chunk_backward_uniforms`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_chunk_backward(
+        &mut self, dlogits_chunk: &View, logits_chunk: &View, state: &View, targets: &View, dloss: f32, v0: usize,
+        vc: usize, n: usize,
+    ) -> Result<usize, ProgramError> {
+        let dims = crossentropy_chunk_backward_uniforms(dloss, n, v0, vc);
+        let grid = self.row_groups(n);
+        let args = [(dlogits_chunk, n * vc), (logits_chunk, n * vc), (state, n * 4), (targets, n)];
+        self.call("crossentropy", "crossentropy_chunk_backward", 21, &args, dims, grid)
+    }
+
     /// grad += micro_grad
     pub fn accumulate(&mut self, grad: &View, micro_grad: &View, n: usize) -> R {
         self.call("accumulate", "accumulate", 1, &[(grad, n), (micro_grad, n)], Uniforms::new().n(n).f(0.0), Grid::Threads(n))?;
@@ -603,6 +644,12 @@ pub fn adamw_uniforms(n: usize, hp: &AdamW, step: u32) -> Uniforms {
 /// The dimensions and scalars of a `crossentropy_backward` dispatch (to rewrite `dloss`).
 pub fn crossentropy_backward_uniforms(dloss: f32, n: usize, v: usize) -> Uniforms {
     Uniforms::new().n(n).n(v).f(dloss)
+}
+
+/// The dimensions and scalars of a `crossentropy_chunk_backward` dispatch of the chunk
+/// [v0, v0 + vc) (to rewrite `dloss`; every field is rebuilt, so pass the chunk's own v0 and vc).
+pub fn crossentropy_chunk_backward_uniforms(dloss: f32, n: usize, v0: usize, vc: usize) -> Uniforms {
+    Uniforms::new().n(n).n(vc).f(dloss).n(v0)
 }
 
 /// The dimensions and scalars of a `clip_by_norm` dispatch (to change the threshold).
