@@ -76,6 +76,11 @@ fn attention_loops(v4: bool, t: usize, hs: usize) -> usize {
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
 
+/// Partial sums per buffer when a norm spans `buffers` buffers (`grad_norm_slabs`).
+pub fn norm_groups(buffers: usize) -> usize {
+    (NORM_GROUPS / buffers.max(1)).max(1)
+}
+
 impl ProgramBuilder {
     fn variant(&self) -> MatmulVariant {
         MatmulVariant::for_device(self.gpu().kind)
@@ -550,10 +555,12 @@ impl ProgramBuilder {
     }
 
     /// The global norm of several buffers' contents (a slab of several buffers): each buffer's
-    /// partial sums into its own NORM_GROUPS slots of `partials`, then one final sum over all of
-    /// them: norm[0] = ||all||_2, norm[1] = its square. With one buffer, `grad_norm` exactly.
+    /// partial sums into its own `norm_groups(buffers)` slots of `partials`, then one final sum
+    /// over all of them: norm[0] = ||all||_2, norm[1] = its square. With one buffer, `grad_norm`
+    /// exactly; the partials stay NORM_GROUPS floats (or one per buffer past that), so the final
+    /// stage binds 1 KiB however many buffers there are.
     pub fn grad_norm_slabs(&mut self, norm: &View, partials: &View, slabs: &[(View, usize)]) -> R {
-        let g = NORM_GROUPS;
+        let g = norm_groups(slabs.len());
         for (i, (x, n)) in slabs.iter().enumerate() {
             let dims = Uniforms::new().n(*n).n(g).f(0.0);
             let part = partials.add(i * g);

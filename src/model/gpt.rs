@@ -227,9 +227,9 @@ struct MicroBatch {
     targets: GpuBuffer, // [B,T] u32
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
     train: Program,
-    /// The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
+    /// (kept with the programs that bind it) The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
     /// sum of exponentials, the target's logit, log-sum-exp), f32 under mixed precision too.
-    ce_state: GpuBuffer,
+    _ce_state: GpuBuffer,
     /// The crossentropy_chunk_backward dispatches in `train`, with their chunk (v0, vn): dloss is
     /// rewritten for the loss scale and the per-micro-batch-mean normalization
     ce_backward: Vec<(usize, usize, usize)>,
@@ -421,7 +421,7 @@ impl GpuGpt {
             pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
             logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
         }
-        Ok(MicroBatch { layout, acts, dacts, inputs, targets, ce_state, train, ce_backward, logit_chunks, eval })
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
     }
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list).

@@ -170,7 +170,7 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     // per tensor (`ActLayout::block_fill`)
     let wte_parts = ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE].len() as u64;
     let fills = if recompute {
-        ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits).block_fill.len() as u64
+        ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk).block_fill.len() as u64
     } else {
         1
     };

@@ -111,7 +111,7 @@ pub struct Slabs {
     /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
     figures: GpuBuffer,
     figures_cap: usize,
-    pub partials: GpuBuffer, // [NORM_GROUPS per slab buffer]
+    pub partials: GpuBuffer, // [partials_len(slab buffers)]
     /// The parameters before the step, then the update (for ||update||); scratch.
     prev: Vec<GpuBuffer>,
     /// Offsets in the host layout (`params` as given to `new`, checkpoints, the CPU reference).
@@ -173,9 +173,9 @@ pub fn slab_layout(tensors: &[TensorSpec], limits: SlabLimits) -> (Packer, Vec<V
     (packer, parts)
 }
 
-/// Elements of the norm partials for `buffers` slab buffers.
+/// Elements of the norm partials for `buffers` slab buffers (`kernels::norm_groups` each).
 pub fn partials_len(buffers: usize) -> usize {
-    crate::gpu::kernels::NORM_GROUPS * buffers.max(1)
+    crate::gpu::kernels::norm_groups(buffers) * buffers.max(1)
 }
 
 impl Slabs {

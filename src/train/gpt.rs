@@ -66,13 +66,14 @@ impl GptModel {
         let (precision, notice) = resolve_precision(cfg.precision, gpu.has_f16(), &gpu.summary.name);
         cfg.precision = precision;
         let plan = super::plan::apply_memory_budget(gpu, cfg, &ModelSpec::Gpt(gcfg))?;
-        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations, cfg.precision)?;
+        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations, cfg.precision, cfg.vocab_chunk)?;
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
             checkpoint::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
         };
         let mut gpu_model = GpuGpt::new(gpu, gcfg, &params)?;
+        gpu_model.set_vocab_chunk(cfg.vocab_chunk)?;
         gpu_model.set_activation_checkpointing(cfg.checkpoint_activations)?;
         gpu_model.set_precision(cfg.precision)?;
         gpu_model.set_micro_batch(cfg.micro_batch)?;
@@ -174,7 +175,7 @@ impl Model for GptModel {
     }
 
     fn check_micro_batch(&self, b: usize, cfg: &TrainConfig) -> anyhow::Result<()> {
-        check_device_limits(self.gpu(), &self.gcfg, b, cfg.checkpoint_activations, cfg.precision)
+        check_device_limits(self.gpu(), &self.gcfg, b, cfg.checkpoint_activations, cfg.precision, cfg.vocab_chunk)
     }
 
     fn set_micro_batch(&mut self, b: usize, cfg: &TrainConfig) -> anyhow::Result<()> {
@@ -183,7 +184,7 @@ impl Model for GptModel {
     }
 
     fn set_activation_checkpointing(&mut self, on: bool, cfg: &TrainConfig) -> anyhow::Result<()> {
-        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, on, cfg.precision)?;
+        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, on, cfg.precision, cfg.vocab_chunk)?;
         Ok(self.gpu_model.set_activation_checkpointing(on)?)
     }
 
@@ -192,7 +193,7 @@ impl Model for GptModel {
         if let Some(n) = notice {
             anyhow::bail!(n);
         }
-        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, cfg.checkpoint_activations, got)?;
+        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, cfg.checkpoint_activations, got, cfg.vocab_chunk)?;
         Ok(self.gpu_model.set_precision(got)?)
     }
 
@@ -272,13 +273,13 @@ impl Model for GptModel {
 
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
 /// device is refused with the numbers, before anything is allocated.
-pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> anyhow::Result<()> {
+pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, vocab_chunk: usize) -> anyhow::Result<()> {
     // the slabs may span several buffers; each tensor must fit one binding (the embedding may
     // be cut into vocabulary ranges)
     let limits = crate::model::layout::SlabLimits::of(gpu);
-    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits);
+    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, vocab_chunk);
     if acts.packer.largest.1 > limits.max_binding {
-        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits).packer.largest.1;
+        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits, vocab_chunk).packer.largest.1;
         anyhow::bail!(
             "micro_batch {b}: the activation tensor {} needs {} in one binding but this device's max storage binding is {}; \
              the largest micro_batch that fits is about {}. Use a smaller micro_batch and more accum_steps for the same \
