@@ -77,8 +77,10 @@ pub struct ActLayout {
     pub ln1_rstd: Vec<usize>,    // L x [B,T]
     pub qkv: Vec<usize>,         // L x [B,T,3C]
     pub atty: Vec<usize>,        // L x [B,T,C]
-    pub preatt: Vec<usize>,      // L x [B,NH,T,T]
-    pub att: Vec<usize>,         // L x [B,NH,T,T]
+    /// L x [B,NH,T,T] each, in parts of whole sequences that each fit one binding (the
+    /// attention runs per part): per layer, the parts' (virtual offset, first sequence, sequences).
+    pub preatt: Vec<Vec<(usize, usize, usize)>>,
+    pub att: Vec<Vec<(usize, usize, usize)>>,
     pub attproj: Vec<usize>,     // L x [B,T,C]
     pub residual2: Vec<usize>,   // L x [B,T,C]
     pub ln2: Vec<usize>,         // L x [B,T,C]
@@ -95,6 +97,9 @@ pub struct ActLayout {
     pub lnf_mean: usize,         // [B,T]
     pub lnf_rstd: usize,         // [B,T]
     pub logits: usize,           // [B,T,chunk]: one vocabulary chunk's logits (`vocab_chunks`)
+    /// Vocabulary entries per lm_head chunk: `vocab_chunk` (or V), fewer when [B*T, chunk] would
+    /// pass one binding.
+    pub chunk: usize,
     pub losses: usize,           // [B,T]
     /// The buffers of the slab (`layout::Packer`; offsets above are virtual).
     pub packer: Packer,
@@ -112,28 +117,40 @@ impl ActLayout {
         // one copy per layer, or one shared copy when the backward recomputes blocks
         let copies = if recompute { l.min(1) } else { l };
         let mut block: Vec<(usize, usize)> = Vec::new();
-        let mut per = |name: &str, n: usize| {
+        let shared = |own: &[usize]| (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>();
+        let per = |packer: &mut Packer, block: &mut Vec<(usize, usize)>, name: &str, n: usize| {
             let own: Vec<usize> = (0..copies).map(|_| packer.take(name, n)).collect();
             if let Some(&first) = own.first() {
                 block.push((first, n));
             }
-            (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>()
+            shared(&own)
         };
-        let ln1 = per("ln1", bt * c);
-        let ln1_mean = per("ln1_mean", bt);
-        let ln1_rstd = per("ln1_rstd", bt);
-        let qkv = per("qkv", bt * 3 * c);
-        let atty = per("atty", bt * c);
-        let preatt = per("preatt", b * nh * t * t);
-        let att = per("att", b * nh * t * t);
-        let attproj = per("attproj", bt * c);
-        let residual2 = per("residual2", bt * c);
-        let ln2 = per("ln2", bt * c);
-        let ln2_mean = per("ln2_mean", bt);
-        let ln2_rstd = per("ln2_rstd", bt);
-        let fch = per("fch", bt * 4 * c);
-        let fch_gelu = per("fch_gelu", bt * 4 * c);
-        let fcproj = per("fcproj", bt * c);
+        let ln1 = per(&mut packer, &mut block, "ln1", bt * c);
+        let ln1_mean = per(&mut packer, &mut block, "ln1_mean", bt);
+        let ln1_rstd = per(&mut packer, &mut block, "ln1_rstd", bt);
+        let qkv = per(&mut packer, &mut block, "qkv", bt * 3 * c);
+        let atty = per(&mut packer, &mut block, "atty", bt * c);
+        // the T x T matrices in parts of whole sequences, each within one binding
+        let seq = nh * t * t;
+        let per_rows = |packer: &mut Packer, block: &mut Vec<(usize, usize)>, name: &str| {
+            let own: Vec<Vec<(usize, usize, usize)>> = (0..copies)
+                .map(|_| packer.take_rows(name, b, seq).iter().map(|p| (p.at, p.start / seq, p.len / seq)).collect())
+                .collect();
+            if let Some(first) = own.first() {
+                block.extend(first.iter().map(|&(at, _, n)| (at, n * seq)));
+            }
+            (0..l).map(|i| own[i.min(copies.saturating_sub(1))].clone()).collect::<Vec<_>>()
+        };
+        let preatt = per_rows(&mut packer, &mut block, "preatt");
+        let att = per_rows(&mut packer, &mut block, "att");
+        let attproj = per(&mut packer, &mut block, "attproj", bt * c);
+        let residual2 = per(&mut packer, &mut block, "residual2", bt * c);
+        let ln2 = per(&mut packer, &mut block, "ln2", bt * c);
+        let ln2_mean = per(&mut packer, &mut block, "ln2_mean", bt);
+        let ln2_rstd = per(&mut packer, &mut block, "ln2_rstd", bt);
+        let fch = per(&mut packer, &mut block, "fch", bt * 4 * c);
+        let fch_gelu = per(&mut packer, &mut block, "fch_gelu", bt * 4 * c);
+        let fcproj = per(&mut packer, &mut block, "fcproj", bt * c);
         let block_fill = match (block.first(), block.last()) {
             (Some(&(first, _)), Some(&(last, n))) if block.iter().all(|&(o, _)| locate(o).0 == locate(first).0) => {
                 vec![(first, last + n - first)]
@@ -143,12 +160,15 @@ impl ActLayout {
         let lnf = packer.take("lnf", bt * c);
         let lnf_mean = packer.take("lnf_mean", bt);
         let lnf_rstd = packer.take("lnf_rstd", bt);
-        let logits = packer.take("logits", bt * effective_chunk(v, chunk));
+        // as many vocabulary entries per chunk as `chunk` asks and one binding holds
+        let fit = (limits.max_binding / (bt.max(1) as u64 * precision.act_bytes())).max(1) as usize;
+        let chunk = effective_chunk(v, chunk).min(fit);
+        let logits = packer.take("logits", bt * chunk);
         let losses = packer.take("losses", bt);
         Self {
             b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj,
             residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_fill, lnf, lnf_mean,
-            lnf_rstd, logits, losses, packer,
+            lnf_rstd, logits, chunk, losses, packer,
         }
     }
 
@@ -220,7 +240,8 @@ struct MicroBatch {
     layout: ActLayout,
     /// The activation slab's buffers.
     acts: Vec<GpuBuffer>,
-    /// Activation gradients (the same layout): cleared (buffer clears, not dispatches) before
+    /// Activation gradients (the checkpointing layout: one copy of the block-internal tensors,
+    /// shared by the blocks, zeroed before each block's backward): cleared (buffer clears, not dispatches) before
     /// each micro-batch's train program, since the backward kernels accumulate.
     dacts: Vec<GpuBuffer>,
     inputs: GpuBuffer,  // [B,T] u32
@@ -283,14 +304,16 @@ impl GpuGpt {
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
-    /// allocates them: the activation slab, its gradient slab, the input and target tokens, and
-    /// the cross-entropy's per-row state (f32 [B*T, 4]).
+    /// allocates them: the activation slab, the activation gradients (one copy of the
+    /// block-internal tensors), the input and target tokens, and the cross-entropy's per-row
+    /// state (f32 [B*T, 4]).
     pub fn predicted_activation_bytes(
         cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize,
     ) -> u64 {
         let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk);
+        let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk);
         let bt = (b * cfg.block_size).max(1) as u64;
-        2 * slab + 2 * bt * 4 + bt * 16
+        slab + grads + 2 * bt * 4 + bt * 16
     }
 
     /// Vocabulary entries per lm_head chunk (0: the whole vocabulary); takes effect at the next
@@ -309,10 +332,9 @@ impl GpuGpt {
     }
 
     /// The lm_head's vocabulary chunks: (wte rows, their gradient, first entry v0, entries vn),
-    /// each inside one part of the embedding and at most `vocab_chunk` entries.
-    fn vocab_chunks(&self) -> Vec<(View, View, usize, usize)> {
+    /// each inside one part of the embedding and at most `chunk` entries (`ActLayout::chunk`).
+    fn vocab_chunks(&self, chunk: usize) -> Vec<(View, View, usize, usize)> {
         let c = self.cfg.n_embd;
-        let chunk = effective_chunk(self.cfg.vocab_size, self.vocab_chunk);
         let mut out = Vec::new();
         for (w, g, start, len) in self.slabs.tensor_parts(p::WTE) {
             let (r0, rows) = (start / c, len / c);
@@ -400,7 +422,10 @@ impl GpuGpt {
         let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision, limits, self.vocab_chunk);
         layout.packer.check(&format!("activations of micro_batch {b}")).map_err(|e| ProgramError::Shape { kernel: "activation slab".into(), message: e.message })?;
         let acts = allocate(&self.gpu, "activations", Category::Activations, &layout.packer)?;
-        let dacts = allocate(&self.gpu, "activation gradients", Category::Activations, &layout.packer)?;
+        // the activation gradients keep one copy of the block-internal tensors (as checkpointing
+        // lays out activations): the backward runs one block at a time
+        let dlayout = ActLayout::new(&self.cfg, b, t, true, self.precision, limits, self.vocab_chunk);
+        let dacts = allocate(&self.gpu, "activation gradients", Category::Activations, &dlayout.packer)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
         let ce_state = self.gpu.try_storage("cross-entropy state", Category::Activations, 4 * b * t)?;
@@ -411,12 +436,12 @@ impl GpuGpt {
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state)?;
-        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state)?;
+        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state, &dlayout)?;
         let train = pb.finish("gpt train micro-batch");
 
         let mut logit_chunks = Vec::new();
         let lnf = view(&acts, layout.lnf);
-        for (w, _, v0, vn) in self.vocab_chunks() {
+        for (w, _, v0, vn) in self.vocab_chunks(layout.chunk) {
             let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
             pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
             logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
@@ -446,7 +471,7 @@ impl GpuGpt {
         // lm_head tied to wte, chunk by chunk of the vocabulary (the logits never exist whole):
         // logits [BT,vn] = lnf [BT,C] . wte[v0..v0+vn] [vn,C]^T, folded into each row's online
         // log-sum-exp; then each row's loss from its state
-        for (j, (w, _, v0, vn)) in self.vocab_chunks().into_iter().enumerate() {
+        for (j, (w, _, v0, vn)) in self.vocab_chunks(a.chunk).into_iter().enumerate() {
             pb.matmul_forward(&act(a.logits), &act(a.lnf), &w, None, bt, c, vn)?;
             pb.crossentropy_chunk_forward(&View::of(ce_state), &act(a.logits), &View::of(targets), v0, vn, bt, j == 0)?;
         }
@@ -468,7 +493,10 @@ impl GpuGpt {
         pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
             &lw(p::LN1W, c), &lw(p::LN1B, c), bt, c)?;
         pb.matmul_forward(&act(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, 3 * c * c), Some(&lw(p::QKVB, 3 * c)), bt, c, 3 * c)?;
-        pb.attention_forward(&act(a.atty[l]), &act(a.preatt[l]), &act(a.att[l]), &act(a.qkv[l]), b, t, c, nh)?;
+        // per part of whole sequences (one, unless the T x T matrices pass a binding)
+        for (&(pre, s0, n), &(at, _, _)) in a.preatt[l].iter().zip(&a.att[l]) {
+            pb.attention_forward(&act(a.atty[l]).add(s0 * t * c), &act(pre), &act(at), &act(a.qkv[l]).add(s0 * t * 3 * c), n, t, c, nh)?;
+        }
         pb.matmul_forward(&act(a.attproj[l]), &act(a.atty[l]), &lw(p::ATTPROJW, c * c), Some(&lw(p::ATTPROJB, c)), bt, c, c)?;
         pb.residual_forward(&act(a.residual2[l]), &residual, &act(a.attproj[l]), bt * c)?;
         pb.layernorm_forward(&act(a.ln2[l]), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), &act(a.residual2[l]),
@@ -485,7 +513,7 @@ impl GpuGpt {
     #[allow(clippy::too_many_arguments)]
     fn record_backward(
         &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], dacts: &[GpuBuffer], inputs: &GpuBuffer,
-        targets: &GpuBuffer, ce_state: &GpuBuffer,
+        targets: &GpuBuffer, ce_state: &GpuBuffer, d: &ActLayout,
     ) -> Result<Vec<(usize, usize, usize)>, ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, nh, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.n_layer);
@@ -513,15 +541,15 @@ impl GpuGpt {
         // The lm_head chunk by chunk, last first: the forward left the last chunk's logits in
         // place; every other chunk's are recomputed. dlogits of a chunk is assigned, then its
         // input and weight gradients accumulate into dlnf and that chunk's rows of dwte.
-        let chunks = self.vocab_chunks();
+        let chunks = self.vocab_chunks(a.chunk);
         let mut ce_idx = Vec::with_capacity(chunks.len());
         for (j, (w, g, v0, vn)) in chunks.iter().enumerate().rev() {
             if j + 1 < chunks.len() {
                 pb.matmul_forward(&act(a.logits), &act(a.lnf), w, None, bt, c, *vn)?;
             }
-            let i = pb.crossentropy_chunk_backward(&dact(a.logits), &act(a.logits), &View::of(ce_state), &View::of(targets), 1.0, *v0, *vn, bt)?;
+            let i = pb.crossentropy_chunk_backward(&dact(d.logits), &act(a.logits), &View::of(ce_state), &View::of(targets), 1.0, *v0, *vn, bt)?;
             ce_idx.push((i, *v0, *vn));
-            pb.matmul_backward(Some(&dact(a.lnf)), g, None, &dact(a.logits), &act(a.lnf), w, bt, c, *vn)?;
+            pb.matmul_backward(Some(&dact(d.lnf)), g, None, &dact(d.logits), &act(a.lnf), w, bt, c, *vn)?;
         }
         let last = if cl == 0 { a.encoded } else { a.residual3[cl - 1] };
         // The residual stream's gradient is one tensor (llm.c's dresidual), the gradient of the
@@ -529,38 +557,45 @@ impl GpuGpt {
         // it as their output gradient (d(x + f(x)) passes dx to both terms unchanged), so no
         // residual backward pass copies it. After block 0 it is the encoder's output gradient.
         let dres = dact(last);
-        pb.layernorm_backward(&dres, &self.gv(p::LNFW), &self.gv(p::LNFB), &dact(a.lnf), &act(last),
+        pb.layernorm_backward(&dres, &self.gv(p::LNFW), &self.gv(p::LNFB), &dact(d.lnf), &act(last),
             &self.pv(p::LNFW), &act(a.lnf_mean), &act(a.lnf_rstd), bt, c)?;
         for l in (0..cl).rev() {
             let residual = if l == 0 { a.encoded } else { a.residual3[l - 1] };
-            if a.recompute && l + 1 < cl {
+            if l + 1 < cl {
                 // Checkpointing: the shared block tensors hold block l+1; recompute block l from
-                // its kept input, and restart the shared block gradients from zero (the
-                // backward kernels accumulate). The last block's activations are still there.
-                self.record_block_forward(pb, a, acts, l)?;
-                for &(at, n) in &a.block_fill {
+                // its kept input. The last block's activations are still there.
+                if a.recompute {
+                    self.record_block_forward(pb, a, acts, l)?;
+                }
+                // The block-internal gradients have one copy shared by all blocks (`d`, only
+                // one block's backward runs at a time): restart them from zero, since the
+                // backward kernels accumulate.
+                for &(at, n) in &d.block_fill {
                     pb.fill_act(&dact(at), 0.0, n)?;
                 }
             }
             // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
-            pb.matmul_backward_gelu(&dact(a.fch[l]), &dact(a.fch_gelu[l]), &act(a.fch[l]), wt(l, WT_FCPROJ).as_ref(),
+            pb.matmul_backward_gelu(&dact(d.fch[l]), &dact(d.fch_gelu[l]), &act(a.fch[l]), wt(l, WT_FCPROJ).as_ref(),
                 &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)), &dres, &act(a.fch_gelu[l]),
                 &lw(p::FCPROJW, l, 4 * c * c), bt, 4 * c, c)?;
-            pb.matmul_backward_t(&dact(a.ln2[l]), wt(l, WT_FC).as_ref(), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
-                &dact(a.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
+            pb.matmul_backward_t(&dact(d.ln2[l]), wt(l, WT_FC).as_ref(), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
+                &dact(d.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
             // dres becomes dresidual2
-            pb.layernorm_backward(&dres, &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(a.ln2[l]),
+            pb.layernorm_backward(&dres, &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(d.ln2[l]),
                 &act(a.residual2[l]), &lw(p::LN2W, l, c), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), bt, c)?;
             // residual2 = residual + attproj: dattproj = dresidual2 = dres
-            pb.matmul_backward_t(&dact(a.atty[l]), wt(l, WT_ATTPROJ).as_ref(), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
+            pb.matmul_backward_t(&dact(d.atty[l]), wt(l, WT_ATTPROJ).as_ref(), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
                 &dres, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
-            pb.attention_backward(&dact(a.qkv[l]), &dact(a.preatt[l]), &dact(a.att[l]), &dact(a.atty[l]),
-                &act(a.qkv[l]), &act(a.att[l]), b, t, c, nh)?;
-            pb.matmul_backward_t(&dact(a.ln1[l]), wt(l, WT_QKV).as_ref(), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
-                &dact(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), bt, c, 3 * c)?;
+            for ((&(dpre, s0, n), &(dat, _, _)), &(at, _, _)) in d.preatt[l].iter().zip(&d.att[l]).zip(&a.att[l]) {
+                let (q, y) = (s0 * t * 3 * c, s0 * t * c);
+                pb.attention_backward(&dact(d.qkv[l]).add(q), &dact(dpre), &dact(dat), &dact(d.atty[l]).add(y),
+                    &act(a.qkv[l]).add(q), &act(at), n, t, c, nh)?;
+            }
+            pb.matmul_backward_t(&dact(d.ln1[l]), wt(l, WT_QKV).as_ref(), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
+                &dact(d.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), bt, c, 3 * c)?;
             // dres becomes the gradient of the block's input
-            pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
+            pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(d.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
         }
         for (k, (_, dw, start, len)) in self.slabs.tensor_parts(p::WTE).into_iter().enumerate() {

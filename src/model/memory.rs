@@ -123,7 +123,7 @@ impl ModelSpec {
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, b, opts);
                 // and one program per vocabulary chunk for `read_logits`, a dispatch each
-                add(Category::Scratch, (train + eval + vocab_chunks(c, opts)) * UNIFORM_SLOT);
+                add(Category::Scratch, (train + eval + vocab_chunks(c, b, opts)) * UNIFORM_SLOT);
                 // CPU kernels: the transposed block weights of the input gradients
                 if crate::model::gpt::uses_transposed_weights(c, opts.kernels) {
                     add(Category::Scratch, crate::model::gpt::transposed_weights_layout(c, opts.limits).0.bytes());
@@ -149,9 +149,9 @@ fn buf(bytes: u64) -> u64 {
 }
 
 /// The lm_head's vocabulary chunks (`GpuGpt::vocab_chunks`): each part of the embedding in
-/// chunks of at most `vocab_chunk` entries.
-pub fn vocab_chunks(c: &GptConfig, opts: MemoryOptions) -> u64 {
-    let chunk = crate::model::gpt::effective_chunk(c.vocab_size, opts.vocab_chunk);
+/// chunks of at most `ActLayout::chunk` entries.
+pub fn vocab_chunks(c: &GptConfig, b: usize, opts: MemoryOptions) -> u64 {
+    let chunk = ActLayout::new(c, b, c.block_size, false, opts.precision, opts.limits, opts.vocab_chunk).chunk;
     let parts = &ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE];
     parts.iter().map(|p| (p.len / c.n_embd).div_ceil(chunk).max(1) as u64).sum()
 }
@@ -169,11 +169,10 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     // dispatch forward and backward; the recomputed blocks' gradient fills are one range or one
     // per tensor (`ActLayout::block_fill`)
     let wte_parts = ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE].len() as u64;
-    let fills = if recompute {
-        ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk).block_fill.len() as u64
-    } else {
-        1
-    };
+    let grads = ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk);
+    let fills = grads.block_fill.len() as u64;
+    // the attention runs once per part of whole sequences of its T x T matrices
+    let parts = grads.preatt.first().map_or(1, |p| p.len()) as u64;
     // the CPU kernels' shapes: the same condition the model keeps transposed weights under
     let cpu = crate::model::gpt::uses_transposed_weights(c, kernels);
     let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
@@ -181,15 +180,17 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     let attention = if attention_blocks { 2 } else { 0 };
     let fused_gelu = if cpu { 1 } else { 0 };
     let transposes = if cpu { 4 } else { 0 };
-    let block_forward = 10 + attention - fused_gelu;
+    let block_forward = 10 + attention - fused_gelu + (1 + attention) * (parts - 1);
     // the lm_head and the cross-entropy per vocabulary chunk: forward a matmul and an online
     // log-sum-exp each, then one finish; backward, last chunk first, the chunk's cross-entropy
     // backward and its matmul backward (input and weight), every chunk but the last recomputing
     // its logits first
-    let chunks = vocab_chunks(c, opts);
+    let chunks = vocab_chunks(c, b, opts);
     let forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1;
-    let backward = (19 + attention - fused_gelu + transposes) * l + 2 + wte_parts + 1 + 3 * chunks + (chunks - 1);
-    let replay = if recompute { (block_forward + fills) * l.saturating_sub(1) } else { 0 };
+    let backward = (19 + attention - fused_gelu + transposes + (2 + attention) * (parts - 1)) * l + 2 + wte_parts + 1 + 3 * chunks + (chunks - 1);
+    // before every block's backward but the first, the shared block gradients are zeroed
+    // (`ActLayout::block_fill` of the gradients' layout); checkpointing also replays the block
+    let replay = if recompute { block_forward * l.saturating_sub(1) } else { 0 } + fills * l.saturating_sub(1);
     (forward + backward + replay, forward)
 }
 
