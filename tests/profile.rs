@@ -60,7 +60,7 @@ fn profiling_between_windows_changes_nothing() {
         } else {
             // (the kernel family's names: matmul_forward or matmul_forward_cpu, attention_forward
             // or the attention_*_cpu blocks)
-            for k in ["matmul_forward", "attention_", "layernorm_forward", "crossentropy_backward"] {
+            for k in ["matmul_forward", "attention_", "layernorm_forward", "crossentropy_chunk_backward"] {
                 assert!(names.iter().any(|n| n.starts_with(k)), "{k} missing from {names:?}");
             }
         }

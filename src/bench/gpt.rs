@@ -94,6 +94,27 @@ impl GptRun {
         Ok(())
     }
 
+    /// The trainer under measurement.
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    /// Wall seconds of each timed step so far.
+    pub fn step_seconds(&self) -> &[f64] {
+        &self.step_seconds
+    }
+
+    /// (seconds per step, tokens/s, model GFLOP/s) from the median timed step, without the
+    /// phase and kernel timings of `finish` (which rerun programs: long for large models).
+    pub fn figures(&self) -> anyhow::Result<(f64, f64, f64)> {
+        let t = &self.trainer;
+        let secs = median(&self.step_seconds);
+        let tokens = (self.b * self.k * t.cfg.block_size) as f64;
+        let g = t.gpt().ok_or_else(|| anyhow::anyhow!("the GPT benchmark needs the GPT"))?.gcfg;
+        let flops = tokens * flops_per_token(g.n_embd, g.n_layer, g.vocab_size, g.block_size);
+        Ok((secs, tokens / secs, flops / secs / 1e9))
+    }
+
     /// Figures from the median step time, then the phase and kernel timings.
     pub fn finish(mut self) -> anyhow::Result<GptBench> {
         let (b, k) = (self.b, self.k);

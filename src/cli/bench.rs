@@ -27,15 +27,26 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure only the config's GPT at B x K: no matmul sizes, no accumulation-tax pair, no
+    /// variants, no CNN, no phase or kernel timings; prints each step's time and the byte ledger
+    /// (for large models: `--config configs/gpt2-small.toml --single --warmup 0 --steps 1`).
+    #[arg(long)]
+    single: bool,
+    /// Warm-up optimizer steps before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// The GPT to measure (B x K from micro_batch and accum_steps).
     #[command(flatten)]
     config: ConfigFlags,
 }
 
 pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
-    let BenchArgs { sizes, seconds, steps, json, config } = args;
+    let BenchArgs { sizes, seconds, steps, json, single, warmup, config } = args;
     let base = config.load()?;
     let gpu = device(choice)?;
+    if single {
+        return single_run(&gpu, &base, warmup, steps, json);
+    }
     let say = |line: String| {
         if !json {
             outln!("{line}");
@@ -93,6 +104,41 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
     }
     if json {
         outln!("{}", serde_json::to_string_pretty(&rep)?);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `bench --single`: one configuration, its steps and the ledger.
+fn single_run(gpu: &gradscope::gpu::Gpu, base: &TrainConfig, warmup: usize, steps: usize, json: bool) -> anyhow::Result<i32> {
+    let (b, k) = (base.micro_batch, base.accum_steps);
+    let start = std::time::Instant::now();
+    let mut run = gradscope::bench::gpt::GptRun::new(gpu, base, b, k, warmup)?;
+    let built = start.elapsed().as_secs_f64();
+    let g = run.trainer().gpt().ok_or_else(|| anyhow::anyhow!("--single measures the GPT"))?.gcfg;
+    if !json {
+        outln!(
+            "gpt {} layers, n_embd {}, block_size {}, vocab {}: {} parameters on {}",
+            g.n_layer, g.n_embd, g.block_size, g.vocab_size, g.num_params(), gpu.summary.name
+        );
+        outln!("B {b} x K {k}: set up and {warmup} warm-up steps in {built:.1} s");
+    }
+    for i in 0..steps.max(1) {
+        run.step()?;
+        if !json {
+            outln!("step {}: {:.1} s", i + 1, run.step_seconds()[i]);
+        }
+    }
+    let (secs, tokens_per_s, gflops) = run.figures()?;
+    let ledger = gpu.ledger.snapshot();
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "micro_batch": b, "accum_steps": k, "parameters": g.num_params(), "seconds_per_step": secs,
+            "step_seconds": run.step_seconds(), "tokens_per_s": tokens_per_s, "gflops": gflops, "ledger": ledger,
+            "total_bytes": ledger.total(),
+        }))?);
+    } else {
+        outln!("{tokens_per_s:.1} tokens/s, {gflops:.2} GFLOP/s, {secs:.1} s/step (median)");
+        outln!("device memory (byte ledger):\n{ledger}");
     }
     Ok(EXIT_OK)
 }

@@ -151,8 +151,12 @@ impl ActLayout {
         let fch = per(&mut packer, &mut block, "fch", bt * 4 * c);
         let fch_gelu = per(&mut packer, &mut block, "fch_gelu", bt * 4 * c);
         let fcproj = per(&mut packer, &mut block, "fcproj", bt * c);
+        // one fill when the block's tensors share a buffer and their span fits one binding
+        let fits = |n: usize| n as u64 * precision.act_bytes() <= limits.max_binding;
         let block_fill = match (block.first(), block.last()) {
-            (Some(&(first, _)), Some(&(last, n))) if block.iter().all(|&(o, _)| locate(o).0 == locate(first).0) => {
+            (Some(&(first, _)), Some(&(last, n)))
+                if block.iter().all(|&(o, _)| locate(o).0 == locate(first).0) && fits(last + n - first) =>
+            {
                 vec![(first, last + n - first)]
             }
             _ => block,

@@ -41,10 +41,16 @@ impl Default for SlabLimits {
 }
 
 impl SlabLimits {
-    /// The device's limits, capped by its binding knob (`Gpu::binding_limit`).
+    /// The device's limits, capped by its binding knob (`Gpu::binding_limit`). A slab's buffers
+    /// are no larger than one binding, so the passes over a whole buffer (the global norm, the
+    /// clip, the update's norm) can bind it.
     pub fn of(gpu: &Gpu) -> Self {
-        let max_binding = gpu.binding_limit();
-        Self { max_binding, max_buffer: gpu.limits().max_buffer_size.min(gpu.binding_cap().unwrap_or(u64::MAX)) }
+        Self::new(gpu.binding_limit(), gpu.limits().max_buffer_size)
+    }
+
+    /// Limits for a device's max binding and max buffer size.
+    pub fn new(max_binding: u64, max_buffer: u64) -> Self {
+        Self { max_binding, max_buffer: max_buffer.min(max_binding) }
     }
 }
 

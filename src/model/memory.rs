@@ -273,7 +273,7 @@ pub fn plan(spec: &ModelSpec, e: usize, budget: u64, limits: &DeviceLimits, opts
         return Err(PlanError::NoEffectiveBatch);
     }
     // the slabs are packed for this device's binding and buffer sizes
-    let opts = MemoryOptions { limits: SlabLimits { max_binding: limits.max_binding, max_buffer: limits.max_buffer }, ..opts };
+    let opts = MemoryOptions { limits: SlabLimits::new(limits.max_binding, limits.max_buffer), ..opts };
     // memory and buffer sizes grow with B: binary search for the largest B that fits
     if let Some((why, needed, limit)) = misfit(spec, 1, e, budget, limits, opts) {
         let hint = match why {
