@@ -201,8 +201,8 @@ fn plan_respects_device_limits() {
     // past B 1024 that tensor alone (128 KiB per sequence) passes 128 MiB
     let p = plan(&spec, 4096, 1 << 40, &limits, opts).unwrap();
     assert_eq!((p.micro_batch, p.limited_by), (1024, "max binding"));
-    assert!(spec.largest_buffer(p.micro_batch, opts) <= 128 << 20);
-    assert!(spec.largest_buffer(p.micro_batch + 1, opts) > 128 << 20);
+    assert!(spec.largest_binding(p.micro_batch, opts) <= 128 << 20);
+    assert!(spec.largest_binding(p.micro_batch + 1, opts) > 128 << 20);
     let limits = DeviceLimits { max_loop_rows: Some(65_535), ..roomy() };
     let p = plan(&spec, 2048, 1 << 40, &limits, opts).unwrap();
     assert_eq!((p.micro_batch, p.limited_by), (1023, "loop limit"), "1023 x 64 = 65,472 rows");

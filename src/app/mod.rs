@@ -554,9 +554,9 @@ impl GradscopeApp {
                 p.line(Line::new("predicted total", curve(opts(false, crate::gpu::Precision::F32))));
             }
             let largest = (1..=max_b)
-                .map(|b| [b as f64, mib(spec.largest_buffer(b, opts(ck_now, prec_now)))])
+                .map(|b| [b as f64, mib(spec.largest_binding(b, opts(ck_now, prec_now)))])
                 .collect::<Vec<_>>();
-            p.line(Line::new("largest buffer", largest));
+            p.line(Line::new("largest binding", largest));
             if let Some(a) = actual_now {
                 p.points(Points::new("byte ledger now", vec![[b_now as f64, mib(a)]]).radius(5.0));
             }

@@ -69,7 +69,7 @@ impl ModelSpec {
     /// Bytes of the largest single binding at micro-batch `b` (checked against the device's max
     /// binding and buffer sizes): the largest activation tensor or parameter part; the CNN's
     /// activation slab is one buffer, so its whole size.
-    pub fn largest_buffer(&self, b: usize, opts: MemoryOptions) -> u64 {
+    pub fn largest_binding(&self, b: usize, opts: MemoryOptions) -> u64 {
         let params = self.slab_layout(opts.limits).0.largest.1;
         let acts = match self {
             ModelSpec::Gpt(c) => {
@@ -251,7 +251,7 @@ pub enum PlanError {
 fn misfit(spec: &ModelSpec, b: usize, e: usize, budget: u64, limits: &DeviceLimits, opts: MemoryOptions) -> Option<(&'static str, u64, u64)> {
     let k = e.div_ceil(b);
     let rem = e - (k - 1) * b;
-    let largest = spec.largest_buffer(b, opts);
+    let largest = spec.largest_binding(b, opts);
     let bind = limits.max_binding.min(limits.max_buffer);
     if largest > bind {
         return Some(("max binding", largest, bind));
