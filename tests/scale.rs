@@ -112,11 +112,12 @@ fn the_memory_model_equals_the_ledger_with_many_buffers() {
 #[test]
 fn a_tensor_past_one_binding_is_refused_by_name() {
     let g = common::gpu();
-    // 16 KiB: the MLP weights [2, 128, 32] (32 KiB) cannot be bound
-    g.set_binding_cap(Some(16 << 10));
-    let e = Trainer::new(&g, small(2, 2, false, Precision::F32)).err().unwrap().to_string();
+    // 8 KiB: one layer of the MLP weights [2, 128, 32] (16 KiB; per-layer tensors are cut
+    // between layers, not inside one) cannot be bound
+    g.set_binding_cap(Some(8 << 10));
+    let e = Trainer::new(&g, small(1, 2, false, Precision::F32)).err().unwrap().to_string();
     println!("{e}");
-    assert!(e.contains("fcw") && e.contains("32.0 KiB") && e.contains("16.0 KiB"), "{e}");
+    assert!(e.contains("fcw") && e.contains("16.0 KiB") && e.contains("8.0 KiB"), "{e}");
     // 32 KiB per binding fits the weights but not B 64's activations: the tensor is named
     g.set_binding_cap(Some(CAP));
     let e = Trainer::new(&g, small(64, 1, false, Precision::F32)).err().unwrap().to_string();
@@ -202,4 +203,30 @@ fn the_embedding_split_across_bindings_trains_like_one_buffer() {
     let actual = minus(split.ledger.snapshot(), before);
     let predicted = ModelSpec::Gpt(t.gpt().unwrap().gcfg).predict(1, 2, 0, memory_options(&t.cfg, &split));
     assert_eq!(predicted, actual);
+}
+
+/// Per-layer tensors ([L, ...]) cut between layers (16 KiB per binding: the MLP weights, 16 KiB
+/// per layer, become one part per layer): the same window gradient, bit for bit, as one buffer.
+#[test]
+fn per_layer_tensors_cut_between_layers_train_like_one_buffer() {
+    let one = common::gpu();
+    let cut = common::gpu();
+    cut.set_binding_cap(Some(16 << 10));
+    let cfg = small(1, 2, false, Precision::F32);
+    let mut a = Trainer::new(&one, cfg.clone()).unwrap();
+    let mut b = Trainer::new(&cut, cfg.clone()).unwrap();
+    let fcw = 10; // GptConfig::param_names()[10]
+    assert_eq!((a.model.slabs().parts[fcw].len(), b.model.slabs().parts[fcw].len()), (1, 2));
+    a.accumulate_window().unwrap();
+    b.accumulate_window().unwrap();
+    let (ga, gb) = (a.window_gradient().unwrap(), b.window_gradient().unwrap());
+    assert!(ga.iter().any(|x| *x != 0.0));
+    assert_eq!(ga, gb);
+    let mut a = Trainer::new(&one, cfg.clone()).unwrap();
+    let mut b = Trainer::new(&cut, cfg).unwrap();
+    for _ in 0..2 {
+        let ((ma, _), (mb, _)) = (a.train_step().unwrap(), b.train_step().unwrap());
+        assert!((ma.train_loss - mb.train_loss).abs() < 1e-5 * ma.train_loss);
+    }
+    assert!(rel(&b.model.slabs().read_params().unwrap(), &a.model.slabs().read_params().unwrap()) < 1e-5);
 }

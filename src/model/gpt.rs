@@ -36,7 +36,8 @@ pub mod p {
 }
 
 /// The parameter tensors as the slabs lay them out: the tied embedding (wte) may be cut into
-/// row ranges (vocabulary ranges) that each fit one binding; every other tensor must fit one.
+/// row ranges (vocabulary ranges) and the per-layer tensors ([L, ...]) into ranges of whole
+/// layers that each fit one binding; wpe and the final LayerNorm must fit one.
 pub fn tensor_specs(cfg: &GptConfig) -> Vec<super::optim::TensorSpec> {
     let names = GptConfig::param_names();
     cfg.param_sizes()
@@ -45,7 +46,11 @@ pub fn tensor_specs(cfg: &GptConfig) -> Vec<super::optim::TensorSpec> {
         .map(|(i, &size)| super::optim::TensorSpec {
             name: names[i].to_string(),
             size,
-            rows_of: if i == p::WTE { cfg.n_embd } else { 0 },
+            rows_of: match i {
+                p::WTE => cfg.n_embd,
+                p::LN1W..=p::FCPROJB => size / cfg.n_layer.max(1),
+                _ => 0,
+            },
             decay: decays(i),
         })
         .collect()
@@ -492,7 +497,7 @@ impl GpuGpt {
         let (b, t) = (a.b, a.t);
         let bt = b * t;
         let act = |o: usize| view(acts, o);
-        let lw = |i: usize, per: usize| self.pv(i).add(l * per);
+        let lw = |i: usize, per: usize| self.slabs.param_at(i, l * per);
         let residual = if l == 0 { act(a.encoded) } else { act(a.residual3[l - 1]) };
         pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
             &lw(p::LN1W, c), &lw(p::LN1B, c), bt, c)?;
@@ -524,8 +529,8 @@ impl GpuGpt {
         let bt = b * t;
         let act = |o: usize| view(acts, o);
         let dact = |o: usize| view(dacts, o);
-        let lw = |i: usize, l: usize, per: usize| self.pv(i).add(l * per);
-        let lg = |i: usize, l: usize, per: usize| self.gv(i).add(l * per);
+        let lw = |i: usize, l: usize, per: usize| self.slabs.param_at(i, l * per);
+        let lg = |i: usize, l: usize, per: usize| self.slabs.grad_at(i, l * per);
         // the transposed block weights, refreshed from this step's weights first
         let wt = |l: usize, at: usize| {
             let m = [WT_QKV, WT_ATTPROJ, WT_FC, WT_FCPROJ].iter().position(|&x| x == at).expect("a block matrix");

@@ -253,6 +253,23 @@ impl Slabs {
         self.tensor(&self.grads, i)
     }
 
+    /// Element `elem` of tensor i in a slab: in the part that holds it (parts are whole rows, so
+    /// a row, or a layer of a per-layer tensor, never straddles two).
+    fn element(&self, slab: &[GpuBuffer], i: usize, elem: usize) -> View {
+        let p = self.parts[i].iter().find(|p| p.start <= elem && elem < p.start + p.len.max(1)).unwrap_or(&self.parts[i][0]);
+        view(slab, p.at).add(elem - p.start)
+    }
+
+    /// Parameter tensor i from element `elem` on (a layer's slice of a per-layer tensor).
+    pub fn param_at(&self, i: usize, elem: usize) -> View {
+        self.element(&self.params, i, elem)
+    }
+
+    /// Its gradient.
+    pub fn grad_at(&self, i: usize, elem: usize) -> View {
+        self.element(&self.grads, i, elem)
+    }
+
     /// The parts of tensor i: (parameter view, gradient view, first element, elements).
     pub fn tensor_parts(&self, i: usize) -> Vec<(View, View, usize, usize)> {
         self.parts[i].iter().map(|p| (view(&self.params, p.at), view(&self.grads, p.at), p.start, p.len)).collect()

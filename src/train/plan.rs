@@ -10,10 +10,9 @@ use super::model::CPU_ADAPTER_MAX_LOOP;
 
 /// The limits a micro-batch must fit on `gpu`.
 pub fn device_limits(gpu: &Gpu) -> DeviceLimits {
-    let l = crate::model::layout::SlabLimits::of(gpu);
     DeviceLimits {
-        max_binding: l.max_binding,
-        max_buffer: l.max_buffer,
+        max_binding: gpu.binding_limit(),
+        max_buffer: gpu.limits().max_buffer_size,
         max_loop_rows: (gpu.kind == DeviceKind::Cpu).then_some(CPU_ADAPTER_MAX_LOOP),
     }
 }
