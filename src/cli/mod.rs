@@ -9,6 +9,7 @@ mod config;
 mod eval;
 mod info;
 mod plan;
+mod prepare;
 mod sample;
 mod train;
 mod verify;
@@ -64,6 +65,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a GPT checkpoint.
     Sample(sample::SampleArgs),
+    /// Tokenize text files into llm.c token shards (GPT-2 BPE) for `--data DIR`.
+    Prepare(prepare::PrepareArgs),
     /// Check that micro-batch x K trains like the true batch (run it in CI; exit 2 on failure).
     Verify(verify::VerifyArgs),
     /// Predict device memory per category and choose the largest micro-batch under a budget.
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Train(args) => train::run(&choice, args),
         Command::Eval(args) => eval::run(&choice, args),
         Command::Sample(args) => sample::run(&choice, args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Verify(args) => verify::run(&choice, args),
         Command::Plan(args) => plan::run(&choice, &cli.adapter, args),
         Command::Bench(args) => bench::run(&choice, args),

@@ -97,10 +97,20 @@ pub struct TrainConfig {
     /// CNN: epochs over the training images (max_steps is derived from them).
     pub epochs: usize,
     // --- data ---
-    /// Char-level text corpus; train = first 90%, validation = last 10%. The default names the
-    /// copy of Tiny Shakespeare built into the binary; other paths are read relative to the
-    /// working directory.
+    /// GPT data: a UTF-8 text file (train = first 90% of its tokens, validation = the rest), a
+    /// folder of token files (`gradscope prepare`'s shards, `*train*.bin` and `*val*.bin`), or one
+    /// training token file (`train.bin`; its validation file has `val` for `train` in its name).
+    /// Token files are llm.c shards or nanoGPT's headerless uint16 files, memory-mapped. The
+    /// default names the copy of Tiny Shakespeare built into the binary; other paths are read
+    /// relative to the working directory.
     pub data: String,
+    /// GPT: `char` (the corpus's distinct characters) or `gpt2` (GPT-2's BPE, 50,257 tokens).
+    /// Token files written by `prepare` name their own tokenizer.
+    #[arg(value_parser = enum_value::<crate::data::tokenizer::TokenizerKind>)]
+    pub tokenizer: crate::data::tokenizer::TokenizerKind,
+    /// GPT: the model's vocabulary V; 0 = the tokenizer's (may be larger, e.g. 50304 for GPT-2).
+    /// Needed for token files that name no tokenizer (nanoGPT's train.bin of character ids).
+    pub vocab_size: usize,
     /// Train on random-length sequences padded to block_size with the ignore index.
     pub padded: bool,
     /// Seed of the window sampler (splitmix64).
@@ -200,6 +210,8 @@ impl Default for TrainConfig {
             dataset: Default::default(),
             epochs: 1,
             data: crate::data::text::TINY_SHAKESPEARE.into(),
+            tokenizer: Default::default(),
+            vocab_size: 0,
             padded: false,
             data_seed: 42,
             n_layer: 2,

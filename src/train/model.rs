@@ -161,9 +161,14 @@ pub fn checkpoint_table(
     use super::checkpoint::meta_json;
     let table = match kind {
         ModelKind::Gpt => {
-            let vocab: String = meta_json(path, meta, "vocab")?;
+            // the vocabulary size: a char tokenizer's characters, the stored config's otherwise
+            let saved: crate::reference::gpt::GptConfig = meta_json(path, meta, "config")?;
+            let vocab_size = match super::checkpoint::tokenizer_meta(path, meta, saved.vocab_size)? {
+                crate::data::tokenizer::Tokenizer::Char(v) => v.len(),
+                _ => saved.vocab_size,
+            };
             let gcfg = crate::reference::gpt::GptConfig {
-                vocab_size: vocab.chars().count(), block_size: cfg.block_size, n_layer: cfg.n_layer, n_head: cfg.n_head,
+                vocab_size, block_size: cfg.block_size, n_layer: cfg.n_layer, n_head: cfg.n_head,
                 n_embd: cfg.n_embd,
             };
             super::checkpoint::tensor_table(&gcfg)
