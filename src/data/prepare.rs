@@ -10,7 +10,9 @@
 //! The text is read in chunks and each chunk tokenized on its own. A chunk ends only where GPT-2's
 //! pre-tokenizer would split anyway: after a `\n` with an ASCII non-space byte on each side (the
 //! pattern's whitespace runs, letters, numbers and punctuation never cross such a newline), so the
-//! tokens equal those of the whole text tokenized at once (tested on Tiny Shakespeare).
+//! tokens equal those of the whole text tokenized at once (tested on Tiny Shakespeare). The one
+//! exception: when no such newline is within a chunk of the train/validation split, the split cuts
+//! the text at the character boundary nearest after it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -173,7 +175,11 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(u64)) -> Result<P
                 let to_split = split_at.saturating_sub(done);
                 let cut = if to_split > 0 && to_split < buf.len() as u64 {
                     let at = to_split as usize;
-                    (1..=at).rev().find(|&p| safe(&buf, p)).or_else(|| (at..buf.len()).find(|&p| safe(&buf, p)))
+                    let near = (1..=at).rev().find(|&p| safe(&buf, p)).or_else(|| (at..buf.len()).find(|&p| safe(&buf, p)));
+                    // no safe place in the buffer: the split cuts the text at the character
+                    // boundary at or after it (the only place where the tokens may then differ
+                    // from the whole text's)
+                    Some(near.unwrap_or_else(|| (at..buf.len()).find(|&p| (buf[p] & 0xC0) != 0x80).unwrap_or(buf.len())))
                 } else if eof {
                     Some(buf.len())
                 } else {

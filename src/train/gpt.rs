@@ -148,6 +148,11 @@ impl Model for GptModel {
             unit: self.unit(),
             items_per_sample: g.block_size,
             classes: g.vocab_size,
+            classes_word: match self.data.tokenizer {
+                crate::data::tokenizer::Tokenizer::Char(_) => "characters",
+                crate::data::tokenizer::Tokenizer::Gpt2 => "tokens (GPT-2 BPE)",
+                crate::data::tokenizer::Tokenizer::Ids(_) => "token ids (no tokenizer)",
+            },
             data: format!("{} train tokens, {} validation tokens", self.data.train.len(), self.data.val.len()),
         }
     }

@@ -69,6 +69,8 @@ pub struct ModelSummary {
     pub items_per_sample: usize,
     /// Vocabulary size or number of classes.
     pub classes: usize,
+    /// What `classes` counts: "characters", "GPT-2 tokens", "token ids" or "classes".
+    pub classes_word: &'static str,
     /// e.g. "1,003,854 train tokens, 111,540 validation tokens".
     pub data: String,
 }
