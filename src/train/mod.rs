@@ -15,6 +15,7 @@ pub mod loss_scale;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod pyconfig;
 pub mod run_dir;
 pub mod sample;
 pub mod trainer;
