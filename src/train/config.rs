@@ -180,7 +180,9 @@ pub struct TrainConfig {
     pub eval_windows: usize,
     /// Directory for metrics.jsonl, metrics.csv and checkpoints.
     pub out_dir: String,
-    /// Start from these weights (a gradscope or PyTorch-named safetensors file).
+    /// Start from these weights: a gradscope checkpoint, a safetensors file with nanoGPT's or
+    /// Hugging Face GPT-2's names, or a Hugging Face folder (model.safetensors + config.json).
+    /// A longer position embedding is cropped to block_size.
     pub init_from: String,
     /// Save `ckpt-stepNNNNNN.safetensors` (and the latest `ckpt.safetensors`) every N steps; 0 = only at the end.
     pub save_every: usize,

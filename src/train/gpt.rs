@@ -70,7 +70,7 @@ impl GptModel {
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
-            checkpoint::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
+            super::interop::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
         };
         let mut gpu_model = GpuGpt::new(gpu, gcfg, &params)?;
         gpu_model.set_activation_checkpointing(cfg.checkpoint_activations)?;

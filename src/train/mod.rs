@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod gpt;
 pub mod health;
+pub mod interop;
 pub mod live;
 pub mod loss_scale;
 pub mod metrics;
