@@ -1,7 +1,8 @@
 //! `gradscope prepare`: text files to llm.c token shards, streaming (memory stays flat whatever
 //! the corpus size).
 //!
-//! Each input file is one document (a folder's regular files, sorted by name, are its documents);
+//! Each input file is one document (`assets/data/tinyshakespeare.txt` names the built-in copy from
+//! any directory) (a folder's regular files, sorted by name, are its documents);
 //! GPT-2's `<|endoftext|>` separates consecutive documents. The first `1 - val_fraction` of the
 //! input bytes go to the training split (`train_NNNNNN.bin`), the rest to the validation split
 //! (`val_NNNNNN.bin`), each in shards of at most `shard_tokens` tokens; `meta.json` names the
@@ -72,6 +73,10 @@ pub fn documents(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>, PrepareError
     let mut docs = Vec::new();
     let size = |p: &Path| -> Result<std::fs::Metadata, PrepareError> { std::fs::metadata(p).map_err(|source| PrepareError::Read { path: p.into(), source }) };
     for input in inputs {
+        if is_built_in(input) {
+            docs.push((input.clone(), super::text::TINY_SHAKESPEARE_TEXT.len() as u64));
+            continue;
+        }
         let m = size(input)?;
         if m.is_dir() {
             let rd = std::fs::read_dir(input).map_err(|source| PrepareError::Read { path: input.clone(), source })?;
@@ -95,6 +100,12 @@ pub fn documents(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>, PrepareError
         return Err(PrepareError::Invalid("no input files".into()));
     }
     Ok(docs)
+}
+
+/// `assets/data/tinyshakespeare.txt` names the copy built into the binary (as `data` does) when
+/// there is no such file.
+fn is_built_in(p: &Path) -> bool {
+    p == Path::new(super::text::TINY_SHAKESPEARE) && !p.exists()
 }
 
 /// Whether a chunk may end just before `buf[p]`: after a `\n` with ASCII non-space bytes on both
@@ -148,7 +159,11 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(u64)) -> Result<P
         let mut done: u64 = 0;
         for (i, (path, _)) in docs.iter().enumerate() {
             let rerr = |source| PrepareError::Read { path: path.clone(), source };
-            let f = std::fs::File::open(path).map_err(rerr)?;
+            let f: Box<dyn Read> = if is_built_in(path) {
+                Box::new(super::text::TINY_SHAKESPEARE_TEXT.as_bytes())
+            } else {
+                Box::new(std::fs::File::open(path).map_err(rerr)?)
+            };
             let mut reader = std::io::BufReader::with_capacity(1 << 16, f);
             if i > 0 {
                 let w = if done < split_at { &mut train } else { &mut val };
