@@ -81,10 +81,24 @@ impl TokenFile {
         u16::from_le_bytes([self.map[o], self.map[o + 1]]) as u32
     }
 
-    /// The largest token id (reads the whole file once).
-    pub fn max_token(&self) -> u32 {
-        let bytes = &self.map[self.start..self.start + 2 * self.len];
-        bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).max().unwrap_or(0) as u32
+    /// The largest token id. Reads the whole file once, through read calls rather than the map,
+    /// so that the pages stay out of this process's resident memory.
+    pub fn max_token(&self) -> Result<u32, DataError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let err = |source| DataError::Read { path: self.path.clone(), source };
+        let mut f = std::fs::File::open(&self.path).map_err(err)?;
+        f.seek(SeekFrom::Start(self.start as u64)).map_err(err)?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, f).take(2 * self.len as u64);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut max = 0u16;
+        loop {
+            let n = r.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            max = buf[..n & !1].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).fold(max, u16::max);
+        }
+        Ok(max as u32)
     }
 }
 
@@ -151,10 +165,10 @@ impl Tokens {
     }
 
     /// The largest token id (0 when empty).
-    pub fn max_token(&self) -> u32 {
+    pub fn max_token(&self) -> Result<u32, DataError> {
         match self {
-            Tokens::Owned(v) => v.iter().copied().max().unwrap_or(0),
-            Tokens::Mapped(fs) => fs.iter().map(|(_, f)| f.max_token()).max().unwrap_or(0),
+            Tokens::Owned(v) => Ok(v.iter().copied().max().unwrap_or(0)),
+            Tokens::Mapped(fs) => fs.iter().try_fold(0, |m, (_, f)| Ok(m.max(f.max_token()?))),
         }
     }
 }

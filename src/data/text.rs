@@ -128,7 +128,9 @@ impl TextData {
         };
         let open = |fs: &[PathBuf]| fs.iter().map(|f| TokenFile::open(f)).collect::<Result<Vec<_>, _>>().map(Tokens::mapped);
         let (train, val) = (open(train)?, open(val)?);
-        Self::with_tokens(tokenizer, train, val, vocab_size)
+        // the ids of files that `prepare` wrote (meta.json) are its tokenizer's; other files are
+        // read once to check them against vocab_size
+        Self::checked(tokenizer, train, val, vocab_size, meta.is_none())
     }
 
     /// Build from text under `vocab` (a checkpoint's), or the text's own characters.
@@ -152,6 +154,10 @@ impl TextData {
 
     /// Check the vocabulary size against the tokenizer and the tokens.
     pub fn with_tokens(tokenizer: Tokenizer, train: Tokens, val: Tokens, vocab_size: usize) -> Result<Self, DataError> {
+        Self::checked(tokenizer, train, val, vocab_size, true)
+    }
+
+    fn checked(tokenizer: Tokenizer, train: Tokens, val: Tokens, vocab_size: usize, scan: bool) -> Result<Self, DataError> {
         let natural = tokenizer.vocab_size();
         let v = if vocab_size == 0 { natural } else { vocab_size };
         if v < natural {
@@ -160,8 +166,8 @@ impl TextData {
         if v > 65535 {
             return Err(DataError::VocabTooLarge(v));
         }
-        let max = train.max_token().max(val.max_token()) as usize;
-        if (!train.is_empty() || !val.is_empty()) && max >= v {
+        let max = if scan { train.max_token()?.max(val.max_token()?) as usize } else { 0 };
+        if max >= v {
             return Err(DataError::Vocab(format!("the data holds token id {max}, outside vocab_size {v}")));
         }
         Ok(Self { tokenizer, train, val, vocab_size: v })
