@@ -185,9 +185,12 @@ pub struct ShardMeta {
     pub val_tokens: u64,
 }
 
+/// A data folder's training files, validation files and `meta.json`.
+pub type SplitFiles = (Vec<PathBuf>, Vec<PathBuf>, Option<ShardMeta>);
+
 /// The token files `data` names: (train files, validation files, the folder's `meta.json`), or
 /// None when `data` is a text file.
-pub fn token_files(data: &Path) -> Result<Option<(Vec<PathBuf>, Vec<PathBuf>, Option<ShardMeta>)>, DataError> {
+pub fn token_files(data: &Path) -> Result<Option<SplitFiles>, DataError> {
     let is_bin = data.extension().is_some_and(|e| e == "bin");
     if data.is_dir() {
         let rd = std::fs::read_dir(data).map_err(|source| DataError::Read { path: data.into(), source })?;

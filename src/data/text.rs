@@ -80,10 +80,10 @@ impl TextData {
     /// `meta.json` that `prepare` writes; without one they are GPT-2 tokens under
     /// `tokenizer = "gpt2"`, and plain ids (with `vocab_size` given) otherwise.
     pub fn open(data: &Path, kind: TokenizerKind, vocab_size: usize) -> Result<Self, DataError> {
-        if data != Path::new(TINY_SHAKESPEARE) {
-            if let Some((train, val, meta)) = super::shards::token_files(data)? {
-                return Self::from_files(data, &train, &val, meta, kind, vocab_size);
-            }
+        if data != Path::new(TINY_SHAKESPEARE)
+            && let Some((train, val, meta)) = super::shards::token_files(data)?
+        {
+            return Self::from_files(data, &train, &val, meta, kind, vocab_size);
         }
         let text = if data == Path::new(TINY_SHAKESPEARE) {
             TINY_SHAKESPEARE_TEXT.to_string()
@@ -141,10 +141,10 @@ impl TextData {
 
     /// Tokenize `text`; train = the first 90% of its tokens.
     pub fn from_text_with(text: &str, tokenizer: Tokenizer, vocab_size: usize) -> Result<Self, DataError> {
-        if let Tokenizer::Char(v) = &tokenizer {
-            if v.len() > 65535 {
-                return Err(DataError::VocabTooLarge(v.len()));
-            }
+        if let Tokenizer::Char(v) = &tokenizer
+            && v.len() > 65535
+        {
+            return Err(DataError::VocabTooLarge(v.len()));
         }
         let mut tokens = tokenizer.encode(text)?;
         let n_train = tokens.len() * 9 / 10;

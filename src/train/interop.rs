@@ -230,20 +230,20 @@ fn weights_file(path: &Path, cfg: &GptConfig) -> Result<PathBuf, CheckpointError
             got => return Err(bad(key, format!(": {got:?}; the config asks for {want} (set {key} = {})", got.map_or("?".into(), |g| g.to_string())))),
         }
     }
-    if let Some(p) = get("n_positions") {
-        if p < cfg.block_size {
-            return Err(bad("n_positions", format!(": {p} positions, fewer than block_size {}", cfg.block_size)));
-        }
+    if let Some(p) = get("n_positions")
+        && p < cfg.block_size
+    {
+        return Err(bad("n_positions", format!(": {p} positions, fewer than block_size {}", cfg.block_size)));
     }
-    if let Some(a) = v.get("activation_function").and_then(|a| a.as_str()) {
-        if !["gelu_new", "gelu_pytorch_tanh"].contains(&a) {
-            return Err(bad("activation_function", format!(": {a:?}; gradscope's GELU is the tanh approximation (gelu_new)")));
-        }
+    if let Some(a) = v.get("activation_function").and_then(|a| a.as_str())
+        && !["gelu_new", "gelu_pytorch_tanh"].contains(&a)
+    {
+        return Err(bad("activation_function", format!(": {a:?}; gradscope's GELU is the tanh approximation (gelu_new)")));
     }
-    if let Some(eps) = v.get("layer_norm_epsilon").and_then(|a| a.as_f64()) {
-        if eps != 1e-5 {
-            return Err(bad("layer_norm_epsilon", format!(": {eps}; gradscope's LayerNorm uses 1e-5")));
-        }
+    if let Some(eps) = v.get("layer_norm_epsilon").and_then(|a| a.as_f64())
+        && eps != 1e-5
+    {
+        return Err(bad("layer_norm_epsilon", format!(": {eps}; gradscope's LayerNorm uses 1e-5")));
     }
     Ok(file)
 }
