@@ -14,6 +14,21 @@
 // more than 2 * ceil(V / WG) + log2(WG) times, far under the 65,535 loop iterations after which
 // Mesa's CPU adapters silently stop an invocation's loops (a loop over V in one invocation gave
 // garbage from V ~ 22k on lavapipe).
+//
+// Vocabulary chunks (a "fused linear" cross-entropy: the logits [N,V] are never whole; the lm_head
+// writes one chunk [N,VC] of columns [V0, V0 + VC) at a time and these kernels consume it):
+//   chunk_forward:  state[n] <- the chunk's (max, sum of exp) merged into the row's running
+//                   (m, s) by an online log-sum-exp, m' = max(m, mc),
+//                   s' = s exp(m - m') + sc exp(mc - m'); the target's logit is recorded when
+//                   V0 <= target < V0 + VC. With `first` the state is set from this chunk alone.
+//   chunk_finish:   losses[n] = log(s) + m - target logit (0 when ignored); state[n].lse = m + log(s)
+//   chunk_backward: dlogits_chunk[n,j] = dloss * (exp(logit[n,j] - lse) - [V0 + j == target])
+//                   on counted rows, 0 on ignored rows: assigned, not accumulated (one scratch
+//                   serves every chunk; the lm_head's matmul backward accumulates from it).
+// The state is f32 [N,4] = (m, s, target logit, lse) in a buffer of its own (never act, and never
+// the buffer of the logits: the chunk kernels read the logits through read-only bindings).
+// Ignored rows leave the state as it was. In the chunk kernels V is the chunk's width VC (the row
+// stride of logits_chunk and dlogits_chunk) and V0 its first column.
 
 alias act = f32;
 
@@ -21,6 +36,8 @@ struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     N: u32, V: u32,
     dloss: f32,
+    V0: u32,    // chunk kernels: the chunk's first column
+    first: u32, // chunk_forward: 1 = set the state from this chunk, 0 = merge into it
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -36,6 +53,19 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dlogits: array<act>;
 @group(0) @binding(10) var<storage, read> b_logits: array<act>;
 @group(0) @binding(11) var<storage, read> b_targets: array<u32>;
+// crossentropy_chunk_forward(state [N,4] f32, logits_chunk [N,VC], targets [N])
+@group(0) @binding(13) var<storage, read_write> c_state: array<f32>;
+@group(0) @binding(14) var<storage, read> c_logits: array<act>;
+@group(0) @binding(15) var<storage, read> c_targets: array<u32>;
+// crossentropy_chunk_finish(losses [N], state [N,4] f32, targets [N])
+@group(0) @binding(17) var<storage, read_write> f_losses: array<act>;
+@group(0) @binding(18) var<storage, read_write> f_state: array<f32>;
+@group(0) @binding(19) var<storage, read> f_targets: array<u32>;
+// crossentropy_chunk_backward(dlogits_chunk [N,VC], logits_chunk [N,VC], state [N,4] f32, targets [N])
+@group(0) @binding(21) var<storage, read_write> cb_dlogits: array<act>;
+@group(0) @binding(22) var<storage, read> cb_logits: array<act>;
+@group(0) @binding(23) var<storage, read> cb_state: array<f32>;
+@group(0) @binding(24) var<storage, read> cb_targets: array<u32>;
 
 const IGNORE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
@@ -141,5 +171,74 @@ fn crossentropy_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workg
         var g = exp(f32(b_logits[x + v]) - st.x) * inv;
         if (v == tgt) { g -= 1.0; }
         dlogits[d + v] = act(f32(dlogits[d + v]) + p.dloss * g);
+    }
+}
+
+// one workgroup per row
+@compute @workgroup_size(64)
+fn crossentropy_chunk_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                              @builtin(local_invocation_index) l: u32) {
+    let row = row_of(w, n);
+    if (row >= p.N) { return; }
+    if (l == 0u) { row_target = c_targets[p.o2 + row]; }
+    let tgt = workgroupUniformLoad(&row_target);
+    if (tgt == IGNORE) { return; }
+    let x = p.o1 + row * p.V;
+    var ms = vec2<f32>(LOWEST, 0.0);
+    for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(c_logits[x + v])); }
+    let st = row_stats(l, ms);
+    if (l == 0u) {
+        let s = p.o0 + row * 4u;
+        var m = st.x;
+        var sum = st.y;
+        var t = 0.0;
+        if (p.first == 0u) {
+            let m0 = c_state[s];
+            m = max(m0, st.x);
+            sum = c_state[s + 1u] * exp(m0 - m) + st.y * exp(st.x - m);
+            t = c_state[s + 2u];
+        }
+        if (tgt >= p.V0 && tgt - p.V0 < p.V) { t = f32(c_logits[x + (tgt - p.V0)]); }
+        c_state[s] = m;
+        c_state[s + 1u] = sum;
+        c_state[s + 2u] = t;
+    }
+}
+
+// one invocation per row
+@compute @workgroup_size(64)
+fn crossentropy_chunk_finish(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                             @builtin(local_invocation_index) l: u32) {
+    let row = row_of(w, n) * WG + l;
+    if (row >= p.N) { return; }
+    if (f_targets[p.o2 + row] == IGNORE) {
+        f_losses[p.o0 + row] = 0.0;
+        return;
+    }
+    let s = p.o1 + row * 4u;
+    let m = f_state[s];
+    let log_s = log(f_state[s + 1u]);
+    f_losses[p.o0 + row] = act(log_s + m - f_state[s + 2u]);
+    f_state[s + 3u] = m + log_s;
+}
+
+// one workgroup per row
+@compute @workgroup_size(64)
+fn crossentropy_chunk_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                               @builtin(local_invocation_index) l: u32) {
+    let row = row_of(w, n);
+    if (row >= p.N) { return; }
+    let tgt = cb_targets[p.o3 + row];
+    let d = p.o0 + row * p.V;
+    if (tgt == IGNORE) {
+        for (var v = l; v < p.V; v += WG) { cb_dlogits[d + v] = 0.0; }
+        return;
+    }
+    let x = p.o1 + row * p.V;
+    let lse = cb_state[p.o2 + row * 4u + 3u];
+    for (var v = l; v < p.V; v += WG) {
+        var g = exp(f32(cb_logits[x + v]) - lse);
+        if (p.V0 + v == tgt) { g -= 1.0; }
+        cb_dlogits[d + v] = act(p.dloss * g);
     }
 }

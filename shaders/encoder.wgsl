@@ -1,6 +1,9 @@
 // encoder.wgsl: the GPT input layer, token embedding + position embedding.
 //   forward:  out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]
 //   backward: dwte[inp[b,t],:] += dout[b,t,:];   dwpe[t,:] += sum_b dout[b,t,:]
+// wte may be one part of the embedding, its rows v0 .. v0 + vn (the embedding cut into
+// vocabulary ranges that each fit one binding): positions whose token is outside it are left to
+// the dispatches of the other parts.
 // Binding convention (all gradscope shaders): binding 0 = Params (o0..o7 are the element offsets of
 // the tensor arguments in the order of the CPU reference function); the forward function's tensors
 // are bindings 1.., the backward function's 9...
@@ -12,6 +15,7 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     B: u32, T: u32, C: u32,
+    v0: u32, vn: u32, // the rows of the embedding bound as wte / dwte
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -40,7 +44,8 @@ fn encoder_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups)
     let c = i % p.C;
     let t = bt % p.T;
     let tok = inp[p.o1 + bt];
-    out[p.o0 + i] = act(wte[p.o2 + tok * p.C + c] + wpe[p.o3 + t * p.C + c]);
+    if (tok < p.v0 || tok - p.v0 >= p.vn) { return; }
+    out[p.o0 + i] = act(wte[p.o2 + (tok - p.v0) * p.C + c] + wpe[p.o3 + t * p.C + c]);
 }
 
 // one invocation per channel c walks every position in order: tokens repeat, so a thread per
@@ -52,8 +57,10 @@ fn encoder_backward_wte(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     if (c >= p.C) { return; }
     for (var bt = 0u; bt < p.B * p.T; bt++) {
         let tok = inp_b[p.o3 + bt];
-        let i = p.o0 + tok * p.C + c;
-        dwte[i] = dwte[i] + f32(dout[p.o2 + bt * p.C + c]);
+        if (tok >= p.v0 && tok - p.v0 < p.vn) {
+            let i = p.o0 + (tok - p.v0) * p.C + c;
+            dwte[i] = dwte[i] + f32(dout[p.o2 + bt * p.C + c]);
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{Rng, Tensors, check, check_terms, f64s, gpu};
-use gradscope::gpu::kernels::{AdamW, MatmulVariant};
-use gradscope::gpu::{ProgramBuilder, View};
+use gradscope::gpu::kernels::{AdamW, MatmulVariant, crossentropy_chunk_backward_uniforms};
+use gradscope::gpu::{Category, Precision, ProgramBuilder, View};
 use gradscope::reference::layers as r;
 
 const TOL: f64 = 1e-4;
@@ -252,6 +252,148 @@ fn crossentropy_sums_counted_targets_and_ignores_padding() {
         check("crossentropy_reduce", "loss sum", &got[..1], &[0.25 + sum], TOL);
         assert_eq!(got[1], 2.0 + count as f32, "count of counted targets");
         assert_eq!(count as usize, targets.iter().filter(|&&t| t != r::IGNORE_INDEX).count());
+    }
+}
+
+/// Columns [v0, v0 + vc) of a row-major [n, v] matrix.
+fn columns<T: Copy>(x: &[T], n: usize, v: usize, v0: usize, vc: usize) -> Vec<T> {
+    (0..n).flat_map(|i| x[i * v + v0..i * v + v0 + vc].iter().copied()).collect()
+}
+
+/// The vocabulary-chunked cross-entropy (the lm_head's logits never whole): each chunk's logits
+/// sit in a tensor of their own as the lm_head's matmul would write them, the chunks are folded
+/// into the per-row state, finished, and each chunk's gradient is compared with its columns of
+/// the unchunked reference. Chunks that do not divide V (the last one narrower), one chunk of V
+/// and one wider than V; rows past one workgroup's worth; every third row ignored. The dlogits
+/// chunks are poisoned with NaN, so a chunk kernel that accumulates instead of assigning, or
+/// skips an element (an ignored row's), fails. dloss is recorded as 1 and rewritten with
+/// `set_dims`, as the trainer does, through `crossentropy_chunk_backward_uniforms`.
+#[test]
+fn crossentropy_chunks_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("crossentropy_chunks");
+    let cases = [
+        (true, (5, 65, 7)),
+        (false, (130, 65, 16)),
+        (true, (1, 65, 65)),
+        (false, (3, 65, 100)),
+        (true, (130, 1000, 256)),
+        (false, (1, 1000, 256)),
+        (false, (70, 1000, 256)),
+    ];
+    for (shared, (n, v, chunk)) in cases {
+        // wide logits: chunk maxima differ by several units, so a merge that does not rescale
+        // the running sum to the new max is off by far more than the tolerance
+        let logits = rng.vec(n * v, 8.0);
+        let targets: Vec<u32> = (0..n).map(|i| if i % 3 == 1 { r::IGNORE_INDEX } else { rng.below(v as u32) }).collect();
+        let dloss = 0.5 + rng.uniform().abs();
+        let chunks: Vec<(usize, usize)> = (0..v).step_by(chunk).map(|v0| (v0, chunk.min(v - v0))).collect();
+        let mut ts = Tensors::new(&g, shared);
+        let (lo, st, tg) = (ts.poisoned(n), ts.poisoned(4 * n), ts.u32(&targets));
+        let xs: Vec<usize> = chunks.iter().map(|&(v0, vc)| ts.f32(&columns(&logits, n, v, v0, vc))).collect();
+        let ds: Vec<usize> = chunks.iter().map(|&(_, vc)| ts.poisoned(n * vc)).collect();
+        ts.upload();
+        let mut pb = ProgramBuilder::new(&g);
+        for (i, &(v0, vc)) in chunks.iter().enumerate() {
+            pb.crossentropy_chunk_forward(ts.view(st), ts.view(xs[i]), ts.view(tg), v0, vc, n, i == 0).unwrap();
+        }
+        pb.crossentropy_chunk_finish(ts.view(lo), ts.view(st), ts.view(tg), n).unwrap();
+        let mut backward = Vec::new();
+        for (i, &(v0, vc)) in chunks.iter().enumerate() {
+            backward.push(pb.crossentropy_chunk_backward(ts.view(ds[i]), ts.view(xs[i]), ts.view(st), ts.view(tg), 1.0, v0, vc, n).unwrap());
+        }
+        let prog = pb.finish("test");
+        for (&i, &(v0, vc)) in backward.iter().zip(&chunks) {
+            prog.set_dims(i, &crossentropy_chunk_backward_uniforms(dloss, n, v0, vc));
+        }
+        prog.run();
+
+        let mut losses = vec![0.0; n];
+        r::crossentropy_forward(&mut losses, &f64s(&logits), &targets, n, v);
+        let mut dlogits = vec![0.0; n * v];
+        r::crossentropy_backward(&mut dlogits, &f64s(&logits), &targets, dloss as f64, n, v);
+        let ignored: Vec<usize> = (0..n).filter(|&i| targets[i] == r::IGNORE_INDEX).collect();
+        let got = ts.read(lo);
+        check("crossentropy_chunk_finish", "losses", &got, &losses, TOL);
+        assert!(ignored.iter().all(|&i| got[i] == 0.0), "ignored rows have loss 0");
+        for (k, &(v0, vc)) in chunks.iter().enumerate() {
+            let got = ts.read(ds[k]);
+            check("crossentropy_chunk_backward", &format!("[{v0},{})", v0 + vc), &got, &columns(&dlogits, n, v, v0, vc), TOL);
+            assert!(ignored.iter().all(|&i| got[i * vc..(i + 1) * vc].iter().all(|&x| x == 0.0)), "ignored rows get 0");
+        }
+    }
+}
+
+/// An f16 tensor (activation of the f16 instantiation) in a buffer of its own, behind a NaN gap
+/// of `gap` f16 elements (even, so the buffer is whole words).
+fn f16_tensor(g: &gradscope::gpu::Gpu, v: &[f32], gap: usize) -> View {
+    assert!(gap.is_multiple_of(2));
+    let mut h: Vec<u16> = vec![half::f16::NAN.to_bits(); gap];
+    h.extend(v.iter().map(|&x| half::f16::from_f32(x).to_bits()));
+    if h.len() % 2 == 1 {
+        h.push(0);
+    }
+    let buf = g.storage("f16 test tensor", Category::Activations, h.len() / 2);
+    g.upload(&buf, 0, &h);
+    View::at(&buf, gap)
+}
+
+fn read_f16(g: &gradscope::gpu::Gpu, v: &View, len: usize) -> Vec<f32> {
+    g.read_f16(&v.buf, v.offset, len).expect("readback")
+}
+
+/// Mixed precision: the chunk kernels' f16 instantiation (logits, losses and dlogits f16; the
+/// state stays f32) against the reference on the f16 logits, next to the unchunked f16 kernels
+/// on the same logits. Both only round their outputs to f16 (half an ulp, 4.9e-4 relative).
+#[test]
+fn crossentropy_chunks_in_f16_match_reference() {
+    const F16_TOL: f64 = 1e-3;
+    let g = gpu();
+    assert!(g.has_f16(), "{} has no SHADER_F16 (lavapipe on Vulkan has it)", g.summary.name);
+    let mut rng = Rng::fresh("crossentropy_chunks_f16");
+    for (gap, (n, v, chunk)) in [(0, (5, 65, 16)), (6, (130, 1000, 256)), (2, (1, 65, 100))] {
+        let logits: Vec<f32> = rng.vec(n * v, 8.0).iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        let targets: Vec<u32> = (0..n).map(|i| if i % 3 == 1 { r::IGNORE_INDEX } else { rng.below(v as u32) }).collect();
+        let dloss = 0.5 + rng.uniform().abs();
+        let chunks: Vec<(usize, usize)> = (0..v).step_by(chunk).map(|v0| (v0, chunk.min(v - v0))).collect();
+        let mut ts = Tensors::new(&g, gap > 0);
+        let (st, tg) = (ts.poisoned(4 * n), ts.u32(&targets));
+        ts.upload();
+        let lo = f16_tensor(&g, &vec![f32::NAN; n], gap);
+        let xs: Vec<View> = chunks.iter().map(|&(v0, vc)| f16_tensor(&g, &columns(&logits, n, v, v0, vc), gap)).collect();
+        let ds: Vec<View> = chunks.iter().map(|&(_, vc)| f16_tensor(&g, &vec![f32::NAN; n * vc], gap)).collect();
+        // the unchunked kernels on the whole logits
+        let whole = f16_tensor(&g, &logits, gap);
+        let (whole_lo, whole_d) = (f16_tensor(&g, &vec![f32::NAN; n], gap), f16_tensor(&g, &vec![0.0; n * v], gap));
+        let mut pb = ProgramBuilder::with_precision(&g, Precision::F16).unwrap();
+        for (i, &(v0, vc)) in chunks.iter().enumerate() {
+            pb.crossentropy_chunk_forward(ts.view(st), &xs[i], ts.view(tg), v0, vc, n, i == 0).unwrap();
+        }
+        pb.crossentropy_chunk_finish(&lo, ts.view(st), ts.view(tg), n).unwrap();
+        for (i, &(v0, vc)) in chunks.iter().enumerate() {
+            pb.crossentropy_chunk_backward(&ds[i], &xs[i], ts.view(st), ts.view(tg), dloss, v0, vc, n).unwrap();
+        }
+        pb.crossentropy_forward(&whole_lo, &whole, ts.view(tg), n, v).unwrap();
+        pb.crossentropy_backward(&whole_d, &whole, ts.view(tg), dloss, n, v).unwrap();
+        pb.finish("test").run();
+
+        let mut losses = vec![0.0; n];
+        r::crossentropy_forward(&mut losses, &f64s(&logits), &targets, n, v);
+        let mut dlogits = vec![0.0; n * v];
+        r::crossentropy_backward(&mut dlogits, &f64s(&logits), &targets, dloss as f64, n, v);
+        check("crossentropy_forward f16", "losses", &read_f16(&g, &whole_lo, n), &losses, F16_TOL);
+        check("crossentropy_backward f16", "dlogits", &read_f16(&g, &whole_d, n * v), &dlogits, F16_TOL);
+        check("crossentropy_chunk_finish f16", "losses", &read_f16(&g, &lo, n), &losses, F16_TOL);
+        // the chunks side by side, judged as one [N,V] gradient: a narrow chunk of small
+        // probabilities alone has a scale at which f16's spacing (6e-8 below 6e-5) is no longer small
+        let mut got = vec![f32::NAN; n * v];
+        for (k, &(v0, vc)) in chunks.iter().enumerate() {
+            let d = read_f16(&g, &ds[k], n * vc);
+            for i in 0..n {
+                got[i * v + v0..i * v + v0 + vc].copy_from_slice(&d[i * vc..(i + 1) * vc]);
+            }
+        }
+        check("crossentropy_chunk_backward f16", "dlogits", &got, &dlogits, F16_TOL);
     }
 }
 

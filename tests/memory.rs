@@ -78,7 +78,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
         // (the trainer's config: f16 falls back to f32 on an adapter without SHADER_F16)
         let run = t.cfg.clone();
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&run, MatmulVariant::for_device(g.kind)));
+        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&run, &g));
         assert_same(
             &format!(
                 "GPT L{} C{} T{} B{} K{} checkpointing {} {}",
@@ -91,7 +91,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.set_micro_batch(cfg.micro_batch + 2).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
-        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&run, MatmulVariant::for_device(g.kind)));
+        let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&run, &g));
         assert_same("after a live change of B", predicted, actual);
         drop(t);
         assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");
@@ -187,15 +187,20 @@ fn plan_picks_the_largest_micro_batch_under_the_budget() {
     assert!(ck.micro_batch > plain.micro_batch, "checkpointing: B {} vs {}", ck.micro_batch, plain.micro_batch);
 }
 
-/// The device's limits bound B as well as the budget: the max binding (the activation slab is
-/// one buffer) and the CPU adapters' loop cap.
+/// The device's limits bound B as well as the budget: the max binding (each activation tensor
+/// must fit one binding; the slab spans as many buffers as needed) and the CPU adapters' loop cap.
 #[test]
 fn plan_respects_device_limits() {
     let spec = reference_gpt();
     let opts = MemoryOptions::default();
     let limits = DeviceLimits { max_binding: 128 << 20, max_buffer: 1 << 31, max_loop_rows: None };
+    // B 256: 46.6 MiB of activations per 16 sequences, a 0.7 GiB slab; its largest tensor (the
+    // MLP's hidden activations, B x 64 x 512) is 32 MiB: it fits
     let p = plan(&spec, 256, 1 << 40, &limits, opts).unwrap();
-    assert_eq!(p.limited_by, "max binding");
+    assert_eq!((p.micro_batch, p.limited_by), (256, "effective batch"));
+    // past B 1024 that tensor alone (128 KiB per sequence) passes 128 MiB
+    let p = plan(&spec, 4096, 1 << 40, &limits, opts).unwrap();
+    assert_eq!((p.micro_batch, p.limited_by), (1024, "max binding"));
     assert!(spec.largest_buffer(p.micro_batch, opts) <= 128 << 20);
     assert!(spec.largest_buffer(p.micro_batch + 1, opts) > 128 << 20);
     let limits = DeviceLimits { max_loop_rows: Some(65_535), ..roomy() };

@@ -17,7 +17,19 @@ use gradscope::train::TrainConfig;
 
 #[test]
 fn a_thousand_live_changes_lose_nothing() {
+    soak(None);
+}
+
+/// The same with every slab in many buffers (64 KiB per binding and buffer: the parameters in
+/// 3 buffers, the activations in 3 to 8 as B changes).
+#[test]
+fn a_thousand_live_changes_lose_nothing_across_many_buffers() {
+    soak(Some(64 << 10));
+}
+
+fn soak(cap: Option<u64>) {
     let g = common::gpu();
+    g.set_binding_cap(cap);
     let tmp = tempfile::Builder::new().prefix("gradscope-soak-").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let cfg = TrainConfig {
@@ -120,14 +132,19 @@ fn a_thousand_live_changes_lose_nothing() {
         None => 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64,
     };
     let now = g.ledger.snapshot();
-    // the slabs' device length (each tensor padded to TENSOR_ALIGN bytes)
-    let n = gradscope::model::memory::ModelSpec::Gpt(gcfg).slab_len() as u64 * 4;
+    // the slabs as laid out on this device (each tensor padded to TENSOR_ALIGN bytes)
+    let limits = gradscope::model::layout::SlabLimits::of(&g);
+    let slab = gradscope::model::memory::ModelSpec::Gpt(gcfg).slab_layout(limits).0;
+    if cap.is_some() {
+        assert!(slab.buffers.len() >= 2, "the cap splits the parameter slab: {:?}", slab.buffers);
+    }
+    let n = slab.bytes();
     assert_eq!(now.get(Category::Parameters) - before.get(Category::Parameters), n);
     assert_eq!(now.get(Category::Gradients) - before.get(Category::Gradients), n);
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision) + window_tokens,
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits) + window_tokens,
         "activation bytes for the final B = {final_b}, checkpointing {final_ck}, precision {final_precision}"
     );
     s.controls.send(Control::Shutdown).unwrap();

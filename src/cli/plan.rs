@@ -2,7 +2,6 @@
 //! that trains with them.
 
 use gradscope::gpu::{AdapterChoice, Category};
-use gradscope::gpu::kernels::MatmulVariant;
 
 use super::out::outln;
 use super::{ConfigFlags, EXIT_OK, device};
@@ -34,7 +33,7 @@ pub fn run(choice: &AdapterChoice, adapter: &Option<String>, args: PlanArgs) -> 
     let e = cfg.effective();
     let budget = parse_bytes(&cfg.memory_budget).map_err(|m| anyhow::anyhow!("memory_budget: {m}"))?;
     let spec = model_spec(&cfg)?;
-    let opts = gradscope::train::plan::memory_options(&cfg, MatmulVariant::for_device(gpu.kind));
+    let opts = gradscope::train::plan::memory_options(&cfg, &gpu);
     let p = plan(&spec, e, budget, &limits, opts)?;
     // a sweep of B: powers of two up to E, and the chosen B
     let mut bs: Vec<usize> = (0..).map(|i| 1usize << i).take_while(|&b| b <= e).collect();

@@ -241,6 +241,29 @@ pub struct Gpu {
     /// Armed by `trace_next_submission`: the next submission's commands (`gpu::trace`).
     pub(crate) tracer: Arc<std::sync::Mutex<Option<super::trace::Recorder>>>,
     pub(crate) traced: Arc<std::sync::Mutex<Option<super::trace::Trace>>>,
+    /// A cap on the bytes of one storage binding and of a slab's buffers, below the device's
+    /// own limits (0: none). For testing multi-buffer layouts on small models:
+    /// `GRADSCOPE_MAX_BINDING=64KiB` or `Gpu::set_binding_cap`.
+    binding_cap: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The environment variable that caps binding and slab-buffer sizes (for testing).
+pub const MAX_BINDING_ENV: &str = "GRADSCOPE_MAX_BINDING";
+
+/// "64KiB", "1.5 MiB", "4096" -> bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.trim().parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64) as u64)
 }
 
 /// Bytes of one unused-binding slot (the largest storage offset alignment WebGPU allows).
@@ -268,7 +291,9 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
             GpuError::RequestDevice { adapter: adapter.get_info().name, source }
         })?;
-        Ok(Self::from_device(&adapter, device, queue))
+        let gpu = Self::from_device(&adapter, device, queue);
+        gpu.cap_from_env().map_err(|message| GpuError::Device { what: MAX_BINDING_ENV.into(), message })?;
+        Ok(gpu)
     }
 
     /// Wrap a device created elsewhere (the app gets its device from eframe).
@@ -298,7 +323,7 @@ impl Gpu {
         ));
         Self {
             device, queue, summary: Arc::new(summary), kind, ledger, registry, errors, lost, submitted: Arc::default(),
-            unused, tracer: Arc::default(), traced: Arc::default(),
+            unused, tracer: Arc::default(), traced: Arc::default(), binding_cap: Arc::default(),
         }
     }
 
@@ -345,7 +370,11 @@ impl Gpu {
 
     /// The device eframe created for the app (one device for the UI and the trainer).
     pub fn from_render_state(rs: &eframe::egui_wgpu::RenderState) -> Self {
-        Self::from_device(&rs.adapter, rs.device.clone(), rs.queue.clone())
+        let gpu = Self::from_device(&rs.adapter, rs.device.clone(), rs.queue.clone());
+        if let Err(e) = gpu.cap_from_env() {
+            eprintln!("gradscope: {MAX_BINDING_ENV} ignored: {e}");
+        }
+        gpu
     }
 
     /// The buffer and byte offset that stand in for an unused storage binding at position `slot`
@@ -357,6 +386,41 @@ impl Gpu {
             assert!(slot < 8, "at most 8 storage bindings per entry point");
             (self.unused.1.clone(), slot as u64 * UNUSED_SLOT)
         }
+    }
+
+    /// The cap on binding and slab-buffer sizes, if any (`MAX_BINDING_ENV` or `set_binding_cap`).
+    pub fn binding_cap(&self) -> Option<u64> {
+        match self.binding_cap.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+
+    /// Cap the bytes of one storage binding and of a slab's buffers (testing: multi-buffer
+    /// layouts with small models). Applies to what is laid out and recorded afterwards.
+    pub fn set_binding_cap(&self, cap: Option<u64>) {
+        let c = cap.map_or(0, |c| c.max(super::TENSOR_ALIGN as u64));
+        self.binding_cap.store(c, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Apply `MAX_BINDING_ENV` when it is set.
+    fn cap_from_env(&self) -> Result<(), String> {
+        match std::env::var(MAX_BINDING_ENV) {
+            Ok(v) => match parse_size(&v) {
+                Some(c) if c > 0 => {
+                    self.set_binding_cap(Some(c));
+                    Ok(())
+                }
+                _ => Err(format!("{v:?} is not a size (for example 64KiB, 1MiB, 4096)")),
+            },
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The largest storage binding gradscope uses: the device's limit, or the cap below it.
+    pub fn binding_limit(&self) -> u64 {
+        let max = self.limits().max_storage_buffer_binding_size;
+        self.binding_cap().map_or(max, |c| c.min(max))
     }
 
     /// The limits the device was created with.

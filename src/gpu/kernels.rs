@@ -1,7 +1,8 @@
 //! Typed launchers: one method per kernel, with the name and argument order of its CPU twin in
 //! `crate::reference::layers`. Each records dispatches into a `ProgramBuilder`; nothing runs until
 //! the program is submitted. Backward launchers accumulate (`+=`) into every gradient, like the
-//! reference, so callers zero gradients where a new sum starts.
+//! reference, so callers zero gradients where a new sum starts; the one exception is
+//! `crossentropy_chunk_backward`, which assigns (one scratch serves every vocabulary chunk).
 
 use super::context::DeviceKind;
 use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View, grid_1d};
@@ -75,6 +76,11 @@ fn attention_loops(v4: bool, t: usize, hs: usize) -> usize {
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
 
+/// Partial sums per buffer when a norm spans `buffers` buffers (`grad_norm_slabs`).
+pub fn norm_groups(buffers: usize) -> usize {
+    (NORM_GROUPS / buffers.max(1)).max(1)
+}
+
 impl ProgramBuilder {
     fn variant(&self) -> MatmulVariant {
         MatmulVariant::for_device(self.gpu().kind)
@@ -101,19 +107,41 @@ impl ProgramBuilder {
     /// out [B,T,C] = wte[inp] + wpe[t]
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_forward(&mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize, v: usize) -> R {
-        let dims = Uniforms::new().n(b).n(t).n(c);
-        let args = [(out, b * t * c), (inp, b * t), (wte, v * c), (wpe, t * c)];
+        self.encoder_forward_rows(out, inp, wte, wpe, b, t, c, 0, v)
+    }
+
+    /// `encoder_forward` for the positions whose token is in `v0 .. v0 + vn`, with `wte` the
+    /// embedding's rows v0 .. v0 + vn (one part of an embedding cut into vocabulary ranges).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_forward_rows(
+        &mut self, out: &View, inp: &View, wte: &View, wpe: &View, b: usize, t: usize, c: usize, v0: usize, vn: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(t).n(c).n(v0).n(vn);
+        let args = [(out, b * t * c), (inp, b * t), (wte, vn * c), (wpe, t * c)];
         self.call("encoder", "encoder_forward", 1, &args, dims, Grid::Threads(b * t * c))?;
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_backward(&mut self, dwte: &View, dwpe: &View, dout: &View, inp: &View, b: usize, t: usize, c: usize, v: usize) -> R {
-        let args = [(dwte, v * c), (dwpe, t * c), (dout, b * t * c), (inp, b * t)];
-        let dims = Uniforms::new().n(b).n(t).n(c);
+        self.encoder_backward_rows(dwte, Some(dwpe), dout, inp, b, t, c, 0, v)
+    }
+
+    /// `encoder_backward` into the embedding rows v0 .. v0 + vn (`dwte` is that part), and the
+    /// position embedding's gradient when `dwpe` is given (once, with one of the parts).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_backward_rows(
+        &mut self, dwte: &View, dwpe: Option<&View>, dout: &View, inp: &View, b: usize, t: usize, c: usize, v0: usize,
+        vn: usize,
+    ) -> R {
+        let dwpe_v = dwpe.map_or((dwte, 0), |d| (d, t * c));
+        let args = [(dwte, vn * c), dwpe_v, (dout, b * t * c), (inp, b * t)];
+        let dims = Uniforms::new().n(b).n(t).n(c).n(v0).n(vn);
         self.check_loops("encoder_backward_wte", b * t)?;
         self.call("encoder", "encoder_backward_wte", 9, &args, dims.clone(), Grid::Threads(c))?;
-        self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
+        if dwpe.is_some() {
+            self.call("encoder", "encoder_backward_wpe", 9, &args, dims, Grid::Threads(t * c))?;
+        }
         Ok(())
     }
 
@@ -457,6 +485,46 @@ impl ProgramBuilder {
         self.call("crossentropy", "crossentropy_backward", 9, &[(dlogits, n * v), (logits, n * v), (targets, n)], dims, grid)
     }
 
+    /// One vocabulary chunk of a chunked cross-entropy: logits_chunk [N,VC] holds columns
+    /// [v0, v0 + vc) of the logits. Merges the chunk's max and sum of exp into each counted row's
+    /// state [N,4] (f32: m, s, target logit, lse) with an online log-sum-exp, and records the
+    /// target's logit when the target is in the chunk; `first` sets the state from this chunk
+    /// instead of merging (no fill needed before). Ignored rows keep their state. The state is an
+    /// f32 tensor in a buffer of its own (the logits are bound read-only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_chunk_forward(
+        &mut self, state: &View, logits_chunk: &View, targets: &View, v0: usize, vc: usize, n: usize, first: bool,
+    ) -> R {
+        let dims = Uniforms::new().n(n).n(vc).f(0.0).n(v0).u(u32::from(first));
+        let grid = self.row_groups(n);
+        let args = [(state, n * 4), (logits_chunk, n * vc), (targets, n)];
+        self.call("crossentropy", "crossentropy_chunk_forward", 13, &args, dims, grid)?;
+        Ok(())
+    }
+
+    /// After every chunk's `crossentropy_chunk_forward`: losses [N] = log(s) + m - target logit
+    /// (0 on ignored rows) and state[row].lse = m + log(s) for `crossentropy_chunk_backward`.
+    pub fn crossentropy_chunk_finish(&mut self, losses: &View, state: &View, targets: &View, n: usize) -> R {
+        let dims = Uniforms::new().n(n).n(0).f(0.0);
+        self.call("crossentropy", "crossentropy_chunk_finish", 17, &[(losses, n), (state, n * 4), (targets, n)], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// dlogits_chunk [N,VC] = dloss * (exp(logits_chunk - lse) - onehot(targets - v0)) on counted
+    /// rows, 0 on ignored rows: ASSIGNED, not accumulated (one scratch serves every chunk). Needs
+    /// the state after `crossentropy_chunk_finish`. Returns the dispatch index so `dloss` can be
+    /// rewritten with `Program::set_dims` (see `crossentropy_chunk_backward_uniforms`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn crossentropy_chunk_backward(
+        &mut self, dlogits_chunk: &View, logits_chunk: &View, state: &View, targets: &View, dloss: f32, v0: usize,
+        vc: usize, n: usize,
+    ) -> Result<usize, ProgramError> {
+        let dims = crossentropy_chunk_backward_uniforms(dloss, n, v0, vc);
+        let grid = self.row_groups(n);
+        let args = [(dlogits_chunk, n * vc), (logits_chunk, n * vc), (state, n * 4), (targets, n)];
+        self.call("crossentropy", "crossentropy_chunk_backward", 21, &args, dims, grid)
+    }
+
     /// grad += micro_grad
     pub fn accumulate(&mut self, grad: &View, micro_grad: &View, n: usize) -> R {
         self.call("accumulate", "accumulate", 1, &[(grad, n), (micro_grad, n)], Uniforms::new().n(n).f(0.0), Grid::Threads(n))?;
@@ -483,6 +551,24 @@ impl ProgramBuilder {
         let dims = Uniforms::new().n(n).n(g).f(0.0);
         self.call("grad_norm", "grad_norm_partial", 1, &[(partials, g), (grads, n)], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
         self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, g)], dims, Grid::Groups([1, 1, 1]))?;
+        Ok(())
+    }
+
+    /// The global norm of several buffers' contents (a slab of several buffers): each buffer's
+    /// partial sums into its own `norm_groups(buffers)` slots of `partials`, then one final sum
+    /// over all of them: norm[0] = ||all||_2, norm[1] = its square. With one buffer, `grad_norm`
+    /// exactly; the partials stay NORM_GROUPS floats (or one per buffer past that), so the final
+    /// stage binds 1 KiB however many buffers there are.
+    pub fn grad_norm_slabs(&mut self, norm: &View, partials: &View, slabs: &[(View, usize)]) -> R {
+        let g = norm_groups(slabs.len());
+        for (i, (x, n)) in slabs.iter().enumerate() {
+            let dims = Uniforms::new().n(*n).n(g).f(0.0);
+            let part = partials.add(i * g);
+            self.call("grad_norm", "grad_norm_partial", 1, &[(&part, g), (x, *n)], dims, Grid::Groups([g as u32, 1, 1]))?;
+        }
+        let all = g * slabs.len().max(1);
+        let dims = Uniforms::new().n(0).n(all).f(0.0);
+        self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, all)], dims, Grid::Groups([1, 1, 1]))?;
         Ok(())
     }
 
@@ -565,6 +651,12 @@ pub fn adamw_uniforms(n: usize, hp: &AdamW, step: u32) -> Uniforms {
 /// The dimensions and scalars of a `crossentropy_backward` dispatch (to rewrite `dloss`).
 pub fn crossentropy_backward_uniforms(dloss: f32, n: usize, v: usize) -> Uniforms {
     Uniforms::new().n(n).n(v).f(dloss)
+}
+
+/// The dimensions and scalars of a `crossentropy_chunk_backward` dispatch of the chunk
+/// [v0, v0 + vc) (to rewrite `dloss`; every field is rebuilt, so pass the chunk's own v0 and vc).
+pub fn crossentropy_chunk_backward_uniforms(dloss: f32, n: usize, v0: usize, vc: usize) -> Uniforms {
+    Uniforms::new().n(n).n(vc).f(dloss).n(v0)
 }
 
 /// The dimensions and scalars of a `clip_by_norm` dispatch (to change the threshold).

@@ -317,7 +317,7 @@ impl ProgramBuilder {
             }
             let offset = start / align * align;
             let size = (end - offset).next_multiple_of(4).min(view.buf.size() - offset);
-            let max_binding = self.gpu.limits().max_storage_buffer_binding_size;
+            let max_binding = self.gpu.binding_limit();
             if size > max_binding {
                 return Err(ProgramError::Shape {
                     kernel: entry.into(),

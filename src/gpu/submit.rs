@@ -20,14 +20,14 @@ impl Gpu {
 
 impl Gpu {
     /// Wall-clock seconds per run of `program`, averaged over `reps` submissions each waited for
-    /// (after waiting for earlier work); `clear` is zeroed before each run (activation gradients
-    /// that the backward kernels accumulate into). For `gradscope bench`.
-    pub fn time_program(&self, program: &Program, clear: Option<&GpuBuffer>, reps: usize) -> Result<f64, super::readback::ReadbackError> {
+    /// (after waiting for earlier work); the `clear` buffers are zeroed before each run
+    /// (activation gradients that the backward kernels accumulate into). For `gradscope bench`.
+    pub fn time_program(&self, program: &Program, clear: &[GpuBuffer], reps: usize) -> Result<f64, super::readback::ReadbackError> {
         self.wait()?;
         let t = std::time::Instant::now();
         for _ in 0..reps {
             let mut s = self.submission();
-            if let Some(b) = clear {
+            for b in clear {
                 s.clear(b);
             }
             s.run(program);

@@ -107,6 +107,16 @@ pub struct GpuCnn {
 /// Number of parameter tensors (conv1 w/b, norm1 w/b, conv2 w/b, norm2 w/b, linear w/b).
 pub const NUM_CNN_TENSORS: usize = 10;
 
+/// The parameter tensors as the slabs lay them out (each must fit one binding).
+pub fn tensor_specs(cfg: &CnnConfig) -> Vec<super::optim::TensorSpec> {
+    let names = CnnConfig::param_names();
+    cfg.param_sizes()
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| super::optim::TensorSpec { name: names[i].to_string(), size, rows_of: 0, decay: cnn_decays(i) })
+        .collect()
+}
+
 /// Weight decay on conv and linear weights only.
 pub fn cnn_decays(i: usize) -> bool {
     matches!(i, 0 | 4 | 8)
@@ -115,8 +125,7 @@ pub fn cnn_decays(i: usize) -> bool {
 impl GpuCnn {
     pub fn new(gpu: &Gpu, cfg: CnnConfig, params: &[f32], b: usize) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
-        let decay = (0..NUM_CNN_TENSORS).map(cnn_decays).collect();
-        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
+        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
         let (running_offsets, running_len) = super::optim::padded_offsets(&Self::running_sizes(&cfg));
         let running = gpu.try_storage("batchnorm running statistics", Category::Parameters, running_len)?;
         let layout = CnnActs::new(&cfg, b);
@@ -310,7 +319,7 @@ impl GpuCnn {
         let gpu = self.gpu.clone();
         let dacts = self.dacts.clone();
         let progs = self.programs(rows)?;
-        Ok((gpu.time_program(&progs.eval, None, reps)?, gpu.time_program(&progs.train, Some(&dacts), reps)?))
+        Ok((gpu.time_program(&progs.eval, &[], reps)?, gpu.time_program(&progs.train, std::slice::from_ref(&dacts), reps)?))
     }
 
     /// Upload `rows` images and labels into the input slots (evaluation, profiling).

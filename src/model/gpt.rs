@@ -7,6 +7,7 @@
 
 use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
+use crate::model::layout::{Packer, SlabLimits, allocate, locate, view};
 use crate::reference::gpt::GptConfig;
 
 pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowDivide, WindowFigures};
@@ -32,6 +33,22 @@ pub mod p {
     pub const FCPROJB: usize = 13;
     pub const LNFW: usize = 14;
     pub const LNFB: usize = 15;
+}
+
+/// The parameter tensors as the slabs lay them out: the tied embedding (wte) may be cut into
+/// row ranges (vocabulary ranges) that each fit one binding; every other tensor must fit one.
+pub fn tensor_specs(cfg: &GptConfig) -> Vec<super::optim::TensorSpec> {
+    let names = GptConfig::param_names();
+    cfg.param_sizes()
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| super::optim::TensorSpec {
+            name: names[i].to_string(),
+            size,
+            rows_of: if i == p::WTE { cfg.n_embd } else { 0 },
+            decay: decays(i),
+        })
+        .collect()
 }
 
 /// Whether AdamW decays a parameter tensor: 2-D weights (embeddings and linear weights) yes,
@@ -70,71 +87,74 @@ pub struct ActLayout {
     pub fch: Vec<usize>,         // L x [B,T,4C]
     pub fch_gelu: Vec<usize>,    // L x [B,T,4C]
     pub fcproj: Vec<usize>,      // L x [B,T,C]
-    /// The block-internal tensors (everything from `ln1` to `fcproj`) occupy
-    /// `block_start .. block_start + block_len`.
-    pub block_start: usize,
-    pub block_len: usize,
+    /// Ranges (virtual offset, elements) that zero the block-internal gradients (everything from
+    /// `ln1` to `fcproj`) before a recomputed block's backward: one range when they share a
+    /// buffer (they are then contiguous), else one per tensor.
+    pub block_fill: Vec<(usize, usize)>,
     pub lnf: usize,              // [B,T,C]
     pub lnf_mean: usize,         // [B,T]
     pub lnf_rstd: usize,         // [B,T]
-    pub logits: usize,           // [B,T,V]
+    pub logits: usize,           // [B,T,chunk]: one vocabulary chunk's logits (`vocab_chunks`)
     pub losses: usize,           // [B,T]
-    /// Total elements.
-    pub len: usize,
+    /// The buffers of the slab (`layout::Packer`; offsets above are virtual).
+    pub packer: Packer,
 }
 
 impl ActLayout {
-    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision) -> Self {
+    /// `chunk`: vocabulary entries per lm_head chunk (`vocab_chunks`), the width of `logits`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize) -> Self {
         let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
         let bt = b * t;
-        let align = crate::gpu::TENSOR_ALIGN / precision.act_bytes() as usize;
-        let mut at = 0usize;
-        let mut take = |n: usize| {
-            let o = at;
-            at = (at + n).next_multiple_of(align);
-            o
-        };
-        let encoded = take(bt * c);
-        let residual3 = (0..l).map(|_| take(bt * c)).collect::<Vec<_>>();
+        let mut packer = Packer::new(precision.act_bytes(), limits);
+        let encoded = packer.take("encoded", bt * c);
+        let residual3 = (0..l).map(|_| packer.take("residual3", bt * c)).collect::<Vec<_>>();
         // one copy per layer, or one shared copy when the backward recomputes blocks
         let copies = if recompute { l.min(1) } else { l };
-        let block_start = take(0);
-        let mut per = |n: usize| {
-            let own: Vec<usize> = (0..copies).map(|_| take(n)).collect();
+        let mut block: Vec<(usize, usize)> = Vec::new();
+        let mut per = |name: &str, n: usize| {
+            let own: Vec<usize> = (0..copies).map(|_| packer.take(name, n)).collect();
+            if let Some(&first) = own.first() {
+                block.push((first, n));
+            }
             (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>()
         };
-        let ln1 = per(bt * c);
-        let ln1_mean = per(bt);
-        let ln1_rstd = per(bt);
-        let qkv = per(bt * 3 * c);
-        let atty = per(bt * c);
-        let preatt = per(b * nh * t * t);
-        let att = per(b * nh * t * t);
-        let attproj = per(bt * c);
-        let residual2 = per(bt * c);
-        let ln2 = per(bt * c);
-        let ln2_mean = per(bt);
-        let ln2_rstd = per(bt);
-        let fch = per(bt * 4 * c);
-        let fch_gelu = per(bt * 4 * c);
-        let fcproj = per(bt * c);
-        let block_len = take(0) - block_start;
-        let lnf = take(bt * c);
-        let lnf_mean = take(bt);
-        let lnf_rstd = take(bt);
-        let logits = take(bt * v);
-        let losses = take(bt);
+        let ln1 = per("ln1", bt * c);
+        let ln1_mean = per("ln1_mean", bt);
+        let ln1_rstd = per("ln1_rstd", bt);
+        let qkv = per("qkv", bt * 3 * c);
+        let atty = per("atty", bt * c);
+        let preatt = per("preatt", b * nh * t * t);
+        let att = per("att", b * nh * t * t);
+        let attproj = per("attproj", bt * c);
+        let residual2 = per("residual2", bt * c);
+        let ln2 = per("ln2", bt * c);
+        let ln2_mean = per("ln2_mean", bt);
+        let ln2_rstd = per("ln2_rstd", bt);
+        let fch = per("fch", bt * 4 * c);
+        let fch_gelu = per("fch_gelu", bt * 4 * c);
+        let fcproj = per("fcproj", bt * c);
+        let block_fill = match (block.first(), block.last()) {
+            (Some(&(first, _)), Some(&(last, n))) if block.iter().all(|&(o, _)| locate(o).0 == locate(first).0) => {
+                vec![(first, last + n - first)]
+            }
+            _ => block,
+        };
+        let lnf = packer.take("lnf", bt * c);
+        let lnf_mean = packer.take("lnf_mean", bt);
+        let lnf_rstd = packer.take("lnf_rstd", bt);
+        let logits = packer.take("logits", bt * effective_chunk(v, chunk));
+        let losses = packer.take("losses", bt);
         Self {
             b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj,
-            residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_start, block_len, lnf, lnf_mean,
-            lnf_rstd, logits, losses, len: at,
+            residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_fill, lnf, lnf_mean,
+            lnf_rstd, logits, losses, packer,
         }
     }
 
-    /// Bytes of one activation slab whose elements are of `precision` (rounded up to 4 bytes, as
-    /// buffers are).
-    pub fn bytes(&self, precision: Precision) -> u64 {
-        (self.len.max(1) as u64 * precision.act_bytes()).next_multiple_of(4)
+    /// Bytes of one activation slab (all its buffers).
+    pub fn bytes(&self) -> u64 {
+        self.packer.bytes()
     }
 }
 
@@ -154,11 +174,13 @@ pub struct GpuGpt {
     /// (2 K B T), uploaded once and copied into the micro-batch's token buffers between runs
     /// (`record_micro_steps`); reallocated when K or B changes.
     window_tokens: Option<GpuBuffer>,
+    /// Vocabulary entries per lm_head/cross-entropy chunk (0: all at once).
+    vocab_chunk: usize,
     /// CPU adapters: each block's four weight matrices transposed ([K,N] per [N,K] weight, per
     /// layer qkv | attn_proj | c_fc | mlp_proj, 12 C^2 floats), refreshed at the start of every
     /// micro-batch's backward, so the input gradients run in the forward matmul kernel
     /// (`matmul_backward_t`). None on GPUs.
-    weights_t: Option<GpuBuffer>,
+    weights_t: Option<(Vec<GpuBuffer>, Vec<usize>)>,
 }
 
 /// Offsets of the four matrices in one layer's part of `GpuGpt::weights_t`, and that part's size,
@@ -169,6 +191,24 @@ pub const WT_FC: usize = 4;
 pub const WT_FCPROJ: usize = 8;
 pub const WT_PER_LAYER_C2: usize = 12;
 
+/// The logits' width for a vocabulary of `v` and a `vocab_chunk` (0: the whole vocabulary).
+pub fn effective_chunk(v: usize, vocab_chunk: usize) -> usize {
+    if vocab_chunk == 0 { v.max(1) } else { vocab_chunk.min(v).max(1) }
+}
+
+/// The transposed block weights' slab: each layer's four matrices (qkv 3C^2, attn_proj C^2,
+/// c_fc 4C^2, mlp_proj 4C^2 floats) as tensors, and their virtual offsets (4 per layer, in the
+/// order of `WT_QKV`, `WT_ATTPROJ`, `WT_FC`, `WT_FCPROJ`).
+pub fn transposed_weights_layout(cfg: &GptConfig, limits: SlabLimits) -> (Packer, Vec<usize>) {
+    let mut packer = Packer::new(4, limits);
+    let c2 = cfg.n_embd * cfg.n_embd;
+    let offsets = (0..cfg.n_layer)
+        .flat_map(|_| [3, 1, 4, 4].map(|n| n * c2))
+        .map(|n| packer.take("transposed block weights", n))
+        .collect();
+    (packer, offsets)
+}
+
 /// Whether the GPT keeps transposed block weights (`GpuGpt::weights_t`) with these kernels.
 pub fn uses_transposed_weights(cfg: &GptConfig, kernels: MatmulVariant) -> bool {
     kernels == MatmulVariant::RegisterBlocked && cfg.n_embd % 4 == 0
@@ -178,28 +218,27 @@ pub fn uses_transposed_weights(cfg: &GptConfig, kernels: MatmulVariant) -> bool 
 /// bind them.
 struct MicroBatch {
     layout: ActLayout,
-    acts: GpuBuffer,
-    /// Activation gradients: cleared (a buffer clear, not a dispatch) before each micro-batch's
-    /// train program, since the backward kernels accumulate.
-    dacts: GpuBuffer,
+    /// The activation slab's buffers.
+    acts: Vec<GpuBuffer>,
+    /// Activation gradients (the same layout): cleared (buffer clears, not dispatches) before
+    /// each micro-batch's train program, since the backward kernels accumulate.
+    dacts: Vec<GpuBuffer>,
     inputs: GpuBuffer,  // [B,T] u32
     targets: GpuBuffer, // [B,T] u32
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
     train: Program,
-    /// index of the crossentropy_backward dispatch in `train` (dloss is rewritten for the
-    /// per-micro-batch-mean normalization)
-    ce_backward: usize,
-    ce_uniform_base: CeUniform,
+    /// (kept with the programs that bind it) The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
+    /// sum of exponentials, the target's logit, log-sum-exp), f32 under mixed precision too.
+    _ce_state: GpuBuffer,
+    /// The crossentropy_chunk_backward dispatches in `train`, with their chunk (v0, vn): dloss is
+    /// rewritten for the loss scale and the per-micro-batch-mean normalization
+    ce_backward: Vec<(usize, usize, usize)>,
+    /// One program per vocabulary chunk that writes that chunk's logits (for `read_logits`)
+    logit_chunks: Vec<(Program, usize, usize)>,
     /// forward + loss only (evaluation)
     eval: Program,
 }
 
-/// The rows and vocabulary of the crossentropy_backward dispatch (its dims are rewritten).
-#[derive(Clone)]
-struct CeUniform {
-    n: usize,
-    v: usize,
-}
 
 
 impl GpuGpt {
@@ -207,18 +246,17 @@ impl GpuGpt {
     /// `GptConfig::param_offsets`).
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
-        let decay = (0..NUM_PARAM_TENSORS).map(decays).collect();
-        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), cfg.param_sizes().to_vec(), decay)?;
+        let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
         let weights_t = match uses_transposed_weights(&cfg, MatmulVariant::for_device(gpu.kind)) {
             true => {
-                let n = WT_PER_LAYER_C2 * cfg.n_embd * cfg.n_embd * cfg.n_layer;
-                Some(gpu.try_storage("transposed block weights", Category::Scratch, n)?)
+                let (packer, offsets) = transposed_weights_layout(&cfg, SlabLimits::of(gpu));
+                Some((allocate(gpu, "transposed block weights", Category::Scratch, &packer)?, offsets))
             }
             false => None,
         };
         Ok(Self {
             gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None,
-            weights_t,
+            weights_t, vocab_chunk: 0,
         })
     }
 
@@ -229,22 +267,63 @@ impl GpuGpt {
         self.slabs.gv(i)
     }
 
+    /// Buffers of the activation slab (0 before `set_micro_batch`).
+    pub fn activation_buffers(&self) -> usize {
+        self.mb.as_ref().map_or(0, |m| m.acts.len())
+    }
+
     /// The current micro-batch size (0 before `set_micro_batch`).
     pub fn micro_batch(&self) -> usize {
         self.mb.as_ref().map_or(0, |m| m.layout.b)
     }
 
-    /// Bytes of the activation slab at micro-batch `b` (for limit checks before allocating).
-    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size, recompute, precision).bytes(precision)
+    /// Bytes of the activation slab at micro-batch `b` (all its buffers).
+    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize) -> u64 {
+        ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, chunk).bytes()
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
-    /// allocates them: the activation slab, its gradient slab, and the input and target tokens.
-    pub fn predicted_activation_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> u64 {
-        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision);
-        let tokens = ((b * cfg.block_size).max(1) as u64 * 4).next_multiple_of(4);
-        2 * slab + 2 * tokens
+    /// allocates them: the activation slab, its gradient slab, the input and target tokens, and
+    /// the cross-entropy's per-row state (f32 [B*T, 4]).
+    pub fn predicted_activation_bytes(
+        cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize,
+    ) -> u64 {
+        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk);
+        let bt = (b * cfg.block_size).max(1) as u64;
+        2 * slab + 2 * bt * 4 + bt * 16
+    }
+
+    /// Vocabulary entries per lm_head chunk (0: the whole vocabulary); takes effect at the next
+    /// `set_micro_batch` (call before the first).
+    pub fn set_vocab_chunk(&mut self, chunk: usize) -> Result<(), ProgramError> {
+        if chunk == self.vocab_chunk {
+            return Ok(());
+        }
+        self.vocab_chunk = chunk;
+        let b = self.micro_batch();
+        if b > 0 {
+            self.mb = None;
+            self.set_micro_batch(b)?;
+        }
+        Ok(())
+    }
+
+    /// The lm_head's vocabulary chunks: (wte rows, their gradient, first entry v0, entries vn),
+    /// each inside one part of the embedding and at most `vocab_chunk` entries.
+    fn vocab_chunks(&self) -> Vec<(View, View, usize, usize)> {
+        let c = self.cfg.n_embd;
+        let chunk = effective_chunk(self.cfg.vocab_size, self.vocab_chunk);
+        let mut out = Vec::new();
+        for (w, g, start, len) in self.slabs.tensor_parts(p::WTE) {
+            let (r0, rows) = (start / c, len / c);
+            let mut r = 0;
+            while r < rows {
+                let n = chunk.min(rows - r);
+                out.push((w.add(r * c), g.add(r * c), r0 + r, n));
+                r += n;
+            }
+        }
+        out
     }
 
     /// Whether activation checkpointing is on.
@@ -317,42 +396,61 @@ impl GpuGpt {
 
     fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
-        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision);
-        let slab = layout.bytes(self.precision);
-        let acts = self.gpu.try_storage_bytes("activations", Category::Activations, slab)?;
-        let dacts = self.gpu.try_storage_bytes("activation gradients", Category::Activations, slab)?;
+        let limits = SlabLimits::of(&self.gpu);
+        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision, limits, self.vocab_chunk);
+        layout.packer.check(&format!("activations of micro_batch {b}")).map_err(|e| ProgramError::Shape { kernel: "activation slab".into(), message: e.message })?;
+        let acts = allocate(&self.gpu, "activations", Category::Activations, &layout.packer)?;
+        let dacts = allocate(&self.gpu, "activation gradients", Category::Activations, &layout.packer)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
+        let ce_state = self.gpu.try_storage("cross-entropy state", Category::Activations, 4 * b * t)?;
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
-        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
+        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state)?;
         let eval = pb.finish("gpt eval");
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
-        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets)?;
-        let (ce_backward, ce) = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets)?;
+        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state)?;
+        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state)?;
         let train = pb.finish("gpt train micro-batch");
-        Ok(MicroBatch { layout, acts, dacts, inputs, targets, train, ce_backward, ce_uniform_base: ce, eval })
+
+        let mut logit_chunks = Vec::new();
+        let lnf = view(&acts, layout.lnf);
+        for (w, _, v0, vn) in self.vocab_chunks() {
+            let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
+            pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
+            logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
+        }
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
     }
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list).
     fn record_forward(
-        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, inputs: &GpuBuffer, targets: &GpuBuffer,
+        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], inputs: &GpuBuffer, targets: &GpuBuffer,
+        ce_state: &GpuBuffer,
     ) -> Result<(), ProgramError> {
         let (b, t) = (a.b, a.t);
-        let (c, v, cl) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_layer);
+        let (c, cl) = (self.cfg.n_embd, self.cfg.n_layer);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
+        let act = |o: usize| view(acts, o);
 
-        pb.encoder_forward(&act(a.encoded), &View::of(inputs), &self.pv(p::WTE), &self.pv(p::WPE), b, t, c, v)?;
+        // the embedding, in as many vocabulary ranges as the device's bindings need
+        for (w, _, start, len) in self.slabs.tensor_parts(p::WTE) {
+            pb.encoder_forward_rows(&act(a.encoded), &View::of(inputs), &w, &self.pv(p::WPE), b, t, c, start / c, len / c)?;
+        }
         for l in 0..cl {
             self.record_block_forward(pb, a, acts, l)?;
         }
         let last = if cl == 0 { act(a.encoded) } else { act(a.residual3[cl - 1]) };
         pb.layernorm_forward(&act(a.lnf), &act(a.lnf_mean), &act(a.lnf_rstd), &last, &self.pv(p::LNFW), &self.pv(p::LNFB), bt, c)?;
-        // lm_head tied to wte: logits [BT,V] = lnf [BT,C] . wte [V,C]^T
-        pb.matmul_forward(&act(a.logits), &act(a.lnf), &self.pv(p::WTE), None, bt, c, v)?;
-        pb.crossentropy_forward(&act(a.losses), &act(a.logits), &View::of(targets), bt, v)?;
+        // lm_head tied to wte, chunk by chunk of the vocabulary (the logits never exist whole):
+        // logits [BT,vn] = lnf [BT,C] . wte[v0..v0+vn] [vn,C]^T, folded into each row's online
+        // log-sum-exp; then each row's loss from its state
+        for (j, (w, _, v0, vn)) in self.vocab_chunks().into_iter().enumerate() {
+            pb.matmul_forward(&act(a.logits), &act(a.lnf), &w, None, bt, c, vn)?;
+            pb.crossentropy_chunk_forward(&View::of(ce_state), &act(a.logits), &View::of(targets), v0, vn, bt, j == 0)?;
+        }
+        pb.crossentropy_chunk_finish(&act(a.losses), &View::of(ce_state), &View::of(targets), bt)?;
         // window figures: loss sum and count accumulate over the micro-batches of the window
         pb.crossentropy_reduce(&View::at(&self.slabs.scratch, Scratch::LOSS_SUM), &act(a.losses), &View::of(targets), bt)?;
         Ok(())
@@ -360,11 +458,11 @@ impl GpuGpt {
 
     /// Transformer block `l`: from its input (`encoded` or the previous block's `residual3`) to
     /// its `residual3`. Also what the backward pass replays under activation checkpointing.
-    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, l: usize) -> Result<(), ProgramError> {
+    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], l: usize) -> Result<(), ProgramError> {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let (b, t) = (a.b, a.t);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
+        let act = |o: usize| view(acts, o);
         let lw = |i: usize, per: usize| self.pv(i).add(l * per);
         let residual = if l == 0 { act(a.encoded) } else { act(a.residual3[l - 1]) };
         pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
@@ -384,19 +482,23 @@ impl GpuGpt {
 
     /// Backward pass of one micro-batch; parameter gradients accumulate (`+=`) into `grads`.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn record_backward(
-        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &GpuBuffer, dacts: &GpuBuffer, inputs: &GpuBuffer,
-        targets: &GpuBuffer,
-    ) -> Result<(usize, CeUniform), ProgramError> {
+        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], dacts: &[GpuBuffer], inputs: &GpuBuffer,
+        targets: &GpuBuffer, ce_state: &GpuBuffer,
+    ) -> Result<Vec<(usize, usize, usize)>, ProgramError> {
         let (b, t) = (a.b, a.t);
-        let (c, nh, v, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.vocab_size, self.cfg.n_layer);
+        let (c, nh, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.n_layer);
         let bt = b * t;
-        let act = |o: usize| View::at(acts, o);
-        let dact = |o: usize| View::at(dacts, o);
+        let act = |o: usize| view(acts, o);
+        let dact = |o: usize| view(dacts, o);
         let lw = |i: usize, l: usize, per: usize| self.pv(i).add(l * per);
         let lg = |i: usize, l: usize, per: usize| self.gv(i).add(l * per);
         // the transposed block weights, refreshed from this step's weights first
-        let wt = |l: usize, at: usize| self.weights_t.as_ref().map(|w| View::at(w, (l * WT_PER_LAYER_C2 + at) * c * c));
+        let wt = |l: usize, at: usize| {
+            let m = [WT_QKV, WT_ATTPROJ, WT_FC, WT_FCPROJ].iter().position(|&x| x == at).expect("a block matrix");
+            self.weights_t.as_ref().map(|(w, offsets)| view(w, offsets[4 * l + m]))
+        };
         if self.weights_t.is_some() {
             for l in 0..cl {
                 pb.transpose(&wt(l, WT_QKV).unwrap(), &lw(p::QKVW, l, 3 * c * c), 3 * c, c)?;
@@ -408,9 +510,19 @@ impl GpuGpt {
 
         // reduction = sum: each counted target's loss has weight 1; the window's gradient is
         // divided once by the window's count at the step.
-        let ce = CeUniform { n: bt, v };
-        let ce_idx = pb.crossentropy_backward(&dact(a.logits), &act(a.logits), &View::of(targets), 1.0, bt, v)?;
-        pb.matmul_backward(Some(&dact(a.lnf)), &self.gv(p::WTE), None, &dact(a.logits), &act(a.lnf), &self.pv(p::WTE), bt, c, v)?;
+        // The lm_head chunk by chunk, last first: the forward left the last chunk's logits in
+        // place; every other chunk's are recomputed. dlogits of a chunk is assigned, then its
+        // input and weight gradients accumulate into dlnf and that chunk's rows of dwte.
+        let chunks = self.vocab_chunks();
+        let mut ce_idx = Vec::with_capacity(chunks.len());
+        for (j, (w, g, v0, vn)) in chunks.iter().enumerate().rev() {
+            if j + 1 < chunks.len() {
+                pb.matmul_forward(&act(a.logits), &act(a.lnf), w, None, bt, c, *vn)?;
+            }
+            let i = pb.crossentropy_chunk_backward(&dact(a.logits), &act(a.logits), &View::of(ce_state), &View::of(targets), 1.0, *v0, *vn, bt)?;
+            ce_idx.push((i, *v0, *vn));
+            pb.matmul_backward(Some(&dact(a.lnf)), g, None, &dact(a.logits), &act(a.lnf), w, bt, c, *vn)?;
+        }
         let last = if cl == 0 { a.encoded } else { a.residual3[cl - 1] };
         // The residual stream's gradient is one tensor (llm.c's dresidual), the gradient of the
         // last residual: every block's LayerNorm backward adds into it and both projections read
@@ -426,7 +538,9 @@ impl GpuGpt {
                 // its kept input, and restart the shared block gradients from zero (the
                 // backward kernels accumulate). The last block's activations are still there.
                 self.record_block_forward(pb, a, acts, l)?;
-                pb.fill_act(&dact(a.block_start), 0.0, a.block_len)?;
+                for &(at, n) in &a.block_fill {
+                    pb.fill_act(&dact(at), 0.0, n)?;
+                }
             }
             // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
@@ -449,8 +563,11 @@ impl GpuGpt {
             pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(a.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
         }
-        pb.encoder_backward(&self.gv(p::WTE), &self.gv(p::WPE), &dres, &View::of(inputs), b, t, c, v)?;
-        Ok((ce_idx, ce))
+        for (k, (_, dw, start, len)) in self.slabs.tensor_parts(p::WTE).into_iter().enumerate() {
+            let dwpe = (k == 0).then(|| self.gv(p::WPE));
+            pb.encoder_backward_rows(&dw, dwpe.as_ref(), &dres, &View::of(inputs), b, t, c, start / c, len / c)?;
+        }
+        Ok(ce_idx)
     }
 
     /// Record micro-batches `first..first + batches.len()` of a window of `k` into one open
@@ -473,9 +590,10 @@ impl GpuGpt {
         let tokens = self.window_tokens.clone().expect("allocated above");
         let mb = self.mb.as_ref().expect("checked above");
         self.slabs.reserve_figures(k);
-        let ce = &mb.ce_uniform_base;
-        let u = crate::gpu::kernels::crossentropy_backward_uniforms(dloss, ce.n, ce.v);
-        mb.train.set_dims(mb.ce_backward, &u);
+        let bt_ = mb.layout.b * mb.layout.t;
+        for &(i, v0, vn) in &mb.ce_backward {
+            mb.train.set_dims(i, &crate::gpu::kernels::crossentropy_chunk_backward_uniforms(dloss, bt_, v0, vn));
+        }
         for (i, (x, y)) in batches.iter().enumerate() {
             assert_eq!((x.len(), y.len()), (bt, bt), "inputs and targets must be [B,T]");
             self.gpu.upload(&tokens, (first + i) * bt, x);
@@ -486,7 +604,9 @@ impl GpuGpt {
             self.slabs.record_begin_micro(s, j);
             s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
             s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
-            s.clear(&mb.dacts);
+            for d in &mb.dacts {
+                s.clear(d);
+            }
             s.run(&mb.train);
             self.slabs.record_end_micro(s, j);
         }
@@ -513,15 +633,28 @@ impl GpuGpt {
         Ok((f[0] as f64, f[1] as f64))
     }
 
-    /// Logits [B,T,V] of the last forward pass (`forward_only`, evaluation or a train program; for sampling).
+    /// Logits [B,T,V] of the last forward pass (`forward_only`, evaluation or a train program; for
+    /// sampling): each vocabulary chunk's are computed again from the final LayerNorm's output
+    /// and read (waits).
     pub fn read_logits(&self) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         let a = &mb.layout;
-        let n = a.b * a.t * self.cfg.vocab_size;
-        match self.precision {
-            Precision::F32 => self.gpu.read(&mb.acts, a.logits, n),
-            Precision::F16 => self.gpu.read_f16(&mb.acts, a.logits, n),
+        let (bt, v) = (a.b * a.t, self.cfg.vocab_size);
+        let mut out = vec![0.0f32; bt * v];
+        let at = view(&mb.acts, a.logits);
+        for (prog, v0, vn) in &mb.logit_chunks {
+            let mut s = self.gpu.submission();
+            s.run(prog);
+            s.submit();
+            let chunk = match self.precision {
+                Precision::F32 => self.gpu.read(&at.buf, at.offset, bt * vn)?,
+                Precision::F16 => self.gpu.read_f16(&at.buf, at.offset, bt * vn)?,
+            };
+            for r in 0..bt {
+                out[r * v + v0..r * v + v0 + vn].copy_from_slice(&chunk[r * vn..(r + 1) * vn]);
+            }
         }
+        Ok(out)
     }
 
     /// Run the forward pass on one batch without touching the window figures' meaning.
@@ -550,7 +683,7 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         self.gpu.upload(&mb.inputs, 0, inputs);
         self.gpu.upload(&mb.targets, 0, targets);
-        Ok((self.gpu.time_program(&mb.eval, None, reps)?, self.gpu.time_program(&mb.train, Some(&mb.dacts), reps)?))
+        Ok((self.gpu.time_program(&mb.eval, &[], reps)?, self.gpu.time_program(&mb.train, &mb.dacts, reps)?))
     }
 }
 

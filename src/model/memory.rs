@@ -12,7 +12,8 @@
 use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, MemorySnapshot, Precision};
 use crate::model::cnn::{CnnActs, GpuCnn};
-use crate::model::gpt::{GpuGpt, NUM_PARAM_TENSORS};
+use crate::model::gpt::{ActLayout, GpuGpt};
+use crate::model::layout::{Packer, SlabLimits};
 use crate::model::optim::Scratch;
 use crate::reference::cnn_model::{CnnConfig, NormKind};
 use crate::reference::gpt::GptConfig;
@@ -36,6 +37,11 @@ pub struct MemoryOptions {
     pub precision: Precision,
     /// The device's kernel family (it sets how many dispatches, hence uniform slots, a program has).
     pub kernels: MatmulVariant,
+    /// The binding and buffer sizes the slabs are packed for (`layout::SlabLimits::of` the
+    /// device; the default packs every slab into one buffer).
+    pub limits: SlabLimits,
+    /// GPT: vocabulary entries per lm_head chunk (`vocab_chunk`; 0: the whole vocabulary).
+    pub vocab_chunk: usize,
 }
 
 impl ModelSpec {
@@ -46,24 +52,33 @@ impl ModelSpec {
         }
     }
 
-    /// Elements of the parameter, gradient and AdamW slabs on the device.
-    pub fn slab_len(&self) -> usize {
-        let sizes = match self {
-            ModelSpec::Gpt(c) => c.param_sizes().to_vec(),
-            ModelSpec::Cnn(c) => c.param_sizes().to_vec(),
-        };
-        crate::model::optim::padded_offsets(&sizes).1
+    /// The parameter tensors as the slabs lay them out.
+    pub fn tensor_specs(&self) -> Vec<crate::model::optim::TensorSpec> {
+        match self {
+            ModelSpec::Gpt(c) => crate::model::gpt::tensor_specs(c),
+            ModelSpec::Cnn(c) => crate::model::cnn::tensor_specs(c),
+        }
     }
 
-    /// Bytes of the largest single buffer at micro-batch `b` (checked against the device's
-    /// max binding and buffer sizes): the activation slab or the parameter slab.
+    /// The layout of the parameter, gradient and AdamW slabs (each as many buffers as `limits`
+    /// need) and every tensor's parts.
+    pub fn slab_layout(&self, limits: SlabLimits) -> (Packer, Vec<Vec<crate::model::layout::Part>>) {
+        crate::model::optim::slab_layout(&self.tensor_specs(), limits)
+    }
+
+    /// Bytes of the largest single binding at micro-batch `b` (checked against the device's max
+    /// binding and buffer sizes): the largest activation tensor or parameter part; the CNN's
+    /// activation slab is one buffer, so its whole size.
     pub fn largest_buffer(&self, b: usize, opts: MemoryOptions) -> u64 {
-        let params = self.slab_len() as u64 * 4;
-        let slab = match self {
-            ModelSpec::Gpt(c) => GpuGpt::activation_slab_bytes(c, b, opts.checkpoint_activations, opts.precision),
+        let params = self.slab_layout(opts.limits).0.largest.1;
+        let acts = match self {
+            ModelSpec::Gpt(c) => {
+                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk);
+                a.packer.largest.1
+            }
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
         };
-        slab.max(params)
+        acts.max(params)
     }
 
     /// Rows one shader invocation loops over at micro-batch `b` (Mesa's CPU adapters stop
@@ -79,37 +94,39 @@ impl ModelSpec {
     /// per window (`k` sizes the per-micro-batch figures buffer). `remainder`: the CNN's short
     /// last micro-batch of an epoch (its programs are recorded once it has run); 0 for none.
     pub fn predict(&self, b: usize, k: usize, remainder: usize, opts: MemoryOptions) -> MemorySnapshot {
-        // the slabs' device length: each tensor padded to TENSOR_ALIGN (`optim::padded_offsets`)
-        let n = self.slab_len() as u64;
+        // the slabs: each tensor padded to TENSOR_ALIGN, in as many buffers as the limits need
+        let (slab, parts) = self.slab_layout(opts.limits);
+        let slab_bytes = slab.bytes();
+        let buffers = slab.buffers.len() as u64;
         let mut m = MemorySnapshot::default();
         let mut add = |c: Category, bytes: u64| m.bytes[c.index()] += bytes;
-        add(Category::Parameters, buf(n * 4));
-        add(Category::Gradients, buf(n * 4));
-        add(Category::OptimizerState, 2 * buf(n * 4));
-        // window machinery (`optim::Slabs`)
+        add(Category::Parameters, slab_bytes);
+        add(Category::Gradients, slab_bytes);
+        add(Category::OptimizerState, 2 * slab_bytes);
+        // window machinery (`optim::Slabs`): the parameters before the step, the figures, the
+        // norm partials (NORM_GROUPS per slab buffer), the figures readback
         let cap = if k <= 16 { 16 } else { k.next_power_of_two() } as u64;
-        add(Category::Scratch, buf(n * 4) + buf(Scratch::LEN as u64 * 4) + buf(crate::gpu::kernels::NORM_GROUPS as u64 * 4));
+        let partials = crate::model::optim::partials_len(slab.buffers.len()) as u64;
+        add(Category::Scratch, slab_bytes + buf(Scratch::LEN as u64 * 4) + buf(partials * 4));
         add(Category::Scratch, buf((Scratch::LEN as u64 + 2 * cap) * 4));
-        let tensors = match self {
-            ModelSpec::Gpt(_) => NUM_PARAM_TENSORS,
-            ModelSpec::Cnn(_) => crate::model::cnn::NUM_CNN_TENSORS,
-        } as u64;
-        // normalize + norm, norm only, unscale, clip, AdamW (clear the update flag, a check and a
-        // step per tensor, update norm)
-        for dispatches in [3, 2, 1, 1, 1 + 2 * tensors + 4] {
+        let parts = parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        // normalize + norm (a scale and a partial norm per buffer, one final sum), norm only,
+        // unscale and clip (one per buffer), AdamW (clear the update flag, a check and a step per
+        // tensor part, update = params - prev per buffer, its norm)
+        for dispatches in [2 * buffers + 1, buffers + 1, buffers, buffers, 1 + 2 * parts + 3 * buffers + 1] {
             add(Category::Scratch, dispatches * UNIFORM_SLOT);
         }
         match self {
             ModelSpec::Gpt(c) => {
-                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision));
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk));
                 // the window's tokens (inputs and targets of K micro-batches), uploaded once
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
-                let (train, eval) = gpt_dispatches(c, opts.checkpoint_activations, opts.kernels);
-                add(Category::Scratch, (train + eval) * UNIFORM_SLOT);
+                let (train, eval) = gpt_dispatches(c, b, opts);
+                // and one program per vocabulary chunk for `read_logits`, a dispatch each
+                add(Category::Scratch, (train + eval + vocab_chunks(c, opts)) * UNIFORM_SLOT);
                 // CPU kernels: the transposed block weights of the input gradients
                 if crate::model::gpt::uses_transposed_weights(c, opts.kernels) {
-                    let n = crate::model::gpt::WT_PER_LAYER_C2 * c.n_embd * c.n_embd * c.n_layer;
-                    add(Category::Scratch, buf(n as u64 * 4));
+                    add(Category::Scratch, crate::model::gpt::transposed_weights_layout(c, opts.limits).0.bytes());
                 }
             }
             ModelSpec::Cnn(c) => {
@@ -131,14 +148,32 @@ fn buf(bytes: u64) -> u64 {
     bytes.max(4).next_multiple_of(4)
 }
 
+/// The lm_head's vocabulary chunks (`GpuGpt::vocab_chunks`): each part of the embedding in
+/// chunks of at most `vocab_chunk` entries.
+pub fn vocab_chunks(c: &GptConfig, opts: MemoryOptions) -> u64 {
+    let chunk = crate::model::gpt::effective_chunk(c.vocab_size, opts.vocab_chunk);
+    let parts = &ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE];
+    parts.iter().map(|p| (p.len / c.n_embd).div_ceil(chunk).max(1) as u64).sum()
+}
+
 /// Dispatches of the GPT's (train, eval) programs (`model::gpt`): forward 10 per block + 5,
 /// backward 19 per block + 7; checkpointing replays L-1 blocks and clears the shared
 /// block gradients before each. With the CPU-adapter kernels (`gpu::kernels`) attention is
 /// 3 dispatches forward and 4 backward instead of 1 and 2, and GELU rides in the MLP's
 /// matmuls (one dispatch fewer each way) when the shapes allow (C and the head size multiples of 4);
 /// the backward then starts by transposing each block's four weight matrices.
-pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) -> (u64, u64) {
+pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64) {
+    let (recompute, kernels) = (opts.checkpoint_activations, opts.kernels);
     let l = c.n_layer as u64;
+    // the embedding's vocabulary ranges (one per binding-sized part) each have an encoder
+    // dispatch forward and backward; the recomputed blocks' gradient fills are one range or one
+    // per tensor (`ActLayout::block_fill`)
+    let wte_parts = ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE].len() as u64;
+    let fills = if recompute {
+        ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk).block_fill.len() as u64
+    } else {
+        1
+    };
     // the CPU kernels' shapes: the same condition the model keeps transposed weights under
     let cpu = crate::model::gpt::uses_transposed_weights(c, kernels);
     let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
@@ -147,9 +182,14 @@ pub fn gpt_dispatches(c: &GptConfig, recompute: bool, kernels: MatmulVariant) ->
     let fused_gelu = if cpu { 1 } else { 0 };
     let transposes = if cpu { 4 } else { 0 };
     let block_forward = 10 + attention - fused_gelu;
-    let forward = block_forward * l + 5;
-    let backward = (19 + attention - fused_gelu + transposes) * l + 7;
-    let replay = if recompute { (block_forward + 1) * l.saturating_sub(1) } else { 0 };
+    // the lm_head and the cross-entropy per vocabulary chunk: forward a matmul and an online
+    // log-sum-exp each, then one finish; backward, last chunk first, the chunk's cross-entropy
+    // backward and its matmul backward (input and weight), every chunk but the last recomputing
+    // its logits first
+    let chunks = vocab_chunks(c, opts);
+    let forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1;
+    let backward = (19 + attention - fused_gelu + transposes) * l + 2 + wte_parts + 1 + 3 * chunks + (chunks - 1);
+    let replay = if recompute { (block_forward + fills) * l.saturating_sub(1) } else { 0 };
     (forward + backward + replay, forward)
 }
 
@@ -231,6 +271,8 @@ pub fn plan(spec: &ModelSpec, e: usize, budget: u64, limits: &DeviceLimits, opts
     if e == 0 {
         return Err(PlanError::NoEffectiveBatch);
     }
+    // the slabs are packed for this device's binding and buffer sizes
+    let opts = MemoryOptions { limits: SlabLimits { max_binding: limits.max_binding, max_buffer: limits.max_buffer }, ..opts };
     // memory and buffer sizes grow with B: binary search for the largest B that fits
     if let Some((why, needed, limit)) = misfit(spec, 1, e, budget, limits, opts) {
         let hint = match why {

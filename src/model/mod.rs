@@ -3,5 +3,6 @@
 
 pub mod cnn;
 pub mod gpt;
+pub mod layout;
 pub mod memory;
 pub mod optim;

@@ -6,6 +6,7 @@
 
 use crate::gpu::kernels::{AdamW, adamw_uniforms};
 use crate::gpu::{Category, Gpu, GpuBuffer, Program, ProgramBuilder, ProgramError, View};
+use crate::model::layout::{Packer, Part, SlabLimits, allocate, locate, view};
 use crate::gpu::submit::Submission;
 
 /// Small device-side figures of the current window: (loss sum, target count), (grad norm,
@@ -90,28 +91,29 @@ impl WindowDivide {
     }
 }
 
-/// Parameter, gradient and optimizer slabs with the window machinery.
+/// Parameter, gradient and optimizer slabs with the window machinery. Each slab is as many
+/// buffers as the device's limits need (`layout::Packer`); all slabs share one layout.
 pub struct Slabs {
     pub gpu: Gpu,
     /// Number of parameters.
     pub n: usize,
-    /// Elements of each slab on the device: the tensors at `offsets`, padded to TENSOR_ALIGN
-    /// (the padding stays zero in every slab, so norms and updates are those of the tensors).
-    pub len: usize,
-    pub params: GpuBuffer,   // [len]
-    pub grads: GpuBuffer,    // [len]
-    pub adam_m: GpuBuffer,   // [len]
-    pub adam_v: GpuBuffer,   // [len]
+    /// The slabs' layout: every tensor's parts (one, or rows of the tied embedding cut to fit a
+    /// binding) at virtual offsets, and the buffers' sizes. Padding stays zero in every slab, so
+    /// norms and updates are those of the tensors.
+    pub packer: Packer,
+    pub parts: Vec<Vec<Part>>,
+    pub params: Vec<GpuBuffer>,
+    pub grads: Vec<GpuBuffer>,
+    pub adam_m: Vec<GpuBuffer>,
+    pub adam_v: Vec<GpuBuffer>,
     pub scratch: GpuBuffer,  // [Scratch::LEN]
     /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
     /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
     figures: GpuBuffer,
     figures_cap: usize,
-    pub partials: GpuBuffer, // [NORM_GROUPS]
+    pub partials: GpuBuffer, // [partials_len(slab buffers)]
     /// The parameters before the step, then the update (for ||update||); scratch.
-    prev: GpuBuffer,         // [len]
-    /// Device offset, size and weight decay (or not) of each parameter tensor.
-    pub offsets: Vec<usize>,
+    prev: Vec<GpuBuffer>,
     /// Offsets in the host layout (`params` as given to `new`, checkpoints, the CPU reference).
     pub host_offsets: Vec<usize>,
     pub sizes: Vec<usize>,
@@ -123,79 +125,123 @@ pub struct Slabs {
 /// The per-micro-batch clipping mistake, kept for `verify`: a sum slab and the program that
 /// normalizes, clips and adds one micro-batch's gradient to it.
 struct MicroClip {
-    accum: GpuBuffer,
+    accum: Vec<GpuBuffer>,
     prog: Program,
-    scale_index: usize,
-    clip_index: usize,
+    scale_index: Vec<usize>,
+    clip_index: Vec<usize>,
 }
 
 struct StepProgram {
     /// window-count normalization and global norm
     prologue_norm: Program,
     prologue_clip: Program,
-    clip_index: usize,
+    clip_index: Vec<usize>,
     /// norm only (the gradient is already normalized)
     norm_only: Program,
     /// grads *= s (the loss scale's unscale), its scalar rewritten per step
     unscale: Program,
-    unscale_index: usize,
-    /// clear the update flag, adamw_check per tensor, adamw per tensor, update norm
+    unscale_index: Vec<usize>,
+    /// clear the update flag, adamw_check per tensor part, adamw per part, update norm
     adamw: Program,
-    /// dispatch indices in `adamw` of each tensor's (adamw_check, adamw)
-    adamw_index: Vec<(usize, usize)>,
+    /// per part: (tensor, dispatch indices in `adamw` of its adamw_check and adamw)
+    adamw_index: Vec<(usize, usize, usize)>,
+}
+
+/// A tensor that may be cut into parts of whole rows (the tied embedding) gives its row length.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub size: usize,
+    /// Row length when the tensor may be split into row ranges, else 0.
+    pub rows_of: usize,
+    pub decay: bool,
+}
+
+/// The layout of the parameter (and gradient, AdamW) slabs of `tensors` under `limits`.
+pub fn slab_layout(tensors: &[TensorSpec], limits: SlabLimits) -> (Packer, Vec<Vec<Part>>) {
+    let mut packer = Packer::new(4, limits);
+    let parts = tensors
+        .iter()
+        .map(|t| {
+            if t.rows_of > 0 {
+                packer.take_rows(&t.name, t.size / t.rows_of, t.rows_of)
+            } else {
+                vec![Part { at: packer.take(&t.name, t.size), start: 0, len: t.size }]
+            }
+        })
+        .collect();
+    (packer, parts)
+}
+
+/// Elements of the norm partials for `buffers` slab buffers (`kernels::norm_groups` each).
+pub fn partials_len(buffers: usize) -> usize {
+    crate::gpu::kernels::norm_groups(buffers) * buffers.max(1)
 }
 
 impl Slabs {
-    /// Allocate the slabs for `params` (host layout: tensors at `host_offsets` with `sizes`;
-    /// `decay[i]`: whether AdamW decays tensor i) and upload them; moments start at zero.
-    pub fn new(gpu: &Gpu, params: &[f32], host_offsets: Vec<usize>, sizes: Vec<usize>, decay: Vec<bool>) -> Result<Self, ProgramError> {
+    /// Allocate the slabs for `params` (host layout: tensors at `host_offsets`, described by
+    /// `tensors`) under the device's limits and upload them; moments start at zero.
+    pub fn new(gpu: &Gpu, params: &[f32], host_offsets: Vec<usize>, tensors: &[TensorSpec]) -> Result<Self, ProgramError> {
         let n = params.len();
-        let (offsets, len) = padded_offsets(&sizes);
-        let pbuf = gpu.try_storage("parameters", Category::Parameters, len)?;
-        let grads = gpu.try_storage("gradients", Category::Gradients, len)?;
-        let adam_m = gpu.try_storage("adamw m", Category::OptimizerState, len)?;
-        let adam_v = gpu.try_storage("adamw v", Category::OptimizerState, len)?;
+        let (packer, parts) = slab_layout(tensors, SlabLimits::of(gpu));
+        packer.check("parameters").map_err(|e| ProgramError::Shape { kernel: "parameter slab".into(), message: e.message })?;
+        let params_b = allocate(gpu, "parameters", Category::Parameters, &packer)?;
+        let grads = allocate(gpu, "gradients", Category::Gradients, &packer)?;
+        let adam_m = allocate(gpu, "adamw m", Category::OptimizerState, &packer)?;
+        let adam_v = allocate(gpu, "adamw v", Category::OptimizerState, &packer)?;
         let scratch = gpu.storage("window figures", Category::Scratch, Scratch::LEN);
-        let partials = gpu.storage("norm partials", Category::Scratch, crate::gpu::kernels::NORM_GROUPS);
-        let prev = gpu.try_storage("parameters before the step", Category::Scratch, len)?;
-        let zeros = vec![0.0f32; len];
-        gpu.upload(&adam_m, 0, &zeros);
-        gpu.upload(&adam_v, 0, &zeros);
-        gpu.upload(&grads, 0, &zeros);
-        gpu.upload(&pbuf, 0, &zeros);
+        let partials = gpu.storage("norm partials", Category::Scratch, partials_len(packer.buffers.len()));
+        let prev = allocate(gpu, "parameters before the step", Category::Scratch, &packer)?;
+        for slab in [&params_b, &grads, &adam_m, &adam_v] {
+            for b in slab.iter() {
+                gpu.upload(b, 0, &vec![0.0f32; b.len()]);
+            }
+        }
         gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
         let figures_cap = 16;
         let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
         let slabs = Self {
-            gpu: gpu.clone(), n, len, params: pbuf, grads, adam_m, adam_v, scratch, figures, figures_cap, partials, prev,
-            offsets, host_offsets, sizes, decay, step_prog: None, micro_clip: None,
+            gpu: gpu.clone(), n, packer, parts, params: params_b, grads, adam_m, adam_v, scratch, figures, figures_cap,
+            partials, prev, host_offsets, sizes: tensors.iter().map(|t| t.size).collect(),
+            decay: tensors.iter().map(|t| t.decay).collect(), step_prog: None, micro_clip: None,
         };
         slabs.upload_host(&slabs.params, params);
         Ok(slabs)
     }
 
+    /// Elements of each slab buffer.
+    fn buffer_lens(&self) -> Vec<usize> {
+        self.params.iter().map(|b| b.len()).collect()
+    }
+
     /// Write a host-layout vector into a slab's tensors.
-    fn upload_host(&self, slab: &GpuBuffer, host: &[f32]) {
-        for i in 0..self.sizes.len() {
-            let h = self.host_offsets[i];
-            self.gpu.upload(slab, self.offsets[i], &host[h..h + self.sizes[i]]);
+    fn upload_host(&self, slab: &[GpuBuffer], host: &[f32]) {
+        for (i, parts) in self.parts.iter().enumerate() {
+            for p in parts {
+                let h = self.host_offsets[i] + p.start;
+                let v = view(slab, p.at);
+                self.gpu.upload(&v.buf, v.offset, &host[h..h + p.len]);
+            }
         }
     }
 
     /// A slab's tensors in the host layout.
-    fn read_host(&self, slab: &GpuBuffer) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
-        let dev: Vec<f32> = self.gpu.read(slab, 0, self.len)?;
+    fn read_host(&self, slab: &[GpuBuffer]) -> Result<Vec<f32>, crate::gpu::readback::ReadbackError> {
+        let dev: Vec<Vec<f32>> = slab.iter().map(|b| self.gpu.read_all(b)).collect::<Result<_, _>>()?;
         let mut host = vec![0.0f32; self.n];
-        for i in 0..self.sizes.len() {
-            let (h, d, n) = (self.host_offsets[i], self.offsets[i], self.sizes[i]);
-            host[h..h + n].copy_from_slice(&dev[d..d + n]);
+        for (i, parts) in self.parts.iter().enumerate() {
+            for p in parts {
+                let (b, o) = locate(p.at);
+                let h = self.host_offsets[i] + p.start;
+                host[h..h + p.len].copy_from_slice(&dev[b][o..o + p.len]);
+            }
         }
         Ok(host)
     }
 
-    /// Parameter tensor i and its size.
-    fn tensor(&self, slab: &GpuBuffer, i: usize) -> View {
-        View::at(slab, self.offsets[i])
+    /// Tensor i of a slab (its first part: every tensor but a row-split one has exactly one).
+    fn tensor(&self, slab: &[GpuBuffer], i: usize) -> View {
+        view(slab, self.parts[i][0].at)
     }
 
     /// Parameter tensor i.
@@ -205,6 +251,11 @@ impl Slabs {
     /// Gradient of parameter tensor i.
     pub fn gv(&self, i: usize) -> View {
         self.tensor(&self.grads, i)
+    }
+
+    /// The parts of tensor i: (parameter view, gradient view, first element, elements).
+    pub fn tensor_parts(&self, i: usize) -> Vec<(View, View, usize, usize)> {
+        self.parts[i].iter().map(|p| (view(&self.params, p.at), view(&self.grads, p.at), p.start, p.len)).collect()
     }
 
     /// Make room for the figures of a window of `k` micro-batches (before its first one: a
@@ -221,7 +272,10 @@ impl Slabs {
     pub fn record_begin_micro(&mut self, s: &mut Submission, index: usize) {
         self.reserve_figures(index + 1);
         if index == 0 {
-            s.clear(&self.grads).clear(&self.scratch);
+            for g in &self.grads {
+                s.clear(g);
+            }
+            s.clear(&self.scratch);
         }
     }
 
@@ -231,54 +285,64 @@ impl Slabs {
         s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
     }
 
-    /// Record the end-of-window programs (once; they bind only the fixed slabs).
+    /// Every slab buffer of `slab` as a whole (view, elements).
+    fn wholes(slab: &[GpuBuffer]) -> Vec<(View, usize)> {
+        slab.iter().map(|b| (View::of(b), b.len())).collect()
+    }
+
+    /// Record the end-of-window programs (once; they bind only the fixed slabs). Whole-slab
+    /// passes run once per slab buffer; the global norm sums every buffer's partial sums.
     fn step_programs(&mut self) -> Result<&StepProgram, ProgramError> {
         if self.step_prog.is_none() {
-            let n = self.len;
-            let grads = View::of(&self.grads);
+            let grads = Self::wholes(&self.grads);
             let norm = View::at(&self.scratch, Scratch::NORM);
             let totals = View::at(&self.scratch, Scratch::LOSS_SUM);
             let parts = View::of(&self.partials);
+            let slabs = |v: &[(View, usize)]| -> Vec<(View, usize)> { v.to_vec() };
 
             let mut pb = ProgramBuilder::new(&self.gpu);
-            pb.scale_by_inverse_count(&grads, &totals, n)?;
-            pb.grad_norm(&norm, &parts, &grads, n)?;
+            for (g, n) in &grads {
+                pb.scale_by_inverse_count(g, &totals, *n)?;
+            }
+            pb.grad_norm_slabs(&norm, &parts, &slabs(&grads))?;
             let prologue_norm = pb.finish("window normalize + norm");
 
             let mut pb = ProgramBuilder::new(&self.gpu);
-            pb.grad_norm(&norm, &parts, &grads, n)?;
+            pb.grad_norm_slabs(&norm, &parts, &slabs(&grads))?;
             let norm_only = pb.finish("window norm");
 
             let mut pb = ProgramBuilder::new(&self.gpu);
-            let unscale_index = pb.scale(&grads, 1.0, n)?;
+            let unscale_index = grads.iter().map(|(g, n)| pb.scale(g, 1.0, *n)).collect::<Result<Vec<_>, _>>()?;
             let unscale = pb.finish("window unscale");
 
             let mut pb = ProgramBuilder::new(&self.gpu);
-            let clip_index = pb.clip_by_norm(&grads, &norm, 1.0, n)?;
+            let clip_index = grads.iter().map(|(g, n)| pb.clip_by_norm(g, &norm, 1.0, *n)).collect::<Result<Vec<_>, _>>()?;
             let prologue_clip = pb.finish("window clip");
 
             let mut pb = ProgramBuilder::new(&self.gpu);
             let hp = AdamW { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-            // every tensor's candidate update is checked before any tensor steps (all or none)
+            // every part's candidate update is checked before any part steps (all or none)
             let flag = View::at(&self.scratch, Scratch::UPDATE_NONFINITE);
             pb.fill(&flag, 0.0, 1)?;
-            let tensors = 0..self.offsets.len();
-            let args = |i: usize| (self.pv(i), self.gv(i), self.tensor(&self.adam_m, i), self.tensor(&self.adam_v, i));
+            let all: Vec<(usize, Part)> = self.parts.iter().enumerate().flat_map(|(i, ps)| ps.iter().map(move |p| (i, *p))).collect();
+            let args = |p: &Part| (view(&self.params, p.at), view(&self.grads, p.at), view(&self.adam_m, p.at), view(&self.adam_v, p.at));
             let mut checks = Vec::new();
-            for i in tensors.clone() {
-                let (p, g, m, v) = args(i);
-                checks.push(pb.adamw_check(&p, &g, &m, &v, &totals, &norm, &flag, self.sizes[i], &hp, 1)?);
+            for (_, part) in &all {
+                let (p, g, m, v) = args(part);
+                checks.push(pb.adamw_check(&p, &g, &m, &v, &totals, &norm, &flag, part.len, &hp, 1)?);
             }
             let mut adamw_index = Vec::new();
-            for i in tensors {
-                let (p, g, m, v) = args(i);
-                adamw_index.push((checks[i], pb.adamw(&p, &g, &m, &v, &totals, &norm, &flag, self.sizes[i], &hp, 1)?));
+            for (j, (i, part)) in all.iter().enumerate() {
+                let (p, g, m, v) = args(part);
+                adamw_index.push((*i, checks[j], pb.adamw(&p, &g, &m, &v, &totals, &norm, &flag, part.len, &hp, 1)?));
             }
             // update = params - prev; its norm
-            let prev = View::of(&self.prev);
-            pb.scale(&prev, -1.0, n)?;
-            pb.accumulate(&prev, &View::of(&self.params), n)?;
-            pb.grad_norm(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev, n)?;
+            let prev = Self::wholes(&self.prev);
+            for ((pv, n), (w, _)) in prev.iter().zip(Self::wholes(&self.params)) {
+                pb.scale(pv, -1.0, *n)?;
+                pb.accumulate(pv, &w, *n)?;
+            }
+            pb.grad_norm_slabs(&View::at(&self.scratch, Scratch::UPDATE_NORM), &parts, &prev)?;
             let adamw = pb.finish("adamw");
             self.step_prog = Some(StepProgram {
                 prologue_norm, prologue_clip, clip_index, norm_only, unscale, unscale_index, adamw, adamw_index,
@@ -289,10 +353,12 @@ impl Slabs {
 
     /// Record the normalization `divide` and the global norm into `s`.
     fn record_divide(&mut self, s: &mut Submission, divide: WindowDivide) -> Result<(), ProgramError> {
-        let n = self.len;
+        let lens = self.buffer_lens();
         let prog = self.step_programs()?;
         let unscale = |s: &mut Submission, scale: f32| {
-            prog.unscale.set_dims(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(1.0 / scale, n));
+            for (i, n) in prog.unscale_index.iter().zip(&lens) {
+                prog.unscale.set_dims(*i, &crate::gpu::kernels::scale_uniforms(1.0 / scale, *n));
+            }
             s.run(&prog.unscale);
         };
         match divide {
@@ -317,10 +383,12 @@ impl Slabs {
     /// Multiply the accumulated gradient by 1 / `scale` now (the wrong order kept for tests:
     /// unscaling the accumulator after every micro-batch instead of once per window).
     pub fn unscale_now(&mut self, scale: f32) -> Result<(), ProgramError> {
-        let n = self.len;
+        let lens = self.buffer_lens();
         let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
-        prog.unscale.set_dims(prog.unscale_index, &crate::gpu::kernels::scale_uniforms(1.0 / scale, n));
+        for (i, n) in prog.unscale_index.iter().zip(&lens) {
+            prog.unscale.set_dims(*i, &crate::gpu::kernels::scale_uniforms(1.0 / scale, *n));
+        }
         let mut s = gpu.submission();
         s.run(&prog.unscale);
         s.submit();
@@ -333,7 +401,7 @@ impl Slabs {
     pub fn time_step_programs(&mut self, reps: usize) -> Result<(f64, f64, f64), ModelError> {
         let gpu = self.gpu.clone();
         let prog = self.step_programs()?;
-        let time = |p: &Program| gpu.time_program(p, None, reps);
+        let time = |p: &Program| gpu.time_program(p, &[], reps);
         Ok((time(&prog.prologue_norm)?, time(&prog.prologue_clip)?, time(&prog.adamw)?))
     }
 
@@ -342,28 +410,37 @@ impl Slabs {
     /// on its own norm to `max_norm`, and added to a sum. Call `finish_clipped_window` before
     /// `optimizer_step(.., divide_by_count = false)` with clipping off.
     pub fn clip_micro_batch(&mut self, index: usize, window_count: f32, max_norm: f32) -> Result<(), ProgramError> {
-        let n = self.len;
+        let lens = self.buffer_lens();
         if self.micro_clip.is_none() {
-            let accum = self.gpu.storage("per-micro-batch clip sum", Category::Gradients, n);
-            let grads = View::of(&self.grads);
+            let accum = allocate(&self.gpu, "per-micro-batch clip sum", Category::Gradients, &self.packer)?;
+            let grads = Self::wholes(&self.grads);
+            let norm = View::at(&self.scratch, Scratch::NORM);
             let mut pb = ProgramBuilder::new(&self.gpu);
-            let scale_index = pb.scale(&grads, 1.0, n)?;
-            pb.grad_norm(&View::at(&self.scratch, Scratch::NORM), &View::of(&self.partials), &grads, n)?;
-            let clip_index = pb.clip_by_norm(&grads, &View::at(&self.scratch, Scratch::NORM), 1.0, n)?;
-            pb.accumulate(&View::of(&accum), &grads, n)?;
+            let scale_index = grads.iter().map(|(g, n)| pb.scale(g, 1.0, *n)).collect::<Result<Vec<_>, _>>()?;
+            pb.grad_norm_slabs(&norm, &View::of(&self.partials), &grads)?;
+            let clip_index = grads.iter().map(|(g, n)| pb.clip_by_norm(g, &norm, 1.0, *n)).collect::<Result<Vec<_>, _>>()?;
+            for ((g, n), a) in grads.iter().zip(&accum) {
+                pb.accumulate(&View::of(a), g, *n)?;
+            }
             self.micro_clip = Some(MicroClip { accum, prog: pb.finish("per-micro-batch clip"), scale_index, clip_index });
         }
         let mc = self.micro_clip.as_ref().unwrap();
-        mc.prog.set_dims(mc.scale_index, &crate::gpu::kernels::scale_uniforms(1.0 / window_count, n));
         let clip = if max_norm > 0.0 { max_norm } else { f32::MAX };
-        mc.prog.set_dims(mc.clip_index, &crate::gpu::kernels::clip_uniforms(clip, n));
+        for ((si, ci), n) in mc.scale_index.iter().zip(&mc.clip_index).zip(&lens) {
+            mc.prog.set_dims(*si, &crate::gpu::kernels::scale_uniforms(1.0 / window_count, *n));
+            mc.prog.set_dims(*ci, &crate::gpu::kernels::clip_uniforms(clip, *n));
+        }
         let mut s = self.gpu.submission();
         if index == 0 {
-            s.clear(&mc.accum);
+            for a in &mc.accum {
+                s.clear(a);
+            }
         }
         s.run(&mc.prog);
         // the next micro-batch's gradient starts from zero
-        s.clear(&self.grads);
+        for g in &self.grads {
+            s.clear(g);
+        }
         s.submit();
         Ok(())
     }
@@ -372,7 +449,9 @@ impl Slabs {
     pub fn finish_clipped_window(&self) {
         if let Some(mc) = &self.micro_clip {
             let mut s = self.gpu.submission();
-            s.copy(&mc.accum, 0, &self.grads, 0, self.len);
+            for (a, g) in mc.accum.iter().zip(&self.grads) {
+                s.copy(a, 0, g, 0, g.len());
+            }
             s.submit();
         }
     }
@@ -394,29 +473,29 @@ impl Slabs {
     /// its step can then go to the device as one submission).
     pub fn record_optimizer_step(&mut self, s: &mut Submission, st: &StepSettings, step: u32, divide: WindowDivide) -> Result<(), ProgramError> {
         self.record_divide(s, divide)?;
-        let n = self.len;
-        let sizes = self.sizes.clone();
+        let lens = self.buffer_lens();
         let decay = self.decay.clone();
-        let params = self.params.clone();
-        let scratch = self.scratch.clone();
-        let (prev, figures) = (self.prev.clone(), self.figures.clone());
+        let (params, prev, scratch, figures) = (self.params.clone(), self.prev.clone(), self.scratch.clone(), self.figures.clone());
+        let part_lens: Vec<usize> = self.parts.iter().flatten().map(|p| p.len).collect();
         let prog = self.step_programs()?;
-        for i in 0..sizes.len() {
+        for (&(i, check, step_index), &n) in prog.adamw_index.iter().zip(&part_lens) {
             let hp = AdamW {
                 lr: st.lr, beta1: st.beta1, beta2: st.beta2, eps: st.eps,
                 weight_decay: if decay[i] { st.weight_decay } else { 0.0 },
             };
-            let u = adamw_uniforms(sizes[i], &hp, step);
-            let (check, step_index) = prog.adamw_index[i];
+            let u = adamw_uniforms(n, &hp, step);
             prog.adamw.set_dims(check, &u);
             prog.adamw.set_dims(step_index, &u);
         }
         if st.grad_clip > 0.0 {
-            let u = crate::gpu::kernels::clip_uniforms(st.grad_clip, n);
-            prog.prologue_clip.set_dims(prog.clip_index, &u);
+            for (i, n) in prog.clip_index.iter().zip(&lens) {
+                prog.prologue_clip.set_dims(*i, &crate::gpu::kernels::clip_uniforms(st.grad_clip, *n));
+            }
             s.run(&prog.prologue_clip);
         }
-        s.copy(&params, 0, &prev, 0, n);
+        for (p, q) in params.iter().zip(&prev) {
+            s.copy(p, 0, q, 0, p.len());
+        }
         s.run(&prog.adamw);
         s.copy(&scratch, 0, &figures, 0, Scratch::LEN);
         Ok(())

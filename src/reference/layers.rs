@@ -4,7 +4,8 @@
 //!
 //! Tensors are flat row-major slices (shapes in the comments). Every backward sits right under
 //! its forward, with the gradient math, and ACCUMULATES (`+=`) into all of its gradient outputs,
-//! so callers zero gradients where a new sum starts. Dimensions: B batch, T sequence length,
+//! so callers zero gradients where a new sum starts (except `crossentropy_chunk_backward`, which
+//! assigns the gradient of one vocabulary chunk). Dimensions: B batch, T sequence length,
 //! C channels, NH heads (head size hs = C/NH), V vocabulary, maxT block size; N = number of rows
 //! (usually B*T); matmul is M x K times (N x K)^T.
 
@@ -382,6 +383,91 @@ pub fn crossentropy_backward<T: Float>(dlogits: &mut [T], logits: &[T], targets:
 }
 
 // ---------------------------------------------------------------------------------------------
+// cross-entropy over vocabulary chunks: the logits [N,V] are never whole, each chunk [N,VC] of
+// columns [v0, v0 + vc) is consumed as the lm_head writes it. Per row, a state of four numbers
+// (m, s, target logit, lse): the running max m and sum s of exp(x - m) over the chunks seen so
+// far, the target's logit, and after `crossentropy_chunk_finish` lse = m + log(s).
+
+/// Fold chunk [v0, v0 + vc) into each counted row's state [N,4] with an online log-sum-exp:
+/// m' = max(m, mc), s' = s exp(m - m') + sc exp(mc - m') with (mc, sc) the chunk's max and sum of
+/// exp(x - mc); the target's logit is recorded when v0 <= target < v0 + vc. `first` sets the
+/// state from this chunk alone (target logit 0 until its chunk comes). Ignored rows are left as
+/// they are. state [N,4], logits_chunk [N,VC], targets [N]
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy_chunk_forward<T: Float>(
+    state: &mut [T], logits_chunk: &[T], targets: &[u32], v0: usize, vc: usize, n: usize, first: bool,
+) {
+    for r in 0..n {
+        let tgt = targets[r];
+        if tgt == IGNORE_INDEX {
+            continue;
+        }
+        let x = &logits_chunk[r * vc..(r + 1) * vc];
+        let mc = x.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        let sc = x.iter().fold(T::zero(), |a, &b| a + (b - mc).exp());
+        let st = &mut state[r * 4..(r + 1) * 4];
+        if first {
+            st[0] = mc;
+            st[1] = sc;
+            st[2] = T::zero();
+        } else {
+            let m = st[0].max(mc);
+            st[1] = st[1] * (st[0] - m).exp() + sc * (mc - m).exp();
+            st[0] = m;
+        }
+        let t = tgt as usize;
+        if (v0..v0 + vc).contains(&t) {
+            st[2] = x[t - v0];
+        }
+    }
+}
+
+/// After every chunk: losses[r] = log(s) + m - target logit (0 when ignored) and, for the
+/// backward, state[r].lse = m + log(s). Returns the number of counted rows.
+/// losses [N], state [N,4], targets [N]
+pub fn crossentropy_chunk_finish<T: Float>(losses: &mut [T], state: &mut [T], targets: &[u32], n: usize) -> u32 {
+    let mut count = 0;
+    for r in 0..n {
+        if targets[r] == IGNORE_INDEX {
+            losses[r] = T::zero();
+            continue;
+        }
+        let st = &mut state[r * 4..(r + 1) * 4];
+        let log_s = st[1].ln();
+        losses[r] = log_s + st[0] - st[2];
+        st[3] = st[0] + log_s;
+        count += 1;
+    }
+    count
+}
+
+/// The columns [v0, v0 + vc) of `crossentropy_backward`'s gradient, from the finished state:
+///   dlogits_chunk[r,j] = dloss * (exp(logits_chunk[r,j] - lse[r]) - [v0 + j == targets[r]])
+/// ASSIGNED (not accumulated, unlike every other backward here: one scratch serves every chunk);
+/// ignored rows get 0. dlogits_chunk [N,VC], logits_chunk [N,VC], state [N,4], targets [N]
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy_chunk_backward<T: Float>(
+    dlogits_chunk: &mut [T], logits_chunk: &[T], state: &[T], targets: &[u32], dloss: T, v0: usize, vc: usize, n: usize,
+) {
+    for r in 0..n {
+        let tgt = targets[r];
+        let d = &mut dlogits_chunk[r * vc..(r + 1) * vc];
+        if tgt == IGNORE_INDEX {
+            d.fill(T::zero());
+            continue;
+        }
+        let lse = state[r * 4 + 3];
+        for j in 0..vc {
+            let mut p = (logits_chunk[r * vc + j] - lse).exp();
+            if v0 + j == tgt as usize {
+                p = p - T::one();
+            }
+            d[j] = dloss * p;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // optimizer side: accumulate, global norm, scale, AdamW
 
 /// grad += micro_grad   (one micro-batch's gradient into the window's)
@@ -745,6 +831,43 @@ mod tests {
         // all rows ignored: count 0, no loss
         let count = crossentropy_forward(&mut losses, &logits, &[IGNORE_INDEX; 4], 4, 3);
         assert_eq!((count, losses.iter().sum::<f64>()), (0, 0.0));
+    }
+
+    /// Columns [v0, v0 + vc) of a row-major [n, v] matrix.
+    fn columns(x: &[f64], n: usize, v: usize, v0: usize, vc: usize) -> Vec<f64> {
+        (0..n).flat_map(|r| x[r * v + v0..r * v + v0 + vc].iter().copied()).collect()
+    }
+
+    #[test]
+    fn crossentropy_chunks_equal_the_whole_rows() {
+        let mut rng = Rng::fresh("crossentropy_chunks");
+        for (n, v, chunk) in [(5, 65, 7), (5, 65, 16), (3, 65, 65), (3, 65, 100), (1, 10, 3), (7, 1000, 256)] {
+            // large logits: a chunk whose max is far from the running one must be rescaled
+            let logits = rng.vec(n * v, 30.0);
+            let targets: Vec<u32> = (0..n).map(|r| if r % 3 == 1 { IGNORE_INDEX } else { rng.below(v) as u32 }).collect();
+            let dloss = 0.25 + rng.uniform().abs();
+            let mut state = vec![f64::NAN; 4 * n];
+            let chunks: Vec<(usize, usize)> = (0..v).step_by(chunk).map(|v0| (v0, chunk.min(v - v0))).collect();
+            for (i, &(v0, vc)) in chunks.iter().enumerate() {
+                crossentropy_chunk_forward(&mut state, &columns(&logits, n, v, v0, vc), &targets, v0, vc, n, i == 0);
+            }
+            let mut losses = vec![f64::NAN; n];
+            let count = crossentropy_chunk_finish(&mut losses, &mut state, &targets, n);
+            let mut want = vec![0.0; n];
+            assert_eq!(count, crossentropy_forward(&mut want, &logits, &targets, n, v));
+            for r in 0..n {
+                assert!((losses[r] - want[r]).abs() <= 1e-12 * (1.0 + want[r].abs()), "row {r}: {} vs {}", losses[r], want[r]);
+            }
+            let mut dwant = vec![0.0; n * v];
+            crossentropy_backward(&mut dwant, &logits, &targets, dloss, n, v);
+            for &(v0, vc) in &chunks {
+                let mut d = vec![f64::NAN; n * vc];
+                crossentropy_chunk_backward(&mut d, &columns(&logits, n, v, v0, vc), &state, &targets, dloss, v0, vc, n);
+                for (g, w) in d.iter().zip(columns(&dwant, n, v, v0, vc)) {
+                    assert!((g - w).abs() <= 1e-12, "chunk at {v0}: {g} vs {w}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -125,6 +125,13 @@ pub struct TrainConfig {
     pub n_embd: usize,
     /// Sequence length T (and the size of the position embedding).
     pub block_size: usize,
+    /// GPT: entries of the output vocabulary V; 0 takes the data's (65 characters for Tiny
+    /// Shakespeare). A larger V pads the embedding (GPT-2 shapes: 50257).
+    pub vocab_size: usize,
+    /// GPT: vocabulary entries per chunk of the tied lm_head and the cross-entropy: the logits
+    /// never exist whole, only B x T x vocab_chunk of them (an online log-sum-exp forward,
+    /// recomputation in the backward). 0: the whole vocabulary in one chunk.
+    pub vocab_chunk: usize,
     /// Seed of the parameter initialization.
     pub seed: u64,
     // --- batch ---
@@ -230,6 +237,8 @@ impl Default for TrainConfig {
             n_head: 4,
             n_embd: 128,
             block_size: 64,
+            vocab_size: 0,
+            vocab_chunk: 8192,
             seed: 1337,
             micro_batch: 16,
             accum_steps: 4,
@@ -442,6 +451,8 @@ impl TrainConfig {
             ("accum_steps", self.accum_steps, MAX_BATCH, "micro-batches per window"),
             ("effective_batch", self.effective_batch, MAX_BATCH, "samples per optimizer step"),
             ("block_size", self.block_size, 1 << 16, "positions"),
+            ("vocab_size", self.vocab_size, 1 << 24, "vocabulary entries"),
+            ("vocab_chunk", self.vocab_chunk, 1 << 24, "vocabulary entries"),
             ("n_embd", self.n_embd, 1 << 15, "channels"),
             ("n_layer", self.n_layer, 1 << 10, "layers"),
             ("n_head", self.n_head, 1 << 15, "heads"),

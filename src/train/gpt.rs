@@ -57,7 +57,7 @@ impl GptModel {
     /// The same with the corpus given (`sample` needs only a checkpoint's vocabulary).
     pub fn with_data(gpu: &Gpu, cfg: &mut TrainConfig, data: TextData) -> anyhow::Result<Self> {
         let gcfg = GptConfig {
-            vocab_size: data.vocab_size(),
+            vocab_size: super::plan::model_vocab(cfg, data.vocab_size())?,
             block_size: cfg.block_size,
             n_layer: cfg.n_layer,
             n_head: cfg.n_head,
@@ -66,13 +66,14 @@ impl GptModel {
         let (precision, notice) = resolve_precision(cfg.precision, gpu.has_f16(), &gpu.summary.name);
         cfg.precision = precision;
         let plan = super::plan::apply_memory_budget(gpu, cfg, &ModelSpec::Gpt(gcfg))?;
-        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations, cfg.precision)?;
+        check_device_limits(gpu, &gcfg, cfg.micro_batch, cfg.checkpoint_activations, cfg.precision, cfg.vocab_chunk)?;
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
             super::interop::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
         };
         let mut gpu_model = GpuGpt::new(gpu, gcfg, &params)?;
+        gpu_model.set_vocab_chunk(cfg.vocab_chunk)?;
         gpu_model.set_activation_checkpointing(cfg.checkpoint_activations)?;
         gpu_model.set_precision(cfg.precision)?;
         gpu_model.set_micro_batch(cfg.micro_batch)?;
@@ -179,7 +180,7 @@ impl Model for GptModel {
     }
 
     fn check_micro_batch(&self, b: usize, cfg: &TrainConfig) -> anyhow::Result<()> {
-        check_device_limits(self.gpu(), &self.gcfg, b, cfg.checkpoint_activations, cfg.precision)
+        check_device_limits(self.gpu(), &self.gcfg, b, cfg.checkpoint_activations, cfg.precision, cfg.vocab_chunk)
     }
 
     fn set_micro_batch(&mut self, b: usize, cfg: &TrainConfig) -> anyhow::Result<()> {
@@ -188,7 +189,7 @@ impl Model for GptModel {
     }
 
     fn set_activation_checkpointing(&mut self, on: bool, cfg: &TrainConfig) -> anyhow::Result<()> {
-        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, on, cfg.precision)?;
+        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, on, cfg.precision, cfg.vocab_chunk)?;
         Ok(self.gpu_model.set_activation_checkpointing(on)?)
     }
 
@@ -197,7 +198,7 @@ impl Model for GptModel {
         if let Some(n) = notice {
             anyhow::bail!(n);
         }
-        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, cfg.checkpoint_activations, got)?;
+        check_device_limits(self.gpu(), &self.gcfg, cfg.micro_batch, cfg.checkpoint_activations, got, cfg.vocab_chunk)?;
         Ok(self.gpu_model.set_precision(got)?)
     }
 
@@ -279,32 +280,25 @@ impl Model for GptModel {
 
 /// A micro-batch whose activation slab does not fit one storage binding (or one buffer) of the
 /// device is refused with the numbers, before anything is allocated.
-pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision) -> anyhow::Result<()> {
-    let bytes = GpuGpt::activation_slab_bytes(cfg, b, recompute, precision);
-    let limits = gpu.limits();
-    let max_bind = limits.max_storage_buffer_binding_size;
-    let max_buf = limits.max_buffer_size;
-    if bytes > max_bind || bytes > max_buf {
-        let per_seq = GpuGpt::activation_slab_bytes(cfg, 1, recompute, precision);
+pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, vocab_chunk: usize) -> anyhow::Result<()> {
+    // the slabs may span several buffers; each tensor must fit one binding (the embedding may
+    // be cut into vocabulary ranges)
+    let limits = crate::model::layout::SlabLimits::of(gpu);
+    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, vocab_chunk);
+    if acts.packer.largest.1 > limits.max_binding {
+        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits, vocab_chunk).packer.largest.1;
         anyhow::bail!(
-            "micro_batch {b} needs an activation slab of {} but this device's max storage binding is {} \
-             (max buffer {}); the largest micro_batch that fits is about {}. Use a smaller micro_batch \
-             and more accum_steps for the same effective batch.",
-            crate::gpu::human_bytes(bytes),
-            crate::gpu::human_bytes(max_bind),
-            crate::gpu::human_bytes(max_buf),
-            max_bind.min(max_buf) / per_seq.max(1)
+            "micro_batch {b}: the activation tensor {} needs {} in one binding but this device's max storage binding is {}; \
+             the largest micro_batch that fits is about {}. Use a smaller micro_batch and more accum_steps for the same \
+             effective batch.",
+            acts.packer.largest.0,
+            crate::gpu::human_bytes(acts.packer.largest.1),
+            crate::gpu::human_bytes(limits.max_binding),
+            limits.max_binding / per_seq.max(1)
         );
     }
     check_loop_limit(gpu, "micro_batch x block_size", b * cfg.block_size)?;
-    let params_bytes = cfg.num_params() as u64 * 4;
-    if params_bytes > max_bind {
-        anyhow::bail!(
-            "the model's {} parameters ({}) exceed the device's max storage binding {}",
-            cfg.num_params(),
-            crate::gpu::human_bytes(params_bytes),
-            crate::gpu::human_bytes(max_bind)
-        );
-    }
+    let (params, _) = crate::model::optim::slab_layout(&crate::model::gpt::tensor_specs(cfg), limits);
+    params.check("the model's parameters")?;
     Ok(())
 }

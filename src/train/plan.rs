@@ -10,17 +10,23 @@ use super::model::CPU_ADAPTER_MAX_LOOP;
 
 /// The limits a micro-batch must fit on `gpu`.
 pub fn device_limits(gpu: &Gpu) -> DeviceLimits {
-    let l = gpu.limits();
+    let l = crate::model::layout::SlabLimits::of(gpu);
     DeviceLimits {
-        max_binding: l.max_storage_buffer_binding_size,
-        max_buffer: l.max_buffer_size,
+        max_binding: l.max_binding,
+        max_buffer: l.max_buffer,
         max_loop_rows: (gpu.kind == DeviceKind::Cpu).then_some(CPU_ADAPTER_MAX_LOOP),
     }
 }
 
-/// The memory options a config asks for, on a device whose kernel family is `kernels`.
-pub fn memory_options(cfg: &TrainConfig, kernels: MatmulVariant) -> MemoryOptions {
-    MemoryOptions { checkpoint_activations: cfg.checkpoint_activations, precision: cfg.precision, kernels }
+/// The memory options a config asks for on `gpu` (its kernel family and slab limits).
+pub fn memory_options(cfg: &TrainConfig, gpu: &Gpu) -> MemoryOptions {
+    MemoryOptions {
+        checkpoint_activations: cfg.checkpoint_activations,
+        precision: cfg.precision,
+        kernels: MatmulVariant::for_device(gpu.kind),
+        limits: crate::model::layout::SlabLimits::of(gpu),
+        vocab_chunk: cfg.vocab_chunk,
+    }
 }
 
 /// With `memory_budget` set: plan B and K for the config's effective batch (E, or B*K when E is
@@ -31,7 +37,7 @@ pub fn apply_memory_budget(gpu: &Gpu, cfg: &mut TrainConfig, spec: &ModelSpec) -
     }
     let budget = parse_bytes(&cfg.memory_budget).map_err(|e| anyhow::anyhow!("memory_budget: {e}"))?;
     let e = cfg.effective();
-    let p = plan(spec, e, budget, &device_limits(gpu), memory_options(cfg, MatmulVariant::for_device(gpu.kind)))?;
+    let p = plan(spec, e, budget, &device_limits(gpu), memory_options(cfg, gpu))?;
     cfg.micro_batch = p.micro_batch;
     cfg.effective_batch = e;
     cfg.accum_steps = p.accum_steps;
@@ -40,13 +46,22 @@ pub fn apply_memory_budget(gpu: &Gpu, cfg: &mut TrainConfig, spec: &ModelSpec) -
 
 /// The model a config describes, with the data-dependent sizes (vocabulary, image size) read
 /// from its data set.
+/// The GPT's vocabulary: `vocab_size`, or the data's when it is 0; never smaller than the data's.
+pub fn model_vocab(cfg: &TrainConfig, data_vocab: usize) -> anyhow::Result<usize> {
+    match cfg.vocab_size {
+        0 => Ok(data_vocab),
+        v if v < data_vocab => anyhow::bail!("vocab_size = {v} is smaller than the {data_vocab} tokens of the data {}", cfg.data),
+        v => Ok(v),
+    }
+}
+
 pub fn model_spec(cfg: &TrainConfig) -> anyhow::Result<ModelSpec> {
     use super::config::ModelKind;
     Ok(match cfg.model {
         ModelKind::Gpt => {
             let data = crate::data::text::TextData::open(std::path::Path::new(&cfg.data), cfg.tokenizer, cfg.vocab_size)?;
             ModelSpec::Gpt(crate::reference::gpt::GptConfig {
-                vocab_size: data.vocab_size(),
+                vocab_size: model_vocab(cfg, data.vocab_size())?,
                 block_size: cfg.block_size,
                 n_layer: cfg.n_layer,
                 n_head: cfg.n_head,
