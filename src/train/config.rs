@@ -109,9 +109,6 @@ pub struct TrainConfig {
     /// Token files written by `prepare` name their own tokenizer.
     #[arg(value_parser = enum_value::<crate::data::tokenizer::TokenizerKind>)]
     pub tokenizer: crate::data::tokenizer::TokenizerKind,
-    /// GPT: the model's vocabulary V; 0 = the tokenizer's (may be larger, e.g. 50304 for GPT-2).
-    /// Needed for token files that name no tokenizer (nanoGPT's train.bin of character ids).
-    pub vocab_size: usize,
     /// Train on random-length sequences padded to block_size with the ignore index.
     pub padded: bool,
     /// Seed of the window sampler (splitmix64).
@@ -125,8 +122,10 @@ pub struct TrainConfig {
     pub n_embd: usize,
     /// Sequence length T (and the size of the position embedding).
     pub block_size: usize,
-    /// GPT: entries of the output vocabulary V; 0 takes the data's (65 characters for Tiny
-    /// Shakespeare). A larger V pads the embedding (GPT-2 shapes: 50257).
+    /// GPT: entries of the output vocabulary V; 0 takes the data's (its tokenizer's: 65
+    /// characters for Tiny Shakespeare, 50,257 for GPT-2's BPE). A larger V pads the embedding
+    /// (nanoGPT's 50,304). Needed for token files that name no tokenizer (nanoGPT's train.bin of
+    /// character ids).
     pub vocab_size: usize,
     /// GPT: vocabulary entries per chunk of the tied lm_head and the cross-entropy: the logits
     /// never exist whole, only B x T x vocab_chunk of them (an online log-sum-exp forward,
@@ -230,7 +229,6 @@ impl Default for TrainConfig {
             epochs: 1,
             data: crate::data::text::TINY_SHAKESPEARE.into(),
             tokenizer: Default::default(),
-            vocab_size: 0,
             padded: false,
             data_seed: 42,
             n_layer: 2,
