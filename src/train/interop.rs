@@ -169,8 +169,11 @@ pub fn export(ckpt: &Path, format: ExportFormat, out: &Path, overwrite: bool) ->
                 checkpoint::write_atomic(&tmp.join("model.safetensors"), &bytes)?;
                 let mut config = hf_config(&cfg);
                 if tokenizer != Tokenizer::Gpt2 {
-                    // not GPT-2's token ids: a GPT-2 tokenizer would read these weights wrongly
+                    // not GPT-2's token ids: a GPT-2 tokenizer would read these weights wrongly,
+                    // and its <|endoftext|> is no token here
                     config["gradscope_tokenizer"] = tokenizer.name().into();
+                    config["bos_token_id"] = serde_json::Value::Null;
+                    config["eos_token_id"] = serde_json::Value::Null;
                 }
                 let json = serde_json::to_string_pretty(&config)?;
                 checkpoint::write_atomic(&tmp.join("config.json"), json.as_bytes())?;
