@@ -487,8 +487,9 @@ fn the_readme_commands_run() {
     let dir = tmpdir("readme");
     let mut ran: Vec<String> = Vec::new();
     let mut commands = readme_commands();
-    // the train commands first, so that the checkpoints the others read exist
-    commands.sort_by_key(|c| !c.starts_with("train") || c.contains("--resume"));
+    // prepare first (its shards are trained on), then the train commands, so that the
+    // checkpoints the others read exist
+    commands.sort_by_key(|c| if c.starts_with("prepare") { 0 } else if c.starts_with("train") && !c.contains("--resume") { 1 } else { 2 });
     for c in commands {
         let mut c = c.split(" | ").next().unwrap().to_string();
         while let (Some(a), Some(b)) = (c.find('['), c.find(']')) {
@@ -536,7 +537,7 @@ fn the_readme_commands_run() {
         ran.push(c);
     }
     println!("ran {} README commands: {ran:#?}", ran.len());
-    for must in ["info", "plan", "train --model cnn", "eval runs/cnn", "eval runs/gpt", "sample", "verify", "train --resume", "help"] {
+    for must in ["info", "plan", "train --model cnn", "eval runs/cnn", "eval runs/gpt", "sample", "verify", "train --resume", "help", "prepare", "train --data shakespeare_gpt2", "export runs/gpt2/ckpt.safetensors --format hf", "export runs/gpt2/ckpt.safetensors --format nanogpt"] {
         assert!(ran.iter().any(|c| c.starts_with(must)), "no README command starting with `{must}` ran: {ran:?}");
     }
 }

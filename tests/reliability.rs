@@ -281,7 +281,7 @@ mod fuzz {
                 let st = checkpoint::TrainState {
                     gpt,
                     train: TrainConfig::default(),
-                    vocab: "abcde".chars().collect(),
+                    tokenizer: gradscope::data::tokenizer::Tokenizer::Char("abcde".chars().collect()),
                     step: 1,
                     adam_step: 1,
                     sampler: gradscope::data::text::TextSampler::new(1, 4, false),

@@ -10,9 +10,12 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use gradscope::train::TrainConfig;
-use gradscope::train::config::{ConfigError, ModelKind, default_table, model_in, override_value, read_file};
+use gradscope::train::config::{ConfigError, ModelKind, NANOGPT_ALIASES, default_table, model_in, override_value, read_file};
 
 const CONFIG_FILE: &str = "config";
+
+/// The heading of nanoGPT's names in `--help`.
+const ALIAS_HEADING: &str = "nanoGPT's names for config keys (--batch-size 12 = --micro-batch 12)";
 
 /// The heading of the config keys in `--help`.
 const HEADING: &str = "Config keys (defaults, then --config FILE, then these; `--max-steps` = `--max_steps`)";
@@ -101,18 +104,28 @@ impl Args for ConfigFlags {
                 .long("config")
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
-                .help("TOML file of config keys (`key = value`)")
+                .help("Config file: TOML (`key = value`), or a nanoGPT-style config/*.py (`key = value` lines of Python literals and arithmetic)")
                 .help_heading(HEADING)
                 .display_order(0),
         );
         // in the struct's order (the derive gives positional arguments no place in the help)
         let mut order = 0;
-        TrainConfig::augment_args(cmd).mut_args(|arg| match defaults.get(arg.get_id().as_str()) {
+        let cmd = TrainConfig::augment_args(cmd).mut_args(|arg| match defaults.get(arg.get_id().as_str()) {
             Some(default) => {
                 order += 1;
                 key_flag(arg, default).display_order(order)
             }
             None => arg,
+        });
+        NANOGPT_ALIASES.iter().fold(cmd, |cmd, (alias, key, meaning)| {
+            let arg = Arg::new(*alias)
+                .long(alias.replace('_', "-"))
+                .value_name("VALUE")
+                .help(format!("= --{}: {meaning}", key.replace('_', "-")))
+                .help_heading(ALIAS_HEADING)
+                .allow_negative_numbers(true)
+                .display_order(1000);
+            cmd.arg(if *alias == "decay_lr" { arg.num_args(0..=1).default_missing_value("true") } else { arg })
         })
     }
 
@@ -123,8 +136,9 @@ impl Args for ConfigFlags {
 
 impl FromArgMatches for ConfigFlags {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let given = default_table()
-            .keys()
+        let keys = default_table().keys().cloned().chain(NANOGPT_ALIASES.iter().map(|a| a.0.to_string())).collect::<Vec<_>>();
+        let given = keys
+            .iter()
             .filter(|k| m.value_source(k) == Some(ValueSource::CommandLine))
             .filter_map(|k| {
                 let text = m.get_raw(k)?.next_back()?;

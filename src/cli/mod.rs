@@ -7,8 +7,10 @@ mod app;
 mod bench;
 mod config;
 mod eval;
+mod export;
 mod info;
 mod plan;
+mod prepare;
 mod sample;
 mod train;
 mod verify;
@@ -64,6 +66,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a GPT checkpoint.
     Sample(sample::SampleArgs),
+    /// Write a GPT checkpoint's weights for PyTorch: a Hugging Face GPT-2 folder or nanoGPT's
+    /// state_dict as safetensors.
+    Export(export::ExportArgs),
+    /// Tokenize text files into llm.c token shards (GPT-2 BPE) for `--data DIR`.
+    Prepare(prepare::PrepareArgs),
     /// Check that micro-batch x K trains like the true batch (run it in CI; exit 2 on failure).
     Verify(verify::VerifyArgs),
     /// Predict device memory per category and choose the largest micro-batch under a budget.
@@ -123,6 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Train(args) => train::run(&choice, args),
         Command::Eval(args) => eval::run(&choice, args),
         Command::Sample(args) => sample::run(&choice, args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(&choice, args),
         Command::Plan(args) => plan::run(&choice, &cli.adapter, args),
         Command::Bench(args) => bench::run(&choice, args),

@@ -56,8 +56,7 @@ fn print_start(bar: &Progress, d: &Derived, config: &TrainConfig) {
     };
     bar.line(format_args!("adapter          {}", d.adapter));
     bar.line(format_args!("model            {}, {} parameters", d.model.description, d.params));
-    let classes = if unit == "tokens" { "characters" } else { "classes" };
-    bar.line(format_args!("vocabulary       {} {classes}", d.vocab_size));
+    bar.line(format_args!("vocabulary       {} {}", d.vocab_size, d.model.classes_word));
     bar.line(format_args!("data             {}", d.model.data));
     bar.line(format_args!("micro-batch      B = {} {samples}{per_mb}", d.micro_batch));
     bar.line(format_args!(

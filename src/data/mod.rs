@@ -2,7 +2,10 @@
 
 pub mod idx;
 pub mod images;
+pub mod prepare;
+pub mod shards;
 pub mod text;
+pub mod tokenizer;
 
 /// Read a whole input file the user named, refusing what would never end or not fit: anything
 /// but a regular file (`/dev/zero`, a FIFO, a directory) and files larger than `max_bytes`. The

@@ -1,9 +1,11 @@
-//! Char-level text data: the vocabulary (sorted distinct characters), the 90/10 train/validation
-//! split, the seeded sampler of training windows and the fixed validation windows.
+//! Text data: a text file tokenized by the config's tokenizer (char or GPT-2) with the 90/10
+//! train/validation split of its tokens, or token files (llm.c shards, nanoGPT's `.bin`; see
+//! `shards`); the seeded sampler of training windows and the fixed validation windows.
 //!
 //! Sampler (documented so runs can be reproduced elsewhere): one splitmix64 stream seeded by
 //! `data_seed`. Each optimizer step draws its E = B*K samples in order; sample i takes
-//! `z = next()` and starts at `offset = z % (n_train - T)`; its inputs are train[offset..offset+T]
+//! `z = next()` and starts at `offset = z % (n_train - T)` (n_train: the training split's tokens; token files of a split are one
+//! stream in file order); its inputs are train[offset..offset+T]
 //! and its targets train[offset+1..offset+T+1]. With `padded` (variable-length sequences) a second
 //! draw gives its length `len = 1 + next() % T`; positions >= len get the pad input 0 and the
 //! ignore target, so they carry no loss and no count. The E samples are split in order into
@@ -15,6 +17,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::reference::layers::IGNORE_INDEX;
+
+use super::shards::{ShardMeta, TokenFile, Tokens};
+use super::tokenizer::{Tokenizer, TokenizerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -30,6 +35,12 @@ pub enum DataError {
     VocabTooLarge(usize),
     #[error("character {0:?} is not in the vocabulary")]
     UnknownChar(char),
+    #[error("token file {path}: {detail}")]
+    TokenFile { path: PathBuf, detail: String },
+    #[error("these tokens have no tokenizer (token files without meta.json, tokenizer = \"char\"): they cannot be turned into text or made from it")]
+    NoTokenizer,
+    #[error("{0}")]
+    Vocab(String),
 }
 
 /// splitmix64: the sampler's generator (Steele, Lea, Flood 2014).
@@ -41,59 +52,134 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A char-level corpus.
+/// A corpus: its tokenizer and its two splits.
 #[derive(Clone, Debug)]
 pub struct TextData {
-    /// Sorted distinct characters; token id = index.
-    pub vocab: Vec<char>,
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub tokenizer: Tokenizer,
+    pub train: Tokens,
+    pub val: Tokens,
+    /// The model's vocabulary V (at least the tokenizer's and every token id + 1).
+    pub vocab_size: usize,
 }
 
 /// The name of the built-in corpus (the project's `assets/data/tinyshakespeare.txt`).
 pub const TINY_SHAKESPEARE: &str = "assets/data/tinyshakespeare.txt";
 
 /// The built-in corpus: Tiny Shakespeare, 1,115,394 characters (see assets/data/README.md).
-static TINY_SHAKESPEARE_TEXT: &str = include_str!("../../assets/data/tinyshakespeare.txt");
+pub static TINY_SHAKESPEARE_TEXT: &str = include_str!("../../assets/data/tinyshakespeare.txt");
 
 impl TextData {
-    /// Load a text file, read relative to the working directory; `TINY_SHAKESPEARE` is the copy
-    /// built into the binary.
+    /// Load a char-level text file, read relative to the working directory; `TINY_SHAKESPEARE`
+    /// is the copy built into the binary.
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        if path == Path::new(TINY_SHAKESPEARE) {
-            return Self::from_text(TINY_SHAKESPEARE_TEXT, None);
-        }
-        let bytes = super::read_file(path, super::MAX_TEXT_BYTES).map_err(|source| DataError::Read { path: path.into(), source })?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| DataError::NotText { path: path.into(), offset: e.utf8_error().valid_up_to() })?;
-        if text.is_empty() {
-            return Err(DataError::Empty(path.into()));
-        }
-        Self::from_text(&text, None)
+        Self::open(path, TokenizerKind::Char, 0)
     }
 
-    /// Build from text. `vocab` fixes the vocabulary (a checkpoint's); otherwise it is the
-    /// text's sorted distinct characters.
-    pub fn from_text(text: &str, vocab: Option<&[char]>) -> Result<Self, DataError> {
-        let vocab: Vec<char> = match vocab {
-            Some(v) => v.to_vec(),
-            None => {
-                let mut v: Vec<char> = text.chars().collect();
-                v.sort_unstable();
-                v.dedup();
-                v
+    /// The text file or token files `data` names (see `shards`), with the config's tokenizer
+    /// and `vocab_size` (0 = the tokenizer's). Token files carry their tokenizer in the
+    /// `meta.json` that `prepare` writes; without one they are GPT-2 tokens under
+    /// `tokenizer = "gpt2"`, and plain ids (with `vocab_size` given) otherwise.
+    pub fn open(data: &Path, kind: TokenizerKind, vocab_size: usize) -> Result<Self, DataError> {
+        if data != Path::new(TINY_SHAKESPEARE)
+            && let Some((train, val, meta)) = super::shards::token_files(data)?
+        {
+            return Self::from_files(data, &train, &val, meta, kind, vocab_size);
+        }
+        let text = if data == Path::new(TINY_SHAKESPEARE) {
+            TINY_SHAKESPEARE_TEXT.to_string()
+        } else {
+            let bytes = super::read_file(data, super::MAX_TEXT_BYTES).map_err(|source| DataError::Read { path: data.into(), source })?;
+            String::from_utf8(bytes).map_err(|e| DataError::NotText { path: data.into(), offset: e.utf8_error().valid_up_to() })?
+        };
+        if text.is_empty() {
+            return Err(DataError::Empty(data.into()));
+        }
+        let tokenizer = match kind {
+            TokenizerKind::Char => Tokenizer::Char(char_vocab(&text)),
+            TokenizerKind::Gpt2 => Tokenizer::Gpt2,
+        };
+        Self::from_text_with(&text, tokenizer, vocab_size)
+    }
+
+    fn from_files(
+        data: &Path, train: &[PathBuf], val: &[PathBuf], meta: Option<ShardMeta>, kind: TokenizerKind, vocab_size: usize,
+    ) -> Result<Self, DataError> {
+        let tokenizer = match (&meta, kind) {
+            (Some(m), _) => {
+                let t = Tokenizer::from_meta(Some(&m.tokenizer), &m.vocab, 0).map_err(|e| DataError::TokenFile { path: data.join(super::shards::META_FILE), detail: e })?;
+                if kind == TokenizerKind::Gpt2 && t != Tokenizer::Gpt2 {
+                    return Err(DataError::Vocab(format!(
+                        "tokenizer = \"gpt2\" but {} was written with the {} tokenizer", data.display(), t.name()
+                    )));
+                }
+                t
+            }
+            (None, TokenizerKind::Gpt2) => Tokenizer::Gpt2,
+            (None, TokenizerKind::Char) => {
+                if vocab_size == 0 {
+                    return Err(DataError::Vocab(format!(
+                        "{} holds token files that name no tokenizer: set tokenizer = \"gpt2\" for GPT-2 tokens, or give vocab_size \
+                         (nanoGPT's meta.pkl has it) to train on the ids",
+                        data.display()
+                    )));
+                }
+                Tokenizer::Ids(vocab_size)
             }
         };
-        if vocab.len() > 65535 {
-            return Err(DataError::VocabTooLarge(vocab.len()));
+        let open = |fs: &[PathBuf]| fs.iter().map(|f| TokenFile::open(f)).collect::<Result<Vec<_>, _>>().map(Tokens::mapped);
+        let (train, val) = (open(train)?, open(val)?);
+        // the ids of files that `prepare` wrote (meta.json) are its tokenizer's; other files are
+        // read once to check them against vocab_size
+        Self::checked(tokenizer, train, val, vocab_size, meta.is_none())
+    }
+
+    /// Build from text under `vocab` (a checkpoint's), or the text's own characters.
+    pub fn from_text(text: &str, vocab: Option<&[char]>) -> Result<Self, DataError> {
+        let vocab = vocab.map(|v| v.to_vec()).unwrap_or_else(|| char_vocab(text));
+        Self::from_text_with(text, Tokenizer::Char(vocab), 0)
+    }
+
+    /// Tokenize `text`; train = the first 90% of its tokens.
+    pub fn from_text_with(text: &str, tokenizer: Tokenizer, vocab_size: usize) -> Result<Self, DataError> {
+        if let Tokenizer::Char(v) = &tokenizer
+            && v.len() > 65535
+        {
+            return Err(DataError::VocabTooLarge(v.len()));
         }
-        let tokens = encode(&vocab, text)?;
+        let mut tokens = tokenizer.encode(text)?;
         let n_train = tokens.len() * 9 / 10;
-        Ok(Self { train: tokens[..n_train].to_vec(), val: tokens[n_train..].to_vec(), vocab })
+        let val = tokens.split_off(n_train);
+        Self::with_tokens(tokenizer, tokens.into(), val.into(), vocab_size)
+    }
+
+    /// Check the vocabulary size against the tokenizer and the tokens.
+    pub fn with_tokens(tokenizer: Tokenizer, train: Tokens, val: Tokens, vocab_size: usize) -> Result<Self, DataError> {
+        Self::checked(tokenizer, train, val, vocab_size, true)
+    }
+
+    fn checked(tokenizer: Tokenizer, train: Tokens, val: Tokens, vocab_size: usize, scan: bool) -> Result<Self, DataError> {
+        let natural = tokenizer.vocab_size();
+        let v = if vocab_size == 0 { natural } else { vocab_size };
+        if v < natural {
+            return Err(DataError::Vocab(format!("vocab_size {v} is smaller than the {} tokenizer's {natural} tokens", tokenizer.name())));
+        }
+        if v > 65535 {
+            return Err(DataError::VocabTooLarge(v));
+        }
+        let max = if scan { train.max_token()?.max(val.max_token()?) as usize } else { 0 };
+        if max >= v {
+            return Err(DataError::Vocab(format!("the data holds token id {max}, outside vocab_size {v}")));
+        }
+        Ok(Self { tokenizer, train, val, vocab_size: v })
+    }
+
+    /// A tokenizer with no tokens (generation from a checkpoint).
+    pub fn empty(tokenizer: Tokenizer, vocab_size: usize) -> Result<Self, DataError> {
+        Self::with_tokens(tokenizer, Vec::new().into(), Vec::new().into(), vocab_size)
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab.len()
+        self.vocab_size
     }
 
     /// Check that both splits can give windows of `block` tokens.
@@ -106,7 +192,7 @@ impl TextData {
     }
 
     pub fn decode(&self, tokens: &[u32]) -> String {
-        tokens.iter().map(|&t| self.vocab.get(t as usize).copied().unwrap_or('?')).collect()
+        self.tokenizer.decode(tokens)
     }
 
     /// Number of non-overlapping validation windows of `block` tokens.
@@ -115,10 +201,18 @@ impl TextData {
     }
 
     /// Validation window i: (inputs, targets), each `block` tokens.
-    pub fn val_window(&self, i: usize, block: usize) -> (&[u32], &[u32]) {
-        let o = i * block;
-        (&self.val[o..o + block], &self.val[o + 1..o + block + 1])
+    pub fn val_window(&self, i: usize, block: usize) -> (Vec<u32>, Vec<u32>) {
+        let w = self.val.copy(i * block, block + 1);
+        (w[..block].to_vec(), w[1..].to_vec())
     }
+}
+
+/// The sorted distinct characters of `text`.
+pub fn char_vocab(text: &str) -> Vec<char> {
+    let mut v: Vec<char> = text.chars().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Tokens of `text` under `vocab`.
@@ -151,12 +245,13 @@ impl TextSampler {
     }
 
     /// The next sample from `train`.
-    pub fn sample(&mut self, train: &[u32]) -> Sample {
+    pub fn sample(&mut self, train: &Tokens) -> Sample {
         let t = self.block;
         let z = splitmix64(&mut self.state);
         let o = (z % (train.len() - t) as u64) as usize;
-        let mut inputs = train[o..o + t].to_vec();
-        let mut targets = train[o + 1..o + t + 1].to_vec();
+        let w = train.copy(o, t + 1);
+        let mut inputs = w[..t].to_vec();
+        let mut targets = w[1..].to_vec();
         if self.padded {
             let len = 1 + (splitmix64(&mut self.state) % t as u64) as usize;
             for i in len..t {
@@ -168,7 +263,7 @@ impl TextSampler {
     }
 
     /// The E samples of one optimizer step, in order.
-    pub fn window(&mut self, train: &[u32], e: usize) -> Vec<Sample> {
+    pub fn window(&mut self, train: &Tokens, e: usize) -> Vec<Sample> {
         (0..e).map(|_| self.sample(train)).collect()
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::data::text::TextSampler;
+use crate::data::tokenizer::Tokenizer;
 use crate::reference::gpt::GptConfig;
 
 use super::config::TrainConfig;
@@ -81,7 +82,8 @@ pub fn tensor_table(cfg: &GptConfig) -> Vec<(String, Vec<usize>, usize)> {
 pub struct TrainState {
     pub gpt: GptConfig,
     pub train: TrainConfig,
-    pub vocab: Vec<char>,
+    /// The tokenizer (metadata `tokenizer` and, for `char`, its characters in `vocab`).
+    pub tokenizer: Tokenizer,
     pub step: u64,
     /// AdamW's step count (optimizer steps applied; skipped non-finite steps do not count).
     pub adam_step: u64,
@@ -154,7 +156,8 @@ pub fn save(path: &Path, st: &TrainState) -> Result<(), CheckpointError> {
     meta.insert("format".to_string(), "gradscope-gpt".to_string());
     meta.insert("config".to_string(), json(&st.gpt));
     meta.insert("train_config".to_string(), json(&st.train));
-    meta.insert("vocab".to_string(), json(&st.vocab.iter().collect::<String>()));
+    meta.insert("vocab".to_string(), json(&st.tokenizer.chars()));
+    meta.insert("tokenizer".to_string(), st.tokenizer.name().to_string());
     meta.insert("step".to_string(), st.step.to_string());
     meta.insert("adam_step".to_string(), st.adam_step.to_string());
     meta.insert("sampler".to_string(), json(&st.sampler));
@@ -288,26 +291,37 @@ pub fn load_weights(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>, Checkpoint
     Ok(params)
 }
 
-/// The model config, vocabulary and training config stored in a gradscope checkpoint.
-pub fn read_header(path: &Path) -> Result<(GptConfig, Vec<char>, TrainConfig, u64), CheckpointError> {
+/// The tokenizer of a checkpoint: metadata `tokenizer` (`char`, `gpt2` or `ids`; absent in
+/// checkpoints written before gradscope had BPE: `char`), with the characters of `char` in
+/// `vocab`. A char vocabulary must have `vocab_size` characters; the others at most `vocab_size`
+/// tokens.
+pub fn tokenizer_meta(path: &Path, meta: &HashMap<String, String>, vocab_size: usize) -> Result<Tokenizer, CheckpointError> {
+    let vocab: String = meta_json(path, meta, "vocab")?;
+    let bad = |detail: String| CheckpointError::Metadata { path: path.into(), key: "tokenizer".into(), detail };
+    let t = Tokenizer::from_meta(meta.get("tokenizer").map(String::as_str), &vocab, vocab_size).map_err(|e| bad(format!(": {e}")))?;
+    match &t {
+        Tokenizer::Char(v) if v.len() != vocab_size => Err(CheckpointError::Metadata {
+            path: path.into(), key: "vocab".into(), detail: format!(": {} characters for vocab_size {vocab_size}", v.len()),
+        }),
+        t if t.vocab_size() > vocab_size => Err(bad(format!(": the {} tokenizer has {} tokens, more than vocab_size {vocab_size}", t.name(), t.vocab_size()))),
+        _ => Ok(t),
+    }
+}
+
+/// The model config, tokenizer and training config stored in a gradscope checkpoint.
+pub fn read_header(path: &Path) -> Result<(GptConfig, Tokenizer, TrainConfig, u64), CheckpointError> {
     let bytes = read(path)?;
     let (_, meta) = parse(path, &bytes)?;
     let cfg: GptConfig = meta_json(path, &meta, "config")?;
-    let vocab: String = meta_json(path, &meta, "vocab")?;
     let train: TrainConfig = meta_json(path, &meta, "train_config")?;
     let step: u64 = meta_json(path, &meta, "step")?;
-    if vocab.chars().count() != cfg.vocab_size {
-        return Err(CheckpointError::Metadata {
-            path: path.into(), key: "vocab".into(),
-            detail: format!(": {} characters for vocab_size {}", vocab.chars().count(), cfg.vocab_size),
-        });
-    }
-    Ok((cfg, vocab.chars().collect(), train, step))
+    let tokenizer = tokenizer_meta(path, &meta, cfg.vocab_size)?;
+    Ok((cfg, tokenizer, train, step))
 }
 
 /// Load a full training state.
 pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
-    let (gpt, vocab, train, step) = read_header(path)?;
+    let (gpt, tokenizer, train, step) = read_header(path)?;
     let params = load_weights(path, &gpt)?;
     let bytes = read(path)?;
     let (st, meta) = parse(path, &bytes)?;
@@ -325,7 +339,7 @@ pub fn load(path: &Path) -> Result<TrainState, CheckpointError> {
             });
         }
     }
-    Ok(TrainState { gpt, train, vocab, step, adam_step, sampler, params, adam_m, adam_v, loss_scaler })
+    Ok(TrainState { gpt, train, tokenizer, step, adam_step, sampler, params, adam_m, adam_v, loss_scaler })
 }
 
 /// Write named f32 tensors and metadata as one safetensors file, atomically.

@@ -148,6 +148,7 @@ impl Model for CnnModel {
             unit: self.unit(),
             items_per_sample: 1,
             classes: self.ccfg.classes,
+            classes_word: "classes",
             data: format!("{:?}: {} training images {}x{}, {} test images", self.dataset, tr.n, tr.h, tr.w, te.n),
         }
     }

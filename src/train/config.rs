@@ -18,7 +18,8 @@ use crate::model::gpt::Normalization;
 pub enum Schedule {
     #[default]
     Constant,
-    /// Linear warmup over `warmup_steps`, then cosine decay to `min_lr` at `max_steps`.
+    /// Linear warmup over `warmup_steps`, then cosine decay to `min_lr` at `decay_steps`
+    /// (default `max_steps`).
     Cosine,
 }
 
@@ -97,10 +98,17 @@ pub struct TrainConfig {
     /// CNN: epochs over the training images (max_steps is derived from them).
     pub epochs: usize,
     // --- data ---
-    /// Char-level text corpus; train = first 90%, validation = last 10%. The default names the
-    /// copy of Tiny Shakespeare built into the binary; other paths are read relative to the
-    /// working directory.
+    /// GPT data: a UTF-8 text file (train = first 90% of its tokens, validation = the rest), a
+    /// folder of token files (`gradscope prepare`'s shards, `*train*.bin` and `*val*.bin`), or one
+    /// training token file (`train.bin`; its validation file has `val` for `train` in its name).
+    /// Token files are llm.c shards or nanoGPT's headerless uint16 files, memory-mapped. The
+    /// default names the copy of Tiny Shakespeare built into the binary; other paths are read
+    /// relative to the working directory.
     pub data: String,
+    /// GPT: `char` (the corpus's distinct characters) or `gpt2` (GPT-2's BPE, 50,257 tokens).
+    /// Token files written by `prepare` name their own tokenizer.
+    #[arg(value_parser = enum_value::<crate::data::tokenizer::TokenizerKind>)]
+    pub tokenizer: crate::data::tokenizer::TokenizerKind,
     /// Train on random-length sequences padded to block_size with the ignore index.
     pub padded: bool,
     /// Seed of the window sampler (splitmix64).
@@ -114,8 +122,10 @@ pub struct TrainConfig {
     pub n_embd: usize,
     /// Sequence length T (and the size of the position embedding).
     pub block_size: usize,
-    /// GPT: entries of the output vocabulary V; 0 takes the data's (65 characters for Tiny
-    /// Shakespeare). A larger V pads the embedding (GPT-2 shapes: 50257).
+    /// GPT: entries of the output vocabulary V; 0 takes the data's (its tokenizer's: 65
+    /// characters for Tiny Shakespeare, 50,257 for GPT-2's BPE). A larger V pads the embedding
+    /// (nanoGPT's 50,304). Needed for token files that name no tokenizer (nanoGPT's train.bin of
+    /// character ids).
     pub vocab_size: usize,
     /// GPT: vocabulary entries per chunk of the tied lm_head and the cross-entropy: the logits
     /// never exist whole, only B x T x vocab_chunk of them (an online log-sum-exp forward,
@@ -131,6 +141,12 @@ pub struct TrainConfig {
     /// E: sequences per optimizer step. 0 means B*K. When E is not a multiple of B the last
     /// micro-batch of each window is short (normalized by its real count).
     pub effective_batch: usize,
+    /// GPT: dropout probability (nanoGPT's places: the embedding, attention probabilities, the
+    /// residual branches). Only 0 is implemented.
+    pub dropout: f64,
+    /// GPT: biases in the Linear and LayerNorm layers. gradscope's GPT always has them: only
+    /// `true` is accepted.
+    pub bias: bool,
     // --- optimizer (AdamW) ---
     /// Optimizer steps (the CNN derives them from epochs).
     pub max_steps: usize,
@@ -143,6 +159,9 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Cosine schedule: steps of linear warmup.
     pub warmup_steps: usize,
+    /// Cosine schedule: the step at which the learning rate reaches min_lr (and stays); 0 =
+    /// max_steps.
+    pub decay_steps: usize,
     /// AdamW: decay of the first moment.
     pub beta1: f64,
     /// AdamW: decay of the second moment.
@@ -167,7 +186,9 @@ pub struct TrainConfig {
     pub eval_windows: usize,
     /// Directory for metrics.jsonl, metrics.csv and checkpoints.
     pub out_dir: String,
-    /// Start from these weights (a gradscope or PyTorch-named safetensors file).
+    /// Start from these weights: a gradscope checkpoint, a safetensors file with nanoGPT's or
+    /// Hugging Face GPT-2's names, or a Hugging Face folder (model.safetensors + config.json).
+    /// A longer position embedding is cropped to block_size.
     pub init_from: String,
     /// Save `ckpt-stepNNNNNN.safetensors` (and the latest `ckpt.safetensors`) every N steps; 0 = only at the end.
     pub save_every: usize,
@@ -207,6 +228,7 @@ impl Default for TrainConfig {
             dataset: Default::default(),
             epochs: 1,
             data: crate::data::text::TINY_SHAKESPEARE.into(),
+            tokenizer: Default::default(),
             padded: false,
             data_seed: 42,
             n_layer: 2,
@@ -219,11 +241,14 @@ impl Default for TrainConfig {
             micro_batch: 16,
             accum_steps: 4,
             effective_batch: 0,
+            dropout: 0.0,
+            bias: true,
             max_steps: 200,
             lr: 3e-3,
             min_lr: 3e-4,
             schedule: Schedule::Constant,
             warmup_steps: 0,
+            decay_steps: 0,
             beta1: 0.9,
             beta2: 0.99,
             eps: 1e-8,
@@ -287,17 +312,20 @@ impl TrainConfig {
     /// Defaults, then `profile` (a command's own defaults, such as `verify --quick`'s), then
     /// the TOML file (if any), then the given keys.
     pub fn load_layers(profile: toml::Table, file: Option<&Path>, overrides: toml::Table) -> Result<Self, ConfigError> {
-        let mut table = profile;
+        // nanoGPT's names are resolved layer by layer, so that a file's `learning_rate` and a
+        // flag's `--lr` layer like two `lr`s
+        let mut table = resolve_aliases(profile)?;
         if let Some(p) = file {
-            table.extend(read_file(p)?);
+            table.extend(resolve_aliases(read_file(p)?)?);
         }
-        table.extend(overrides);
+        table.extend(resolve_aliases(overrides)?);
         Self::from_table(table)
     }
 
     /// The configuration a table of keys describes: the model's defaults for the keys not given,
     /// then type checks that name the key, then `validate`.
-    pub fn from_table(mut table: toml::Table) -> Result<Self, ConfigError> {
+    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let mut table = resolve_aliases(table)?;
         let defaults = default_table();
         for (key, value) in table.iter_mut() {
             match defaults.get(key) {
@@ -348,6 +376,18 @@ impl TrainConfig {
             return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
         validate_optimizer_floats(self)?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.dropout != 0.0 {
+            return bad(format!("dropout = {}: gradscope's GPT has no dropout yet (only dropout = 0 trains)", self.dropout));
+        }
+        if !self.bias {
+            return bad("bias = false: gradscope's GPT always has biases in its Linear and LayerNorm layers (bias = true)".into());
+        }
+        if self.decay_steps != 0 && self.decay_steps <= self.warmup_steps {
+            return bad(format!("decay_steps {} must be larger than warmup_steps {}", self.decay_steps, self.warmup_steps));
+        }
         if self.max_steps == 0 {
             return bad("max_steps must be at least 1".into());
         }
@@ -453,7 +493,8 @@ impl TrainConfig {
                 if step < self.warmup_steps {
                     return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
                 }
-                let span = self.max_steps.saturating_sub(self.warmup_steps).max(1);
+                let end = if self.decay_steps == 0 { self.max_steps } else { self.decay_steps };
+                let span = end.saturating_sub(self.warmup_steps).max(1);
                 let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
                 self.min_lr + 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()) * (self.lr - self.min_lr)
             }
@@ -466,12 +507,58 @@ pub fn default_table() -> toml::Table {
     toml::Table::try_from(TrainConfig::default()).expect("the defaults serialize as a TOML table")
 }
 
-/// The keys of a TOML file.
+/// The keys of a config file: TOML, or a nanoGPT-style Python file (`.py`, see `pyconfig`).
 pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let bytes = crate::data::read_file(path, crate::data::MAX_CONFIG_BYTES)
         .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
     let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse(format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to())))?;
+    if path.extension().is_some_and(|e| e == "py") {
+        return super::pyconfig::parse(&text, &path.display().to_string());
+    }
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))
+}
+
+/// nanoGPT's config names (train.py, config/*.py) accepted for gradscope's keys: (nanoGPT name,
+/// gradscope key, meaning). `dropout`, `bias`, `min_lr`, `beta1`, `beta2`, `weight_decay`,
+/// `grad_clip`, `n_layer`, `n_head`, `n_embd`, `block_size`, `out_dir` and `seed` are the same
+/// name in both.
+pub const NANOGPT_ALIASES: &[(&str, &str, &str)] = &[
+    ("batch_size", "micro_batch", "sequences per forward/backward: B"),
+    ("gradient_accumulation_steps", "accum_steps", "micro-batches per optimizer step: K (E = B x K)"),
+    ("learning_rate", "lr", "the peak learning rate"),
+    ("max_iters", "max_steps", "optimizer steps (an iteration is one optimizer step in both)"),
+    ("eval_interval", "eval_every", "evaluate every N optimizer steps"),
+    ("warmup_iters", "warmup_steps", "steps of linear warmup (cosine schedule)"),
+    ("lr_decay_iters", "decay_steps", "the step at which the cosine schedule reaches min_lr"),
+    ("decay_lr", "schedule", "True = cosine (warmup, then cosine decay to min_lr), False = constant"),
+];
+
+/// `table` with nanoGPT's names replaced by gradscope's keys (an error names both when one
+/// table gives both).
+pub fn resolve_aliases(table: toml::Table) -> Result<toml::Table, ConfigError> {
+    let mut out = toml::Table::new();
+    for (k, v) in table.iter() {
+        let Some((alias, key, _)) = NANOGPT_ALIASES.iter().find(|a| a.0 == k) else {
+            out.insert(k.clone(), v.clone());
+            continue;
+        };
+        if table.contains_key(*key) {
+            return Err(ConfigError::Invalid(format!("both `{key}` and its nanoGPT name `{alias}` are given")));
+        }
+        let v = if *key == "schedule" {
+            let on = match v {
+                toml::Value::Boolean(b) => *b,
+                toml::Value::String(s) if ["True", "true"].contains(&s.as_str()) => true,
+                toml::Value::String(s) if ["False", "false"].contains(&s.as_str()) => false,
+                _ => return Err(ConfigError::Type { key: alias.to_string(), message: format!("expected True or False, found {v}") }),
+            };
+            toml::Value::String(if on { "cosine" } else { "constant" }.into())
+        } else {
+            v.clone()
+        };
+        out.insert(key.to_string(), v);
+    }
+    Ok(out)
 }
 
 /// The model a table of keys selects (the default when it names none).

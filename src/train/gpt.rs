@@ -1,4 +1,4 @@
-//! The char-level GPT as a `Model`: the text corpus, the window sampler and the GPT on the
+//! The GPT as a `Model`: the text corpus (characters or GPT-2 tokens), the window sampler and the GPT on the
 //! device (`model::gpt::GpuGpt`). Checkpoint format `gradscope-gpt` (see `checkpoint`).
 
 use std::any::Any;
@@ -49,7 +49,7 @@ impl GptModel {
     /// weights and allocate every slab. `cfg` receives what was resolved (precision, B and K
     /// under a memory budget).
     pub fn new(gpu: &Gpu, cfg: &mut TrainConfig) -> anyhow::Result<Self> {
-        let data = TextData::load(Path::new(&cfg.data))?;
+        let data = TextData::open(Path::new(&cfg.data), cfg.tokenizer, cfg.vocab_size)?;
         data.check_block(cfg.block_size)?;
         Self::with_data(gpu, cfg, data)
     }
@@ -70,7 +70,7 @@ impl GptModel {
         let params = if cfg.init_from.is_empty() {
             init_params(&gcfg, cfg.seed)
         } else {
-            checkpoint::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
+            super::interop::load_weights(Path::new(&cfg.init_from), &gcfg).with_context(|| format!("init_from {}", cfg.init_from))?
         };
         let mut gpu_model = GpuGpt::new(gpu, gcfg, &params)?;
         gpu_model.set_vocab_chunk(cfg.vocab_chunk)?;
@@ -91,8 +91,8 @@ impl GptModel {
         while i < n {
             let rows: Vec<Sample> = (i..(i + b).min(n))
                 .map(|w| {
-                    let (x, y) = self.data.val_window(w, t);
-                    Sample { inputs: x.to_vec(), targets: y.to_vec() }
+                    let (inputs, targets) = self.data.val_window(w, t);
+                    Sample { inputs, targets }
                 })
                 .collect();
             batches.push(pack(&rows, b, t));
@@ -108,8 +108,8 @@ impl GptModel {
         let n = self.data.val_windows(t).max(1);
         let rows: Vec<Sample> = (0..b)
             .map(|i| {
-                let (x, y) = self.data.val_window(i % n, t);
-                Sample { inputs: x.to_vec(), targets: y.to_vec() }
+                let (inputs, targets) = self.data.val_window(i % n, t);
+                Sample { inputs, targets }
             })
             .collect();
         pack(&rows, b, t)
@@ -149,6 +149,11 @@ impl Model for GptModel {
             unit: self.unit(),
             items_per_sample: g.block_size,
             classes: g.vocab_size,
+            classes_word: match self.data.tokenizer {
+                crate::data::tokenizer::Tokenizer::Char(_) => "characters",
+                crate::data::tokenizer::Tokenizer::Gpt2 => "tokens (GPT-2 BPE)",
+                crate::data::tokenizer::Tokenizer::Ids(_) => "token ids (no tokenizer)",
+            },
             data: format!("{} train tokens, {} validation tokens", self.data.train.len(), self.data.val.len()),
         }
     }
@@ -237,7 +242,8 @@ impl Model for GptModel {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "gradscope-gpt".to_string());
         meta.insert("config".to_string(), serde_json::to_string(&self.gcfg)?);
-        meta.insert("vocab".to_string(), serde_json::to_string(&self.data.vocab.iter().collect::<String>())?);
+        meta.insert("vocab".to_string(), serde_json::to_string(&self.data.tokenizer.chars())?);
+        meta.insert("tokenizer".to_string(), self.data.tokenizer.name().to_string());
         meta.insert("sampler".to_string(), serde_json::to_string(&self.sampler)?);
         Ok(meta)
     }
@@ -249,10 +255,11 @@ impl Model for GptModel {
             "{} was saved for {found:?}; the resumed config asks for {:?} (the model shape cannot change on resume)",
             path.display(), self.gcfg
         );
-        let vocab: String = checkpoint::meta_json(path, meta, "vocab")?;
+        let tokenizer = checkpoint::tokenizer_meta(path, meta, self.gcfg.vocab_size)?;
         anyhow::ensure!(
-            vocab.chars().eq(self.data.vocab.iter().copied()),
-            "{}: the data's vocabulary differs from the checkpoint's", path.display()
+            tokenizer == self.data.tokenizer,
+            "{}: the data's tokenizer ({}) or vocabulary differs from the checkpoint's ({})",
+            path.display(), self.data.tokenizer.name(), tokenizer.name()
         );
         let mut sampler: TextSampler = checkpoint::meta_json(path, meta, "sampler")?;
         // the sampler continues its stream with the config's block size and padding (a resumed

@@ -69,6 +69,8 @@ pub struct ModelSummary {
     pub items_per_sample: usize,
     /// Vocabulary size or number of classes.
     pub classes: usize,
+    /// What `classes` counts: "characters", "GPT-2 tokens", "token ids" or "classes".
+    pub classes_word: &'static str,
     /// e.g. "1,003,854 train tokens, 111,540 validation tokens".
     pub data: String,
 }
@@ -161,9 +163,14 @@ pub fn checkpoint_table(
     use super::checkpoint::meta_json;
     let table = match kind {
         ModelKind::Gpt => {
-            let vocab: String = meta_json(path, meta, "vocab")?;
+            // the vocabulary size: a char tokenizer's characters, the stored config's otherwise
+            let saved: crate::reference::gpt::GptConfig = meta_json(path, meta, "config")?;
+            let vocab_size = match super::checkpoint::tokenizer_meta(path, meta, saved.vocab_size)? {
+                crate::data::tokenizer::Tokenizer::Char(v) => v.len(),
+                _ => saved.vocab_size,
+            };
             let gcfg = crate::reference::gpt::GptConfig {
-                vocab_size: vocab.chars().count(), block_size: cfg.block_size, n_layer: cfg.n_layer, n_head: cfg.n_head,
+                vocab_size, block_size: cfg.block_size, n_layer: cfg.n_layer, n_head: cfg.n_head,
                 n_embd: cfg.n_embd,
             };
             super::checkpoint::tensor_table(&gcfg)

@@ -58,7 +58,7 @@ pub fn model_spec(cfg: &TrainConfig) -> anyhow::Result<ModelSpec> {
     use super::config::ModelKind;
     Ok(match cfg.model {
         ModelKind::Gpt => {
-            let data = crate::data::text::TextData::load(std::path::Path::new(&cfg.data))?;
+            let data = crate::data::text::TextData::open(std::path::Path::new(&cfg.data), cfg.tokenizer, cfg.vocab_size)?;
             ModelSpec::Gpt(crate::reference::gpt::GptConfig {
                 vocab_size: model_vocab(cfg, data.vocab_size())?,
                 block_size: cfg.block_size,

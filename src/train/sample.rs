@@ -2,7 +2,7 @@
 //! through the forward pass, the next character drawn from softmax(logits / temperature) at the
 //! last position. Greedy when temperature is 0.
 
-use crate::data::text::{encode, splitmix64};
+use crate::data::text::splitmix64;
 use crate::reference::layers::IGNORE_INDEX;
 
 use std::path::Path;
@@ -17,12 +17,12 @@ use super::model::Model;
 /// The GPT of a checkpoint, for generation: needs only the checkpoint (its vocabulary, config
 /// and weights), not the training corpus. Micro-batch 1, f32.
 pub fn load(gpu: &Gpu, path: &Path) -> anyhow::Result<GptModel> {
-    let (gcfg, vocab, train, _) = checkpoint::read_header(path)?;
+    let (gcfg, tokenizer, train, _) = checkpoint::read_header(path)?;
     let mut cfg = super::TrainConfig {
         micro_batch: 1, accum_steps: 1, effective_batch: 0, memory_budget: String::new(), init_from: String::new(),
         precision: crate::gpu::Precision::F32, checkpoint_activations: false, ..train
     };
-    let data = TextData { vocab, train: Vec::new(), val: Vec::new() };
+    let data = TextData::empty(tokenizer, gcfg.vocab_size)?;
     let m = GptModel::with_data(gpu, &mut cfg, data)?;
     anyhow::ensure!(m.gcfg == gcfg, "{}: its config {gcfg:?} does not match its vocabulary", path.display());
     let params = checkpoint::load_weights(path, &gcfg)?;
@@ -34,7 +34,7 @@ pub fn load(gpu: &Gpu, path: &Path) -> anyhow::Result<GptModel> {
 /// Generate `tokens` characters after `prompt`.
 pub fn sample(t: &mut GptModel, prompt: &str, tokens: usize, temperature: f64, seed: u64) -> anyhow::Result<String> {
     anyhow::ensure!(temperature >= 0.0 && temperature.is_finite(), "temperature must be >= 0");
-    let mut ctx = encode(&t.data.vocab, prompt).map_err(|e| anyhow::anyhow!("prompt: {e}"))?;
+    let mut ctx = t.data.tokenizer.encode(prompt).map_err(|e| anyhow::anyhow!("prompt: {e}"))?;
     anyhow::ensure!(!ctx.is_empty(), "the prompt must have at least one character");
     let block = t.gcfg.block_size;
     let v = t.gcfg.vocab_size;
