@@ -263,7 +263,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return None,
     };
-    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64) as u64)
+    (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u64)
 }
 
 /// Bytes of one unused-binding slot (the largest storage offset alignment WebGPU allows).

@@ -163,10 +163,10 @@ pub fn slab_layout(tensors: &[TensorSpec], limits: SlabLimits) -> (Packer, Vec<V
     let parts = tensors
         .iter()
         .map(|t| {
-            if t.rows_of > 0 {
-                packer.take_rows(&t.name, t.size / t.rows_of, t.rows_of)
-            } else {
-                vec![Part { at: packer.take(&t.name, t.size), start: 0, len: t.size }]
+            // rows_of 0: never cut
+            match t.size.checked_div(t.rows_of) {
+                Some(rows) => packer.take_rows(&t.name, rows, t.rows_of),
+                None => vec![Part { at: packer.take(&t.name, t.size), start: 0, len: t.size }],
             }
         })
         .collect();
