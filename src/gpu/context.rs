@@ -250,21 +250,6 @@ pub struct Gpu {
 /// The environment variable that caps binding and slab-buffer sizes (for testing).
 pub const MAX_BINDING_ENV: &str = "GRADSCOPE_MAX_BINDING";
 
-/// "64KiB", "1.5 MiB", "4096" -> bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.trim().parse().ok()?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u64)
-}
 
 /// Bytes of one unused-binding slot (the largest storage offset alignment WebGPU allows).
 pub const UNUSED_SLOT: u64 = 256;
@@ -406,13 +391,10 @@ impl Gpu {
     /// Apply `MAX_BINDING_ENV` when it is set.
     fn cap_from_env(&self) -> Result<(), String> {
         match std::env::var(MAX_BINDING_ENV) {
-            Ok(v) => match parse_size(&v) {
-                Some(c) if c > 0 => {
-                    self.set_binding_cap(Some(c));
-                    Ok(())
-                }
-                _ => Err(format!("{v:?} is not a size (for example 64KiB, 1MiB, 4096)")),
-            },
+            Ok(v) => {
+                self.set_binding_cap(Some(super::parse_bytes(&v)?));
+                Ok(())
+            }
             Err(_) => Ok(()),
         }
     }

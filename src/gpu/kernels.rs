@@ -547,11 +547,7 @@ impl ProgramBuilder {
 
     /// norm[0] = ||grads[..n]||_2, norm[1] = its square; `partials` holds NORM_GROUPS floats.
     pub fn grad_norm(&mut self, norm: &View, partials: &View, grads: &View, n: usize) -> R {
-        let g = NORM_GROUPS;
-        let dims = Uniforms::new().n(n).n(g).f(0.0);
-        self.call("grad_norm", "grad_norm_partial", 1, &[(partials, g), (grads, n)], dims.clone(), Grid::Groups([g as u32, 1, 1]))?;
-        self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, g)], dims, Grid::Groups([1, 1, 1]))?;
-        Ok(())
+        self.grad_norm_slabs(norm, partials, &[(grads.clone(), n)])
     }
 
     /// The global norm of several buffers' contents (a slab of several buffers): each buffer's

@@ -66,6 +66,28 @@ impl fmt::Display for MemorySnapshot {
     }
 }
 
+/// "512MiB", "1.5 GiB", "300MB", "4096" (bytes) -> bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512MiB, 2GiB, 300MB, 65536)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => (1u64 << 20) as f64,
+        "g" | "gb" => 1e9,
+        "gib" => (1u64 << 30) as f64,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{s:?}: a size must be positive"));
+    }
+    Ok((v * mult).round() as u64)
+}
+
 /// 1536 -> "1.5 KiB".
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -126,7 +126,7 @@ impl GpuCnn {
     pub fn new(gpu: &Gpu, cfg: CnnConfig, params: &[f32], b: usize) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
-        let (running_offsets, running_len) = super::optim::padded_offsets(&Self::running_sizes(&cfg));
+        let (running_offsets, running_len) = Self::running_layout(&cfg);
         let running = gpu.try_storage("batchnorm running statistics", Category::Parameters, running_len)?;
         let layout = CnnActs::new(&cfg, b);
         let acts = gpu.try_storage("activations", Category::Activations, layout.len)?;
@@ -145,9 +145,16 @@ impl GpuCnn {
         [cfg.c1, cfg.c1, cfg.c2, cfg.c2]
     }
 
+    /// The running statistics' offsets in their one buffer (TENSOR_ALIGN apart) and its length.
+    fn running_layout(cfg: &CnnConfig) -> (Vec<usize>, usize) {
+        let mut packer = super::layout::Packer::new(4, super::layout::SlabLimits::default());
+        let offsets = Self::running_sizes(cfg).iter().map(|&n| packer.take("batchnorm running statistics", n)).collect();
+        (offsets, packer.buffers.first().copied().unwrap_or(0))
+    }
+
     /// Elements of the running-statistics buffer on the device.
     pub fn running_device_len(cfg: &CnnConfig) -> usize {
-        super::optim::padded_offsets(&Self::running_sizes(cfg)).1
+        Self::running_layout(cfg).1
     }
 
     /// Overwrite the running statistics (host layout [mean1 | var1 | mean2 | var2]).

@@ -122,13 +122,16 @@ impl ActLayout {
         // one copy per layer, or one shared copy when the backward recomputes blocks
         let copies = if recompute { l.min(1) } else { l };
         let mut block: Vec<(usize, usize)> = Vec::new();
-        let shared = |own: &[usize]| (0..l).map(|i| own[i.min(copies.saturating_sub(1))]).collect::<Vec<_>>();
+        // layer i's copy: its own, or the one shared copy
+        fn layers<T: Clone>(own: &[T], l: usize) -> Vec<T> {
+            (0..l).map(|i| own[i.min(own.len().saturating_sub(1))].clone()).collect()
+        }
         let per = |packer: &mut Packer, block: &mut Vec<(usize, usize)>, name: &str, n: usize| {
             let own: Vec<usize> = (0..copies).map(|_| packer.take(name, n)).collect();
             if let Some(&first) = own.first() {
                 block.push((first, n));
             }
-            shared(&own)
+            layers(&own, l)
         };
         let ln1 = per(&mut packer, &mut block, "ln1", bt * c);
         let ln1_mean = per(&mut packer, &mut block, "ln1_mean", bt);
@@ -144,7 +147,7 @@ impl ActLayout {
             if let Some(first) = own.first() {
                 block.extend(first.iter().map(|&(at, _, n)| (at, n * seq)));
             }
-            (0..l).map(|i| own[i.min(copies.saturating_sub(1))].clone()).collect::<Vec<_>>()
+            layers(&own, l)
         };
         let preatt = per_rows(&mut packer, &mut block, "preatt");
         let att = per_rows(&mut packer, &mut block, "att");

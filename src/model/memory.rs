@@ -11,6 +11,7 @@
 
 use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{Category, MemorySnapshot, Precision};
+pub use crate::gpu::parse_bytes;
 use crate::model::cnn::{CnnActs, GpuCnn};
 use crate::model::gpt::{ActLayout, GpuGpt};
 use crate::model::layout::{Packer, SlabLimits};
@@ -307,24 +308,3 @@ pub fn plan(spec: &ModelSpec, e: usize, budget: u64, limits: &DeviceLimits, opts
     })
 }
 
-/// "512MiB", "1.5 GiB", "300MB", "4096" (bytes) -> bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512MiB, 2GiB, 300MB, 65536)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => (1u64 << 20) as f64,
-        "g" | "gb" => 1e9,
-        "gib" => (1u64 << 30) as f64,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
-    };
-    if !(v.is_finite() && v > 0.0) {
-        return Err(format!("{s:?}: a memory budget must be positive"));
-    }
-    Ok((v * mult).round() as u64)
-}

@@ -28,20 +28,6 @@ impl Scratch {
 /// f32 elements per 256-byte slot (`TENSOR_ALIGN`).
 const SLOT: usize = crate::gpu::TENSOR_ALIGN / 4;
 
-/// Device offsets of tensors of `sizes` f32 elements, each starting at a multiple of
-/// `TENSOR_ALIGN` bytes (so that each is bound as its own range), and the slab's length.
-pub fn padded_offsets(sizes: &[usize]) -> (Vec<usize>, usize) {
-    let mut at = 0;
-    let offsets = sizes
-        .iter()
-        .map(|&n| {
-            let o = at;
-            at = (at + n).next_multiple_of(SLOT);
-            o
-        })
-        .collect();
-    (offsets, at)
-}
 
 /// Optimizer settings of one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
