@@ -10,6 +10,10 @@
 // The backward is split in two passes so that no two invocations write the same element:
 // attention_backward_query owns row t (datt, dpreatt, dq), attention_backward_key_value owns
 // column t2 (dk, dv).
+// Dropout on the attention probabilities (THR > 0): out = (att * m) v with m[b,h,t,t2] = 0 or
+// 1/(1-p) from the prelude's hash (site SITE, sample key[2] + S0 + b, element (h T + t) T + t2);
+// att keeps the probabilities before dropout. The backward scales datt[t,t2] and the dv terms by
+// the same m (datt is then the gradient of the probabilities before dropout).
 // Every tensor is `act`: f32, or f16 in the mixed-precision instantiation of this file (converted
 // to f32 as loaded); the arithmetic is f32.
 
@@ -18,6 +22,8 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     B: u32, T: u32, C: u32, NH: u32,
+    // dropout: the part's first sequence in the micro-batch, the site, the threshold, 1/(1-p)
+    S0: u32, SITE: u32, THR: u32, SCALE: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -26,6 +32,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> preatt: array<act>;
 @group(0) @binding(3) var<storage, read_write> att: array<act>;
 @group(0) @binding(4) var<storage, read_write> qkv: array<act>;
+@group(0) @binding(5) var<storage, read> key_f: array<u32>; // dropout key [seed, step, sample0, 0]
 
 // attention_backward(dqkv [B,T,3C], dpreatt [B,NH,T,T], datt [B,NH,T,T], dout [B,T,C],
 //                    qkv [B,T,3C], att [B,NH,T,T])
@@ -35,9 +42,20 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> dout: array<act>;
 @group(0) @binding(13) var<storage, read> b_qkv: array<act>;
 @group(0) @binding(14) var<storage, read> b_att: array<act>;
+@group(0) @binding(15) var<storage, read> key_b: array<u32>;
 
 const WG: u32 = 64u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// dropout streams of sequence b of the part (forward: key at o4; backward: key at o6)
+fn stream_f(b: u32) -> u32 {
+    if (p.THR == 0u) { return 0u; }
+    return dropout_stream(key_f[p.o4], key_f[p.o4 + 1u], p.SITE, key_f[p.o4 + 2u] + p.S0 + b);
+}
+fn stream_b(b: u32) -> u32 {
+    if (p.THR == 0u) { return 0u; }
+    return dropout_stream(key_b[p.o6], key_b[p.o6 + 1u], p.SITE, key_b[p.o6 + 2u] + p.S0 + b);
+}
 
 // one invocation per (b, h, t) query row
 @compute @workgroup_size(64)
@@ -78,10 +96,13 @@ fn attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
         }
     }
     let o = p.o0 + (b * p.T + t) * p.C + h * hs;
+    let ds = stream_f(b);
+    let e0 = (h * p.T + t) * p.T;
     for (var i = 0u; i < hs; i++) {
         var acc = 0.0;
         for (var t2 = 0u; t2 <= t; t2++) {
-            acc += f32(att[p.o2 + row + t2]) * f32(qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i]);
+            let m = dropout_factor(ds, e0 + t2, p.THR, p.SCALE);
+            acc += f32(att[p.o2 + row + t2]) * m * f32(qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i]);
         }
         out[o + i] = act(acc);
     }
@@ -101,12 +122,14 @@ fn attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     let scale = 1.0 / sqrt(f32(hs));
     let row = idx * p.T;
     let g = p.o3 + (b * p.T + t) * p.C + h * hs;
-    // datt[t, t2] += dout[t] . v[t2]
+    // datt[t, t2] += m[t, t2] (dout[t] . v[t2])
+    let ds = stream_b(b);
+    let e0 = (h * p.T + t) * p.T;
     for (var t2 = 0u; t2 <= t; t2++) {
         let v = p.o4 + (b * p.T + t2) * C3 + 2u * p.C + h * hs;
         var s = 0.0;
         for (var i = 0u; i < hs; i++) { s += f32(dout[g + i]) * f32(b_qkv[v + i]); }
-        datt[p.o2 + row + t2] = act(f32(datt[p.o2 + row + t2]) + s);
+        datt[p.o2 + row + t2] = act(f32(datt[p.o2 + row + t2]) + s * dropout_factor(ds, e0 + t2, p.THR, p.SCALE));
     }
     // softmax backward with the full (accumulated) datt row
     var dot_ad = 0.0;
@@ -141,13 +164,15 @@ fn attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     let scale = 1.0 / sqrt(f32(hs));
     let dk = p.o0 + (b * p.T + t2) * C3 + p.C + h * hs;
     let dv = dk + p.C;
+    let ds = stream_b(b);
     for (var i = 0u; i < hs; i++) {
         var sk = 0.0;
         var sv = 0.0;
         for (var t = t2; t < p.T; t++) {
             let r = (bh * p.T + t) * p.T + t2;
+            let m = dropout_factor(ds, (h * p.T + t) * p.T + t2, p.THR, p.SCALE);
             sk += f32(dpreatt[p.o1 + r]) * f32(b_qkv[p.o4 + (b * p.T + t) * C3 + h * hs + i]);
-            sv += f32(b_att[p.o5 + r]) * f32(dout[p.o3 + (b * p.T + t) * p.C + h * hs + i]);
+            sv += f32(b_att[p.o5 + r]) * m * f32(dout[p.o3 + (b * p.T + t) * p.C + h * hs + i]);
         }
         dqkv[dk + i] = act(f32(dqkv[dk + i]) + sk * scale);
         dqkv[dv + i] = act(f32(dqkv[dv + i]) + sv);

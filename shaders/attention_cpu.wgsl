@@ -10,6 +10,8 @@
 // accumulate, and only entries on or below the diagonal of datt and dpreatt are read or written
 // in the backward. Needs C % 4 == 0, (C / NH) % 4 == 0 and 4-aligned offsets o0, o3 (and o4 in
 // the backward); the launcher falls back to attention.wgsl otherwise.
+// Dropout on the attention probabilities as in attention.wgsl (THR > 0: the value product, datt
+// and dv use att[t, s] * m[t, s]; att keeps the probabilities before dropout).
 // Every tensor is `act`: f32, or f16 in the mixed-precision instantiation of this file (converted
 // to f32 as loaded); the arithmetic is f32.
 
@@ -18,6 +20,8 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     B: u32, T: u32, C: u32, NH: u32,
+    // dropout: the part's first sequence in the micro-batch, the site, the threshold, 1/(1-p)
+    S0: u32, SITE: u32, THR: u32, SCALE: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -26,6 +30,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> preatt: array<act>;
 @group(0) @binding(3) var<storage, read_write> att: array<act>;
 @group(0) @binding(4) var<storage, read_write> qkv4: array<vec4<act>>;
+@group(0) @binding(5) var<storage, read> key_f: array<u32>; // dropout key [seed, step, sample0, 0]
 
 // attention_backward_*_cpu(dqkv [B,T,3C], dpreatt [B,NH,T,T], datt [B,NH,T,T], dout [B,T,C],
 //                          qkv [B,T,3C], att [B,NH,T,T])
@@ -35,12 +40,27 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> dout4: array<vec4<act>>;
 @group(0) @binding(13) var<storage, read> b_qkv4: array<vec4<act>>;
 @group(0) @binding(14) var<storage, read> b_att: array<act>;
+@group(0) @binding(15) var<storage, read> key_b: array<u32>;
 
 // 16 invocations per workgroup (two 8-wide SIMD rows on lavapipe): smaller work items than 64
 // leave less idle time at the end of each dispatch when 2 threads share few workgroups
 // (`gradscope bench`: +7% tokens/s at B 16 x K 4, +10% at B 64 x K 1 against 64).
 const WG: u32 = 16u;
 fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// dropout streams of sequence b of the part (forward: key at o4; backward: key at o6) and the
+// factor of probability (h, t, s)
+fn stream_f(b: u32) -> u32 {
+    if (p.THR == 0u) { return 0u; }
+    return dropout_stream(key_f[p.o4], key_f[p.o4 + 1u], p.SITE, key_f[p.o4 + 2u] + p.S0 + b);
+}
+fn stream_b(b: u32) -> u32 {
+    if (p.THR == 0u) { return 0u; }
+    return dropout_stream(key_b[p.o6], key_b[p.o6 + 1u], p.SITE, key_b[p.o6 + 2u] + p.S0 + b);
+}
+fn drop_at(stream: u32, h: u32, t: u32, s: u32) -> f32 {
+    return dropout_factor(stream, (h * p.T + t) * p.T + s, p.THR, p.SCALE);
+}
 
 fn hs4() -> u32 { return p.C / p.NH / 4u; }
 fn att_scale() -> f32 { return 1.0 / sqrt(f32(4u * hs4())); }
@@ -186,12 +206,17 @@ fn attention_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgro
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
     var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
     let last = min(rb.r0 + 3u, tl);
+    let ds = stream_f(rb.b);
     for (var s = 0u; s <= last; s++) {
         let v = qkv_at(p.o3, rb.b, s, 2u, rb.h);
         let v0 = vec4<f32>(qkv4[v + rb.c0]);
         let v1 = vec4<f32>(qkv4[v + rb.c1]);
-        let x0 = f32(att[a0 + s]); let x1 = f32(att[a1 + s]);
-        let x2 = f32(att[a2 + s]); let x3 = f32(att[a3 + s]);
+        var x0 = f32(att[a0 + s]); var x1 = f32(att[a1 + s]);
+        var x2 = f32(att[a2 + s]); var x3 = f32(att[a3 + s]);
+        if (p.THR != 0u) {
+            x0 *= drop_at(ds, rb.h, min(rb.r0, tl), s); x1 *= drop_at(ds, rb.h, min(rb.r0 + 1u, tl), s);
+            x2 *= drop_at(ds, rb.h, min(rb.r0 + 2u, tl), s); x3 *= drop_at(ds, rb.h, min(rb.r0 + 3u, tl), s);
+        }
         c00 += x0 * v0; c01 += x0 * v1;
         c10 += x1 * v0; c11 += x1 * v1;
         c20 += x2 * v0; c21 += x2 * v1;
@@ -236,6 +261,7 @@ fn attention_backward_datt_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num
         acc[7] += dot4(x0, x1, x2, x3, vec4<f32>(b_qkv4[cb[7] + i]));
     }
     let base = p.o2 + (sb.b * p.NH + sb.h) * p.T * p.T;
+    let ds = stream_b(sb.b);
     for (var j = 0u; j < 8u; j++) {
         let s = sb.s0 + j;
         if (s >= p.T) { break; }
@@ -244,7 +270,7 @@ fn attention_backward_datt_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num
             let t = sb.t0 + i;
             if (t < p.T && s <= t) {
                 let e = base + t * p.T + s;
-                datt[e] = act(f32(datt[e]) + c[i]);
+                datt[e] = act(f32(datt[e]) + c[i] * drop_at(ds, sb.h, t, s));
             }
         }
     }
@@ -329,6 +355,7 @@ fn attention_backward_key_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builti
     var v10 = vec4<f32>(0.0); var v11 = vec4<f32>(0.0);
     var v20 = vec4<f32>(0.0); var v21 = vec4<f32>(0.0);
     var v30 = vec4<f32>(0.0); var v31 = vec4<f32>(0.0);
+    let ds = stream_b(rb.b);
     for (var t = s0; t < p.T; t++) {
         let q = qkv_at(p.o4, rb.b, t, 0u, rb.h);
         let q0 = vec4<f32>(b_qkv4[q + rb.c0]);
@@ -342,10 +369,14 @@ fn attention_backward_key_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builti
         let d1 = select(0.0, f32(dpreatt[p.o1 + r + s1]), s1 <= t);
         let d2 = select(0.0, f32(dpreatt[p.o1 + r + s2]), s2 <= t);
         let d3 = select(0.0, f32(dpreatt[p.o1 + r + s3]), s3 <= t);
-        let e0 = f32(b_att[p.o5 + r + s0]);
-        let e1 = select(0.0, f32(b_att[p.o5 + r + s1]), s1 <= t);
-        let e2 = select(0.0, f32(b_att[p.o5 + r + s2]), s2 <= t);
-        let e3 = select(0.0, f32(b_att[p.o5 + r + s3]), s3 <= t);
+        var e0 = f32(b_att[p.o5 + r + s0]);
+        var e1 = select(0.0, f32(b_att[p.o5 + r + s1]), s1 <= t);
+        var e2 = select(0.0, f32(b_att[p.o5 + r + s2]), s2 <= t);
+        var e3 = select(0.0, f32(b_att[p.o5 + r + s3]), s3 <= t);
+        if (p.THR != 0u) {
+            e0 *= drop_at(ds, rb.h, t, s0); e1 *= drop_at(ds, rb.h, t, s1);
+            e2 *= drop_at(ds, rb.h, t, s2); e3 *= drop_at(ds, rb.h, t, s3);
+        }
         k00 += d0 * q0; k01 += d0 * q1;
         k10 += d1 * q0; k11 += d1 * q1;
         k20 += d2 * q0; k21 += d2 * q1;

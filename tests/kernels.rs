@@ -7,18 +7,12 @@
 
 mod common;
 
-use common::{Rng, Tensors, check, check_terms, f64s, gpu};
+use common::{Rng, Tensors, check, check_terms, f64s, gpu, run};
 use gradscope::gpu::kernels::{AdamW, MatmulVariant, crossentropy_chunk_backward_uniforms};
 use gradscope::gpu::{Category, Precision, ProgramBuilder, View};
 use gradscope::reference::layers as r;
 
 const TOL: f64 = 1e-4;
-
-fn run(g: &gradscope::gpu::Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
-    let mut pb = ProgramBuilder::new(g);
-    f(&mut pb);
-    pb.finish("test").run();
-}
 
 #[test]
 fn encoder_matches_reference() {

@@ -4,17 +4,10 @@
 
 mod common;
 
-use common::{Rng, Tensors, check, f64s, gpu};
-use gradscope::gpu::ProgramBuilder;
+use common::{Rng, Tensors, check, f64s, gpu, run};
 use gradscope::reference::cnn as r;
 
 const TOL: f64 = 1e-4;
-
-fn run(g: &gradscope::gpu::Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
-    let mut pb = ProgramBuilder::new(g);
-    f(&mut pb);
-    pb.finish("test").run();
-}
 
 #[test]
 fn conv2d_matches_reference() {

@@ -54,7 +54,7 @@ fn assert_same(what: &str, predicted: MemorySnapshot, actual: MemorySnapshot) {
 
 /// Every category predicted to the byte, for several GPT shapes, micro-batches, K (the
 /// per-micro-batch figures buffer grows past K = 16), with/without checkpointing, in f32 and with
-/// f16 activations (mixed precision).
+/// f16 activations (mixed precision), with dropout.
 #[test]
 fn gpt_prediction_equals_the_byte_ledger() {
     let g = common::gpu();
@@ -70,6 +70,9 @@ fn gpt_prediction_equals_the_byte_ledger() {
         f16(gpt(2, 2, 32, 16, 4, 3, false)),
         f16(gpt(3, 3, 48, 24, 5, 20, true)),
         f16(gpt(1, 1, 20, 7, 1, 2, false)),
+        // dropout's dispatches, forward and backward (and in recomputed blocks)
+        TrainConfig { dropout: 0.1, ..gpt(2, 2, 32, 16, 4, 3, false) },
+        TrainConfig { dropout: 0.1, ..gpt(3, 3, 48, 24, 5, 2, true) },
     ] {
         let before = g.ledger.snapshot();
         let mut t = Trainer::new(&g, cfg.clone()).unwrap();

@@ -14,7 +14,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
-/// nanoGPT's config/train_shakespeare_char.py, verbatim (dropout 0.2 changed to 0.0).
+/// nanoGPT's config/train_shakespeare_char.py, verbatim.
 const SHAKESPEARE_CHAR: &str = r#"# train a miniature character-level shakespeare model
 # good for debugging and playing on macbooks and such
 
@@ -38,7 +38,7 @@ block_size = 256 # context of 256 previous characters
 n_layer = 6
 n_head = 6
 n_embd = 384
-dropout = 0.0
+dropout = 0.2
 
 learning_rate = 1e-3 # with baby networks can afford to go a bit higher
 max_iters = 5000
@@ -67,7 +67,7 @@ fn nanogpt_py_configs_read_as_their_gradscope_keys() {
         n_layer: 6,
         n_head: 6,
         n_embd: 384,
-        dropout: 0.0,
+        dropout: 0.2,
         lr: 1e-3,
         max_steps: 5000,
         decay_steps: 5000,
@@ -126,7 +126,7 @@ fn anything_else_is_refused_with_its_line_number() {
     for (text, want) in [
         ("unknown_key = 3\n", "unknown config key `unknown_key`"),
         ("bias = False\n", "bias = false"),
-        ("dropout = 0.2\n", "dropout = 0.2"),
+        ("dropout = 1.0\n", "dropout must be in [0, 1), got 1"),
         ("batch_size = 'x'\n", "`micro_batch`"),
         ("decay_lr = 3\n", "`decay_lr`"),
         ("lr_decay_iters = 10\nwarmup_iters = 10\n", "decay_steps 10 must be larger than warmup_steps 10"),

@@ -2,12 +2,13 @@
 //! binding 0, storage tensors at 1.., at most 8 storage bindings per entry point), and every entry
 //! point fits WebGPU's guaranteed limits. No device needed.
 
-use gradscope::gpu::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, check_limits, reflect};
+use gradscope::gpu::{ACT_ALIAS_F32, F16_SUFFIX, SHADERS, act_f16_source, all_sources, check_limits, reflect, with_prelude};
 
 #[test]
 fn every_shader_parses_validates_and_follows_the_binding_convention() {
     let mut failures = Vec::new();
-    for (name, source) in SHADERS {
+    // as compiled: with the prelude, f16 instantiations included
+    for (name, source) in all_sources() {
         match reflect(name, source) {
             Ok(r) => {
                 assert!(!r.entry_points.is_empty(), "{name}.wgsl has no entry point");
@@ -55,8 +56,8 @@ fn act_typed_shaders_validate_as_f16_with_the_same_entry_points_and_bindings() {
         let alias_lines = source.lines().filter(|l| *l == ACT_ALIAS_F32).count();
         assert_eq!(alias_lines, 1, "{name}.wgsl must declare `{ACT_ALIAS_F32}` once, on a line of its own");
         assert!(f16_source.starts_with("enable f16;\n") && f16_source.contains("\nalias act = f16;\n"), "{name}.wgsl");
-        let f32_reflection = reflect(name, source).unwrap_or_else(|e| panic!("{e}"));
-        match reflect(&format!("{name}{F16_SUFFIX}"), &f16_source) {
+        let f32_reflection = reflect(name, &with_prelude(source)).unwrap_or_else(|e| panic!("{e}"));
+        match reflect(&format!("{name}{F16_SUFFIX}"), &with_prelude(&f16_source)) {
             Ok(r) => {
                 println!("{name}{F16_SUFFIX}.wgsl: {:?}", r.entry_points);
                 let what = format!("{name}.wgsl: the f16 instantiation's entry points and bindings");
@@ -83,8 +84,8 @@ fn act_typed_shaders_validate_as_f16_with_the_same_entry_points_and_bindings() {
 fn fill_act_keeps_the_residual_uniform_layout() {
     // fill_act's `value` comes after N, so residual_forward/backward still read o0..o7, N.
     let (_, source) = SHADERS.iter().find(|(n, _)| *n == "residual").unwrap();
-    let r = reflect("residual", source).unwrap();
-    assert_eq!(r.uniform_size, 40);
+    let r = reflect("residual", &with_prelude(source)).unwrap();
+    assert_eq!(r.uniform_size, 56);
     assert_eq!(r.bindings("fill_act"), Some(vec![12u32]));
     assert_eq!(r.bindings("residual_forward"), Some(vec![1u32, 2, 3]));
     assert_eq!(r.bindings("residual_backward"), Some(vec![9u32, 10, 11]));
@@ -102,8 +103,10 @@ fn shader_files_on_disk_are_the_embedded_ones() {
         })
         .collect();
     on_disk.sort();
-    let mut embedded: Vec<String> = SHADERS.iter().map(|(n, _)| n.to_string()).collect();
+    // prelude.wgsl is compiled in front of every file, not on its own
+    let mut embedded: Vec<String> = SHADERS.iter().map(|(n, _)| n.to_string()).chain(["prelude".to_string()]).collect();
     embedded.sort();
+    assert_eq!(gradscope::gpu::PRELUDE, std::fs::read_to_string(dir.join("prelude.wgsl")).unwrap());
     assert_eq!(on_disk, embedded);
 }
 
@@ -146,9 +149,9 @@ fn tint_gets_the_subgroups_directive_naga_rejects() {
     let uses = "@compute @workgroup_size(64) fn f(@builtin(subgroup_size) n: u32) { let s = subgroupAdd(1.0); }";
     assert_eq!(gradscope::gpu::for_tint(uses), format!("enable subgroups;\n{uses}"));
     assert_eq!(gradscope::gpu::for_tint(&format!("enable subgroups;\n{uses}")), format!("enable subgroups;\n{uses}"), "not twice");
-    // the shaders of today use no subgroups: their Tint variant is the source itself (the Dawn
-    // test compiles exactly these)
+    // the shaders of today use no subgroups: their Tint variant is the compiled source itself
+    // (the Dawn test compiles exactly these)
     for (name, source) in SHADERS {
-        assert_eq!(gradscope::gpu::tint_source(name), *source, "{name}");
+        assert_eq!(gradscope::gpu::tint_source(name), with_prelude(source), "{name}");
     }
 }

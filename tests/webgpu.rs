@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gradscope::gpu::{F16_SUFFIX, SHADERS, act_f16_source, for_tint, reflect};
+use gradscope::gpu::{F16_SUFFIX, SHADERS, act_f16_source, for_tint, reflect, with_prelude};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -339,10 +339,11 @@ fn shader_manifest() -> Value {
             "entry_points": entry_points,
         }));
     };
+    // as the registry compiles them: with the prelude
     for (name, source) in SHADERS {
-        push(name.to_string(), source, false);
+        push(name.to_string(), &with_prelude(source), false);
         if let Some(f16) = act_f16_source(source) {
-            push(format!("{name}{F16_SUFFIX}"), &f16, true);
+            push(format!("{name}{F16_SUFFIX}"), &with_prelude(&f16), true);
         }
     }
     json!({ "shaders": shaders })

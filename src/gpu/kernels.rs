@@ -31,6 +31,39 @@ impl MatmulVariant {
     }
 }
 
+/// Dropout in one dispatch (`reference::dropout`): the micro-batch's key ([seed, step, window
+/// position of its first sequence, 0], u32), the site, p's threshold and kept scale, and (for
+/// attention run in parts of sequences) the part's first sequence in the micro-batch.
+#[derive(Clone)]
+pub struct DropoutArgs {
+    pub key: View,
+    pub site: u32,
+    pub threshold: u32,
+    pub scale: f32,
+    pub first: usize,
+}
+
+impl DropoutArgs {
+    /// The same for the part of sequences that starts at sequence `first` of the micro-batch.
+    pub fn part(&self, first: usize) -> Self {
+        Self { first, ..self.clone() }
+    }
+    /// The uniform fields after the attention's dims: S0, SITE, THR, SCALE (all 0 without dropout).
+    fn attention_dims(drop: Option<&Self>, dims: Uniforms) -> Uniforms {
+        match drop {
+            Some(d) => dims.n(d.first).u(d.site).u(d.threshold).f(d.scale),
+            None => dims.u(0).u(0).u(0).f(1.0),
+        }
+    }
+    /// The key binding: 4 u32, or an unused binding without dropout.
+    fn key_arg(drop: Option<&Self>, none: &View) -> (View, usize) {
+        match drop {
+            Some(d) => (d.key.clone(), 4),
+            None => (none.clone(), 0),
+        }
+    }
+}
+
 fn tiles(rows: usize, cols: usize) -> Grid {
     Grid::Groups([cols.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1])
 }
@@ -383,9 +416,28 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, out: &View, preatt: &View, att: &View, qkv: &View, b: usize, t: usize, c: usize,
         nh: usize,
     ) -> R {
-        let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
+        self.attention_forward_dropout_with(variant, out, preatt, att, qkv, None, b, t, c, nh)
+    }
+
+    /// Attention with dropout on the probabilities (`drop`; None: none), the device's variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_dropout(
+        &mut self, out: &View, preatt: &View, att: &View, qkv: &View, drop: Option<&DropoutArgs>, b: usize, t: usize,
+        c: usize, nh: usize,
+    ) -> R {
+        let v = self.variant();
+        self.attention_forward_dropout_with(v, out, preatt, att, qkv, drop, b, t, c, nh)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_dropout_with(
+        &mut self, variant: MatmulVariant, out: &View, preatt: &View, att: &View, qkv: &View, drop: Option<&DropoutArgs>,
+        b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
+        let dims = DropoutArgs::attention_dims(drop, Uniforms::new().n(b).n(t).n(c).n(nh));
         let tt = b * nh * t * t;
-        let args = [(out, b * t * c), (preatt, tt), (att, tt), (qkv, b * t * 3 * c)];
+        let key = DropoutArgs::key_arg(drop, qkv);
+        let args = [(out, b * t * c), (preatt, tt), (att, tt), (qkv, b * t * 3 * c), (&key.0, key.1)];
         let v4 = attention_v4(variant, c, nh, &[out, qkv]);
         self.check_loops("attention_forward", attention_loops(v4, t, c / nh.max(1)))?;
         if v4 {
@@ -413,9 +465,28 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
         b: usize, t: usize, c: usize, nh: usize,
     ) -> R {
+        self.attention_backward_dropout_with(variant, dqkv, dpreatt, datt, dout, qkv, att, None, b, t, c, nh)
+    }
+
+    /// The backward of `attention_forward_dropout` (the same `drop`), the device's variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_dropout(
+        &mut self, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View, drop: Option<&DropoutArgs>,
+        b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
+        let v = self.variant();
+        self.attention_backward_dropout_with(v, dqkv, dpreatt, datt, dout, qkv, att, drop, b, t, c, nh)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_dropout_with(
+        &mut self, variant: MatmulVariant, dqkv: &View, dpreatt: &View, datt: &View, dout: &View, qkv: &View, att: &View,
+        drop: Option<&DropoutArgs>, b: usize, t: usize, c: usize, nh: usize,
+    ) -> R {
         let tt = b * nh * t * t;
-        let args = [(dqkv, b * t * 3 * c), (dpreatt, tt), (datt, tt), (dout, b * t * c), (qkv, b * t * 3 * c), (att, tt)];
-        let dims = Uniforms::new().n(b).n(t).n(c).n(nh);
+        let key = DropoutArgs::key_arg(drop, qkv);
+        let args = [(dqkv, b * t * 3 * c), (dpreatt, tt), (datt, tt), (dout, b * t * c), (qkv, b * t * 3 * c), (att, tt), (&key.0, key.1)];
+        let dims = DropoutArgs::attention_dims(drop, Uniforms::new().n(b).n(t).n(c).n(nh));
         let v4 = attention_v4(variant, c, nh, &[dqkv, dout, qkv]);
         self.check_loops("attention_backward", attention_loops(v4, t, c / nh.max(1)))?;
         if v4 {
@@ -444,6 +515,20 @@ impl ProgramBuilder {
 
     pub fn residual_forward(&mut self, out: &View, inp1: &View, inp2: &View, n: usize) -> R {
         self.call("residual", "residual_forward", 1, &[(out, n), (inp1, n), (inp2, n)], Uniforms::new().n(n), Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// x[..n] *= dropout's factors (in place), n = samples x `per` elements.
+    pub fn dropout_forward(&mut self, x: &View, drop: &DropoutArgs, per: usize, n: usize) -> R {
+        let dims = Uniforms::new().n(n).f(0.0).n(per).u(drop.site).u(drop.threshold).f(drop.scale);
+        self.call("residual", "dropout_forward", 16, &[(x, n), (x, 0), (&drop.key, 4)], dims, Grid::Threads(n))?;
+        Ok(())
+    }
+
+    /// dx[..n] = dropout's factors * dy (assigns), n = samples x `per` elements.
+    pub fn dropout_backward(&mut self, dx: &View, dy: &View, drop: &DropoutArgs, per: usize, n: usize) -> R {
+        let dims = Uniforms::new().n(n).f(0.0).n(per).u(drop.site).u(drop.threshold).f(drop.scale);
+        self.call("residual", "dropout_backward", 16, &[(dx, n), (dy, n), (&drop.key, 4)], dims, Grid::Threads(n))?;
         Ok(())
     }
 

@@ -14,4 +14,4 @@ pub mod trace;
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, MAX_BINDING_ENV, UNUSED_BINDING_BYTES, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes, parse_bytes};
 pub use program::{Bound, TENSOR_ALIGN, Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View, check_bindings};
-pub use registry::{ACT_ALIAS_F32, BindingInfo, EntryPoint, F16_SUFFIX, SHADERS, act_f16_source, check_limits, for_tint, is_act_typed, reflect, tint_source};
+pub use registry::{ACT_ALIAS_F32, BindingInfo, EntryPoint, F16_SUFFIX, PRELUDE, SHADERS, act_f16_source, all_sources, check_limits, for_tint, is_act_typed, reflect, tint_source, with_prelude};

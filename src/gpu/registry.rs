@@ -39,7 +39,24 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("maxpool", include_str!("../../shaders/maxpool.wgsl")),
 ];
 
-/// The source of one shader file by name.
+/// Functions every shader file may call (dropout's counter-based random numbers), put in front of
+/// each file when it is compiled (`with_prelude`). Not a shader file of its own: no bindings, no
+/// entry points.
+pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+/// A shader source as it is compiled: its leading `enable` lines, then `PRELUDE`, then the rest.
+pub fn with_prelude(source: &str) -> String {
+    let mut head = 0;
+    for line in source.split_inclusive('\n') {
+        if !line.trim_start().starts_with("enable ") {
+            break;
+        }
+        head += line.len();
+    }
+    format!("{}{PRELUDE}\n{}", &source[..head], &source[head..])
+}
+
+/// The source of one shader file by name (as written, without the prelude).
 pub fn shader_source(file: &str) -> Option<&'static str> {
     SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s)
 }
@@ -85,16 +102,16 @@ pub fn for_tint(source: &str) -> String {
     }
 }
 
-/// Every shader file, and the f16 instantiation (`<file>_f16`) of each act-typed one. Built once
-/// per process.
-fn all_sources() -> &'static [(&'static str, &'static str)] {
+/// Every shader file, and the f16 instantiation (`<file>_f16`) of each act-typed one, as compiled
+/// (`with_prelude`). Built once per process.
+pub fn all_sources() -> &'static [(&'static str, &'static str)] {
     static ALL: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
-        let mut v: Vec<(&'static str, &'static str)> = SHADERS.to_vec();
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let mut v: Vec<(&'static str, &'static str)> = SHADERS.iter().map(|(n, s)| (*n, leak(with_prelude(s)))).collect();
         for (name, source) in SHADERS {
             if let Some(f16) = act_f16_source(source) {
-                let name: &'static str = Box::leak(format!("{name}{F16_SUFFIX}").into_boxed_str());
-                v.push((name, Box::leak(f16.into_boxed_str())));
+                v.push((leak(format!("{name}{F16_SUFFIX}")), leak(with_prelude(&f16))));
             }
         }
         v

@@ -5,9 +5,10 @@
 //! L layers. Activations are sized by B; changing B rebuilds only the activation slabs and the
 //! programs that bind them.
 
-use crate::gpu::kernels::MatmulVariant;
+use crate::gpu::kernels::{DropoutArgs, MatmulVariant};
 use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
 use crate::model::layout::{Packer, SlabLimits, allocate, locate, view};
+use crate::reference::dropout::{self, site};
 use crate::reference::gpt::GptConfig;
 
 pub use super::optim::{ModelError, Normalization, Scratch, Slabs, StepSettings, WindowDivide, WindowFigures};
@@ -213,6 +214,12 @@ pub struct GpuGpt {
     /// micro-batch's backward, so the input gradients run in the forward matmul kernel
     /// (`matmul_backward_t`). None on GPUs.
     weights_t: Option<(Vec<GpuBuffer>, Vec<usize>)>,
+    /// Dropout's probability (0: none; the train program has no dropout dispatches) and the seed
+    /// of its masks (`reference::dropout`).
+    dropout: f64,
+    dropout_seed: u32,
+    /// The optimizer step the next window makes: the masks' key with the seed.
+    window_step: u32,
 }
 
 /// Offsets of the four matrices in one layer's part of `GpuGpt::weights_t`, and that part's size,
@@ -258,6 +265,9 @@ struct MicroBatch {
     dacts: Vec<GpuBuffer>,
     inputs: GpuBuffer,  // [B,T] u32
     targets: GpuBuffer, // [B,T] u32
+    /// Dropout's key of the running micro-batch: [seed, step, window position of its first
+    /// sequence, 0] u32, copied in before each run like the tokens.
+    key: GpuBuffer,
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
     train: Program,
     /// (kept with the programs that bind it) The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
@@ -289,7 +299,7 @@ impl GpuGpt {
         };
         Ok(Self {
             gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None,
-            weights_t, vocab_chunk: 0,
+            weights_t, vocab_chunk: 0, dropout: 0.0, dropout_seed: 0, window_step: 1,
         })
     }
 
@@ -317,15 +327,53 @@ impl GpuGpt {
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, the activation gradients (one copy of the
-    /// block-internal tensors), the input and target tokens, and the cross-entropy's per-row
-    /// state (f32 [B*T, 4]).
+    /// block-internal tensors), the input and target tokens, the cross-entropy's per-row
+    /// state (f32 [B*T, 4]) and dropout's key (4 u32).
     pub fn predicted_activation_bytes(
         cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize,
     ) -> u64 {
         let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk);
         let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk);
         let bt = (b * cfg.block_size).max(1) as u64;
-        slab + grads + 2 * bt * 4 + bt * 16
+        slab + grads + 2 * bt * 4 + bt * 16 + 16
+    }
+
+    /// u32 elements of the window's token buffer for K micro-batches of B: the inputs and targets
+    /// of each, then each one's dropout key (4 u32).
+    pub fn window_tokens_len(cfg: &GptConfig, b: usize, k: usize) -> usize {
+        2 * k * b * cfg.block_size + 4 * k
+    }
+
+    /// Dropout with probability `p` (0 <= p < 1; 0: none) and masks keyed by `seed`: the
+    /// programs are recorded again. Evaluation and sampling never drop.
+    pub fn set_dropout(&mut self, p: f64, seed: u32) -> Result<(), ProgramError> {
+        assert!((0.0..1.0).contains(&p), "dropout must be in [0, 1)");
+        if (p, seed) == (self.dropout, self.dropout_seed) {
+            return Ok(());
+        }
+        (self.dropout, self.dropout_seed) = (p, seed);
+        let b = self.micro_batch();
+        if b > 0 {
+            self.mb = None;
+            self.set_micro_batch(b)?;
+        }
+        Ok(())
+    }
+
+    /// The optimizer step the next recorded window makes (dropout's masks are keyed by it).
+    pub fn set_window_step(&mut self, step: u64) {
+        self.window_step = step as u32;
+    }
+
+    /// Dropout's arguments for the train program (site 0; each use sets its site), or None.
+    fn dropout_args(&self, key: &GpuBuffer) -> Option<DropoutArgs> {
+        (self.dropout > 0.0).then(|| DropoutArgs {
+            key: View::of(key),
+            site: site::EMBEDDING,
+            threshold: dropout::threshold(self.dropout),
+            scale: dropout::scale(self.dropout),
+            first: 0,
+        })
     }
 
     /// Vocabulary entries per lm_head chunk (0: the whole vocabulary); takes effect at the next
@@ -441,14 +489,16 @@ impl GpuGpt {
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
         let ce_state = self.gpu.try_storage("cross-entropy state", Category::Activations, 4 * b * t)?;
+        let key = self.gpu.try_storage("dropout key", Category::Activations, 4)?;
+        let drop = self.dropout_args(&key);
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
-        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state)?;
+        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state, None)?;
         let eval = pb.finish("gpt eval");
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
-        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state)?;
-        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state, &dlayout)?;
+        self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state, drop.as_ref())?;
+        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state, &dlayout, drop.as_ref())?;
         let train = pb.finish("gpt train micro-batch");
 
         let mut logit_chunks = Vec::new();
@@ -458,13 +508,16 @@ impl GpuGpt {
             pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
             logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
         }
-        Ok(MicroBatch { layout, acts, dacts, inputs, targets, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, key, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
     }
 
-    /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list).
+    /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list), with
+    /// dropout when `drop` is given (nanoGPT's places: the embedding, the attention
+    /// probabilities, both projections before their residual add).
+    #[allow(clippy::too_many_arguments)]
     fn record_forward(
         &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], inputs: &GpuBuffer, targets: &GpuBuffer,
-        ce_state: &GpuBuffer,
+        ce_state: &GpuBuffer, drop: Option<&DropoutArgs>,
     ) -> Result<(), ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, cl) = (self.cfg.n_embd, self.cfg.n_layer);
@@ -475,8 +528,11 @@ impl GpuGpt {
         for (w, _, start, len) in self.slabs.tensor_parts(p::WTE) {
             pb.encoder_forward_rows(&act(a.encoded), &View::of(inputs), &w, &self.pv(p::WPE), b, t, c, start / c, len / c)?;
         }
+        if let Some(d) = drop {
+            pb.dropout_forward(&act(a.encoded), d, t * c, bt * c)?;
+        }
         for l in 0..cl {
-            self.record_block_forward(pb, a, acts, l)?;
+            self.record_block_forward(pb, a, acts, l, drop)?;
         }
         let last = if cl == 0 { act(a.encoded) } else { act(a.residual3[cl - 1]) };
         pb.layernorm_forward(&act(a.lnf), &act(a.lnf_mean), &act(a.lnf_rstd), &last, &self.pv(p::LNFW), &self.pv(p::LNFB), bt, c)?;
@@ -495,7 +551,12 @@ impl GpuGpt {
 
     /// Transformer block `l`: from its input (`encoded` or the previous block's `residual3`) to
     /// its `residual3`. Also what the backward pass replays under activation checkpointing.
-    fn record_block_forward(&self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], l: usize) -> Result<(), ProgramError> {
+    fn record_block_forward(
+        &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], l: usize, drop: Option<&DropoutArgs>,
+    ) -> Result<(), ProgramError> {
+        let at_site = |f: fn(usize) -> u32| drop.map(|d| DropoutArgs { site: f(l), ..d.clone() });
+        let (drop_att, drop_attproj, drop_fcproj) =
+            (at_site(site::attention), at_site(site::attention_projection), at_site(site::mlp_projection));
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let (b, t) = (a.b, a.t);
         let bt = b * t;
@@ -507,15 +568,23 @@ impl GpuGpt {
         pb.matmul_forward(&act(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, 3 * c * c), Some(&lw(p::QKVB, 3 * c)), bt, c, 3 * c)?;
         // per part of whole sequences (one, unless the T x T matrices pass a binding)
         for (&(pre, s0, n), &(at, _, _)) in a.preatt[l].iter().zip(&a.att[l]) {
-            pb.attention_forward(&act(a.atty[l]).add(s0 * t * c), &act(pre), &act(at), &act(a.qkv[l]).add(s0 * t * 3 * c), n, t, c, nh)?;
+            let d = drop_att.as_ref().map(|d| d.part(s0));
+            pb.attention_forward_dropout(&act(a.atty[l]).add(s0 * t * c), &act(pre), &act(at), &act(a.qkv[l]).add(s0 * t * 3 * c),
+                d.as_ref(), n, t, c, nh)?;
         }
         pb.matmul_forward(&act(a.attproj[l]), &act(a.atty[l]), &lw(p::ATTPROJW, c * c), Some(&lw(p::ATTPROJB, c)), bt, c, c)?;
+        if let Some(d) = &drop_attproj {
+            pb.dropout_forward(&act(a.attproj[l]), d, t * c, bt * c)?;
+        }
         pb.residual_forward(&act(a.residual2[l]), &residual, &act(a.attproj[l]), bt * c)?;
         pb.layernorm_forward(&act(a.ln2[l]), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), &act(a.residual2[l]),
             &lw(p::LN2W, c), &lw(p::LN2B, c), bt, c)?;
         pb.matmul_forward_gelu(&act(a.fch[l]), &act(a.fch_gelu[l]), &act(a.ln2[l]), &lw(p::FCW, 4 * c * c),
             Some(&lw(p::FCB, 4 * c)), bt, c, 4 * c)?;
         pb.matmul_forward(&act(a.fcproj[l]), &act(a.fch_gelu[l]), &lw(p::FCPROJW, 4 * c * c), Some(&lw(p::FCPROJB, c)), bt, 4 * c, c)?;
+        if let Some(d) = &drop_fcproj {
+            pb.dropout_forward(&act(a.fcproj[l]), d, t * c, bt * c)?;
+        }
         pb.residual_forward(&act(a.residual3[l]), &act(a.residual2[l]), &act(a.fcproj[l]), bt * c)?;
         Ok(())
     }
@@ -525,7 +594,7 @@ impl GpuGpt {
     #[allow(clippy::too_many_arguments)]
     fn record_backward(
         &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], dacts: &[GpuBuffer], inputs: &GpuBuffer,
-        targets: &GpuBuffer, ce_state: &GpuBuffer, d: &ActLayout,
+        targets: &GpuBuffer, ce_state: &GpuBuffer, d: &ActLayout, drop: Option<&DropoutArgs>,
     ) -> Result<Vec<(usize, usize, usize)>, ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, nh, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.n_layer);
@@ -577,7 +646,7 @@ impl GpuGpt {
                 // Checkpointing: the shared block tensors hold block l+1; recompute block l from
                 // its kept input. The last block's activations are still there.
                 if a.recompute {
-                    self.record_block_forward(pb, a, acts, l)?;
+                    self.record_block_forward(pb, a, acts, l, drop)?;
                 }
                 // The block-internal gradients have one copy shared by all blocks (`d`, only
                 // one block's backward runs at a time): restart them from zero, since the
@@ -586,29 +655,51 @@ impl GpuGpt {
                     pb.fill_act(&dact(at), 0.0, n)?;
                 }
             }
-            // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres
+            // residual3 = residual2 + fcproj: dfcproj = dresidual3 = dres (times dropout's mask
+            // when the projection is dropped: then into its own tensor)
+            let at_site = |f: fn(usize) -> u32| drop.map(|x| DropoutArgs { site: f(l), ..x.clone() });
+            let dfcproj = match at_site(site::mlp_projection) {
+                Some(x) => {
+                    pb.dropout_backward(&dact(d.fcproj[l]), &dres, &x, t * c, bt * c)?;
+                    dact(d.fcproj[l])
+                }
+                None => dres.clone(),
+            };
             // through fcproj and GELU into dfch (dfch_gelu is the unfused path's scratch)
             pb.matmul_backward_gelu(&dact(d.fch[l]), &dact(d.fch_gelu[l]), &act(a.fch[l]), wt(l, WT_FCPROJ).as_ref(),
-                &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)), &dres, &act(a.fch_gelu[l]),
+                &lg(p::FCPROJW, l, 4 * c * c), Some(&lg(p::FCPROJB, l, c)), &dfcproj, &act(a.fch_gelu[l]),
                 &lw(p::FCPROJW, l, 4 * c * c), bt, 4 * c, c)?;
             pb.matmul_backward_t(&dact(d.ln2[l]), wt(l, WT_FC).as_ref(), &lg(p::FCW, l, 4 * c * c), Some(&lg(p::FCB, l, 4 * c)),
                 &dact(d.fch[l]), &act(a.ln2[l]), &lw(p::FCW, l, 4 * c * c), bt, c, 4 * c)?;
             // dres becomes dresidual2
             pb.layernorm_backward(&dres, &lg(p::LN2W, l, c), &lg(p::LN2B, l, c), &dact(d.ln2[l]),
                 &act(a.residual2[l]), &lw(p::LN2W, l, c), &act(a.ln2_mean[l]), &act(a.ln2_rstd[l]), bt, c)?;
-            // residual2 = residual + attproj: dattproj = dresidual2 = dres
+            // residual2 = residual + attproj: dattproj = dresidual2 = dres (masked as above)
+            let dattproj = match at_site(site::attention_projection) {
+                Some(x) => {
+                    pb.dropout_backward(&dact(d.attproj[l]), &dres, &x, t * c, bt * c)?;
+                    dact(d.attproj[l])
+                }
+                None => dres.clone(),
+            };
             pb.matmul_backward_t(&dact(d.atty[l]), wt(l, WT_ATTPROJ).as_ref(), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
-                &dres, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
+                &dattproj, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
+            let drop_att = at_site(site::attention);
             for ((&(dpre, s0, n), &(dat, _, _)), &(at, _, _)) in d.preatt[l].iter().zip(&d.att[l]).zip(&a.att[l]) {
                 let (q, y) = (s0 * t * 3 * c, s0 * t * c);
-                pb.attention_backward(&dact(d.qkv[l]).add(q), &dact(dpre), &dact(dat), &dact(d.atty[l]).add(y),
-                    &act(a.qkv[l]).add(q), &act(at), n, t, c, nh)?;
+                let x = drop_att.as_ref().map(|x| x.part(s0));
+                pb.attention_backward_dropout(&dact(d.qkv[l]).add(q), &dact(dpre), &dact(dat), &dact(d.atty[l]).add(y),
+                    &act(a.qkv[l]).add(q), &act(at), x.as_ref(), n, t, c, nh)?;
             }
             pb.matmul_backward_t(&dact(d.ln1[l]), wt(l, WT_QKV).as_ref(), &lg(p::QKVW, l, 3 * c * c), Some(&lg(p::QKVB, l, 3 * c)),
                 &dact(d.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, l, 3 * c * c), bt, c, 3 * c)?;
             // dres becomes the gradient of the block's input
             pb.layernorm_backward(&dres, &lg(p::LN1W, l, c), &lg(p::LN1B, l, c), &dact(d.ln1[l]),
                 &act(residual), &lw(p::LN1W, l, c), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), bt, c)?;
+        }
+        // encoded = dropout(wte[inputs] + wpe): the encoder's output gradient is dres times the mask
+        if let Some(x) = drop {
+            pb.dropout_forward(&dres, x, t * c, bt * c)?;
         }
         for (k, (_, dw, start, len)) in self.slabs.tensor_parts(p::WTE).into_iter().enumerate() {
             let dwpe = (k == 0).then(|| self.gv(p::WPE));
@@ -630,9 +721,11 @@ impl GpuGpt {
         let mb = self.mb.as_ref().expect("set_micro_batch before record_micro_steps");
         let bt = mb.layout.b * mb.layout.t;
         assert!(first + batches.len() <= k, "micro-batches past the window");
-        if self.window_tokens.as_ref().is_none_or(|w| w.len() != 2 * k * bt) {
+        let b = mb.layout.b;
+        let len = Self::window_tokens_len(&self.cfg, b, k);
+        if self.window_tokens.as_ref().is_none_or(|w| w.len() != len) {
             self.window_tokens = None;
-            self.window_tokens = Some(self.gpu.try_storage("window tokens", Category::Activations, 2 * k * bt)?);
+            self.window_tokens = Some(self.gpu.try_storage("window tokens", Category::Activations, len)?);
         }
         let tokens = self.window_tokens.clone().expect("allocated above");
         let mb = self.mb.as_ref().expect("checked above");
@@ -645,12 +738,16 @@ impl GpuGpt {
             assert_eq!((x.len(), y.len()), (bt, bt), "inputs and targets must be [B,T]");
             self.gpu.upload(&tokens, (first + i) * bt, x);
             self.gpu.upload(&tokens, (k + first + i) * bt, y);
+            // dropout's key: the micro-batch's first sequence is at window position (first + i) B
+            let key = [self.dropout_seed, self.window_step, ((first + i) * b) as u32, 0];
+            self.gpu.upload(&tokens, 2 * k * bt + 4 * (first + i), &key);
         }
         for i in 0..batches.len() {
             let j = first + i;
             self.slabs.record_begin_micro(s, j);
             s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
             s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
+            s.copy(&tokens, 2 * k * bt + 4 * j, &mb.key, 0, 4);
             for d in &mb.dacts {
                 s.clear(d);
             }

@@ -43,6 +43,8 @@ pub struct MemoryOptions {
     pub limits: SlabLimits,
     /// GPT: vocabulary entries per lm_head chunk (`vocab_chunk`; 0: the whole vocabulary).
     pub vocab_chunk: usize,
+    /// GPT: dropout is on (its dispatches are recorded only then).
+    pub dropout: bool,
 }
 
 impl ModelSpec {
@@ -120,8 +122,9 @@ impl ModelSpec {
         match self {
             ModelSpec::Gpt(c) => {
                 add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk));
-                // the window's tokens (inputs and targets of K micro-batches), uploaded once
-                add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
+                // the window's tokens (inputs and targets of K micro-batches) and dropout keys,
+                // uploaded once
+                add(Category::Activations, buf(GpuGpt::window_tokens_len(c, b, k) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, b, opts);
                 // and one program per vocabulary chunk for `read_logits`, a dispatch each
                 add(Category::Scratch, (train + eval + vocab_chunks(c, b, opts)) * UNIFORM_SLOT);
@@ -187,12 +190,17 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     // backward and its matmul backward (input and weight), every chunk but the last recomputing
     // its logits first
     let chunks = vocab_chunks(c, b, opts);
-    let forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1;
-    let backward = (19 + attention - fused_gelu + transposes + (2 + attention) * (parts - 1)) * l + 2 + wte_parts + 1 + 3 * chunks + (chunks - 1);
+    // dropout: the embedding's and both projections' masks, forward and backward
+    let dropout = if opts.dropout { 1 } else { 0 };
+    let block_forward = block_forward + 2 * dropout;
+    let train_forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1 + dropout;
+    let forward = train_forward - (2 * l + 1) * dropout;
+    let backward = (19 + 2 * dropout + attention - fused_gelu + transposes + (2 + attention) * (parts - 1)) * l + 2 + wte_parts + 1
+        + 3 * chunks + (chunks - 1) + dropout;
     // before every block's backward but the first, the shared block gradients are zeroed
     // (`ActLayout::block_fill` of the gradients' layout); checkpointing also replays the block
     let replay = if recompute { block_forward * l.saturating_sub(1) } else { 0 } + fills * l.saturating_sub(1);
-    (forward + backward + replay, forward)
+    (train_forward + backward + replay, forward)
 }
 
 /// Dispatches of the CNN's (train, eval) programs for one row count (`model::cnn`).

@@ -13,6 +13,7 @@
 use num_traits::Float;
 use serde::{Deserialize, Serialize};
 
+use super::dropout::{Dropout, site};
 use super::layers::*;
 use super::rng::Normal;
 
@@ -187,6 +188,9 @@ struct LayerActs<T> {
     fch_gelu: Vec<T>,  // [B,T,4C]
     fcproj: Vec<T>,    // [B,T,C]
     residual3: Vec<T>, // [B,T,C]  residual2 + fcproj: the block's output
+    /// Dropout's factors (0 or 1/(1-p)) of the attention probabilities [B,NH,T,T] and of the
+    /// two projections [B,T,C] (`attproj` and `fcproj` hold the outputs after dropout).
+    masks: Option<[Vec<T>; 3]>,
 }
 
 /// Activations of one forward pass.
@@ -197,6 +201,8 @@ struct Acts<T> {
     lnf_mean: Vec<T>,         // [B,T]
     lnf_rstd: Vec<T>,         // [B,T]
     logits: Vec<T>,           // [B,T,V]
+    /// Dropout's factors of the embedding [B,T,C] (`encoded` is after dropout).
+    enc_mask: Option<Vec<T>>,
 }
 
 impl<T> Acts<T> {
@@ -213,14 +219,27 @@ fn check_shapes(cfg: &GptConfig, inputs: &[u32], b: usize, t: usize) {
     assert!(inputs.iter().all(|&x| (x as usize) < cfg.vocab_size), "an input token is >= vocab_size");
 }
 
-/// inputs [B,T] -> every activation, logits included.
-fn forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], b: usize, t: usize) -> Acts<T> {
+fn apply<T: Float>(x: &mut [T], mask: &[T]) {
+    for (x, m) in x.iter_mut().zip(mask) {
+        *x = *x * *m;
+    }
+}
+
+/// inputs [B,T] -> every activation, logits included; with dropout (nanoGPT's places: the
+/// embedding, the attention probabilities, both projections before their residual add) when
+/// `drop` is given and its p > 0.
+fn forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], b: usize, t: usize, drop: Option<&Dropout>) -> Acts<T> {
     check_shapes(cfg, inputs, b, t);
     let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
     let bt = b * t;
     let p = tensors(cfg, params);
+    let drop = drop.filter(|d| d.p > 0.0);
     let mut encoded = zeros(bt * c);
     encoder_forward(&mut encoded, inputs, p.wte, p.wpe, b, t, c);
+    let enc_mask = drop.map(|d| d.mask(site::EMBEDDING, b, t * c));
+    if let Some(m) = &enc_mask {
+        apply(&mut encoded, m);
+    }
     let mut layers: Vec<LayerActs<T>> = Vec::with_capacity(l);
     for li in 0..l {
         // [B,T,C] the residual stream entering block li
@@ -242,18 +261,28 @@ fn forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], b: usize, t:
             fch_gelu: zeros(bt * 4 * c),
             fcproj: zeros(bt * c),
             residual3: zeros(bt * c),
+            masks: drop.map(|d| {
+                [d.mask(site::attention(li), b, nh * t * t), d.mask(site::attention_projection(li), b, t * c), d.mask(site::mlp_projection(li), b, t * c)]
+            }),
         };
         // attention half: residual2 = residual + attproj(attention(ln1(residual)))
         layernorm_forward(&mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, residual, at(p.ln1w, li, c), at(p.ln1b, li, c), bt, c);
         matmul_forward(&mut la.qkv, &la.ln1, at(p.qkvw, li, 3 * c * c), Some(at(p.qkvb, li, 3 * c)), bt, c, 3 * c);
-        attention_forward(&mut la.atty, &mut la.preatt, &mut la.att, &la.qkv, b, t, c, nh);
+        let att_mask = la.masks.as_ref().map(|m| m[0].as_slice());
+        attention_forward_dropout(&mut la.atty, &mut la.preatt, &mut la.att, &la.qkv, att_mask, b, t, c, nh);
         matmul_forward(&mut la.attproj, &la.atty, at(p.attprojw, li, c * c), Some(at(p.attprojb, li, c)), bt, c, c);
+        if let Some(m) = &la.masks {
+            apply(&mut la.attproj, &m[1]);
+        }
         residual_forward(&mut la.residual2, residual, &la.attproj, bt * c);
         // MLP half: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
         layernorm_forward(&mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.residual2, at(p.ln2w, li, c), at(p.ln2b, li, c), bt, c);
         matmul_forward(&mut la.fch, &la.ln2, at(p.fcw, li, 4 * c * c), Some(at(p.fcb, li, 4 * c)), bt, c, 4 * c);
         gelu_forward(&mut la.fch_gelu, &la.fch, bt * 4 * c);
         matmul_forward(&mut la.fcproj, &la.fch_gelu, at(p.fcprojw, li, 4 * c * c), Some(at(p.fcprojb, li, c)), bt, 4 * c, c);
+        if let Some(m) = &la.masks {
+            apply(&mut la.fcproj, &m[2]);
+        }
         residual_forward(&mut la.residual3, &la.residual2, &la.fcproj, bt * c);
         layers.push(la);
     }
@@ -263,19 +292,26 @@ fn forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], b: usize, t:
     // tied lm_head: logits = lnf . wte^T
     let mut logits = zeros(bt * v);
     matmul_forward(&mut logits, &lnf, p.wte, None, bt, c, v);
-    Acts { encoded, layers, lnf, lnf_mean, lnf_rstd, logits }
+    Acts { encoded, layers, lnf, lnf_mean, lnf_rstd, logits, enc_mask }
 }
 
 /// The logits [B,T,V] of inputs [B,T] (for sampling and evaluation).
 pub fn gpt_logits<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], b: usize, t: usize) -> Vec<T> {
-    forward(cfg, params, inputs, b, t).logits
+    forward(cfg, params, inputs, b, t, None).logits
 }
 
 /// Forward pass and summed loss. params [num_params], inputs [B,T], targets [B,T] (may hold
 /// IGNORE_INDEX). Returns (sum of the losses of the counted targets, count).
 pub fn gpt_forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], targets: &[u32], b: usize, t: usize) -> (T, u32) {
+    gpt_forward_dropout(cfg, params, inputs, targets, b, t, None)
+}
+
+/// `gpt_forward` with dropout (`drop`: the probability and the masks' key; None or p = 0: none).
+pub fn gpt_forward_dropout<T: Float>(
+    cfg: &GptConfig, params: &[T], inputs: &[u32], targets: &[u32], b: usize, t: usize, drop: Option<&Dropout>,
+) -> (T, u32) {
     assert_eq!(targets.len(), b * t, "targets must be [B,T]");
-    let a = forward(cfg, params, inputs, b, t);
+    let a = forward(cfg, params, inputs, b, t, drop);
     let mut losses = zeros(b * t); // [B,T]
     let count = crossentropy_forward(&mut losses, &a.logits, targets, b * t, cfg.vocab_size);
     (losses.iter().fold(T::zero(), |s, &x| s + x), count)
@@ -290,10 +326,20 @@ pub fn gpt_forward<T: Float>(cfg: &GptConfig, params: &[T], inputs: &[u32], targ
 pub fn gpt_forward_backward<T: Float>(
     cfg: &GptConfig, params: &[T], inputs: &[u32], targets: &[u32], b: usize, t: usize, grads: &mut [T], dloss: T,
 ) -> (T, u32) {
+    gpt_forward_backward_dropout(cfg, params, inputs, targets, b, t, grads, dloss, None)
+}
+
+/// `gpt_forward_backward` with dropout: the masks of `drop` (regenerated from its key, as the
+/// kernels do) scale the gradients through the same places.
+#[allow(clippy::too_many_arguments)]
+pub fn gpt_forward_backward_dropout<T: Float>(
+    cfg: &GptConfig, params: &[T], inputs: &[u32], targets: &[u32], b: usize, t: usize, grads: &mut [T], dloss: T,
+    drop: Option<&Dropout>,
+) -> (T, u32) {
     assert_eq!(targets.len(), b * t, "targets must be [B,T]");
     let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
     let bt = b * t;
-    let a = forward(cfg, params, inputs, b, t);
+    let a = forward(cfg, params, inputs, b, t, drop);
     let mut losses = zeros(bt); // [B,T]
     let count = crossentropy_forward(&mut losses, &a.logits, targets, bt, v);
     let loss = losses.iter().fold(T::zero(), |s, &x| s + x);
@@ -314,6 +360,9 @@ pub fn gpt_forward_backward<T: Float>(
         // residual3 = residual2 + fcproj
         let (mut dresidual2, mut dfcproj) = (zeros(bt * c), zeros(bt * c)); // [B,T,C] each
         residual_backward(&mut dresidual2, &mut dfcproj, &dresidual, bt * c);
+        if let Some(m) = &la.masks {
+            apply(&mut dfcproj, &m[2]);
+        }
         let mut dfch_gelu = zeros(bt * 4 * c); // [B,T,4C]
         matmul_backward(&mut dfch_gelu, at_mut(g.fcprojw, li, 4 * c * c), Some(at_mut(g.fcprojb, li, c)), &dfcproj,
             &la.fch_gelu, at(p.fcprojw, li, 4 * c * c), bt, 4 * c, c);
@@ -327,12 +376,16 @@ pub fn gpt_forward_backward<T: Float>(
         // residual2 = block input + attproj
         let (mut dinput, mut dattproj) = (zeros(bt * c), zeros(bt * c)); // [B,T,C] each
         residual_backward(&mut dinput, &mut dattproj, &dresidual2, bt * c);
+        if let Some(m) = &la.masks {
+            apply(&mut dattproj, &m[1]);
+        }
         let mut datty = zeros(bt * c); // [B,T,C]
         matmul_backward(&mut datty, at_mut(g.attprojw, li, c * c), Some(at_mut(g.attprojb, li, c)), &dattproj, &la.atty,
             at(p.attprojw, li, c * c), bt, c, c);
         let mut dqkv = zeros(bt * 3 * c); // [B,T,3C]
         let (mut dpreatt, mut datt) = (zeros(b * nh * t * t), zeros(b * nh * t * t)); // [B,NH,T,T] scratch
-        attention_backward(&mut dqkv, &mut dpreatt, &mut datt, &datty, &la.qkv, &la.att, b, t, c, nh);
+        let att_mask = la.masks.as_ref().map(|m| m[0].as_slice());
+        attention_backward_dropout(&mut dqkv, &mut dpreatt, &mut datt, &datty, &la.qkv, &la.att, att_mask, b, t, c, nh);
         let mut dln1 = zeros(bt * c); // [B,T,C]
         matmul_backward(&mut dln1, at_mut(g.qkvw, li, 3 * c * c), Some(at_mut(g.qkvb, li, 3 * c)), &dqkv, &la.ln1,
             at(p.qkvw, li, 3 * c * c), bt, c, 3 * c);
@@ -341,6 +394,9 @@ pub fn gpt_forward_backward<T: Float>(
         dresidual = dinput;
     }
     // encoded = wte[inputs] + wpe[pos]: wte also receives the lm_head's gradient above
+    if let Some(m) = &a.enc_mask {
+        apply(&mut dresidual, m);
+    }
     encoder_backward(g.wte, g.wpe, &dresidual, inputs, b, t, c);
     (loss, count)
 }
@@ -420,16 +476,9 @@ mod tests {
         assert_eq!(&l1[16 * 65..], &l2[16 * 65..], "the other sequence is untouched");
     }
 
-    /// The whole model's gradient against central finite differences of the summed loss, for a
-    /// sample of parameters from every tensor, with padding targets, a dloss != 1 and a pre-filled
-    /// gradient slab (the backward must accumulate).
-    #[test]
-    fn whole_gpt_gradient_matches_finite_differences() {
-        let mut rng = Rng::fresh("gpt_forward_backward");
-        let cfg = GptConfig { vocab_size: 11, block_size: 8, n_layer: 2, n_head: 2, n_embd: 8 };
-        let (b, t) = (2, 6);
-        // Random parameters larger than the init, so every path carries signal: weights U(-0.5,
-        // 0.5), LayerNorm weights 1 + U(-0.3, 0.3), biases U(-0.1, 0.1).
+    /// Random parameters larger than the init, so every path carries signal: weights U(-0.5, 0.5),
+    /// LayerNorm weights 1 + U(-0.3, 0.3), biases U(-0.1, 0.1).
+    fn signal_params(cfg: &GptConfig, rng: &mut Rng) -> Vec<f64> {
         let (sizes, off) = (cfg.param_sizes(), cfg.param_offsets());
         let mut params = vec![0.0f64; cfg.num_params()];
         for i in 0..16 {
@@ -441,6 +490,19 @@ mod tests {
                 };
             }
         }
+        params
+    }
+
+    /// The whole model's gradient against central finite differences of the summed loss, for a
+    /// sample of parameters from every tensor, with padding targets, a dloss != 1 and a pre-filled
+    /// gradient slab (the backward must accumulate).
+    #[test]
+    fn whole_gpt_gradient_matches_finite_differences() {
+        let mut rng = Rng::fresh("gpt_forward_backward");
+        let cfg = GptConfig { vocab_size: 11, block_size: 8, n_layer: 2, n_head: 2, n_embd: 8 };
+        let (b, t) = (2, 6);
+        let (sizes, off) = (cfg.param_sizes(), cfg.param_offsets());
+        let params = signal_params(&cfg, &mut rng);
         let inputs = rng.tokens(b * t, cfg.vocab_size);
         // one padded position per sequence, plus the tail of the second one
         let targets: Vec<u32> = (0..b * t)
@@ -477,6 +539,48 @@ mod tests {
             println!("  {:<9} max rel err {:.2e}  max abs err {:.2e}", GptConfig::param_names()[i], tensor_worst.rel, tensor_worst.abs);
         }
         worst.check("gpt_forward_backward");
+    }
+
+    /// With dropout 0.2 the gradient matches finite differences of the loss under the same masks
+    /// (the key fixes them), the loss differs from the loss without dropout, and a window cut in
+    /// two micro-batches (the second at window position 1) sums to the gradient of one batch of 2.
+    #[test]
+    fn gpt_gradient_with_dropout_matches_finite_differences_and_accumulates() {
+        let mut rng = Rng::fresh("gpt dropout");
+        let cfg = GptConfig { vocab_size: 9, block_size: 6, n_layer: 2, n_head: 2, n_embd: 8 };
+        let (b, t) = (2, 6);
+        let (sizes, off) = (cfg.param_sizes(), cfg.param_offsets());
+        let params = signal_params(&cfg, &mut rng);
+        let inputs = rng.tokens(b * t, cfg.vocab_size);
+        let targets: Vec<u32> = (0..b * t).map(|i| if i == 4 { IGNORE_INDEX } else { rng.below(cfg.vocab_size) as u32 }).collect();
+        let drop = Dropout { p: 0.2, seed: rng.next_u64() as u32, step: 7, sample0: 0 };
+        let mut grads = vec![0.0; cfg.num_params()];
+        let (loss, _) = gpt_forward_backward_dropout(&cfg, &params, &inputs, &targets, b, t, &mut grads, 1.0, Some(&drop));
+        let (plain, _) = gpt_forward(&cfg, &params, &inputs, &targets, b, t);
+        assert!((loss - plain).abs() > 1e-6, "dropout changes the loss ({loss} vs {plain})");
+        let mut p = params.clone();
+        let mut worst = Worst::default();
+        for i in 0..16 {
+            for _ in 0..6 {
+                let j = off[i] + rng.below(sizes[i]);
+                let orig = p[j];
+                let num = central_difference(|h| {
+                    p[j] = orig + h;
+                    let (l, _) = gpt_forward_dropout(&cfg, &p, &inputs, &targets, b, t, Some(&drop));
+                    p[j] = orig;
+                    l
+                });
+                worst.add(grads[j], num);
+            }
+        }
+        worst.check("gpt_forward_backward_dropout");
+        // B 1 x K 2 == B 2 x K 1: the second sequence keeps its masks at window position 1
+        let mut acc = vec![0.0; cfg.num_params()];
+        gpt_forward_backward_dropout(&cfg, &params, &inputs[..t], &targets[..t], 1, t, &mut acc, 1.0, Some(&drop));
+        let second = Dropout { sample0: 1, ..drop };
+        gpt_forward_backward_dropout(&cfg, &params, &inputs[t..], &targets[t..], 1, t, &mut acc, 1.0, Some(&second));
+        let max = grads.iter().zip(&acc).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max < 1e-12, "micro-batches with dropout: max diff {max:.2e}");
     }
 
     /// Accumulation at the model level: two micro-batches accumulated with dloss = 1/total count

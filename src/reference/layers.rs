@@ -176,6 +176,16 @@ pub fn matmul_backward<T: Float>(
 pub fn attention_forward<T: Float>(
     out: &mut [T], preatt: &mut [T], att: &mut [T], qkv: &[T], b: usize, t: usize, c: usize, nh: usize,
 ) {
+    attention_forward_dropout(out, preatt, att, qkv, None, b, t, c, nh)
+}
+
+/// `attention_forward` with dropout on the attention probabilities: out = (att * mask) v, where
+/// `mask` [B,NH,T,T] holds each probability's factor (0 or 1/(1-p), `dropout::Dropout::mask`);
+/// `att` keeps the probabilities before dropout (the softmax backward needs them).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_dropout<T: Float>(
+    out: &mut [T], preatt: &mut [T], att: &mut [T], qkv: &[T], mask: Option<&[T]>, b: usize, t: usize, c: usize, nh: usize,
+) {
     assert!(nh > 0 && c.is_multiple_of(nh), "C = {c} is not a multiple of NH = {nh}");
     let hs = c / nh;
     let scale: T = lit(1.0 / (hs as f64).sqrt());
@@ -212,10 +222,11 @@ pub fn attention_forward<T: Float>(
                 }
                 // weighted sum of the values
                 let o = (bi * t + ti) * c + h * hs;
+                let m = |e: usize| mask.map_or(T::one(), |m| m[e]);
                 for i in 0..hs {
                     let mut acc = T::zero();
                     for t2 in 0..=ti {
-                        acc = acc + att[row + t2] * qkv[(bi * t + t2) * c3 + 2 * c + h * hs + i];
+                        acc = acc + att[row + t2] * m(row + t2) * qkv[(bi * t + t2) * c3 + 2 * c + h * hs + i];
                     }
                     out[o + i] = acc;
                 }
@@ -243,6 +254,17 @@ pub fn attention_backward<T: Float>(
     dqkv: &mut [T], dpreatt: &mut [T], datt: &mut [T], dout: &[T], qkv: &[T], att: &[T], b: usize, t: usize, c: usize,
     nh: usize,
 ) {
+    attention_backward_dropout(dqkv, dpreatt, datt, dout, qkv, att, None, b, t, c, nh)
+}
+
+/// The backward of `attention_forward_dropout`: with m the probabilities' factors,
+/// datt[t2] += m[t2] (dout[t] . v[t2]) (the gradient of the probabilities before dropout) and
+/// dv[t2] += m[t2] att[t2] dout[t]; the softmax and q/k lines are unchanged.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_dropout<T: Float>(
+    dqkv: &mut [T], dpreatt: &mut [T], datt: &mut [T], dout: &[T], qkv: &[T], att: &[T], mask: Option<&[T]>, b: usize,
+    t: usize, c: usize, nh: usize,
+) {
     assert!(nh > 0 && c.is_multiple_of(nh), "C = {c} is not a multiple of NH = {nh}");
     let hs = c / nh;
     let scale: T = lit(1.0 / (hs as f64).sqrt());
@@ -256,12 +278,13 @@ pub fn attention_backward<T: Float>(
                 // out = att . v
                 for t2 in 0..=ti {
                     let v = (bi * t + t2) * c3 + 2 * c + h * hs;
+                    let m = mask.map_or(T::one(), |m| m[row + t2]);
                     let mut s = T::zero();
                     for i in 0..hs {
                         s = s + dout[g + i] * qkv[v + i];
-                        dqkv[v + i] = dqkv[v + i] + att[row + t2] * dout[g + i];
+                        dqkv[v + i] = dqkv[v + i] + att[row + t2] * m * dout[g + i];
                     }
-                    datt[row + t2] = datt[row + t2] + s;
+                    datt[row + t2] = datt[row + t2] + s * m;
                 }
                 // att = softmax(preatt)
                 let mut dot = T::zero();

@@ -5,6 +5,7 @@
 //!   points: `<layer>_forward` with its `<layer>_backward` right under it, plus `accumulate`,
 //!   `grad_norm`, `scale` and `adamw`.
 //! - `gpt`: the whole GPT (config, parameter slab layout, init, forward, backward).
+//! - `dropout`: dropout's counter-based random numbers (the twin of `shaders/prelude.wgsl`).
 //! - `rng`: splitmix64 and Box-Muller, the documented generator of the initialization.
 //! - `cnn`, `cnn_model`: the same for the CNN.
 //!
@@ -17,11 +18,12 @@
 
 pub mod cnn;
 pub mod cnn_model;
+pub mod dropout;
 pub mod gpt;
 pub mod layers;
 pub mod rng;
 
-pub use gpt::{GptConfig, gpt_forward, gpt_forward_backward, gpt_logits, init_params};
+pub use gpt::{GptConfig, gpt_forward, gpt_forward_backward, gpt_forward_backward_dropout, gpt_forward_dropout, gpt_logits, init_params};
 pub use layers::*;
 pub use rng::splitmix64;
 

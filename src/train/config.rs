@@ -142,7 +142,9 @@ pub struct TrainConfig {
     /// micro-batch of each window is short (normalized by its real count).
     pub effective_batch: usize,
     /// GPT: dropout probability (nanoGPT's places: the embedding, attention probabilities, the
-    /// residual branches). Only 0 is implemented.
+    /// residual branches), masks drawn on the device from a counter-based hash of (seed, step,
+    /// window position, element), so B x K and B*K x 1 drop the same elements. Evaluation and
+    /// sampling never drop.
     pub dropout: f64,
     /// GPT: biases in the Linear and LayerNorm layers. gradscope's GPT always has them: only
     /// `true` is accepted.
@@ -379,8 +381,8 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
-        if self.dropout != 0.0 {
-            return bad(format!("dropout = {}: gradscope's GPT has no dropout yet (only dropout = 0 trains)", self.dropout));
+        if self.dropout != 0.0 && self.model == ModelKind::Cnn {
+            return bad(format!("dropout = {}: dropout is for the GPT (the CNN has none)", self.dropout));
         }
         if !self.bias {
             return bad("bias = false: gradscope's GPT always has biases in its Linear and LayerNorm layers (bias = true)".into());

@@ -76,6 +76,8 @@ impl GptModel {
         gpu_model.set_vocab_chunk(cfg.vocab_chunk)?;
         gpu_model.set_activation_checkpointing(cfg.checkpoint_activations)?;
         gpu_model.set_precision(cfg.precision)?;
+        // dropout's masks are keyed by the run's seed (and each window's step and positions)
+        gpu_model.set_dropout(cfg.dropout, cfg.seed as u32)?;
         gpu_model.set_micro_batch(cfg.micro_batch)?;
         let sampler = TextSampler::new(cfg.data_seed, cfg.block_size, cfg.padded);
         Ok(Self { gcfg, data, gpu_model, sampler, plan, notice })
@@ -218,6 +220,10 @@ impl Model for GptModel {
     fn record_micro_batches(&mut self, s: &mut Submission, batches: &[MicroBatch], first: usize, k: usize, dloss: f32) -> anyhow::Result<()> {
         let pairs = batches.iter().map(|mb| Ok((tokens(mb)?, mb.targets.as_slice()))).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(self.gpu_model.record_micro_steps(s, &pairs, first, k, dloss)?)
+    }
+
+    fn set_window_step(&mut self, step: u64) {
+        self.gpu_model.set_window_step(step);
     }
 
     fn evaluate(&mut self, cfg: &TrainConfig, size: EvalSize) -> anyhow::Result<Evaluation> {

@@ -121,6 +121,9 @@ pub trait Model: Send {
     /// Record micro-batches `first..first + batches.len()` of a window of `k` into `s` (see the
     /// module's contract); each counted item's loss weighs `dloss`.
     fn record_micro_batches(&mut self, s: &mut Submission, batches: &[MicroBatch], first: usize, k: usize, dloss: f32) -> anyhow::Result<()>;
+    /// The optimizer step the next window makes (the key of dropout's masks; models without
+    /// dropout ignore it).
+    fn set_window_step(&mut self, _step: u64) {}
     /// Held-out loss (and accuracy). Clobbers the window figures: call between windows.
     fn evaluate(&mut self, cfg: &TrainConfig, size: EvalSize) -> anyhow::Result<Evaluation>;
     /// Device time per dispatch of one micro-batch's train program (timestamp queries) on

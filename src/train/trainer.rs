@@ -235,6 +235,8 @@ impl Trainer {
 
     /// Draw the next window and pack its micro-batches (nothing runs yet).
     pub fn begin_window(&mut self) -> Window {
+        // the window makes step `step + 1` (dropout's masks are keyed by it)
+        self.model.set_window_step(self.step as u64 + 1);
         let batches = self.model.draw_window(self.cfg.effective(), self.cfg.micro_batch);
         let count = batches.iter().map(|b| b.count).sum();
         Window { batches, next: 0, count, started: Instant::now() }

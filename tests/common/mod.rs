@@ -3,7 +3,7 @@
 //! buffers, NaN poisoning, and the error measure used against the CPU reference.
 #![allow(dead_code)]
 
-use gradscope::gpu::{AdapterChoice, Category, Gpu, GpuBuffer, View};
+use gradscope::gpu::{AdapterChoice, Category, Gpu, GpuBuffer, ProgramBuilder, View};
 
 /// The device for GPU tests. `GRADSCOPE_ADAPTER` picks one by name substring.
 pub fn gpu() -> Gpu {
@@ -15,6 +15,13 @@ pub fn gpu() -> Gpu {
              On Debian/Ubuntu without a GPU: sudo apt-get install mesa-vulkan-drivers libvulkan1"
         ),
     }
+}
+
+/// Record what `f` records into one program and run it (waits).
+pub fn run(g: &Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
+    let mut pb = ProgramBuilder::new(g);
+    f(&mut pb);
+    pb.finish("test").run();
 }
 
 /// splitmix64, seeded per test run (printed, so a failure can be replayed with GRADSCOPE_SEED).
