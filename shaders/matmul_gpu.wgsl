@@ -13,10 +13,10 @@
 // one when the operand's contiguous dimension is a multiple of 4 and its offset is 4-aligned
 // (flag bits 4 and 5 clear), the scalar one otherwise (4 guarded scalar loads instead of one
 // vec4). Tile edges read zeros and stores are guarded, so M, N and K are arbitrary.
-// Flags (Params.flags), as matmul_cpu.wgsl's where they overlap:
+// Flags (Params.flags), numbered as matmul_cpu.wgsl's where they overlap (no accumulating
+// forward here: the input gradient has its own kernel, so the weights need no transpose):
 //   bit 0 (forward): add the bias;
 //   bit 1 (forward): also write aux = GELU(out) (the MLP's GELU fused into its first matmul);
-//   bit 2 (forward): accumulate, out += inp . weight^T;
 //   bit 3 (input gradient): dinp += GELU'(pre) * (dout . weight), the GELU backward of a gradient
 //          that starts at zero fused into the second MLP matmul's input gradient;
 //   bit 4: operand A is bound scalar; bit 5: operand B is bound scalar.
@@ -179,15 +179,11 @@ fn matmul_forward_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
             let j = j0 + tx * 4u + b;
             if (j >= p.N) { break; }
             let e = i * p.N + j;
-            if ((p.flags & 4u) != 0u) {
-                out[p.o0 + e] = act(f32(out[p.o0 + e]) + row[b]);
-            } else {
-                var bj = 0.0;
-                if ((p.flags & 1u) != 0u) { bj = bias[p.o3 + j]; }
-                let v = act(row[b] + bj);
-                out[p.o0 + e] = v;
-                if ((p.flags & 2u) != 0u) { aux[p.o4 + e] = act(gelu(f32(v))); }
-            }
+            var bj = 0.0;
+            if ((p.flags & 1u) != 0u) { bj = bias[p.o3 + j]; }
+            let v = act(row[b] + bj);
+            out[p.o0 + e] = v;
+            if ((p.flags & 2u) != 0u) { aux[p.o4 + e] = act(gelu(f32(v))); }
         }
     }
 }
