@@ -3,7 +3,6 @@
 mod common;
 
 use gradscope::gpu::{Category, MemorySnapshot, Precision};
-use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;

@@ -21,7 +21,7 @@ const B_SCALAR: u32 = 32;
 
 /// Whether an operand with contiguous dimension `contiguous` can be read as vec4.
 fn vec4_ok(v: &View, contiguous: usize) -> bool {
-    contiguous % 4 == 0 && v.offset % 4 == 0
+    contiguous.is_multiple_of(4) && v.offset.is_multiple_of(4)
 }
 
 /// The (vec4, scalar) argument pair of an operand of `len` elements: one bound, the other the
