@@ -419,6 +419,14 @@ fn bench_reports_every_figure_as_json() {
     assert!(out.status.success(), "{stdout}");
     let j: serde_json::Value = serde_json::from_str(&stdout).expect("bench --json prints one JSON document");
     assert!(j["matmul_ceiling_gflops"].as_f64().unwrap() > 0.0, "{j}");
+    // every matmul variant measured, the one the device's kernel set runs marked
+    let kernels = j["kernels"].as_str().unwrap();
+    assert!(["cpu", "gpu"].contains(&kernels), "{j}");
+    let matmuls = j["matmul"].as_array().unwrap();
+    let variants: Vec<&str> = matmuls.iter().map(|m| m["variant"].as_str().unwrap()).collect();
+    assert_eq!(variants, ["GpuTiled", "RegisterBlocked", "Tiled"], "{j}");
+    let selected: Vec<&str> = matmuls.iter().filter(|m| m["selected"] == true).map(|m| m["variant"].as_str().unwrap()).collect();
+    assert_eq!(selected, [if kernels == "cpu" { "RegisterBlocked" } else { "GpuTiled" }], "{j}");
     let gpt = j["gpt"].as_array().unwrap();
     let shapes: Vec<(u64, u64)> = gpt.iter().map(|r| (r["micro_batch"].as_u64().unwrap(), r["accum_steps"].as_u64().unwrap())).collect();
     assert_eq!(shapes, [(2, 2), (4, 1)]);
@@ -435,7 +443,7 @@ fn bench_reports_every_figure_as_json() {
     let expected: &[&str] = if cpu {
         &["matmul_backward_weight_cpu_v4", "transpose_cpu", "attention_scores_cpu", "attention_softmax_cpu", "attention_backward_key_value_cpu"]
     } else {
-        &["matmul_forward", "matmul_backward_input", "attention_forward", "gelu_forward"]
+        &["matmul_forward_gpu", "matmul_backward_input_gpu", "matmul_backward_weight_gpu", "attention_forward"]
     };
     for k in expected {
         assert!(kernels.contains(k), "{k} missing from the profile {kernels:?}");

@@ -129,7 +129,7 @@ fn matmul_both_variants_match_reference() {
         (70, 512, 128, true),
         (5, 12, 1, true),
     ];
-    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled, MatmulVariant::GpuTiled] {
         for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
             matmul_case(variant, i % 2 == 0, m, k, n, bias, &mut rng);
         }
@@ -523,7 +523,7 @@ fn fused_gelu_matmuls_match_reference() {
     let mut rng = Rng::fresh("matmul_gelu");
     // (M, K, N, bias): the GPT's c_fc / c_proj shapes at B*T 37, K not a multiple of 4 (unfused)
     let shapes = [(37, 32, 128, true), (16, 128, 32, false), (9, 6, 10, true)];
-    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled, MatmulVariant::GpuTiled] {
         for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
             for transposed in [false, true] {
                 // forward: pre [M,N] = x [M,K] . w1 [N,K]^T + b1, post = GELU(pre)
@@ -589,7 +589,7 @@ fn transposed_input_gradient_matches_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("matmul_t");
     let shapes = [(64, 32, 96, true), (37, 128, 32, false), (5, 32, 128, true), (70, 12, 20, true), (3, 8, 4, false)];
-    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+    for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled, MatmulVariant::GpuTiled] {
         for (i, &(m, k, n, bias)) in shapes.iter().enumerate() {
             let inp = rng.vec(m * k, 1.0);
             let weight = rng.vec(n * k, 1.0);

@@ -3,7 +3,6 @@
 mod common;
 
 use gradscope::gpu::{Category, MemorySnapshot, Precision};
-use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;
@@ -233,7 +232,7 @@ fn training_under_a_memory_budget_uses_the_plan() {
     let g = common::gpu();
     let base = gpt(2, 2, 32, 32, 16, 1, false);
     let spec = ModelSpec::Gpt(GptConfig { vocab_size: 65, block_size: 32, n_layer: 2, n_head: 2, n_embd: 32 });
-    let opts = MemoryOptions { kernels: MatmulVariant::for_device(g.kind), ..Default::default() };
+    let opts = MemoryOptions { kernels: g.kernels().matmul(), ..Default::default() };
     let budget = spec.predict(5, 3, 3, opts).total() + 1000;
     let cfg = TrainConfig { memory_budget: format!("{budget}"), effective_batch: 13, ..base };
     let before = g.ledger.snapshot();

@@ -39,6 +39,7 @@ const ACT_TYPED: &[&str] = &[
     "layernorm",
     "matmul",
     "matmul_cpu",
+    "matmul_gpu",
     "attention",
     "attention_cpu",
     "gelu",

@@ -530,7 +530,7 @@ impl GradscopeApp {
                 ModelSpec::Cnn(crate::reference::cnn_model::CnnConfig::new(side, side, vocab, c.norm))
             }
         };
-        let kernels = crate::gpu::kernels::MatmulVariant::for_device(self.gpu.kind);
+        let kernels = self.gpu.kernels().matmul();
         let limits = crate::model::layout::SlabLimits::of(&self.gpu);
         let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels, limits, vocab_chunk: c.vocab_chunk, dropout: c.dropout > 0.0 };
         let curve = |o: MemoryOptions| -> Vec<[f64; 2]> {

@@ -28,8 +28,20 @@ pub fn by_kernel(profile: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
     kernels
 }
 
+/// The shape of a measured GPT (for comparisons with other frameworks on the same shape).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct GptShape {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub block_size: usize,
+    pub vocab_size: usize,
+    pub params: usize,
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GptBench {
+    pub model: GptShape,
     pub micro_batch: usize,
     pub accum_steps: usize,
     pub steps: usize,
@@ -128,7 +140,12 @@ impl GptRun {
         let (fwd, train) = t.model.time_micro_programs(reps)?;
         let (norm, clip, adamw) = t.model.slabs_mut().time_step_programs(reps)?;
         let kernels = by_kernel(t.model.profile_micro_batch()?);
+        let model = GptShape {
+            n_layer: g.n_layer, n_head: g.n_head, n_embd: g.n_embd, block_size: g.block_size, vocab_size: g.vocab_size,
+            params: g.num_params(),
+        };
         Ok(GptBench {
+            model,
             micro_batch: b,
             accum_steps: k,
             steps: self.step_seconds.len(),

@@ -1,4 +1,4 @@
-//! Matmul throughput of both kernel variants on the current adapter, checked against f64.
+//! Matmul throughput of every kernel variant on the current adapter, checked against f64.
 //! This is the ceiling the end-to-end trainer is compared with.
 
 use std::time::Instant;
@@ -15,6 +15,10 @@ pub struct MatmulResult {
     pub ms_per_matmul: f64,
     /// Max relative error of sampled outputs against an f64 dot product.
     pub max_rel_err: f64,
+    /// gflops as a percentage of the adapter's FP32 peak, when the peak is known.
+    pub percent_of_peak: Option<f64>,
+    /// Whether this is the variant the device's kernel set runs.
+    pub selected: bool,
 }
 
 fn lcg(state: &mut u64) -> f32 {
@@ -62,5 +66,7 @@ pub fn bench_matmul(gpu: &Gpu, variant: MatmulVariant, n: usize, min_seconds: f6
         gflops: flops / secs / 1e9,
         ms_per_matmul: secs / reps as f64 * 1e3,
         max_rel_err: max_rel,
+        percent_of_peak: None,
+        selected: gpu.kernels().matmul() == variant,
     })
 }

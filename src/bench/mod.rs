@@ -2,4 +2,5 @@
 
 pub mod gpt;
 pub mod matmul;
+pub mod peak;
 pub mod report;

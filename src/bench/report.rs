@@ -3,12 +3,17 @@
 
 use super::gpt::{CnnBench, GptBench};
 use super::matmul::MatmulResult;
+use super::peak::Peak;
 use crate::gpu::human_bytes;
 
 /// Everything one `bench` run measured (`--json` prints it).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BenchReport {
     pub adapter: String,
+    /// The device's kernel set (`cpu` or `gpu`, see `gpu::kernel_set`).
+    pub kernels: String,
+    /// The adapter's FP32 peak, when known (table of known GPUs or `--peak-tflops`).
+    pub fp32_peak: Option<Peak>,
     pub matmul: Vec<MatmulResult>,
     /// The fastest matmul measured: what the end-to-end figures are compared with.
     pub matmul_ceiling_gflops: f64,
@@ -18,6 +23,8 @@ pub struct BenchReport {
     pub gpt_f16: Option<GptBench>,
     /// B 16 x K 4, then B 64 x K 1.
     pub cnn: Vec<CnnBench>,
+    /// GPT-2 small's shape (12 layers, 12 heads, 768, block 1024, vocabulary 50,257).
+    pub gpt2_small: Option<GptBench>,
 }
 
 impl BenchReport {
@@ -27,16 +34,31 @@ impl BenchReport {
     }
 }
 
+/// The adapter, its kernel set and its FP32 peak.
+pub fn header_line(rep: &BenchReport) -> String {
+    let peak = match &rep.fp32_peak {
+        Some(p) => format!("FP32 peak {:.1} TFLOP/s ({})", p.tflops, p.source),
+        None => "FP32 peak unknown (--peak-tflops to give it)".into(),
+    };
+    format!("adapter {} ({} kernels), {peak}", rep.adapter, rep.kernels)
+}
+
+/// One matmul measurement; `*` marks the variant the device's kernel set runs.
 pub fn matmul_line(r: &MatmulResult) -> String {
-    format!("matmul {:>16} {:>5}^3  {:>8.2} GFLOP/s  {:>9.2} ms  max rel err {:.1e}", r.variant, r.size, r.gflops, r.ms_per_matmul, r.max_rel_err)
+    let peak = r.percent_of_peak.map_or(String::new(), |p| format!("  {p:>5.1}% of peak"));
+    let mark = if r.selected { "*" } else { " " };
+    format!(
+        "matmul {:>16}{mark} {:>5}^3  {:>9.2} GFLOP/s  {:>9.2} ms  max rel err {:.1e}{peak}",
+        r.variant, r.size, r.gflops, r.ms_per_matmul, r.max_rel_err
+    )
 }
 
 /// Throughput, the phases of a step and the largest kernels of one micro-batch.
 pub fn gpt_lines(r: &GptBench, ceiling: f64) -> String {
     let p = &r.phases;
     let mut s = format!(
-        "gpt B {:>3} x K {:>2}: {:>7.0} tokens/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling {:.2})  {:.3} s/step\n",
-        r.micro_batch, r.accum_steps, r.tokens_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), ceiling, r.seconds_per_step
+        "gpt {} B {:>3} x K {:>2}: {:>7.0} tokens/s  {:>6.2} GFLOP/s ({:.0}% of the matmul ceiling {:.2})  {:.3} s/step\n",
+        shape(r), r.micro_batch, r.accum_steps, r.tokens_per_s, r.gflops, 100.0 * r.gflops / ceiling.max(1e-9), ceiling, r.seconds_per_step
     );
     s += &format!(
         "    per step: forward {:.3} s, backward {:.3} s, accumulate {:.3} s (fused: += in backward), clip {:.4} s, optimizer {:.4} s",
@@ -50,6 +72,12 @@ pub fn gpt_lines(r: &GptBench, ceiling: f64) -> String {
         }
     }
     s
+}
+
+/// "L2 H4 C128 T64 V65": the GPT's layers, heads, channels, block size and vocabulary.
+pub fn shape(r: &GptBench) -> String {
+    let m = &r.model;
+    format!("L{} H{} C{} T{} V{}", m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size)
 }
 
 /// The accumulation tax: B x K against the same effective batch in one micro-batch.

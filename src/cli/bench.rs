@@ -13,9 +13,19 @@ use super::{ConfigFlags, EXIT_OK, device};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Matrix sizes for the matmul benchmark.
-    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
-    sizes: Vec<usize>,
+    /// Matrix sizes for the matmul benchmark (n for n x n x n), every variant at each
+    /// [default: 256,512,1024 on CPU adapters, 1024,4096 on GPUs].
+    #[arg(long, alias = "matmul-sizes", value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// The adapter's FP32 peak in TFLOP/s, for the matmul's percentage of peak (known GPUs are
+    /// recognised by name: `gradscope::bench::peak`).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Also measure GPT-2 small's shape (12 layers, 12 heads, 768, block 1024, vocabulary
+    /// 50,257) at B x K, e.g. `4x2`; `off` skips it [default: 4x2 on GPUs, off on CPU adapters,
+    /// where one step takes minutes].
+    #[arg(long, value_name = "BxK")]
+    gpt2_small: Option<String>,
     /// Seconds of timed work per matmul measurement.
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
@@ -41,9 +51,15 @@ pub struct BenchArgs {
 }
 
 pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
-    let BenchArgs { sizes, seconds, steps, json, single, warmup, config } = args;
+    let BenchArgs { sizes, peak_tflops, gpt2_small, seconds, steps, json, single, warmup, config } = args;
     let base = config.load()?;
     let gpu = device(choice)?;
+    let on_gpu = gpu.kind == gradscope::gpu::DeviceKind::Gpu;
+    let sizes = sizes.unwrap_or_else(|| if on_gpu { vec![1024, 4096] } else { vec![256, 512, 1024] });
+    let gpt2_small = parse_batch(gpt2_small.as_deref().unwrap_or(if on_gpu { "4x2" } else { "off" }))?;
+    if peak_tflops.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+        anyhow::bail!("--peak-tflops must be a positive number of TFLOP/s");
+    }
     if single {
         return single_run(&gpu, &base, warmup, steps, json);
     }
@@ -52,10 +68,17 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
             outln!("{line}");
         }
     };
-    let mut rep = BenchReport { adapter: gpu.summary.name.clone(), ..Default::default() };
+    let mut rep = BenchReport {
+        adapter: gpu.summary.name.clone(),
+        kernels: gpu.kernels().name().into(),
+        fp32_peak: gradscope::bench::peak::fp32_peak(&gpu.summary.name, peak_tflops),
+        ..Default::default()
+    };
+    say(report::header_line(&rep));
     for &n in &sizes {
-        for v in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
-            let r = gradscope::bench::matmul::bench_matmul(&gpu, v, n, seconds)?;
+        for v in [MatmulVariant::GpuTiled, MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
+            let mut r = gradscope::bench::matmul::bench_matmul(&gpu, v, n, seconds)?;
+            r.percent_of_peak = rep.fp32_peak.as_ref().map(|p| 100.0 * r.gflops / (p.tflops * 1e3));
             say(report::matmul_line(&r));
             rep.matmul.push(r);
         }
@@ -75,7 +98,7 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
         }
         let spec = gradscope::train::plan::model_spec(&base)?;
         let acts = |checkpoint_activations, precision| {
-            let opts = MemoryOptions { checkpoint_activations, precision, kernels: MatmulVariant::for_device(gpu.kind), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk, dropout: base.dropout > 0.0 };
+            let opts = MemoryOptions { checkpoint_activations, precision, kernels: gpu.kernels().matmul(), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk, dropout: base.dropout > 0.0 };
             activation_bytes(&spec, base.micro_batch, opts)
         };
         // the time cost of activation checkpointing at B x K
@@ -102,10 +125,37 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
             say(report::cnn_tax_line(accumulated, true_batch));
         }
     }
+    if let (Some((b, k)), true) = (gpt2_small, steps > 0) {
+        // the file and the flags, then the shape on top
+        let mut keys = config.table();
+        keys.extend(super::config::profile(GPT2_SMALL));
+        let g2 = TrainConfig::load_table(config.file.as_deref(), keys)?;
+        let r = gradscope::bench::gpt::bench_gpt(&gpu, &g2, b, k, 1, steps)?;
+        say(report::gpt_lines(&r, ceiling));
+        rep.gpt2_small = Some(r);
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&rep)?);
     }
     Ok(EXIT_OK)
+}
+
+/// GPT-2 small's shape (configs/gpt2-small.toml without its batch; the file's and the command
+/// line's other keys still apply).
+const GPT2_SMALL: &str = "n_layer = 12\nn_head = 12\nn_embd = 768\nblock_size = 1024\nvocab_size = 50257\n";
+
+/// `4x2` -> Some((4, 2)); `off` -> None.
+fn parse_batch(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || anyhow::anyhow!("--gpt2-small {s:?}: expected BxK (e.g. 4x2) or off");
+    let (b, k) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (b, k): (usize, usize) = (b.trim().parse().map_err(|_| bad())?, k.trim().parse().map_err(|_| bad())?);
+    if b == 0 || k == 0 {
+        return Err(bad());
+    }
+    Ok(Some((b, k)))
 }
 
 /// `bench --single`: one configuration, its steps and the ledger.

@@ -14,6 +14,7 @@ pub fn run(choice: &AdapterChoice) -> anyhow::Result<i32> {
         outln!("{a}\n");
     }
     let gpu = device(choice)?;
-    outln!("selected: {} ({:?} kernels)", gpu.summary.name, gpu.kind);
+    let k = gpu.kernels();
+    outln!("selected: {} ({k} kernels: {}; {} to choose)", gpu.summary.name, k.describe(), gradscope::gpu::KERNELS_ENV);
     Ok(EXIT_OK)
 }

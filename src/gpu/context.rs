@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::ledger::{Category, GpuBuffer, Ledger};
+use super::kernel_set::{KERNELS_ENV, KernelSet};
 use super::registry::Registry;
 
 /// What kind of device runs the kernels. Kernel variants are chosen by this: workgroup-memory
@@ -225,6 +226,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub summary: Arc<AdapterSummary>,
     pub kind: DeviceKind,
+    /// The kernel family this device runs, chosen once (`KernelSet::from_env`).
+    kernels: KernelSet,
     pub ledger: Ledger,
     pub registry: Arc<Registry>,
     /// Device errors wgpu reported outside an error scope (validation, out of memory), kept
@@ -278,7 +281,8 @@ impl Gpu {
         })?;
         let gpu = Self::from_device(&adapter, device, queue);
         gpu.cap_from_env().map_err(|message| GpuError::Device { what: MAX_BINDING_ENV.into(), message })?;
-        Ok(gpu)
+        let kernels = KernelSet::from_env(gpu.kind).map_err(|message| GpuError::Device { what: KERNELS_ENV.into(), message })?;
+        Ok(gpu.with_kernels(kernels))
     }
 
     /// Wrap a device created elsewhere (the app gets its device from eframe).
@@ -288,6 +292,12 @@ impl Gpu {
             wgpu::DeviceType::Cpu => DeviceKind::Cpu,
             _ => DeviceKind::Gpu,
         };
+        // an unreadable override is reported by `with_limits`; a device made elsewhere (the app's)
+        // warns and keeps the default
+        let kernels = KernelSet::from_env(kind).unwrap_or_else(|e| {
+            eprintln!("gradscope: {e}; using the {} kernels", KernelSet::for_kind(kind));
+            KernelSet::for_kind(kind)
+        });
         let registry = Arc::new(Registry::new(&device));
         let errors: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let lost: Arc<std::sync::atomic::AtomicBool> = Arc::default();
@@ -307,9 +317,20 @@ impl Gpu {
             GpuBuffer::new(&device, &ledger, "unused writable bindings", Category::Scratch, UNUSED_BINDING_BYTES - UNUSED_SLOT, usage),
         ));
         Self {
-            device, queue, summary: Arc::new(summary), kind, ledger, registry, errors, lost, submitted: Arc::default(),
+            device, queue, summary: Arc::new(summary), kind, ledger, kernels, registry, errors, lost, submitted: Arc::default(),
             unused, tracer: Arc::default(), traced: Arc::default(), binding_cap: Arc::default(),
         }
+    }
+
+    /// The kernel family this device runs (see `gpu::kernel_set`).
+    pub fn kernels(&self) -> KernelSet {
+        self.kernels
+    }
+
+    /// The same device with another kernel family (tests run both families on one adapter).
+    pub fn with_kernels(mut self, kernels: KernelSet) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     /// Submit recorded work (the one place that does; readbacks submit their copies themselves).

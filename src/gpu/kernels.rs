@@ -5,30 +5,26 @@
 //! `crossentropy_chunk_backward`, which assigns (one scratch serves every vocabulary chunk).
 
 use super::context::DeviceKind;
+use super::kernel_set::KernelSet;
 use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View, grid_1d};
 
 type R = Result<(), ProgramError>;
 
-/// The matmul implementation: shared-memory tiles (GPUs) or register blocks (CPU adapters).
+/// The matmul implementation. The device's kernel set picks it (`KernelSet::matmul`); the
+/// `*_with` launchers take one explicitly so tests run every variant on one adapter.
 /// The other kernels follow the same choice (attention blocks, fused GELU on CPU adapters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MatmulVariant {
-    /// matmul.wgsl: 16x16 workgroup tiles; any shape.
+    /// matmul.wgsl: 16x16 workgroup tiles, one output per invocation; any shape. The simple twin
+    /// (and the fallback of `RegisterBlocked` for shapes it cannot take).
     #[default]
     Tiled,
     /// matmul_cpu.wgsl: 4x8 outputs per invocation from vec4 loads, no barriers. Needs K % 4 == 0
     /// and 4-aligned offsets of its vec4 operands; other shapes fall back to `Tiled`.
     RegisterBlocked,
-}
-
-impl MatmulVariant {
-    /// The variant that is fast on this kind of device.
-    pub fn for_device(kind: DeviceKind) -> Self {
-        match kind {
-            DeviceKind::Cpu => MatmulVariant::RegisterBlocked,
-            DeviceKind::Gpu => MatmulVariant::Tiled,
-        }
-    }
+    /// matmul_gpu.wgsl: 64x64 workgroup tiles, 4x4 outputs per invocation, vec4 loads where an
+    /// operand allows them; any shape (`kernels_gpu.rs`).
+    GpuTiled,
 }
 
 /// Dropout in one dispatch (`reference::dropout`): the micro-batch's key ([seed, step, window
@@ -115,8 +111,13 @@ pub fn norm_groups(buffers: usize) -> usize {
 }
 
 impl ProgramBuilder {
+    /// The device's kernel family (chosen once, `Gpu::kernels`).
+    pub fn kernels(&self) -> KernelSet {
+        self.gpu().kernels()
+    }
+
     fn variant(&self) -> MatmulVariant {
-        MatmulVariant::for_device(self.gpu().kind)
+        self.kernels().matmul()
     }
 
     /// Refuse, on a CPU adapter, a dispatch of `kernel` whose invocations would loop more than
@@ -124,7 +125,7 @@ impl ProgramBuilder {
     /// together, plus one for every loop entered after the first (measured on lavapipe: one loop
     /// of 65,535 iterations completes; three passes over C = 21,845 do not, over 21,844 they
     /// do); loops of a constant trip count of at most 16 are unrolled and not counted.
-    fn check_loops(&self, kernel: &str, iterations: usize) -> R {
+    pub(super) fn check_loops(&self, kernel: &str, iterations: usize) -> R {
         if self.gpu().kind == DeviceKind::Cpu && iterations > CPU_ADAPTER_MAX_LOOP {
             return Err(ProgramError::Shape {
                 kernel: kernel.into(),
@@ -214,6 +215,9 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, out: &View, inp: &View, weight: &View, bias: Option<&View>,
         m: usize, k: usize, n: usize,
     ) -> R {
+        if variant == MatmulVariant::GpuTiled {
+            return self.matmul_forward_gpu(out, inp, weight, bias, None, m, k, n);
+        }
         if forward_cpu_fits(variant, k, inp, weight) {
             return self.matmul_forward_cpu(out, inp, weight, bias, None, 0, m, k, n);
         }
@@ -258,7 +262,9 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, out: &View, gelu_out: &View, inp: &View, weight: &View, bias: Option<&View>,
         m: usize, k: usize, n: usize,
     ) -> R {
-        if forward_cpu_fits(variant, k, inp, weight) {
+        if variant == MatmulVariant::GpuTiled {
+            self.matmul_forward_gpu(out, inp, weight, bias, Some(gelu_out), m, k, n)?;
+        } else if forward_cpu_fits(variant, k, inp, weight) {
             self.matmul_forward_cpu(out, inp, weight, bias, Some(gelu_out), 2, m, k, n)?;
         } else {
             self.matmul_forward_with(variant, out, inp, weight, bias, m, k, n)?;
@@ -286,6 +292,11 @@ impl ProgramBuilder {
         &mut self, variant: MatmulVariant, dpre: &View, dpost: &View, pre: &View, weight_t: Option<&View>, dweight: &View,
         dbias: Option<&View>, dout: &View, inp: &View, weight: &View, m: usize, k: usize, n: usize,
     ) -> R {
+        if variant == MatmulVariant::GpuTiled {
+            // the GELU backward fused into the input gradient's epilogue; dpost is not touched
+            self.matmul_backward_input_gpu(dpre, Some(pre), dout, weight, m, k, n)?;
+            return self.matmul_backward_with(variant, None, dweight, dbias, dout, inp, weight, m, k, n);
+        }
         if self.input_grad_transposed(variant, dpre, Some(pre), weight_t, dout, m, k, n)? {
             self.matmul_backward_with(variant, None, dweight, dbias, dout, inp, weight, m, k, n)
         } else {
@@ -362,6 +373,18 @@ impl ProgramBuilder {
         inp: &View, weight: &View, m: usize, k: usize, n: usize,
     ) -> R {
         let dims = Uniforms::new().n(m).n(k).n(n).u(dbias.is_some() as u32);
+        if variant == MatmulVariant::GpuTiled {
+            if let Some(dinp) = dinp {
+                self.matmul_backward_input_gpu(dinp, None, dout, weight, m, k, n)?;
+            }
+            self.matmul_backward_weight_gpu(dweight, dout, inp, m, k, n)?;
+            if let Some(dbias) = dbias {
+                let args = [(dweight, 0), (dweight, 0), (dbias, n), (dout, m * n)];
+                self.check_loops("matmul_backward_bias", m)?;
+                self.call("matmul", "matmul_backward_bias", 9, &args, dims, Grid::Threads(n))?;
+            }
+            return Ok(());
+        }
         let cpu = variant == MatmulVariant::RegisterBlocked && k % 4 == 0;
         let dinp_v = dinp.map_or((dweight, 0), |d| (d, m * k));
         let dbias_v = dbias.map_or((dweight, 0), |d| (d, n));

@@ -7,13 +7,14 @@ type R = Result<(), ProgramError>;
 
 impl ProgramBuilder {
     /// out [B,OC,HO,WO] = conv(inp [B,IC,H,W], weight [OC,IC,K,K]) + bias [OC]; stride 1.
-    /// Uses the register-blocked kernel (4 channels x 4 columns per invocation).
+    /// The device's kernel set chooses the kernel (`KernelSet::conv_blocked`).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_forward(
         &mut self, out: &View, inp: &View, weight: &View, bias: &View, b: usize, ic: usize, oc: usize, h: usize, w: usize,
         k: usize, pad: usize,
     ) -> R {
-        self.conv2d_forward_with(true, out, inp, weight, bias, b, ic, oc, h, w, k, pad)
+        let blocked = self.kernels().conv_blocked();
+        self.conv2d_forward_with(blocked, out, inp, weight, bias, b, ic, oc, h, w, k, pad)
     }
 
     /// `blocked`: conv2d_forward_x4, else the one-output-per-invocation conv2d_forward.
@@ -34,13 +35,14 @@ impl ProgramBuilder {
         Ok(())
     }
 
-    /// Uses the register-blocked input gradient (4 channels x 4 columns per invocation).
+    /// The device's kernel set chooses the input gradient's kernel (`KernelSet::conv_blocked`).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_backward(
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View, b: usize, ic: usize,
         oc: usize, h: usize, w: usize, k: usize, pad: usize,
     ) -> R {
-        self.conv2d_backward_with(true, dinp, dweight, dbias, dout, inp, weight, b, ic, oc, h, w, k, pad)
+        let blocked = self.kernels().conv_blocked();
+        self.conv2d_backward_with(blocked, dinp, dweight, dbias, dout, inp, weight, b, ic, oc, h, w, k, pad)
     }
 
     /// `blocked`: conv2d_backward_input_x4, else one input element per invocation.

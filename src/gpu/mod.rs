@@ -2,7 +2,9 @@
 //! the kernel registry, dispatch helpers (programs), typed kernel launchers, and readback.
 
 pub mod context;
+pub mod kernel_set;
 pub mod kernels;
+pub mod kernels_gpu;
 pub mod kernels_cnn;
 pub mod ledger;
 pub mod program;
@@ -11,6 +13,7 @@ pub mod registry;
 pub mod submit;
 pub mod trace;
 
+pub use kernel_set::{KERNELS_ENV, KernelSet};
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, MAX_BINDING_ENV, UNUSED_BINDING_BYTES, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes, parse_bytes};
 pub use program::{Bound, TENSOR_ALIGN, Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View, check_bindings};

@@ -24,6 +24,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_cpu", include_str!("../../shaders/matmul_cpu.wgsl")),
+    ("matmul_gpu", include_str!("../../shaders/matmul_gpu.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_cpu", include_str!("../../shaders/attention_cpu.wgsl")),
     ("gelu", include_str!("../../shaders/gelu.wgsl")),

@@ -290,7 +290,7 @@ impl GpuGpt {
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
-        let weights_t = match uses_transposed_weights(&cfg, MatmulVariant::for_device(gpu.kind)) {
+        let weights_t = match uses_transposed_weights(&cfg, gpu.kernels().matmul()) {
             true => {
                 let (packer, offsets) = transposed_weights_layout(&cfg, SlabLimits::of(gpu));
                 Some((allocate(gpu, "transposed block weights", Category::Scratch, &packer)?, offsets))

@@ -1,7 +1,6 @@
 //! Choosing B and K under a memory budget (`gradscope plan`, `train --memory-budget`): the
 //! device's limits plus the memory model of `model::memory`.
 
-use crate::gpu::kernels::MatmulVariant;
 use crate::gpu::{DeviceKind, Gpu};
 use crate::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, Plan, parse_bytes, plan};
 
@@ -22,7 +21,7 @@ pub fn memory_options(cfg: &TrainConfig, gpu: &Gpu) -> MemoryOptions {
     MemoryOptions {
         checkpoint_activations: cfg.checkpoint_activations,
         precision: cfg.precision,
-        kernels: MatmulVariant::for_device(gpu.kind),
+        kernels: gpu.kernels().matmul(),
         limits: crate::model::layout::SlabLimits::of(gpu),
         vocab_chunk: cfg.vocab_chunk,
         dropout: cfg.dropout > 0.0,

@@ -154,7 +154,7 @@ impl Trainer {
         let per = summary.items_per_sample;
         let gpu = self.gpu();
         Derived {
-            adapter: format!("{} ({:?} kernels)", gpu.summary.name, gpu.kind),
+            adapter: format!("{} ({} kernels)", gpu.summary.name, gpu.kernels()),
             params: summary.params,
             vocab_size: summary.classes,
             micro_batch: self.cfg.micro_batch,
@@ -365,6 +365,8 @@ impl Trainer {
         meta.insert("train_config".to_string(), serde_json::to_string(&self.cfg)?);
         meta.insert("step".to_string(), self.step.to_string());
         meta.insert("adam_step".to_string(), self.adam_step.to_string());
+        // the kernel family that trained it (results of the two differ by float rounding)
+        meta.insert("kernels".to_string(), self.gpu().kernels().name().to_string());
         if let Some(s) = &self.scaler {
             meta.insert("loss_scaler".to_string(), serde_json::to_string(&LossScaleState { scale: s.scale, clean: s.clean })?);
         }
