@@ -36,6 +36,7 @@ fn every_shader_parses_validates_and_follows_the_binding_convention() {
 const ACT_TYPED: &[&str] = &[
     "encoder",
     "layernorm",
+    "flash_attention",
     "matmul",
     "matmul_cpu",
     "attention",

@@ -91,7 +91,7 @@ impl ProgramBuilder {
     /// together, plus one for every loop entered after the first (measured on lavapipe: one loop
     /// of 65,535 iterations completes; three passes over C = 21,845 do not, over 21,844 they
     /// do); loops of a constant trip count of at most 16 are unrolled and not counted.
-    fn check_loops(&self, kernel: &str, iterations: usize) -> R {
+    pub(crate) fn check_loops(&self, kernel: &str, iterations: usize) -> R {
         if self.gpu().kind == DeviceKind::Cpu && iterations > CPU_ADAPTER_MAX_LOOP {
             return Err(ProgramError::Shape {
                 kernel: kernel.into(),

@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod kernels_attention;
 pub mod kernels_cnn;
 pub mod ledger;
 pub mod program;

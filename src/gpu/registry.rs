@@ -26,6 +26,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul_cpu", include_str!("../../shaders/matmul_cpu.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_cpu", include_str!("../../shaders/attention_cpu.wgsl")),
+    ("flash_attention", include_str!("../../shaders/flash_attention.wgsl")),
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),

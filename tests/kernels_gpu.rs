@@ -1,0 +1,146 @@
+//! The GPU family's kernels that have no CPU-family twin (flash attention, workgroup-per-row
+//! LayerNorm) against the CPU reference (run in f64) on fresh random inputs, on whatever adapter
+//! the tests get (lavapipe here: it has workgroup memory, barriers and subgroups). Shapes include
+//! edge tiles: T not a multiple of the kernels' tiles (64, 32, 24 rows), T = 1, C not a multiple
+//! of 4 where the kernel allows it. As in tests/kernels.rs, outputs are poisoned with NaN and
+//! gradients start from random values, so an unwritten element or an overwrite instead of `+=`
+//! fails.
+
+mod common;
+
+use common::{Rng, Tensors, check, f64s, gpu};
+use gradscope::gpu::kernels::MatmulVariant;
+use gradscope::gpu::kernels_attention::uses_flash_attention;
+use gradscope::gpu::{Category, Gpu, Precision, ProgramBuilder, View};
+use gradscope::reference::layers as r;
+
+const TOL: f64 = 1e-4;
+
+fn run(g: &Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
+    let mut pb = ProgramBuilder::new(g);
+    f(&mut pb);
+    pb.finish("test").run();
+}
+
+/// The reference's attention with each row's log-sum-exp of its scaled scores (what the flash
+/// forward keeps instead of the T x T matrices): (out, lse, att).
+fn reference_attention(qkv: &[f64], b: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let tt = b * nh * t * t;
+    let (mut out, mut preatt, mut att) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; tt]);
+    r::attention_forward(&mut out, &mut preatt, &mut att, qkv, b, t, c, nh);
+    let lse = (0..b * nh * t)
+        .map(|row| {
+            let q = row % t;
+            let s = &preatt[row * t..row * t + q + 1];
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+        })
+        .collect();
+    (out, lse, att)
+}
+
+/// The shapes of the flash attention tests: (shared, (B, T, C, NH)). Head sizes 4, 16, 32 and 64
+/// (the configurations use 32 and 64); T = 1, T below one tile, and T = 70, 130 and 200, which
+/// leave partial query blocks (64), key tiles (32) and query tiles of the key pass (24).
+const FLASH_CASES: [(bool, (usize, usize, usize, usize)); 6] =
+    [(true, (2, 5, 12, 3)), (false, (1, 70, 64, 2)), (true, (1, 1, 16, 1)), (false, (2, 130, 48, 3)), (true, (1, 200, 128, 2)), (false, (3, 33, 64, 1))];
+
+#[test]
+fn flash_attention_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("flash attention");
+    for (shared, (b, t, c, nh)) in FLASH_CASES {
+        assert!(uses_flash_attention(MatmulVariant::Tiled, c, nh));
+        let qkv = rng.vec(b * t * 3 * c, 1.5);
+        let dout = rng.vec(b * t * c, 1.0);
+        let dqkv0 = rng.vec(b * t * 3 * c, 1.0);
+        let rows = b * nh * t;
+        let mut ts = Tensors::new(&g, shared);
+        let (o, lse, x) = (ts.poisoned(b * t * c), ts.poisoned(rows), ts.f32(&qkv));
+        let (dx, dsum, dy) = (ts.f32(&dqkv0), ts.poisoned(rows), ts.f32(&dout));
+        ts.upload();
+        run(&g, |pb| {
+            pb.flash_attention_forward(ts.view(o), ts.view(lse), ts.view(x), b, t, c, nh).unwrap();
+            pb.flash_attention_backward(ts.view(dx), ts.view(dsum), ts.view(dy), ts.view(x), ts.view(o), ts.view(lse), b, t, c, nh)
+                .unwrap();
+        });
+        let (out, lse_ref, att) = reference_attention(&f64s(&qkv), b, t, c, nh);
+        let tt = b * nh * t * t;
+        let (mut dqkv, mut dpre, mut datt) = (f64s(&dqkv0), vec![0.0; tt], vec![0.0; tt]);
+        r::attention_backward(&mut dqkv, &mut dpre, &mut datt, &f64s(&dout), &f64s(&qkv), &att, b, t, c, nh);
+        // D = dout . out per (b, h, t)
+        let hs = c / nh;
+        let d: Vec<f64> = (0..rows)
+            .map(|row| {
+                let (bb, h, q) = (row / (nh * t), (row / t) % nh, row % t);
+                let at = (bb * t + q) * c + h * hs;
+                (0..hs).map(|i| dout[at + i] as f64 * out[at + i]).sum()
+            })
+            .collect();
+        println!("B {b} T {t} C {c} NH {nh}");
+        check("flash_attention_forward", "out", &ts.read(o), &out, TOL);
+        check("flash_attention_forward", "lse", &ts.read(lse), &lse_ref, TOL);
+        check("flash_attention_backward", "dqkv", &ts.read(dx), &dqkv, TOL);
+        check("flash_attention_backward", "D", &ts.read(dsum), &d, TOL);
+    }
+}
+
+/// An f16 tensor's buffer: the values rounded to f16, packed two per 32-bit word.
+fn f16_buffer(g: &Gpu, v: &[f32]) -> (View, Vec<f64>) {
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let mut words = vec![0u32; h.len().div_ceil(2)];
+    for (i, x) in h.iter().enumerate() {
+        words[i / 2] |= u32::from(x.to_bits()) << (16 * (i % 2));
+    }
+    let buf = g.storage("f16 test tensor", Category::Activations, words.len());
+    g.upload(&buf, 0, &words);
+    (View::of(&buf), h.iter().map(|x| x.to_f64()).collect())
+}
+
+/// The f16 instantiation (`alias act = f16;`): activations in f16, lse and D in f32, arithmetic
+/// in f32. Compared with the reference run on the f16-rounded inputs, to f16 output rounding.
+#[test]
+fn flash_attention_f16_matches_reference() {
+    let g = gpu();
+    if !g.has_f16() {
+        println!("skipped: shader-f16 missing on {}", g.summary.name);
+        return;
+    }
+    let mut rng = Rng::fresh("flash attention f16");
+    for (b, t, c, nh) in [(2, 70, 64, 2), (1, 37, 48, 3)] {
+        let rows = b * nh * t;
+        let (x, qkv) = f16_buffer(&g, &rng.vec(b * t * 3 * c, 1.5));
+        let (dy, dout) = f16_buffer(&g, &rng.vec(b * t * c, 1.0));
+        let (dx, dqkv0) = f16_buffer(&g, &rng.vec(b * t * 3 * c, 1.0));
+        let (o, _) = f16_buffer(&g, &vec![f32::NAN; b * t * c]);
+        let lse = View::of(&g.storage("lse", Category::Activations, rows));
+        let dsum = View::of(&g.storage("dsum", Category::Activations, rows));
+        let mut pb = ProgramBuilder::with_precision(&g, Precision::F16).unwrap();
+        pb.flash_attention_forward(&o, &lse, &x, b, t, c, nh).unwrap();
+        pb.flash_attention_backward(&dx, &dsum, &dy, &x, &o, &lse, b, t, c, nh).unwrap();
+        pb.finish("test").run();
+        let (out, lse_ref, att) = reference_attention(&qkv, b, t, c, nh);
+        let tt = b * nh * t * t;
+        let (mut dqkv, mut dpre, mut datt) = (dqkv0.clone(), vec![0.0; tt], vec![0.0; tt]);
+        r::attention_backward(&mut dqkv, &mut dpre, &mut datt, &dout, &qkv, &att, b, t, c, nh);
+        println!("f16 B {b} T {t} C {c} NH {nh}");
+        check("flash_attention_forward f16", "out", &g.read_f16(&o.buf, 0, b * t * c).unwrap(), &out, 5e-3);
+        check("flash_attention_forward f16", "lse", &g.read::<f32>(&lse.buf, 0, rows).unwrap(), &lse_ref, 5e-3);
+        check("flash_attention_backward f16", "dqkv", &g.read_f16(&dx.buf, 0, b * t * 3 * c).unwrap(), &dqkv, 1e-2);
+    }
+}
+
+#[test]
+fn flash_attention_refuses_head_sizes_it_cannot_hold() {
+    let g = gpu();
+    let v = View::of(&g.storage("x", Category::Activations, 4096));
+    let mut pb = ProgramBuilder::new(&g);
+    for (c, nh) in [(130, 2), (12, 4), (256, 2)] {
+        let e = pb.flash_attention_forward(&v, &v, &v, 1, 4, c, nh).unwrap_err().to_string();
+        assert!(e.contains("flash_attention_forward") && e.contains("head size"), "{e}");
+        let e = pb.flash_attention_backward(&v, &v, &v, &v, &v, &v, 1, 4, c, nh).unwrap_err().to_string();
+        assert!(e.contains("flash_attention_backward") && e.contains("head size"), "{e}");
+        assert!(!uses_flash_attention(MatmulVariant::Tiled, c, nh));
+    }
+    assert!(!uses_flash_attention(MatmulVariant::RegisterBlocked, 64, 2));
+}
