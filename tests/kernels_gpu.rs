@@ -144,3 +144,65 @@ fn flash_attention_refuses_head_sizes_it_cannot_hold() {
     }
     assert!(!uses_flash_attention(MatmulVariant::RegisterBlocked, 64, 2));
 }
+
+/// A small GPT whose attention takes the flash kernels: 2 layers, 2 heads of 32, T 40 (a partial
+/// query block, key tile and key-pass query tile).
+fn small_gpt(b: usize, k: usize, checkpointing: bool, precision: Precision) -> gradscope::train::TrainConfig {
+    gradscope::train::TrainConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 64,
+        block_size: 40,
+        micro_batch: b,
+        accum_steps: k,
+        checkpoint_activations: checkpointing,
+        precision,
+        padded: true,
+        max_steps: 4,
+        eval_windows: 2,
+        eval_every: 0,
+        out_dir: std::env::temp_dir().join("gradscope-test-runs").display().to_string(),
+        ..gradscope::train::TrainConfig::default()
+    }
+}
+
+/// The device with the GPU kernel family (`DeviceKind::Gpu`) whatever the adapter: on lavapipe
+/// the GPU family's kernels run instead of the CPU family's.
+fn gpu_family() -> Gpu {
+    let mut g = gpu();
+    g.kind = gradscope::gpu::DeviceKind::Gpu;
+    g
+}
+
+/// One window's gradient of the GPT with the GPU family (flash attention; no T x T matrix in its
+/// activations) equals the CPU reference's (f64) and the CPU family's on the same samples.
+#[test]
+fn gpt_gradient_with_the_gpu_family_matches_reference_and_cpu_family() {
+    use gradscope::reference::gpt::gpt_forward_backward;
+    let g = gpu_family();
+    for ck in [false, true] {
+        let cfg = small_gpt(3, 2, ck, Precision::F32);
+        let mut t = gradscope::train::Trainer::new(&g, cfg.clone()).unwrap();
+        let gpt = t.gpt().unwrap();
+        let gc = gpt.gcfg;
+        let mut sampler = gpt.sampler.clone();
+        let samples = sampler.window(&gpt.data.train, cfg.effective());
+        let params: Vec<f64> = t.model.slabs().read_params().unwrap().iter().map(|&x| x as f64).collect();
+        t.accumulate_window().unwrap();
+        let got = t.window_gradient().unwrap();
+        let mut want = vec![0.0f64; params.len()];
+        let mut count = 0u32;
+        for s in &samples {
+            count += gpt_forward_backward(&gc, &params, &s.inputs, &s.targets, 1, cfg.block_size, &mut want, 1.0).1;
+        }
+        want.iter_mut().for_each(|x| *x /= count as f64);
+        println!("checkpointing {ck}: GPU family vs reference");
+        check("gpt window gradient (GPU family)", "grads", &got, &want, 1e-4);
+        // the CPU family on the same adapter and samples
+        let cpu = gpu();
+        let cpu_grad = gradscope::train::verify::first_window_gradient(&cpu, &cfg).unwrap();
+        let d = gradscope::train::verify::gradient_rel_diff(&got, &cpu_grad);
+        println!("checkpointing {ck}: GPU family vs CPU family max rel diff {d:.2e}");
+        assert!(d < 1e-4, "GPU and CPU kernel families differ by {d:.3e}");
+    }
+}

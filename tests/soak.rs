@@ -144,7 +144,7 @@ fn soak(cap: Option<u64>) {
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits, cfg.vocab_chunk) + window_tokens,
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits, cfg.vocab_chunk, gradscope::gpu::kernels::MatmulVariant::for_device(g.kind)) + window_tokens,
         "activation bytes for the final B = {final_b}, checkpointing {final_ck}, precision {final_precision}"
     );
     s.controls.send(Control::Shutdown).unwrap();

@@ -74,7 +74,7 @@ impl ModelSpec {
         let params = self.slab_layout(opts.limits).0.largest.1;
         let acts = match self {
             ModelSpec::Gpt(c) => {
-                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk);
+                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts));
                 a.packer.largest.1
             }
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
@@ -119,7 +119,7 @@ impl ModelSpec {
         }
         match self {
             ModelSpec::Gpt(c) => {
-                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk));
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk, opts.kernels));
                 // the window's tokens (inputs and targets of K micro-batches), uploaded once
                 add(Category::Activations, buf(2 * (k * b * c.block_size) as u64 * 4));
                 let (train, eval) = gpt_dispatches(c, b, opts);
@@ -144,6 +144,11 @@ impl ModelSpec {
     }
 }
 
+/// Whether the GPT's attention runs as flash attention with these options' kernels.
+fn flash(c: &GptConfig, opts: MemoryOptions) -> bool {
+    crate::model::gpt::uses_flash_attention(c, opts.kernels)
+}
+
 /// wgpu buffer size of `bytes` as `GpuBuffer::new` creates it.
 fn buf(bytes: u64) -> u64 {
     bytes.max(4).next_multiple_of(4)
@@ -152,7 +157,7 @@ fn buf(bytes: u64) -> u64 {
 /// The lm_head's vocabulary chunks (`GpuGpt::vocab_chunks`): each part of the embedding in
 /// chunks of at most `ActLayout::chunk` entries.
 pub fn vocab_chunks(c: &GptConfig, b: usize, opts: MemoryOptions) -> u64 {
-    let chunk = ActLayout::new(c, b, c.block_size, false, opts.precision, opts.limits, opts.vocab_chunk).chunk;
+    let chunk = ActLayout::new(c, b, c.block_size, false, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts)).chunk;
     let parts = &ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE];
     parts.iter().map(|p| (p.len / c.n_embd).div_ceil(chunk).max(1) as u64).sum()
 }
@@ -170,10 +175,11 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     // dispatch forward and backward; the recomputed blocks' gradient fills are one range or one
     // per tensor (`ActLayout::block_fill`)
     let wte_parts = ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE].len() as u64;
-    let grads = ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk);
+    let grads = ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts));
     let fills = grads.block_fill.len() as u64;
-    // the attention runs once per part of whole sequences of its T x T matrices
-    let parts = grads.preatt.first().map_or(1, |p| p.len()) as u64;
+    // the attention runs once per part of whole sequences of its T x T matrices (flash
+    // attention stores none and runs once: one dispatch forward, two backward, as attention.wgsl)
+    let parts = if grads.flash { 1 } else { grads.preatt.first().map_or(1, |p| p.len()) as u64 };
     // the CPU kernels' shapes: the same condition the model keeps transposed weights under
     let cpu = crate::model::gpt::uses_transposed_weights(c, kernels);
     let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
