@@ -11,6 +11,7 @@ mod common;
 use common::{Rng, Tensors, check, f64s, gpu};
 use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::gpu::kernels_attention::uses_flash_attention;
+use gradscope::gpu::kernels_rows::RowReduce;
 use gradscope::gpu::{Category, Gpu, Precision, ProgramBuilder, View};
 use gradscope::reference::layers as r;
 
@@ -205,4 +206,89 @@ fn gpt_gradient_with_the_gpu_family_matches_reference_and_cpu_family() {
         println!("checkpointing {ck}: GPU family vs CPU family max rel diff {d:.2e}");
         assert!(d < 1e-4, "GPU and CPU kernel families differ by {d:.3e}");
     }
+}
+
+/// The row reductions this adapter can run: the workgroup tree always, subgroup sums where the
+/// device has SUBGROUP (lavapipe does, with subgroups of 8).
+fn reductions(g: &Gpu) -> Vec<RowReduce> {
+    if g.has_subgroups() {
+        vec![RowReduce::Workgroup, RowReduce::Subgroup]
+    } else {
+        println!("skipped: subgroups missing on {} (the workgroup tree runs)", g.summary.name);
+        vec![RowReduce::Workgroup]
+    }
+}
+
+/// LayerNorm with one workgroup per row (64 invocations) and the parameter gradients as column
+/// sums, with each row reduction: C below, at and past the workgroup and not a multiple of 4 or
+/// of the 32-column blocks; N of 1 and N not a multiple of the 8 row lanes.
+#[test]
+fn layernorm_rows_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("layernorm rows");
+    for reduce in reductions(&g) {
+        for (shared, (n, c)) in [(true, (7, 12)), (false, (130, 128)), (true, (1, 5)), (false, (64, 33)), (true, (19, 200)), (false, (300, 768))] {
+            let inp: Vec<f32> = rng.vec(n * c, 2.0).iter().map(|x| x + 0.5).collect();
+            let weight = rng.vec(c, 1.0);
+            let bias = rng.vec(c, 1.0);
+            let dout = rng.vec(n * c, 1.0);
+            let (dinp0, dw0, db0) = (rng.vec(n * c, 1.0), rng.vec(c, 1.0), rng.vec(c, 1.0));
+            let mut ts = Tensors::new(&g, shared);
+            let (o, mu, rs) = (ts.poisoned(n * c), ts.poisoned(n), ts.poisoned(n));
+            let (x, w, bb) = (ts.f32(&inp), ts.f32(&weight), ts.f32(&bias));
+            let (dx, dw, db, dy) = (ts.f32(&dinp0), ts.f32(&dw0), ts.f32(&db0), ts.f32(&dout));
+            ts.upload();
+            run(&g, |pb| {
+                pb.layernorm_forward_rows(reduce, ts.view(o), ts.view(mu), ts.view(rs), ts.view(x), ts.view(w), ts.view(bb), n, c).unwrap();
+                pb.layernorm_backward_rows(
+                    reduce, ts.view(dx), ts.view(dw), ts.view(db), ts.view(dy), ts.view(x), ts.view(w), ts.view(mu), ts.view(rs), n, c,
+                )
+                .unwrap();
+            });
+            let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            r::layernorm_forward(&mut out, &mut mean, &mut rstd, &f64s(&inp), &f64s(&weight), &f64s(&bias), n, c);
+            let (mut dinp, mut dweight, mut dbias) = (f64s(&dinp0), f64s(&dw0), f64s(&db0));
+            r::layernorm_backward(&mut dinp, &mut dweight, &mut dbias, &f64s(&dout), &f64s(&inp), &f64s(&weight), &mean, &rstd, n, c);
+            println!("{reduce:?} N {n} C {c}");
+            check("layernorm_forward_rows", "out", &ts.read(o), &out, TOL);
+            check("layernorm_forward_rows", "mean", &ts.read(mu), &mean, TOL);
+            check("layernorm_forward_rows", "rstd", &ts.read(rs), &rstd, TOL);
+            check("layernorm_backward_input_rows", "dinp", &ts.read(dx), &dinp, TOL);
+            check("layernorm_backward_params_cols", "dweight", &ts.read(dw), &dweight, TOL);
+            check("layernorm_backward_params_cols", "dbias", &ts.read(db), &dbias, TOL);
+        }
+    }
+}
+
+/// A matmul's bias gradient as column sums over 8 row lanes: dbias [C] += sum_rows dout [N,C].
+#[test]
+fn bias_gradient_columns_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::fresh("bias columns");
+    for (shared, (n, c)) in [(true, (37, 70)), (false, (1, 5)), (true, (1000, 33)), (false, (64, 384))] {
+        let dout = rng.vec(n * c, 1.0);
+        let db0 = rng.vec(c, 1.0);
+        let mut ts = Tensors::new(&g, shared);
+        let (db, dy) = (ts.f32(&db0), ts.f32(&dout));
+        ts.upload();
+        run(&g, |pb| pb.bias_backward_cols(ts.view(db), ts.view(dy), n, c).unwrap());
+        let want: Vec<f64> = (0..c).map(|j| db0[j] as f64 + (0..n).map(|i| dout[i * c + j] as f64).sum::<f64>()).collect();
+        check("bias_backward_cols", "dbias", &ts.read(db), &want, TOL);
+    }
+}
+
+/// Mixed precision with the GPU family (f16 activations through flash attention and the row
+/// kernels): the window gradient is the f32 GPU family's up to f16 rounding.
+#[test]
+fn gpt_gradient_with_the_gpu_family_in_f16_is_close_to_f32() {
+    let g = gpu_family();
+    if !g.has_f16() {
+        println!("skipped: shader-f16 missing on {}", g.summary.name);
+        return;
+    }
+    let f32_grad = gradscope::train::verify::first_window_gradient(&g, &small_gpt(2, 2, false, Precision::F32)).unwrap();
+    let f16_grad = gradscope::train::verify::first_window_gradient(&g, &small_gpt(2, 2, false, Precision::F16)).unwrap();
+    let d = gradscope::train::verify::gradient_rel_diff(&f16_grad, &f32_grad);
+    println!("GPU family f16 vs f32 window gradient max rel diff {d:.2e}");
+    assert!(d < 5e-3 && d > 1e-7, "f16 vs f32 gradient differs by {d:.3e}");
 }

@@ -148,6 +148,11 @@ impl ProgramBuilder {
     /// out [N,C], mean [N], rstd [N] from inp [N,C], weight [C], bias [C]
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_forward(&mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, n: usize, c: usize) -> R {
+        if self.variant() == MatmulVariant::Tiled {
+            // the GPU family: one workgroup per row (gpu::kernels_rows)
+            let r = self.row_reduce();
+            return self.layernorm_forward_rows(r, out, mean, rstd, inp, weight, bias, n, c);
+        }
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_forward", 3 * c + 2)?;
         let args = [(out, n * c), (mean, n), (rstd, n), (inp, n * c), (weight, c), (bias, c)];
@@ -160,6 +165,10 @@ impl ProgramBuilder {
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
         mean: &View, rstd: &View, n: usize, c: usize,
     ) -> R {
+        if self.variant() == MatmulVariant::Tiled {
+            let r = self.row_reduce();
+            return self.layernorm_backward_rows(r, dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+        }
         let args = [(dinp, n * c), (dweight, c), (dbias, c), (dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)];
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_backward_input", 2 * c + 1)?;
@@ -361,8 +370,11 @@ impl ProgramBuilder {
         } else {
             self.call("matmul", "matmul_backward_weight", 9, &args, dims.clone(), tiles(n, k))?;
         }
-        if dbias.is_some() {
-            self.call("matmul", "matmul_backward_bias", 9, &args, dims, Grid::Threads(n))?;
+        match dbias {
+            // the GPU family: column sums over row lanes (gpu::kernels_rows)
+            Some(db) if variant == MatmulVariant::Tiled => self.bias_backward_cols(db, dout, m, n)?,
+            Some(_) => _ = self.call("matmul", "matmul_backward_bias", 9, &args, dims, Grid::Threads(n))?,
+            None => {}
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod context;
 pub mod kernels;
 pub mod kernels_attention;
 pub mod kernels_cnn;
+pub mod kernels_rows;
 pub mod ledger;
 pub mod program;
 pub mod readback;

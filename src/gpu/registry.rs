@@ -27,6 +27,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_cpu", include_str!("../../shaders/attention_cpu.wgsl")),
     ("flash_attention", include_str!("../../shaders/flash_attention.wgsl")),
+    // the row kernels with their row reduction appended: a workgroup tree, or subgroup sums
+    // (compiled only on devices with SUBGROUP: `ProgramBuilder::rows_file`)
+    ("rows", concat!(include_str!("../../shaders/rows.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/tree.wgsl"))),
+    ("rows_subgroup", concat!(include_str!("../../shaders/rows.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/subgroup.wgsl"))),
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
