@@ -37,6 +37,8 @@ const ACT_TYPED: &[&str] = &[
     "encoder",
     "layernorm",
     "flash_attention",
+    "rows",
+    "rows_subgroup",
     "matmul",
     "matmul_cpu",
     "attention",
@@ -104,6 +106,9 @@ fn shader_files_on_disk_are_the_embedded_ones() {
         .collect();
     on_disk.sort();
     let mut embedded: Vec<String> = SHADERS.iter().map(|(n, _)| n.to_string()).collect();
+    // rows_subgroup is rows.wgsl with the subgroup reduction of shaders/reduce/ appended (rows
+    // has the workgroup tree appended): no top-level file of its own
+    embedded.retain(|n| n != "rows_subgroup");
     embedded.sort();
     assert_eq!(on_disk, embedded);
 }
@@ -147,9 +152,11 @@ fn tint_gets_the_subgroups_directive_naga_rejects() {
     let uses = "@compute @workgroup_size(64) fn f(@builtin(subgroup_size) n: u32) { let s = subgroupAdd(1.0); }";
     assert_eq!(gradscope::gpu::for_tint(uses), format!("enable subgroups;\n{uses}"));
     assert_eq!(gradscope::gpu::for_tint(&format!("enable subgroups;\n{uses}")), format!("enable subgroups;\n{uses}"), "not twice");
-    // the shaders of today use no subgroups: their Tint variant is the source itself (the Dawn
-    // test compiles exactly these)
+    // only rows_subgroup (the GPU family's subgroup row reduction) uses subgroups: its Tint
+    // variant gets the directive, every other shader's is the source itself (the Dawn test
+    // compiles exactly these)
     for (name, source) in SHADERS {
-        assert_eq!(gradscope::gpu::tint_source(name), *source, "{name}");
+        let want = if *name == "rows_subgroup" { format!("enable subgroups;\n{source}") } else { source.to_string() };
+        assert_eq!(gradscope::gpu::tint_source(name), want, "{name}");
     }
 }

@@ -335,6 +335,8 @@ fn shader_manifest() -> Value {
             // the variant Tint accepts, derived from the naga source by the registry
             "source": for_tint(source),
             "needs_f16": needs_f16,
+            // compiled where the adapter has 'subgroups' (SwiftShader has)
+            "needs_subgroups": for_tint(source).contains("enable subgroups;"),
             "uniform_size": r.uniform_size,
             "entry_points": entry_points,
         }));

@@ -13,8 +13,10 @@ var<workgroup> sg_unaligned: u32;
 fn row_sum2(x: vec2<f32>, l: u32) -> vec2<f32> {
     let n = subgroupAdd(1u);
     let first = subgroupMin(l);
+    let last = subgroupMax(l);
     let s = subgroupAdd(x);
-    if (first % n != 0u || subgroupMax(l) != first + n - 1u) { sg_unaligned = 1u; }
+    // (every subgroup operation above runs in uniform control flow, none behind a condition)
+    if (first % n != 0u || last != first + n - 1u) { sg_unaligned = 1u; }
     if (l == first) { red[first / n] = s; }
     if (workgroupUniformLoad(&sg_unaligned) != 0u) {
         return tree_sum2(x, l);

@@ -72,8 +72,8 @@ pub fn is_act_typed(file: &str) -> bool {
 /// The WGSL of `file` (a shader file or its `_f16` instantiation) as Tint, Chrome's compiler,
 /// accepts it. The sources are written for naga; where the two compilers differ the variant is
 /// derived here from the one source: Tint requires `enable subgroups;` before subgroup builtins,
-/// which naga 30 rejects (none of today's shaders uses subgroups; `for_tint` is ready for those
-/// that will).
+/// which naga 30 rejects (`rows_subgroup`, the GPU family's subgroup row reduction, is the one
+/// shader that uses them).
 pub fn tint_source(file: &str) -> String {
     let source = all_sources().iter().find(|(n, _)| *n == file).map_or("", |(_, s)| *s);
     for_tint(source)
