@@ -23,7 +23,7 @@ const BQ: usize = 24;
 /// `FLASH_MAX_HEAD` (the GPT configurations use 16 to 64). Otherwise attention.wgsl, which
 /// stores the T x T matrices, runs.
 pub fn uses_flash_attention(kernels: MatmulVariant, c: usize, nh: usize) -> bool {
-    kernels == MatmulVariant::Tiled && nh > 0 && c % nh == 0 && (c / nh) % 4 == 0 && c / nh <= FLASH_MAX_HEAD
+    kernels == MatmulVariant::Tiled && nh > 0 && c.is_multiple_of(nh) && (c / nh).is_multiple_of(4) && c / nh <= FLASH_MAX_HEAD
 }
 
 impl ProgramBuilder {
@@ -35,7 +35,7 @@ impl ProgramBuilder {
     }
 
     fn flash_shape(&self, kernel: &str, c: usize, nh: usize) -> R {
-        if nh == 0 || c % nh != 0 || (c / nh) % 4 != 0 || c / nh > FLASH_MAX_HEAD {
+        if !uses_flash_attention(MatmulVariant::Tiled, c, nh) {
             return Err(ProgramError::Shape {
                 kernel: kernel.into(),
                 message: format!(
