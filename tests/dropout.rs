@@ -7,6 +7,7 @@ mod common;
 
 use common::{Rng, Tensors, check, f64s, gpu, run};
 use gradscope::gpu::kernels::{DropoutArgs, MatmulVariant};
+use gradscope::gpu::{Category, KernelSet, View};
 use gradscope::reference::dropout::{self, Dropout, site};
 use gradscope::reference::gpt::{gpt_forward_backward, gpt_forward_backward_dropout};
 use gradscope::reference::layers as r;
@@ -58,6 +59,36 @@ fn attention_and_elementwise_dropout_match_the_reference_masks() {
             check("attention_backward (dropout)", "datt", &ts.read(datt), &dattr, TOL);
         }
     }
+    // flash attention (the GPU family): dropout on P in the forward, on dP in both backward passes
+    for (b, t, c, nh) in [(2, 7, 8, 2), (1, 70, 64, 2)] {
+        let p = 0.25;
+        let (seed, step, sample0) = (rng.next_u64() as u32, 1 + rng.below(100), rng.below(50));
+        let d = Dropout { p, seed, step, sample0 };
+        let lsite = site::attention(1);
+        let mask: Vec<f64> = d.mask(lsite, b, nh * t * t);
+        let qkv = rng.vec(b * t * 3 * c, 1.0);
+        let dout = rng.vec(b * t * c, 1.0);
+        let dqkv0 = rng.vec(b * t * 3 * c, 1.0);
+        let rows = b * nh * t;
+        let mut ts = Tensors::new(&g, true);
+        let (o, x, dx, dy, k) = (ts.poisoned(b * t * c), ts.f32(&qkv), ts.f32(&dqkv0), ts.f32(&dout), ts.u32(&[seed, step, sample0, 0]));
+        ts.upload();
+        let f32_buffer = |n: usize| View::of(&g.storage("flash scratch", Category::Activations, n));
+        let (lse, dsum) = (f32_buffer(rows), f32_buffer(rows));
+        let args = DropoutArgs { key: ts.view(k).clone(), site: lsite, threshold: dropout::threshold(p), scale: dropout::scale(p), first: 0 };
+        run(&g, |pb| {
+            pb.flash_attention_forward(ts.view(o), &lse, ts.view(x), Some(&args), b, t, c, nh).unwrap();
+            pb.flash_attention_backward(ts.view(dx), &dsum, ts.view(dy), ts.view(x), ts.view(o), &lse, Some(&args), b, t, c, nh).unwrap();
+        });
+        let tt = b * nh * t * t;
+        let (mut out, mut preatt, mut attr) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; tt]);
+        r::attention_forward_dropout(&mut out, &mut preatt, &mut attr, &f64s(&qkv), Some(&mask), b, t, c, nh);
+        let (mut dqkv, mut dpreatt, mut dattr) = (f64s(&dqkv0), vec![0.0; tt], vec![0.0; tt]);
+        r::attention_backward_dropout(&mut dqkv, &mut dpreatt, &mut dattr, &f64s(&dout), &f64s(&qkv), &attr, Some(&mask), b, t, c, nh);
+        println!("flash B {b} T {t} C {c} NH {nh}");
+        check("flash_attention_forward (dropout)", "out", &ts.read(o), &out, TOL);
+        check("flash_attention_backward (dropout)", "dqkv", &ts.read(dx), &dqkv, TOL);
+    }
     // the elementwise masks of the embedding and the projections: in place and assigned
     for (shared, (samples, per)) in [(true, (3, 40)), (false, (2, 4099))] {
         let p = 0.2;
@@ -100,11 +131,12 @@ fn small(b: usize, k: usize) -> TrainConfig {
 /// The first window's gradient on the device equals the CPU reference's with the same masks
 /// (sample i of the window at position i, step 1, the run's seed), padded data and a short last
 /// micro-batch included, with and without activation checkpointing (which recomputes the
-/// blocks, masks included). Without dropout the reference is far off: the masks matter.
+/// blocks, masks included), with each kernel family (the GPU family's flash attention drops
+/// inside its tiles). Without dropout the reference is far off: the masks matter.
 #[test]
 fn gpt_window_gradient_with_dropout_equals_the_cpu_reference() {
-    let g = gpu();
-    for checkpoint_activations in [false, true] {
+    for (kernels, checkpoint_activations) in [(KernelSet::Cpu, false), (KernelSet::Cpu, true), (KernelSet::Gpu, false), (KernelSet::Gpu, true)] {
+        let g = gpu().with_kernels(kernels);
         let cfg = TrainConfig { padded: true, effective_batch: 5, checkpoint_activations, ..small(2, 1) };
         let mut t = Trainer::new(&g, cfg.clone()).unwrap();
         let params = t.model.slabs().read_params().unwrap();
@@ -131,7 +163,7 @@ fn gpt_window_gradient_with_dropout_equals_the_cpu_reference() {
         };
         let (want, without) = (reference(true), reference(false));
         let (d, off) = (gradient_rel_diff(&got, &want), gradient_rel_diff(&got, &without));
-        println!("checkpointing {checkpoint_activations}: GPU vs reference with dropout {d:.2e}, vs reference without {off:.2e}");
+        println!("{kernels} kernels, checkpointing {checkpoint_activations}: GPU vs reference with dropout {d:.2e}, vs reference without {off:.2e}");
         assert!(d < 1e-4, "the GPU gradient with dropout differs from the CPU reference by {d:.3e}");
         assert!(off > 1e-2, "dropout should change the gradient ({off:.3e})");
     }

@@ -3,6 +3,7 @@
 mod common;
 
 use gradscope::gpu::{Category, MemorySnapshot, Precision};
+use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::train::plan::memory_options;
 use gradscope::model::memory::{DeviceLimits, MemoryOptions, ModelSpec, PlanError, parse_bytes, plan};
 use gradscope::reference::cnn_model::NormKind;
@@ -263,4 +264,38 @@ fn a_failed_reallocation_keeps_the_previous_micro_batch() {
     assert_eq!(t.model.micro_batch(), 4);
     let (m, _) = t.train_step().unwrap();
     assert!(m.train_loss.is_finite() && m.micro_batch == 4);
+}
+
+/// With the GPU kernel family (forced on whatever adapter runs the tests) attention is flash
+/// attention: the activations hold a log-sum-exp per query row instead of the T x T matrices,
+/// and the prediction still equals the ledger to the byte (f32 and f16, with and without
+/// checkpointing). Activations then grow linearly in T: at a GPT-2-small shape, doubling T from
+/// 512 to 1024 doubles them (the CPU family's T x T matrices make it about 3x).
+#[test]
+fn gpu_family_prediction_equals_the_byte_ledger_and_grows_with_t() {
+    let g = common::gpu().with_kernels(gradscope::gpu::KernelSet::Gpu);
+    for cfg in [gpt(2, 2, 32, 40, 3, 2, false), gpt(2, 2, 32, 40, 3, 2, true), f16(gpt(1, 4, 64, 70, 2, 1, true))] {
+        let before = g.ledger.snapshot();
+        let mut t = Trainer::new(&g, cfg.clone()).unwrap();
+        t.train_step().unwrap();
+        let actual = minus(g.ledger.snapshot(), before);
+        let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
+        let run = t.cfg.clone();
+        let opts = memory_options(&run, &g);
+        assert_eq!(opts.kernels, MatmulVariant::GpuTiled);
+        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, opts);
+        let what = format!("GPU family GPT C{} T{} checkpointing {} {}", cfg.n_embd, cfg.block_size, cfg.checkpoint_activations, run.precision);
+        assert_same(&what, predicted, actual);
+        drop(t);
+        assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");
+    }
+    let acts = |kernels: MatmulVariant, t: usize| {
+        let spec = ModelSpec::Gpt(GptConfig { vocab_size: 50257, block_size: t, n_layer: 12, n_head: 12, n_embd: 768 });
+        let opts = MemoryOptions { kernels, vocab_chunk: 8192, ..Default::default() };
+        spec.predict(1, 1, 0, opts).get(Category::Activations) as f64
+    };
+    let (flash, cpu) = (acts(MatmulVariant::GpuTiled, 1024) / acts(MatmulVariant::GpuTiled, 512), acts(MatmulVariant::RegisterBlocked, 1024) / acts(MatmulVariant::RegisterBlocked, 512));
+    println!("activations at T 1024 / at T 512: GPU family {flash:.3}, CPU family {cpu:.3}");
+    assert!(flash < 2.01, "the GPU family's activations grow faster than T: {flash:.3}");
+    assert!(cpu > 2.5, "the CPU family keeps the T x T matrices: {cpu:.3}");
 }

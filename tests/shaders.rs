@@ -37,6 +37,9 @@ fn every_shader_parses_validates_and_follows_the_binding_convention() {
 const ACT_TYPED: &[&str] = &[
     "encoder",
     "layernorm",
+    "flash_attention",
+    "rows",
+    "rows_subgroup",
     "matmul",
     "matmul_cpu",
     "matmul_gpu",
@@ -104,8 +107,11 @@ fn shader_files_on_disk_are_the_embedded_ones() {
         })
         .collect();
     on_disk.sort();
-    // prelude.wgsl is compiled in front of every file, not on its own
+    // prelude.wgsl is compiled in front of every file, not on its own; rows_subgroup is rows.wgsl
+    // with the subgroup reduction of shaders/reduce/ appended (rows has the workgroup tree
+    // appended): no top-level file of its own
     let mut embedded: Vec<String> = SHADERS.iter().map(|(n, _)| n.to_string()).chain(["prelude".to_string()]).collect();
+    embedded.retain(|n| n != "rows_subgroup");
     embedded.sort();
     assert_eq!(gradscope::gpu::PRELUDE, std::fs::read_to_string(dir.join("prelude.wgsl")).unwrap());
     assert_eq!(on_disk, embedded);
@@ -150,9 +156,12 @@ fn tint_gets_the_subgroups_directive_naga_rejects() {
     let uses = "@compute @workgroup_size(64) fn f(@builtin(subgroup_size) n: u32) { let s = subgroupAdd(1.0); }";
     assert_eq!(gradscope::gpu::for_tint(uses), format!("enable subgroups;\n{uses}"));
     assert_eq!(gradscope::gpu::for_tint(&format!("enable subgroups;\n{uses}")), format!("enable subgroups;\n{uses}"), "not twice");
-    // the shaders of today use no subgroups: their Tint variant is the compiled source itself
-    // (the Dawn test compiles exactly these)
+    // only rows_subgroup (the GPU family's subgroup row reduction) uses subgroups: its Tint
+    // variant gets the directive, every other shader's is the compiled source itself (the Dawn
+    // test compiles exactly these)
     for (name, source) in SHADERS {
-        assert_eq!(gradscope::gpu::tint_source(name), with_prelude(source), "{name}");
+        let compiled = with_prelude(source);
+        let want = if *name == "rows_subgroup" { format!("enable subgroups;\n{compiled}") } else { compiled };
+        assert_eq!(gradscope::gpu::tint_source(name), want, "{name}");
     }
 }

@@ -123,13 +123,13 @@ fn soak(cap: Option<u64>) {
     assert_eq!(precisions.len(), 2, "both precisions were trained: {precisions:?}");
     let vocab = events.iter().find_map(|e| if let Event::Started { derived, .. } = e { Some(derived.vocab_size) } else { None }).unwrap();
     let gcfg = GptConfig { vocab_size: vocab, block_size: 16, n_layer: 2, n_head: 2, n_embd: 32 };
-    // plus the tokens (2 K B T) of the last window begun: one stepped by hand since the last
+    // plus the tokens (2 K B T) and dropout keys (4 K) of the last window begun: one stepped by hand since the last
     // step (it runs with the current B), else the last stepped window
     let last_step = events.iter().rposition(|e| matches!(e, Event::Step(_))).unwrap();
     let last = &steps.last().unwrap().metrics;
     let window_tokens = match events[last_step..].iter().rev().find_map(|e| if let Event::MicroBatch(r) = e { Some(r.of) } else { None }) {
-        Some(k) => 2 * (k * final_b * 16 * 4) as u64,
-        None => 2 * (last.accum_steps * last.micro_batch * 16 * 4) as u64,
+        Some(k) => GpuGpt::window_tokens_len(&gcfg, final_b, k) as u64 * 4,
+        None => GpuGpt::window_tokens_len(&gcfg, last.micro_batch, last.accum_steps) as u64 * 4,
     };
     let now = g.ledger.snapshot();
     // the slabs as laid out on this device (each tensor padded to TENSOR_ALIGN bytes)
@@ -144,7 +144,7 @@ fn soak(cap: Option<u64>) {
     assert_eq!(now.get(Category::OptimizerState) - before.get(Category::OptimizerState), 2 * n);
     assert_eq!(
         now.get(Category::Activations) - before.get(Category::Activations),
-        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits, cfg.vocab_chunk) + window_tokens,
+        GpuGpt::predicted_activation_bytes(&gcfg, final_b, final_ck, final_precision, limits, cfg.vocab_chunk, g.kernels().matmul()) + window_tokens,
         "activation bytes for the final B = {final_b}, checkpointing {final_ck}, precision {final_precision}"
     );
     s.controls.send(Control::Shutdown).unwrap();

@@ -335,6 +335,8 @@ fn shader_manifest() -> Value {
             // the variant Tint accepts, derived from the naga source by the registry
             "source": for_tint(source),
             "needs_f16": needs_f16,
+            // compiled where the adapter has 'subgroups' (SwiftShader has)
+            "needs_subgroups": for_tint(source).contains("enable subgroups;"),
             "uniform_size": r.uniform_size,
             "entry_points": entry_points,
         }));
@@ -643,8 +645,12 @@ fn dawn_compile_reports_shader_and_layout_errors() {
 /// writes compared with what wgpu produced (the gradients, the AdamW state, the updated
 /// weights, the window's loss figures, the activations).
 fn replay_a_training_window(overrides: &[&str]) -> Value {
+    replay_a_training_window_on(common::gpu(), overrides)
+}
+
+/// `replay_a_training_window` recorded on `g` (whose kernel family follows `g.kind`).
+fn replay_a_training_window_on(g: gradscope::gpu::Gpu, overrides: &[&str]) -> Value {
     use gradscope::train::{TrainConfig, Trainer};
-    let g = common::gpu();
     let ov: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let mut t = Trainer::new(&g, TrainConfig::load(None, &ov).unwrap()).unwrap();
     // a first window builds every program; the second one is recorded
@@ -667,7 +673,8 @@ fn replay_a_training_window(overrides: &[&str]) -> Value {
         _ => Some(1e-5),
     };
     trace.write(dir.path(), rtol).unwrap();
-    let result = run_job(dir.path(), "replay", Duration::from_secs(100)).unwrap_or_else(|e| panic!("{e}"));
+    let written: Value = serde_json::from_slice(&std::fs::read(dir.path().join("trace.json")).unwrap()).unwrap();
+    let mut result = run_job(dir.path(), "replay", Duration::from_secs(100)).unwrap_or_else(|e| panic!("{e}"));
     for o in result["outputs"].as_array().into_iter().flatten() {
         println!("  {:<32} rel {:>10} max_abs {:>10} {}", o["label"].as_str().unwrap_or("?"), o["rel"], o["max_abs"], o["ok"]);
     }
@@ -676,6 +683,8 @@ fn replay_a_training_window(overrides: &[&str]) -> Value {
     for label in ["parameters", "gradients", "adamw m", "adamw v", "window figures"] {
         assert!(output(&result, label)["ok"].as_bool().unwrap(), "{label}");
     }
+    // the shader files the window ran, for the caller
+    result["shader_files"] = json!(written["shaders"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>());
     result
 }
 
@@ -683,6 +692,23 @@ fn replay_a_training_window(overrides: &[&str]) -> Value {
 fn dawn_replays_a_reference_gpt_window() {
     // the reference GPT (2 layers, 128 channels, block 64, Tiny Shakespeare), B 4 x K 2
     replay_a_training_window(&["--micro_batch", "4", "--accum_steps", "2"]);
+}
+
+/// The GPU kernel family (flash attention, LayerNorm one workgroup per row with subgroup sums
+/// where the adapter has them, column-sum bias gradients), recorded on this adapter with the
+/// device kind set to GPU, replayed in Dawn.
+#[test]
+fn dawn_replays_a_gpu_family_gpt_window() {
+    let g = common::gpu().with_kernels(gradscope::gpu::KernelSet::Gpu);
+    let subgroups = g.has_subgroups();
+    let result = replay_a_training_window_on(g, &["--micro_batch", "4", "--accum_steps", "2"]);
+    let files: Vec<&str> = result["shader_files"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    println!("shader files: {files:?}");
+    let rows = if subgroups { "rows_subgroup" } else { "rows" };
+    for file in ["flash_attention", rows] {
+        assert!(files.contains(&file), "the GPU family's window runs {file}.wgsl: {files:?}");
+    }
+    assert!(!files.contains(&"attention") && !files.contains(&"layernorm"), "{files:?}");
 }
 
 #[test]

@@ -201,7 +201,7 @@ pub fn pick(adapters: &[wgpu::Adapter], name: Option<&str>) -> Result<wgpu::Adap
 
 /// The features gradscope uses when the adapter has them.
 fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
-    let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+    let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
     adapter.features() & wanted
 }
 
@@ -433,6 +433,11 @@ impl Gpu {
 
     pub fn has_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Subgroup operations (the GPU family's row reductions use them where present).
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
     pub fn has_timestamps(&self) -> bool {

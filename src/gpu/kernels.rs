@@ -45,14 +45,14 @@ impl DropoutArgs {
         Self { first, ..self.clone() }
     }
     /// The uniform fields after the attention's dims: S0, SITE, THR, SCALE (all 0 without dropout).
-    fn attention_dims(drop: Option<&Self>, dims: Uniforms) -> Uniforms {
+    pub(crate) fn attention_dims(drop: Option<&Self>, dims: Uniforms) -> Uniforms {
         match drop {
             Some(d) => dims.n(d.first).u(d.site).u(d.threshold).f(d.scale),
             None => dims.u(0).u(0).u(0).f(1.0),
         }
     }
     /// The key binding: 4 u32, or an unused binding without dropout.
-    fn key_arg(drop: Option<&Self>, none: &View) -> (View, usize) {
+    pub(crate) fn key_arg(drop: Option<&Self>, none: &View) -> (View, usize) {
         match drop {
             Some(d) => (d.key.clone(), 4),
             None => (none.clone(), 0),
@@ -125,7 +125,7 @@ impl ProgramBuilder {
     /// together, plus one for every loop entered after the first (measured on lavapipe: one loop
     /// of 65,535 iterations completes; three passes over C = 21,845 do not, over 21,844 they
     /// do); loops of a constant trip count of at most 16 are unrolled and not counted.
-    pub(super) fn check_loops(&self, kernel: &str, iterations: usize) -> R {
+    pub(crate) fn check_loops(&self, kernel: &str, iterations: usize) -> R {
         if self.gpu().kind == DeviceKind::Cpu && iterations > CPU_ADAPTER_MAX_LOOP {
             return Err(ProgramError::Shape {
                 kernel: kernel.into(),
@@ -182,6 +182,11 @@ impl ProgramBuilder {
     /// out [N,C], mean [N], rstd [N] from inp [N,C], weight [C], bias [C]
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_forward(&mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, n: usize, c: usize) -> R {
+        if self.variant() == MatmulVariant::GpuTiled {
+            // the GPU family: one workgroup per row (gpu::kernels_rows)
+            let r = self.row_reduce();
+            return self.layernorm_forward_rows(r, out, mean, rstd, inp, weight, bias, n, c);
+        }
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_forward", 3 * c + 2)?;
         let args = [(out, n * c), (mean, n), (rstd, n), (inp, n * c), (weight, c), (bias, c)];
@@ -194,6 +199,10 @@ impl ProgramBuilder {
         &mut self, dinp: &View, dweight: &View, dbias: &View, dout: &View, inp: &View, weight: &View,
         mean: &View, rstd: &View, n: usize, c: usize,
     ) -> R {
+        if self.variant() == MatmulVariant::GpuTiled {
+            let r = self.row_reduce();
+            return self.layernorm_backward_rows(r, dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c);
+        }
         let args = [(dinp, n * c), (dweight, c), (dbias, c), (dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)];
         let dims = Uniforms::new().n(n).n(c);
         self.check_loops("layernorm_backward_input", 2 * c + 1)?;
@@ -379,9 +388,8 @@ impl ProgramBuilder {
             }
             self.matmul_backward_weight_gpu(dweight, dout, inp, m, k, n)?;
             if let Some(dbias) = dbias {
-                let args = [(dweight, 0), (dweight, 0), (dbias, n), (dout, m * n)];
-                self.check_loops("matmul_backward_bias", m)?;
-                self.call("matmul", "matmul_backward_bias", 9, &args, dims, Grid::Threads(n))?;
+                // column sums over row lanes (gpu::kernels_rows)
+                self.bias_backward_cols(dbias, dout, m, n)?;
             }
             return Ok(());
         }

@@ -4,8 +4,10 @@
 pub mod context;
 pub mod kernel_set;
 pub mod kernels;
+pub mod kernels_attention;
 pub mod kernels_gpu;
 pub mod kernels_cnn;
+pub mod kernels_rows;
 pub mod ledger;
 pub mod program;
 pub mod readback;

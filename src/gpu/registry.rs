@@ -27,6 +27,11 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul_gpu", include_str!("../../shaders/matmul_gpu.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_cpu", include_str!("../../shaders/attention_cpu.wgsl")),
+    ("flash_attention", include_str!("../../shaders/flash_attention.wgsl")),
+    // the row kernels with their row reduction appended: a workgroup tree, or subgroup sums
+    // (compiled only on devices with SUBGROUP: `ProgramBuilder::rows_file`)
+    ("rows", concat!(include_str!("../../shaders/rows.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/tree.wgsl"))),
+    ("rows_subgroup", concat!(include_str!("../../shaders/rows.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/subgroup.wgsl"))),
     ("gelu", include_str!("../../shaders/gelu.wgsl")),
     ("residual", include_str!("../../shaders/residual.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
@@ -85,8 +90,8 @@ pub fn is_act_typed(file: &str) -> bool {
 /// The WGSL of `file` (a shader file or its `_f16` instantiation) as Tint, Chrome's compiler,
 /// accepts it. The sources are written for naga; where the two compilers differ the variant is
 /// derived here from the one source: Tint requires `enable subgroups;` before subgroup builtins,
-/// which naga 30 rejects (none of today's shaders uses subgroups; `for_tint` is ready for those
-/// that will).
+/// which naga 30 rejects (`rows_subgroup`, the GPU family's subgroup row reduction, is the one
+/// shader that uses them).
 pub fn tint_source(file: &str) -> String {
     let source = all_sources().iter().find(|(n, _)| *n == file).map_or("", |(_, s)| *s);
     for_tint(source)

@@ -85,8 +85,14 @@ pub struct ActLayout {
     pub atty: Vec<usize>,        // L x [B,T,C]
     /// L x [B,NH,T,T] each, in parts of whole sequences that each fit one binding (the
     /// attention runs per part): per layer, the parts' (virtual offset, first sequence, sequences).
+    /// Empty per layer with flash attention (`flash`): no T x T matrix is stored.
     pub preatt: Vec<Vec<(usize, usize, usize)>>,
     pub att: Vec<Vec<(usize, usize, usize)>>,
+    /// Flash attention (the GPU family, `gpu::kernels_attention`): instead of preatt and att,
+    /// each query row's log-sum-exp, L x [B,NH,T] f32 (`lse_view`); in the gradients' layout the
+    /// same slot holds the backward pass's D = dout . out per row. Empty without flash.
+    pub flash: bool,
+    pub lse: Vec<usize>,
     pub attproj: Vec<usize>,     // L x [B,T,C]
     pub residual2: Vec<usize>,   // L x [B,T,C]
     pub ln2: Vec<usize>,         // L x [B,T,C]
@@ -113,8 +119,12 @@ pub struct ActLayout {
 
 impl ActLayout {
     /// `chunk`: vocabulary entries per lm_head chunk (`vocab_chunks`), the width of `logits`.
+    /// `flash`: attention runs as flash attention (`uses_flash_attention`), which keeps a
+    /// log-sum-exp per query row instead of the T x T matrices.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize) -> Self {
+    pub fn new(
+        cfg: &GptConfig, b: usize, t: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize, flash: bool,
+    ) -> Self {
         let (c, nh, v, l) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer);
         let bt = b * t;
         let mut packer = Packer::new(precision.act_bytes(), limits);
@@ -150,8 +160,15 @@ impl ActLayout {
             }
             layers(&own, l)
         };
-        let preatt = per_rows(&mut packer, &mut block, "preatt");
-        let att = per_rows(&mut packer, &mut block, "att");
+        let (preatt, att, lse) = if flash {
+            // f32 whatever the activation precision: as many activation elements as that takes
+            let n = b * nh * t * 4 / precision.act_bytes() as usize;
+            (vec![Vec::new(); l], vec![Vec::new(); l], per(&mut packer, &mut block, "lse", n))
+        } else {
+            let preatt = per_rows(&mut packer, &mut block, "preatt");
+            let att = per_rows(&mut packer, &mut block, "att");
+            (preatt, att, Vec::new())
+        };
         let attproj = per(&mut packer, &mut block, "attproj", bt * c);
         let residual2 = per(&mut packer, &mut block, "residual2", bt * c);
         let ln2 = per(&mut packer, &mut block, "ln2", bt * c);
@@ -179,7 +196,7 @@ impl ActLayout {
         let logits = packer.take("logits", bt * chunk);
         let losses = packer.take("losses", bt);
         Self {
-            b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj,
+            b, t, recompute, encoded, residual3, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, flash, lse, attproj,
             residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, block_fill, lnf, lnf_mean,
             lnf_rstd, logits, chunk, losses, packer,
         }
@@ -189,6 +206,20 @@ impl ActLayout {
     pub fn bytes(&self) -> u64 {
         self.packer.bytes()
     }
+
+    /// The f32 view of layer l's `lse` in the slab `buffers` (its offset in 4-byte units, as
+    /// the kernels bind it, whatever the activation precision).
+    pub fn lse_view(&self, buffers: &[GpuBuffer], l: usize) -> View {
+        let v = view(buffers, self.lse[l]);
+        let bytes = v.offset as u64 * self.packer.elem_bytes();
+        View::at(&v.buf, (bytes / 4) as usize)
+    }
+}
+
+/// Whether the GPT's attention runs as flash attention with this kernel family (the GPU family
+/// and a head size the flash kernels hold; `gpu::kernels_attention::uses_flash_attention`).
+pub fn uses_flash_attention(cfg: &GptConfig, kernels: MatmulVariant) -> bool {
+    crate::gpu::kernels_attention::uses_flash_attention(kernels, cfg.n_embd, cfg.n_head)
 }
 
 /// The GPT's GPU state: the shared parameter/optimizer slabs and the programs of the current
@@ -220,6 +251,8 @@ pub struct GpuGpt {
     dropout_seed: u32,
     /// The optimizer step the next window makes: the masks' key with the seed.
     window_step: u32,
+    /// Attention as flash attention (GPU family): no T x T matrices (`ActLayout::flash`).
+    flash: bool,
 }
 
 /// Offsets of the four matrices in one layer's part of `GpuGpt::weights_t`, and that part's size,
@@ -290,7 +323,9 @@ impl GpuGpt {
     pub fn new(gpu: &Gpu, cfg: GptConfig, params: &[f32]) -> Result<Self, ProgramError> {
         assert_eq!(params.len(), cfg.num_params(), "parameter count");
         let slabs = Slabs::new(gpu, params, cfg.param_offsets().to_vec(), &tensor_specs(&cfg))?;
-        let weights_t = match uses_transposed_weights(&cfg, gpu.kernels().matmul()) {
+        let kernels = gpu.kernels().matmul();
+        let flash = uses_flash_attention(&cfg, kernels);
+        let weights_t = match uses_transposed_weights(&cfg, kernels) {
             true => {
                 let (packer, offsets) = transposed_weights_layout(&cfg, SlabLimits::of(gpu));
                 Some((allocate(gpu, "transposed block weights", Category::Scratch, &packer)?, offsets))
@@ -299,7 +334,7 @@ impl GpuGpt {
         };
         Ok(Self {
             gpu: gpu.clone(), cfg, slabs, recompute: false, precision: Precision::F32, mb: None, window_tokens: None,
-            weights_t, vocab_chunk: 0, dropout: 0.0, dropout_seed: 0, window_step: 1,
+            weights_t, vocab_chunk: 0, dropout: 0.0, dropout_seed: 0, window_step: 1, flash,
         })
     }
 
@@ -320,9 +355,12 @@ impl GpuGpt {
         self.mb.as_ref().map_or(0, |m| m.layout.b)
     }
 
-    /// Bytes of the activation slab at micro-batch `b` (all its buffers).
-    pub fn activation_slab_bytes(cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize) -> u64 {
-        ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, chunk).bytes()
+    /// Bytes of the activation slab at micro-batch `b` (all its buffers) with the kernel family
+    /// `kernels` (flash attention or not: `uses_flash_attention`).
+    pub fn activation_slab_bytes(
+        cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize, kernels: MatmulVariant,
+    ) -> u64 {
+        ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, chunk, uses_flash_attention(cfg, kernels)).bytes()
     }
 
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
@@ -330,10 +368,10 @@ impl GpuGpt {
     /// block-internal tensors), the input and target tokens, the cross-entropy's per-row
     /// state (f32 [B*T, 4]) and dropout's key (4 u32).
     pub fn predicted_activation_bytes(
-        cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize,
+        cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize, kernels: MatmulVariant,
     ) -> u64 {
-        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk);
-        let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk);
+        let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk, kernels);
+        let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk, kernels);
         let bt = (b * cfg.block_size).max(1) as u64;
         slab + grads + 2 * bt * 4 + bt * 16 + 16
     }
@@ -479,12 +517,12 @@ impl GpuGpt {
     fn build_micro_batch(&self, b: usize) -> Result<MicroBatch, ProgramError> {
         let t = self.cfg.block_size;
         let limits = SlabLimits::of(&self.gpu);
-        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision, limits, self.vocab_chunk);
+        let layout = ActLayout::new(&self.cfg, b, t, self.recompute, self.precision, limits, self.vocab_chunk, self.flash);
         layout.packer.check(&format!("activations of micro_batch {b}")).map_err(|e| ProgramError::Shape { kernel: "activation slab".into(), message: e.message })?;
         let acts = allocate(&self.gpu, "activations", Category::Activations, &layout.packer)?;
         // the activation gradients keep one copy of the block-internal tensors (as checkpointing
         // lays out activations): the backward runs one block at a time
-        let dlayout = ActLayout::new(&self.cfg, b, t, true, self.precision, limits, self.vocab_chunk);
+        let dlayout = ActLayout::new(&self.cfg, b, t, true, self.precision, limits, self.vocab_chunk, self.flash);
         let dacts = allocate(&self.gpu, "activation gradients", Category::Activations, &dlayout.packer)?;
         let inputs = self.gpu.try_storage("input tokens", Category::Activations, b * t)?;
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
@@ -566,7 +604,11 @@ impl GpuGpt {
         pb.layernorm_forward(&act(a.ln1[l]), &act(a.ln1_mean[l]), &act(a.ln1_rstd[l]), &residual,
             &lw(p::LN1W, c), &lw(p::LN1B, c), bt, c)?;
         pb.matmul_forward(&act(a.qkv[l]), &act(a.ln1[l]), &lw(p::QKVW, 3 * c * c), Some(&lw(p::QKVB, 3 * c)), bt, c, 3 * c)?;
-        // per part of whole sequences (one, unless the T x T matrices pass a binding)
+        // flash attention keeps each query row's log-sum-exp; otherwise the T x T matrices, per
+        // part of whole sequences (one, unless they pass a binding)
+        if a.flash {
+            pb.flash_attention_forward(&act(a.atty[l]), &a.lse_view(acts, l), &act(a.qkv[l]), drop_att.as_ref(), b, t, c, nh)?;
+        }
         for (&(pre, s0, n), &(at, _, _)) in a.preatt[l].iter().zip(&a.att[l]) {
             let d = drop_att.as_ref().map(|d| d.part(s0));
             pb.attention_forward_dropout(&act(a.atty[l]).add(s0 * t * c), &act(pre), &act(at), &act(a.qkv[l]).add(s0 * t * 3 * c),
@@ -685,6 +727,12 @@ impl GpuGpt {
             pb.matmul_backward_t(&dact(d.atty[l]), wt(l, WT_ATTPROJ).as_ref(), &lg(p::ATTPROJW, l, c * c), Some(&lg(p::ATTPROJB, l, c)),
                 &dattproj, &act(a.atty[l]), &lw(p::ATTPROJW, l, c * c), bt, c, c)?;
             let drop_att = at_site(site::attention);
+            // flash attention recomputes the probabilities from q, k and the kept log-sum-exp;
+            // the gradients' lse slot holds D = dout . out per row
+            if a.flash {
+                pb.flash_attention_backward(&dact(d.qkv[l]), &d.lse_view(dacts, l), &dact(d.atty[l]), &act(a.qkv[l]),
+                    &act(a.atty[l]), &a.lse_view(acts, l), drop_att.as_ref(), b, t, c, nh)?;
+            }
             for ((&(dpre, s0, n), &(dat, _, _)), &(at, _, _)) in d.preatt[l].iter().zip(&d.att[l]).zip(&a.att[l]) {
                 let (q, y) = (s0 * t * 3 * c, s0 * t * c);
                 let x = drop_att.as_ref().map(|x| x.part(s0));

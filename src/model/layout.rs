@@ -80,6 +80,11 @@ impl Packer {
         Self { elem_bytes, limits, align, buffers: Vec::new(), largest: (String::new(), 0) }
     }
 
+    /// Bytes of one element of this slab.
+    pub fn elem_bytes(&self) -> u64 {
+        self.elem_bytes
+    }
+
     fn capacity(&self) -> usize {
         (self.limits.max_buffer / self.elem_bytes) as usize / self.align * self.align
     }

@@ -76,7 +76,7 @@ impl ModelSpec {
         let params = self.slab_layout(opts.limits).0.largest.1;
         let acts = match self {
             ModelSpec::Gpt(c) => {
-                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk);
+                let a = ActLayout::new(c, b, c.block_size, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts));
                 a.packer.largest.1
             }
             ModelSpec::Cnn(c) => CnnActs::new(c, b).len.max(1) as u64 * 4,
@@ -121,7 +121,7 @@ impl ModelSpec {
         }
         match self {
             ModelSpec::Gpt(c) => {
-                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk));
+                add(Category::Activations, GpuGpt::predicted_activation_bytes(c, b, opts.checkpoint_activations, opts.precision, opts.limits, opts.vocab_chunk, opts.kernels));
                 // the window's tokens (inputs and targets of K micro-batches) and dropout keys,
                 // uploaded once
                 add(Category::Activations, buf(GpuGpt::window_tokens_len(c, b, k) as u64 * 4));
@@ -147,6 +147,11 @@ impl ModelSpec {
     }
 }
 
+/// Whether the GPT's attention runs as flash attention with these options' kernels.
+fn flash(c: &GptConfig, opts: MemoryOptions) -> bool {
+    crate::model::gpt::uses_flash_attention(c, opts.kernels)
+}
+
 /// wgpu buffer size of `bytes` as `GpuBuffer::new` creates it.
 fn buf(bytes: u64) -> u64 {
     bytes.max(4).next_multiple_of(4)
@@ -155,7 +160,7 @@ fn buf(bytes: u64) -> u64 {
 /// The lm_head's vocabulary chunks (`GpuGpt::vocab_chunks`): each part of the embedding in
 /// chunks of at most `ActLayout::chunk` entries.
 pub fn vocab_chunks(c: &GptConfig, b: usize, opts: MemoryOptions) -> u64 {
-    let chunk = ActLayout::new(c, b, c.block_size, false, opts.precision, opts.limits, opts.vocab_chunk).chunk;
+    let chunk = ActLayout::new(c, b, c.block_size, false, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts)).chunk;
     let parts = &ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE];
     parts.iter().map(|p| (p.len / c.n_embd).div_ceil(chunk).max(1) as u64).sum()
 }
@@ -173,16 +178,18 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     // dispatch forward and backward; the recomputed blocks' gradient fills are one range or one
     // per tensor (`ActLayout::block_fill`)
     let wte_parts = ModelSpec::Gpt(*c).slab_layout(opts.limits).1[crate::model::gpt::p::WTE].len() as u64;
-    let grads = ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk);
+    let grads = ActLayout::new(c, b, c.block_size, true, opts.precision, opts.limits, opts.vocab_chunk, flash(c, opts));
     let fills = grads.block_fill.len() as u64;
-    // the attention runs once per part of whole sequences of its T x T matrices
-    let parts = grads.preatt.first().map_or(1, |p| p.len()) as u64;
+    // the attention runs once per part of whole sequences of its T x T matrices (flash
+    // attention stores none and runs once: one dispatch forward, two backward, as attention.wgsl)
+    let parts = if grads.flash { 1 } else { grads.preatt.first().map_or(1, |p| p.len()) as u64 };
     // the CPU kernels' shapes: the same condition the model keeps transposed weights under
     let cpu = crate::model::gpt::uses_transposed_weights(c, kernels);
     let attention_blocks = cpu && c.n_head > 0 && (c.n_embd / c.n_head) % 4 == 0;
     // two more dispatches each way for attention, one fewer each way for GELU
     let attention = if attention_blocks { 2 } else { 0 };
-    let fused_gelu = if cpu { 1 } else { 0 };
+    // (the GPU kernels fuse GELU into the MLP's matmuls whatever the shapes)
+    let fused_gelu = if cpu || kernels == MatmulVariant::GpuTiled { 1 } else { 0 };
     let transposes = if cpu { 4 } else { 0 };
     let block_forward = 10 + attention - fused_gelu + (1 + attention) * (parts - 1);
     // the lm_head and the cross-entropy per vocabulary chunk: forward a matmul and an online

@@ -290,9 +290,10 @@ pub fn check_device_limits(gpu: &Gpu, cfg: &GptConfig, b: usize, recompute: bool
     // the slabs may span several buffers; each tensor must fit one binding (the embedding may
     // be cut into vocabulary ranges)
     let limits = crate::model::layout::SlabLimits::of(gpu);
-    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, vocab_chunk);
+    let flash = crate::model::gpt::uses_flash_attention(cfg, gpu.kernels().matmul());
+    let acts = crate::model::gpt::ActLayout::new(cfg, b, cfg.block_size, recompute, precision, limits, vocab_chunk, flash);
     if acts.packer.largest.1 > limits.max_binding {
-        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits, vocab_chunk).packer.largest.1;
+        let per_seq = crate::model::gpt::ActLayout::new(cfg, 1, cfg.block_size, recompute, precision, limits, vocab_chunk, flash).packer.largest.1;
         anyhow::bail!(
             "micro_batch {b}: the activation tensor {} needs {} in one binding but this device's max storage binding is {}; \
              the largest micro_batch that fits is about {}. Use a smaller micro_batch and more accum_steps for the same \

@@ -15,6 +15,7 @@
 // The device always has the adapter's default limits (WebGPU's guaranteed ones): gradscope must
 // run within them, so nothing here raises a limit. 'shader-f16' is requested when the adapter
 // has it; shaders that need it are skipped (compile) or fail the job (replay) when it lacks it.
+// 'subgroups' likewise: requested when the adapter has it, its shaders skipped otherwise.
 //
 // Every device call that can fail validation runs in error scopes (validation, out-of-memory,
 // internal); an 'uncapturederror' listener catches anything outside them. Every entry of
@@ -110,11 +111,14 @@ function describeAdapter(adapter) {
   return (parts.join(' / ') || 'unnamed adapter') + fallback;
 }
 
-// The device with the adapter's default limits (no requiredLimits), and 'shader-f16' if asked.
+// The device with the adapter's default limits (no requiredLimits), 'shader-f16' if asked, and
+// 'subgroups' when the adapter has it (the GPU family's row kernels in rows_subgroup use them).
 async function getDevice(adapter, wantF16, errors) {
+  const features = wantF16 ? ['shader-f16'] : [];
+  if (adapter.features.has('subgroups')) features.push('subgroups');
   const device = await adapter.requestDevice({
     label: 'gradscope',
-    requiredFeatures: wantF16 ? ['shader-f16'] : [],
+    requiredFeatures: features,
   });
   device.addEventListener('uncapturederror', (e) =>
     errors.push({where: 'uncaptured error', message: e.error.message}));
@@ -217,6 +221,14 @@ async function compileJob() {
         shader: shader.name,
         entry_points: shader.entry_points.map((e) => e.name),
         reason: "the adapter lacks the 'shader-f16' feature",
+      });
+      continue;
+    }
+    if (shader.needs_subgroups && !adapter.features.has('subgroups')) {
+      skipped.push({
+        shader: shader.name,
+        entry_points: shader.entry_points.map((e) => e.name),
+        reason: "the adapter lacks the 'subgroups' feature",
       });
       continue;
     }
