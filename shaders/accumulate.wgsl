@@ -15,7 +15,6 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> x: array<f32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 @compute @workgroup_size(64)
 fn accumulate(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,

@@ -40,7 +40,6 @@ fn nonfinite(x: f32) -> bool {
 }
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // The new (weight, m, v) of element i; one function for the check and the step, so both see
 // the same values.

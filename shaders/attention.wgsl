@@ -45,7 +45,6 @@ struct Params {
 @group(0) @binding(15) var<storage, read> key_b: array<u32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // dropout streams of sequence b of the part (forward: key at o4; backward: key at o6)
 fn stream_f(b: u32) -> u32 {

@@ -46,7 +46,6 @@ struct Params {
 // leave less idle time at the end of each dispatch when 2 threads share few workgroups
 // (`gradscope bench`: +7% tokens/s at B 16 x K 4, +10% at B 64 x K 1 against 64).
 const WG: u32 = 16u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // dropout streams of sequence b of the part (forward: key at o4; backward: key at o6) and the
 // factor of probability (h, t, s)
@@ -72,11 +71,6 @@ fn qkv_at(o: u32, b: u32, t: u32, part: u32, h: u32) -> u32 {
 // vec4 index of channel 0 of head h in row (b, t) of a [B,T,C] tensor at base o
 fn row_at(o: u32, b: u32, t: u32, h: u32) -> u32 {
     return (o + (b * p.T + t) * p.C) / 4u + h * hs4();
-}
-
-// (a0..a3 . w) as one vec4: four rows against one column
-fn dot4(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, w: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(a0, w), dot(a1, w), dot(a2, w), dot(a3, w));
 }
 
 // A 4 x 8 block of a (T x T) score matrix: rows t0..t0+4, columns s0..s0+8 of head (b, h).

@@ -51,7 +51,6 @@ struct Params {
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 var<workgroup> part: array<vec2<f32>, 64>;
 

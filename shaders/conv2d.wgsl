@@ -27,7 +27,6 @@ struct Params {
 @group(0) @binding(14) var<storage, read> b_weight: array<f32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 fn ho() -> u32 { return p.H + 2u * p.PAD + 1u - p.K; }
 fn wo() -> u32 { return p.W + 2u * p.PAD + 1u - p.K; }
 

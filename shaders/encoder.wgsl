@@ -32,7 +32,6 @@ struct Params {
 @group(0) @binding(12) var<storage, read> inp_b: array<u32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // one invocation per output element (b, t, c)
 @compute @workgroup_size(64)

@@ -48,6 +48,8 @@ struct Params {
 @group(0) @binding(14) var<storage, read> b_lse: array<f32>;
 @group(0) @binding(15) var<storage, read> key_b: array<u32>;
 
+// invocations per workgroup (the prelude's `flat`; the passes index by workgroup instead)
+const WG: u32 = 64u;
 const HS4: u32 = 16u;  // vec4s of the largest head size (64)
 const BR: u32 = 64u;   // query rows per workgroup of the forward and query passes (one each)
 const BC: u32 = 32u;   // keys per tile of the forward and query passes

@@ -21,23 +21,13 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> dout: array<act>;
 
 const WG: u32 = 64u;
-const S: f32 = 0.7978845608028654; // sqrt(2/pi)
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
-
-// 0.5 (1 + tanh u) = sigmoid(2u) = 1 / (1 + exp(-2u)): no cancellation for very negative x
-// (where 1 + tanh u loses every digit in f32), and exp overflowing to +inf gives 0, not NaN.
-fn half_one_plus_tanh(u: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-2.0 * u));
-}
 
 @compute @workgroup_size(64)
 fn gelu_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                 @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    let x = f32(inp[p.o1 + i]);
-    let u = S * (x + 0.044715 * x * x * x);
-    out[p.o0 + i] = act(x * half_one_plus_tanh(u));
+    out[p.o0 + i] = act(gelu(f32(inp[p.o1 + i])));
 }
 
 @compute @workgroup_size(64)
@@ -45,10 +35,5 @@ fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n
                  @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    let x = f32(b_inp[p.o1 + i]);
-    let u = S * (x + 0.044715 * x * x * x);
-    // with s = 0.5 (1 + tanh u): 0.5 (1 - tanh^2 u) = 2 s (1 - s)
-    let sg = half_one_plus_tanh(u);
-    let grad = sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
-    dinp[p.o0 + i] = act(f32(dinp[p.o0 + i]) + grad * f32(dout[p.o2 + i]));
+    dinp[p.o0 + i] = act(f32(dinp[p.o0 + i]) + gelu_grad(f32(b_inp[p.o1 + i])) * f32(dout[p.o2 + i]));
 }

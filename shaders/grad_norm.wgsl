@@ -27,7 +27,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read> by: array<f32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 var<workgroup> part: array<f32, 64>;
 

@@ -34,7 +34,6 @@ struct Params {
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // one invocation per (b, group)
 @compute @workgroup_size(64)

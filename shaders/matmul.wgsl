@@ -37,7 +37,6 @@ var<workgroup> ta: array<array<f32, 16>, 16>; // ta[i][r]
 var<workgroup> tb: array<array<f32, 16>, 16>; // tb[r][j]
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 // workgroup (x, y) computes the 16x16 tile of out with rows y*16.., columns x*16..
 @compute @workgroup_size(16, 16)

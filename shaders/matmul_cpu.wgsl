@@ -53,24 +53,7 @@ struct Params {
 // leave less idle time at the end of each dispatch when 2 threads share few workgroups
 // (`gradscope bench`: +7% tokens/s at B 16 x K 4, +10% at B 64 x K 1 against 64).
 const WG: u32 = 16u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
-// GELU, tanh approximation, as gelu.wgsl: 0.5 (1 + tanh u) = sigmoid(2u)
-const S: f32 = 0.7978845608028654; // sqrt(2/pi)
-fn gelu(x: f32) -> f32 {
-    let u = S * (x + 0.044715 * x * x * x);
-    return x * (1.0 / (1.0 + exp(-2.0 * u)));
-}
-fn gelu_grad(x: f32) -> f32 {
-    let u = S * (x + 0.044715 * x * x * x);
-    let sg = 1.0 / (1.0 + exp(-2.0 * u));
-    return sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
-}
-
-// (a0..a3 . w) as one vec4: four rows against one weight row
-fn dot4(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, w: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(a0, w), dot(a1, w), dot(a2, w), dot(a3, w));
-}
 
 // invocation -> block of rows m0..m0+4 and columns n0..n0+8; acc_j holds column n0+j of 4 rows
 @compute @workgroup_size(WG)

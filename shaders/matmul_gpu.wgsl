@@ -63,23 +63,14 @@ struct Params {
 @group(0) @binding(21) var<storage, read> bw_inp: array<act>;
 
 // Block tile 64 (i) x 64 (j), slices of 16 along r; 16 x 16 invocations with 4 x 4 outputs each.
+// invocations per workgroup (the prelude's `flat`; the tile kernels index by workgroup instead)
+const WG: u32 = 256u;
 const BT: u32 = 64u;
 const BR: u32 = 16u;
 // ta[r * 16 + q] = A(i0 + 4q .. i0 + 4q + 4, r0 + r);  tb[r * 16 + q] = B(r0 + r, j0 + 4q .. + 4)
 var<workgroup> ta: array<vec4<f32>, 256>;
 var<workgroup> tb: array<vec4<f32>, 256>;
 
-// GELU, tanh approximation, as gelu.wgsl: 0.5 (1 + tanh u) = sigmoid(2u)
-const S: f32 = 0.7978845608028654; // sqrt(2/pi)
-fn gelu(x: f32) -> f32 {
-    let u = S * (x + 0.044715 * x * x * x);
-    return x * (1.0 / (1.0 + exp(-2.0 * u)));
-}
-fn gelu_grad(x: f32) -> f32 {
-    let u = S * (x + 0.044715 * x * x * x);
-    let sg = 1.0 / (1.0 + exp(-2.0 * u));
-    return sg + 2.0 * x * sg * (1.0 - sg) * S * (1.0 + 3.0 * 0.044715 * x * x);
-}
 
 // Staging: invocation l holds 4 consecutive elements v of a slice.
 // Operand contiguous along r (A: row i = l / 4, columns r = 4 (l % 4) ..; B likewise with j):

@@ -19,7 +19,6 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> dout: array<f32>;
 
 const WG: u32 = 64u;
-fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
 
 @compute @workgroup_size(64)
 fn maxpool2_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,

@@ -1,6 +1,35 @@
 // prelude.wgsl: functions every shader file can call. The registry puts this file in front of
 // each one when it is compiled (after the file's `enable` lines); it has no bindings and no entry
-// points.
+// points. (The uniform's o0..o7 offsets stay in each file's Params: WGSL structs cannot be
+// extended, and each file's dims follow them.)
+
+// ---- indexing ------------------------------------------------------------------------------
+// The invocation's index in a 1-D dispatch (`Grid::Threads`: workgroups laid out over x, then
+// y past the device's per-dimension limit) of workgroups of WG invocations. Every shader file
+// declares its `const WG`, the @workgroup_size of its 1-D kernels.
+fn flat(w: vec3<u32>, n: vec3<u32>, l: u32) -> u32 { return (w.x + w.y * n.x) * WG + l; }
+
+// ---- GELU, tanh approximation (PyTorch approximate="tanh", GPT-2) ------------------------------
+// gelu(x) = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), with 0.5 (1 + tanh u) written
+// as sigmoid(2u) = 1 / (1 + exp(-2u)): no cancellation for very negative x (where 1 + tanh u
+// loses every digit in f32), and exp overflowing to +inf gives 0, not NaN.
+const GELU_S: f32 = 0.7978845608028654; // sqrt(2/pi)
+fn gelu(x: f32) -> f32 {
+    let u = GELU_S * (x + 0.044715 * x * x * x);
+    return x * (1.0 / (1.0 + exp(-2.0 * u)));
+}
+// d gelu / dx; with s = 0.5 (1 + tanh u): 0.5 (1 - tanh^2 u) = 2 s (1 - s)
+fn gelu_grad(x: f32) -> f32 {
+    let u = GELU_S * (x + 0.044715 * x * x * x);
+    let sg = 1.0 / (1.0 + exp(-2.0 * u));
+    return sg + 2.0 * x * sg * (1.0 - sg) * GELU_S * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+// ---- register blocks ---------------------------------------------------------------------------
+// (a0..a3 . w) as one vec4: four rows against one column (or weight row)
+fn dot4(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, w: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(a0, w), dot(a1, w), dot(a2, w), dot(a3, w));
+}
 
 // ---- dropout's random numbers ---------------------------------------------------------------
 // Counter-based: an element's keep/drop decision is a pure function of (seed, step, site, sample,

@@ -45,9 +45,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("maxpool", include_str!("../../shaders/maxpool.wgsl")),
 ];
 
-/// Functions every shader file may call (dropout's counter-based random numbers), put in front of
-/// each file when it is compiled (`with_prelude`). Not a shader file of its own: no bindings, no
-/// entry points.
+/// The helpers every shader file shares (`flat`, GELU and its derivative, `dot4`, dropout's
+/// counter-based random numbers), put in front of each file when it is compiled
+/// (`with_prelude`). Not a shader file of its own: no bindings, no entry points. Every file
+/// declares `const WG`, the workgroup size its 1-D kernels and `flat` use.
 pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
 
 /// A shader source as it is compiled: its leading `enable` lines, then `PRELUDE`, then the rest.
