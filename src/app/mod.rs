@@ -7,9 +7,9 @@ pub mod state;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot, Points, VLine};
+use egui_plot::{Bar, BarChart, Corner, HLine, Legend, Line, Plot, Points, VLine};
 
-use crate::gpu::{Category, Gpu, human_bytes};
+use crate::gpu::{Gpu, human_bytes};
 use crate::reference::gpt::GptConfig;
 use crate::train::TrainConfig;
 use crate::train::live::{self, Control, Session};
@@ -468,39 +468,69 @@ impl GradscopeApp {
     }
 
     fn plots(&mut self, ui: &mut egui::Ui) {
-        let h = (ui.available_height() / 3.0 - 24.0).max(120.0);
+        let h = (ui.available_height() / 3.0 - 30.0).max(120.0);
         let wdt = ui.available_width() / 2.0 - 8.0;
         egui::Grid::new("plots").num_columns(2).show(ui, |ui| {
-            plot_cell(ui, "loss", wdt, h, |p| {
-                p.line(Line::new("train (per micro-batch)", self.state.micro_loss.points.clone()).color(egui::Color32::from_gray(140)));
-                p.line(Line::new("train (per step)", self.state.train_loss.points.clone()));
-                p.line(Line::new("validation", self.state.val_loss.points.clone()));
-                p.points(egui_plot::Points::new("validation points", self.state.val_loss.points.clone()).radius(3.0));
+            let lines = self.state.loss_lines();
+            let log = self.state.settings.log_loss;
+            ui.vertical(|ui| {
+                ui.horizontal(|ui| {
+                    ui.label("loss");
+                    let mut on = log;
+                    ui.checkbox(&mut on, "log scale").on_hover_text("the loss axis in powers of ten");
+                    self.state.set_log_loss(on);
+                });
+                let headroom = state::legend_headroom(&[&lines[0].1, &lines[1].1, &lines[2].1], state::legend_fraction(3, h));
+                let mut plot = history_plot("loss", wdt, h, if log { "loss (log scale)" } else { "loss" });
+                if let Some(top) = headroom {
+                    plot = plot.include_y(top);
+                }
+                if log {
+                    plot = plot.y_axis_formatter(|m, _| format!("{:.3}", 10f64.powf(m.value)));
+                }
+                plot.show(ui, |p| {
+                    let [micro, step, val] = lines;
+                    p.line(Line::new(micro.0, micro.1).color(egui::Color32::from_gray(140)));
+                    p.line(Line::new(step.0, step.1).color(SERIES_COLORS[0]));
+                    // drawn (empty) before the first evaluation too: the legend does not jump
+                    p.line(Line::new(val.0, val.1.clone()).color(SERIES_COLORS[1]));
+                    p.points(Points::new(val.0, val.1).radius(3.0).color(SERIES_COLORS[1]));
+                });
             });
-            plot_cell(ui, "global grad norm (before clip)", wdt, h, |p| {
-                p.line(Line::new("|g|", self.state.grad_norm.points.clone()));
-                if let Some(c) = self.state.confirmed {
-                    if c.grad_clip > 0.0 {
-                        p.hline(HLine::new("clip", c.grad_clip));
-                    }
+            let clip = self.state.confirmed.map(|c| c.grad_clip).filter(|c| *c > 0.0);
+            plot_cell(ui, "global grad norm (before clip)", wdt, h, "|g|", &[&self.state.grad_norm.points], 2, |p| {
+                p.line(Line::new("|g|", self.state.grad_norm.points.clone()).color(SERIES_COLORS[0]));
+                if let Some(c) = clip {
+                    p.hline(HLine::new("clip", c).color(egui::Color32::from_gray(150)));
                 }
             });
             ui.end_row();
-            plot_cell(ui, "learning rate and |update| / |grad|", wdt, h, |p| {
-                p.line(Line::new("lr", self.state.lr.points.clone()));
-                p.line(Line::new("|update|/|grad|", self.state.update_ratio.points.clone()));
+            // two axes of their own: the learning rate (~1e-3) would lie flat at 0 beside the
+            // update ratio
+            ui.vertical(|ui| {
+                let half = (h - 24.0) / 2.0;
+                plot_cell(ui, "learning rate", wdt, half, "lr", &[&self.state.lr.points], 1, |p| {
+                    p.line(Line::new("lr", self.state.lr.points.clone()).color(SERIES_COLORS[0]));
+                });
+                plot_cell(ui, "|update| / |grad|", wdt, half, "ratio", &[&self.state.update_ratio.points], 1, |p| {
+                    p.line(Line::new("|update|/|grad|", self.state.update_ratio.points.clone()).color(SERIES_COLORS[1]));
+                });
             });
             let unit = if self.state.base_config.model == crate::train::config::ModelKind::Cnn { "images" } else { "tokens" };
-            plot_cell(ui, &format!("{unit} / s"), wdt, h, |p| p.line(Line::new(format!("{unit}/s"), self.state.tokens_per_s.points.clone())));
+            plot_cell(ui, &format!("{unit} / s"), wdt, h, &format!("{unit}/s"), &[&self.state.tokens_per_s.points], 1, |p| {
+                p.line(Line::new(format!("{unit}/s"), self.state.tokens_per_s.points.clone()).color(SERIES_COLORS[0]))
+            });
             ui.end_row();
-            plot_cell(ui, "device memory (MiB, byte ledger)", wdt, h, |p| {
-                // stacked: each line is the running sum of the categories up to it
-                let mut acc: Vec<[f64; 2]> = self.state.memory.iter().map(|(s, _)| [*s, 0.0]).collect();
-                for c in Category::ALL {
-                    for (i, (_, m)) in self.state.memory.iter().enumerate() {
-                        acc[i][1] += m.get(c) as f64 / (1 << 20) as f64;
-                    }
-                    p.line(Line::new(c.name(), acc.clone()).fill(0.0));
+            let bands = self.state.memory_bands();
+            let tops: Vec<[f64; 2]> = bands.last().map_or(Vec::new(), |b| b.xs.iter().zip(&b.upper).map(|(x, y)| [*x, *y]).collect());
+            plot_cell(ui, "device memory (MiB, byte ledger)", wdt, h, "MiB", &[&tops], bands.len(), |p| {
+                for (i, b) in bands.iter().enumerate() {
+                    let color = MEMORY_COLORS[i % MEMORY_COLORS.len()];
+                    p.add(
+                        egui_plot::FilledArea::new(b.name, &b.xs, &b.lower, &b.upper)
+                            .fill_color(color.gamma_multiply(0.8))
+                            .stroke(egui::Stroke::new(1.0, color)),
+                    );
                 }
             });
             self.memory_vs_b(ui, wdt, h);
@@ -543,32 +573,76 @@ impl GradscopeApp {
             Some(a) => format!("memory vs B: predicted {} / ledger {} at B {b_now}", human_bytes(predicted_now), human_bytes(a)),
             None => format!("memory vs B: predicted {} at B {b_now}", human_bytes(predicted_now)),
         };
-        plot_cell(ui, &title, w, h, |p| {
-            if matches!(spec, ModelSpec::Gpt(_)) {
-                use crate::gpu::Precision::{F16, F32};
-                p.line(Line::new("predicted, f32", curve(opts(false, F32))));
-                p.line(Line::new("predicted, f32 checkpointed", curve(opts(true, F32))));
-                p.line(Line::new("predicted, f16", curve(opts(false, F16))));
-                p.line(Line::new("predicted, f16 checkpointed", curve(opts(true, F16))));
-            } else {
-                p.line(Line::new("predicted total", curve(opts(false, crate::gpu::Precision::F32))));
+        let top = curve(opts(false, crate::gpu::Precision::F32));
+        let headroom = state::legend_headroom(&[&top], 0.2);
+        ui.vertical(|ui| {
+            ui.label(&title);
+            // eight legend rows: top left, over the empty area above the small-B end of the curves
+            let mut plot = history_plot(&title, w, h, "MiB").x_axis_label("micro-batch B").legend(
+                Legend::default().position(Corner::LeftTop).background_alpha(0.6).follow_insertion_order(true),
+            );
+            if let Some(t) = headroom {
+                plot = plot.include_y(t);
             }
-            let largest = (1..=max_b)
-                .map(|b| [b as f64, mib(spec.largest_binding(b, opts(ck_now, prec_now)))])
-                .collect::<Vec<_>>();
-            p.line(Line::new("largest binding", largest));
-            if let Some(a) = actual_now {
-                p.points(Points::new("byte ledger now", vec![[b_now as f64, mib(a)]]).radius(5.0));
-            }
-            p.vline(VLine::new("current B", b_now as f64));
-            p.hline(HLine::new(format!("one binding ≤ {}", human_bytes(limit)), mib(limit)));
+            plot.show(ui, |p| {
+                if matches!(spec, ModelSpec::Gpt(_)) {
+                    use crate::gpu::Precision::{F16, F32};
+                    p.line(Line::new("predicted, f32", curve(opts(false, F32))));
+                    p.line(Line::new("predicted, f32 checkpointed", curve(opts(true, F32))));
+                    p.line(Line::new("predicted, f16", curve(opts(false, F16))));
+                    p.line(Line::new("predicted, f16 checkpointed", curve(opts(true, F16))));
+                } else {
+                    p.line(Line::new("predicted total", curve(opts(false, crate::gpu::Precision::F32))));
+                }
+                let largest = (1..=max_b)
+                    .map(|b| [b as f64, mib(spec.largest_binding(b, opts(ck_now, prec_now)))])
+                    .collect::<Vec<_>>();
+                p.line(Line::new("largest binding", largest));
+                if let Some(a) = actual_now {
+                    p.points(Points::new("byte ledger now", vec![[b_now as f64, mib(a)]]).radius(5.0));
+                }
+                p.vline(VLine::new("current B", b_now as f64));
+                p.hline(HLine::new(format!("one binding ≤ {}", human_bytes(limit)), mib(limit)));
+            });
         });
     }
 }
 
-fn plot_cell(ui: &mut egui::Ui, title: &str, w: f32, h: f32, f: impl FnOnce(&mut egui_plot::PlotUi)) {
+/// Line colours of the history plots.
+const SERIES_COLORS: [egui::Color32; 2] = [egui::Color32::from_rgb(90, 160, 230), egui::Color32::from_rgb(230, 140, 40)];
+
+/// Colours of the memory categories' bands.
+const MEMORY_COLORS: [egui::Color32; 5] = [
+    egui::Color32::from_rgb(70, 130, 180),
+    egui::Color32::from_rgb(230, 140, 40),
+    egui::Color32::from_rgb(80, 170, 80),
+    egui::Color32::from_rgb(200, 70, 70),
+    egui::Color32::from_rgb(150, 110, 190),
+];
+
+/// A history plot: x is the optimizer step, a fixed y-axis width (so new ticks never shift the
+/// plot), the legend top right in the headroom the caller includes.
+fn history_plot<'a>(id: &str, w: f32, h: f32, y_label: &str) -> Plot<'a> {
+    Plot::new(id)
+        .width(w)
+        .height(h)
+        .legend(Legend::default().position(Corner::RightTop).background_alpha(0.6).follow_insertion_order(true))
+        .x_axis_label("optimizer step")
+        .y_axis_label(y_label.to_string())
+        .y_axis_min_width(56.0)
+}
+
+/// A titled history plot whose y range leaves room above `data` for a legend of `entries` rows.
+#[allow(clippy::too_many_arguments)]
+fn plot_cell(
+    ui: &mut egui::Ui, title: &str, w: f32, h: f32, y_label: &str, data: &[&[[f64; 2]]], entries: usize, f: impl FnOnce(&mut egui_plot::PlotUi),
+) {
     ui.vertical(|ui| {
         ui.label(title);
-        Plot::new(title).width(w).height(h).legend(Legend::default()).show(ui, |p| f(p));
+        let mut plot = history_plot(title, w, h, y_label);
+        if let Some(top) = state::legend_headroom(data, state::legend_fraction(entries, h)) {
+            plot = plot.include_y(top);
+        }
+        plot.show(ui, |p| f(p));
     });
 }

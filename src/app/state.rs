@@ -31,6 +31,8 @@ pub struct Settings {
     pub checkpoint_activations: bool,
     /// GPT activation precision (f16: mixed precision with loss scaling).
     pub precision: crate::gpu::Precision,
+    /// The loss plot's y axis on a log scale (a view setting: no control is sent).
+    pub log_loss: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Settings {
             block_size: c.block_size,
             checkpoint_activations: c.checkpoint_activations,
             precision: c.precision,
+            log_loss: false,
         }
     }
 
@@ -133,6 +136,38 @@ impl History {
 }
 
 const CAP: usize = 2000;
+
+/// The loss plot's lines, always these three (a line that has no points yet is drawn empty, so
+/// the legend and the plot's layout do not jump when the first validation loss arrives).
+pub const LOSS_LINES: [&str; 3] = ["train (per micro-batch)", "train (per step)", "validation"];
+
+/// One stacked memory band: x (optimizer steps), its lower and upper edges (MiB).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Band {
+    pub name: &'static str,
+    pub xs: Vec<f64>,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+}
+
+/// The share of a plot's height its legend takes: `entries` rows of ~18 points and a margin,
+/// in a plot `height` points tall (at most 70%, the rest stays for the data).
+pub fn legend_fraction(entries: usize, height: f32) -> f64 {
+    ((entries as f64 * 18.0 + 16.0) / height.max(1.0) as f64).clamp(0.1, 0.7)
+}
+
+/// The upper y bound that leaves the top `fraction` of a plot free for its legend (top right),
+/// above every point of `lines`. None without points.
+pub fn legend_headroom(lines: &[&[[f64; 2]]], fraction: f64) -> Option<f64> {
+    let ys = lines.iter().flat_map(|l| l.iter().map(|p| p[1])).filter(|y| y.is_finite());
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+    if !lo.is_finite() {
+        return None;
+    }
+    let span = if hi > lo { hi - lo } else { hi.abs().max(1e-9) };
+    let f = fraction.clamp(0.0, 0.9);
+    Some(hi + span * f / (1.0 - f))
+}
 
 /// The accumulation window as the stepping panel shows it.
 #[derive(Clone, Debug, Default)]
@@ -271,6 +306,44 @@ impl AppState {
         self.settings.precision = p;
         Some(Control::SetPrecision(p))
     }
+    /// The loss plot's log scale on or off (a view setting); true when it changed.
+    pub fn set_log_loss(&mut self, on: bool) -> bool {
+        let changed = on != self.settings.log_loss;
+        self.settings.log_loss = on;
+        changed
+    }
+
+    /// The loss plot's lines (`LOSS_LINES` order), as drawn: log10 of the loss on a log scale
+    /// (points whose loss is not positive are left out there).
+    pub fn loss_lines(&self) -> [(&'static str, Vec<[f64; 2]>); 3] {
+        let map = |h: &History| -> Vec<[f64; 2]> {
+            if self.settings.log_loss {
+                h.points.iter().filter(|p| p[1] > 0.0).map(|p| [p[0], p[1].log10()]).collect()
+            } else {
+                h.points.clone()
+            }
+        };
+        let [a, b, c] = LOSS_LINES;
+        [(a, map(&self.micro_loss)), (b, map(&self.train_loss)), (c, map(&self.val_loss))]
+    }
+
+    /// Device memory per category as stacked bands (MiB): each category's band lies on the ones
+    /// before it, so the top of the last is the total.
+    pub fn memory_bands(&self) -> Vec<Band> {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let xs: Vec<f64> = self.memory.iter().map(|(s, _)| *s).collect();
+        let mut lower = vec![0.0; xs.len()];
+        crate::gpu::Category::ALL
+            .iter()
+            .map(|&c| {
+                let upper: Vec<f64> = self.memory.iter().zip(&lower).map(|((_, m), lo)| lo + mib(m.get(c))).collect();
+                let band = Band { name: c.name(), xs: xs.clone(), lower: lower.clone(), upper: upper.clone() };
+                lower = upper;
+                band
+            })
+            .collect()
+    }
+
     pub fn toggle_pause(&self) -> Control {
         if self.paused { Control::Resume } else { Control::Pause }
     }
@@ -520,6 +593,46 @@ mod tests {
         s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None })));
         assert_eq!(s.health, vec![(2, "non-finite".to_string())]);
         assert!(s.history_csv().starts_with("step,train_loss"));
+    }
+
+    #[test]
+    fn history_plots_log_scale_fixed_lines_stacked_memory_and_legend_room() {
+        let mut s = state();
+        assert_eq!(s.loss_lines().map(|l| l.0), LOSS_LINES, "three lines before any evaluation");
+        assert!(s.loss_lines()[2].1.is_empty());
+        let mut m = metrics(1, 100.0);
+        m.memory = MemorySnapshot { bytes: [1 << 20, 2 << 20, 3 << 20, 4 << 20, 0] };
+        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![(1000.0, 10.0), (10.0, 10.0)], update_ratios: None })));
+        s.apply(Event::Eval { step: 1, epoch: None, eval: crate::train::model::Evaluation { loss: 0.1, accuracy: None, items: 10 } });
+        let lines = s.loss_lines();
+        assert_eq!(lines.clone().map(|l| l.0), LOSS_LINES, "the same three lines after the first evaluation: no layout jump");
+        assert_eq!((lines[1].1.clone(), lines[2].1.clone()), (vec![[1.0, 100.0]], vec![[1.0, 0.1]]));
+        // the log scale is a view setting: no control, the lines become log10
+        assert!(s.set_log_loss(true), "turning it on changes the view");
+        assert!(!s.set_log_loss(true), "asking again changes nothing");
+        let lines = s.loss_lines();
+        assert_eq!(lines[0].1, vec![[0.5, 3.0], [1.0, 1.0]]);
+        assert_eq!(lines[1].1, vec![[1.0, 2.0]]);
+        assert_eq!(lines[2].1, vec![[1.0, -1.0]]);
+        s.micro_loss.push(1.5, 0.0);
+        assert_eq!(s.loss_lines()[0].1.len(), 2, "a loss of 0 has no logarithm: left out, not -inf");
+        assert!(s.set_log_loss(false));
+        assert_eq!(s.loss_lines()[1].1, vec![[1.0, 100.0]]);
+        // memory: each band lies on the one before, the last top is the total
+        let bands = s.memory_bands();
+        assert_eq!(bands.iter().map(|b| b.name).collect::<Vec<_>>(), crate::gpu::Category::ALL.map(|c| c.name()).to_vec());
+        assert_eq!(bands[0].lower, vec![0.0]);
+        for w in bands.windows(2) {
+            assert_eq!(w[1].lower, w[0].upper, "{} lies on {}", w[1].name, w[0].name);
+        }
+        assert_eq!(bands.iter().map(|b| b.upper[0]).collect::<Vec<_>>(), vec![1.0, 3.0, 6.0, 10.0, 10.0]);
+        // the legend's room: the data stay below the top `fraction` of the height
+        let f = legend_fraction(3, 200.0);
+        assert!((f - 70.0 / 200.0).abs() < 1e-9, "three rows and a margin of a 200-point plot: {f}");
+        assert_eq!(legend_fraction(20, 100.0), 0.7, "the data keep 30% at least");
+        let top = legend_headroom(&[&[[0.0, 1.0], [1.0, 3.0]], &[[2.0, 2.0]]], f).unwrap();
+        assert!(((3.0 - 1.0) / (top - 1.0) - (1.0 - f)).abs() < 1e-9, "{top}");
+        assert_eq!(legend_headroom(&[&[]], f), None);
     }
 
     #[test]
