@@ -514,6 +514,10 @@ mod tests {
             accum_steps: 2,
             memory: MemorySnapshot { bytes: [1, 2, 3, 4, 5] },
             health: Health::default(),
+            b_simple: None,
+            b_simple_items: None,
+            noise_g2: None,
+            noise_trace: None,
         }
     }
 
@@ -575,7 +579,7 @@ mod tests {
             }));
         }
         assert_eq!((s.window.k, s.window.done()), (2, 2));
-        s.apply(Event::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None })));
+        s.apply(Event::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None, grad_stats: None })));
         assert_eq!(s.step, 1);
         assert_eq!(s.train_loss.points, vec![[1.0, 3.5]]);
         assert_eq!(s.micro_loss.points, vec![[0.5, 4.0], [1.0, 3.0]], "micro-batch losses at fractional steps");
@@ -590,7 +594,7 @@ mod tests {
         // health flags are collected
         let mut m = metrics(2, f64::NAN);
         m.health.nonfinite = true;
-        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None })));
+        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![], update_ratios: None, grad_stats: None })));
         assert_eq!(s.health, vec![(2, "non-finite".to_string())]);
         assert!(s.history_csv().starts_with("step,train_loss"));
     }

@@ -532,6 +532,7 @@ impl Slabs {
             update_norm: f[Scratch::UPDATE_NORM] as f64,
             update_nonfinite: f[Scratch::UPDATE_NONFINITE] != 0.0,
             micro,
+            grad_stats: None,
         })
     }
 
@@ -590,6 +591,8 @@ pub struct WindowFigures {
     pub update_nonfinite: bool,
     /// Per micro-batch: (loss sum, count of targets).
     pub micro: Vec<(f64, f64)>,
+    /// Per-micro-batch gradient statistics (`grad_stats = true`; None when off).
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 impl WindowFigures {

@@ -39,6 +39,9 @@ pub struct StepReport {
     pub micro: Vec<(f64, f64)>,
     /// Per tensor ||update|| / ||weight|| (stepping only).
     pub update_ratios: Option<Vec<(String, f64)>>,
+    /// The window's per-micro-batch gradient statistics (`grad_stats` on; with the exact Gram
+    /// matrix when the window was stepped by hand).
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 #[derive(Clone, Debug)]

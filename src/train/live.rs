@@ -342,7 +342,7 @@ impl Worker {
             metrics.set_eval(&eval);
             self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
-        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios })));
+        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios, grad_stats: None })));
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
         if t.step >= t.cfg.max_steps {

@@ -561,7 +561,7 @@ impl Trainer {
                 last = Some(ev);
             }
             let micro = fig.micro_means();
-            on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None })))?;
+            on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None, grad_stats: fig.grad_stats.clone() })))?;
             if self.cfg.save_every > 0 && self.step.is_multiple_of(self.cfg.save_every) {
                 let path = self.save_periodic(&dir)?;
                 if !snapshot_each_step {
