@@ -606,7 +606,7 @@ mod tests {
         assert!(s.loss_lines()[2].1.is_empty());
         let mut m = metrics(1, 100.0);
         m.memory = MemorySnapshot { bytes: [1 << 20, 2 << 20, 3 << 20, 4 << 20, 0] };
-        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![(1000.0, 10.0), (10.0, 10.0)], update_ratios: None })));
+        s.apply(Event::Step(Box::new(StepReport { metrics: m, micro: vec![(1000.0, 10.0), (10.0, 10.0)], update_ratios: None, grad_stats: None })));
         s.apply(Event::Eval { step: 1, epoch: None, eval: crate::train::model::Evaluation { loss: 0.1, accuracy: None, items: 10 } });
         let lines = s.loss_lines();
         assert_eq!(lines.clone().map(|l| l.0), LOSS_LINES, "the same three lines after the first evaluation: no layout jump");
