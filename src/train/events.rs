@@ -21,14 +21,9 @@ pub struct MicroReport {
     /// Mean loss over this micro-batch's counted targets.
     pub loss: f64,
     pub tokens: f64,
-    /// L2 norm of the accumulated (summed, not yet normalized) gradient.
-    pub accumulated_norm: f64,
-    /// L2 norm of this micro-batch's own (summed) gradient.
-    pub micro_norm: f64,
-    /// Cosine between this micro-batch's gradient and the accumulated gradient.
-    pub cosine: f64,
-    /// Per-tensor L2 norm of the accumulated gradient.
-    pub tensor_norms: Vec<(String, f64)>,
+    /// The window's gradient statistics so far (micro-batches 0..=index; with the Gram matrix
+    /// while the host keeps the micro-batch gradients): the window view's figures.
+    pub stats: crate::model::grad_stats::GradStats,
 }
 
 /// One optimizer step with its micro-batches and, when stepped by hand, the details.
