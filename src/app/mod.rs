@@ -548,7 +548,7 @@ impl GradscopeApp {
                     .include_x(0.5)
                     .include_x(w.k as f64 + 0.5)
                     .include_y(0.0);
-                if let Some(top) = state::legend_headroom(&[&run], state::legend_fraction(2, h)) {
+                if let Some(top) = state::legend_headroom(&[&run, &[[0.0, 0.0]]], state::legend_fraction(2, h)) {
                     plot = plot.include_y(top);
                 }
                 plot.show(ui, |p| {
@@ -651,7 +651,7 @@ impl GradscopeApp {
             None => format!("gradient noise scale B_simple: not measured yet (needs K >= 2 and grad_stats), E = {e}"),
         });
         let mut plot = history_plot("noise scale", w, h, "samples");
-        if let Some(top) = state::legend_headroom(&[pts, &[[0.0, e as f64]]], state::legend_fraction(2, h)) {
+        if let Some(top) = state::legend_headroom(&[pts, &[[0.0, e as f64], [0.0, 0.0]]], state::legend_fraction(2, h)) {
             plot = plot.include_y(top);
         }
         plot.include_y(0.0).show(ui, |p| {
