@@ -532,7 +532,7 @@ impl GradscopeApp {
         };
         let kernels = crate::gpu::kernels::MatmulVariant::for_device(self.gpu.kind);
         let limits = crate::model::layout::SlabLimits::of(&self.gpu);
-        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels, limits, vocab_chunk: c.vocab_chunk };
+        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels, limits, vocab_chunk: c.vocab_chunk, grad_stats: c.grad_stats };
         let curve = |o: MemoryOptions| -> Vec<[f64; 2]> {
             (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, o).total())]).collect()
         };

@@ -373,7 +373,7 @@ impl AppState {
                         if j < self.window.cells.len() && self.window.cells[j].is_none() {
                             self.window.cells[j] = Some(MicroReport {
                                 step: m.step, index: j, of: rep.micro.len(), loss: *l, tokens: *c,
-                                accumulated_norm: f64::NAN, micro_norm: f64::NAN, cosine: f64::NAN, tensor_norms: vec![],
+                                accumulated_norm: f64::NAN, micro_norm: f64::NAN, cosine: f64::NAN, tensor_norms: vec![], grad_stats: None,
                             });
                         }
                     }
@@ -502,7 +502,7 @@ mod tests {
         for j in 0..2 {
             s.apply(Event::MicroBatch(MicroReport {
                 step: 1, index: j, of: 2, loss: 4.0 - j as f64, tokens: 100.0, accumulated_norm: 1.0 + j as f64,
-                micro_norm: 1.0, cosine: 0.9, tensor_norms: vec![],
+                micro_norm: 1.0, cosine: 0.9, tensor_norms: vec![], grad_stats: None,
             }));
         }
         assert_eq!((s.window.k, s.window.done()), (2, 2));
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(s.val_loss.last(), Some([1.0, 3.6]));
         // a new window starts a new strip
         s.apply(Event::MicroBatch(MicroReport {
-            step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, accumulated_norm: 1.0, micro_norm: 1.0, cosine: 1.0, tensor_norms: vec![],
+            step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, accumulated_norm: 1.0, micro_norm: 1.0, cosine: 1.0, tensor_norms: vec![], grad_stats: None,
         }));
         assert_eq!((s.window.step, s.window.done()), (2, 1));
         // health flags are collected

@@ -29,6 +29,11 @@ pub struct MicroReport {
     pub cosine: f64,
     /// Per-tensor L2 norm of the accumulated gradient.
     pub tensor_norms: Vec<(String, f64)>,
+    /// The window so far (micro-batches 0..=index) as gradient statistics, per tensor (the
+    /// checkpoint tensors), with the exact Gram matrix of the micro-batch gradients (the host
+    /// reads every gradient while stepping by hand; None past `live::GRAM_HOST_BYTES`). None
+    /// when `grad_stats` is off.
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 /// One optimizer step with its micro-batches and, when stepped by hand, the details.

@@ -37,6 +37,9 @@ pub enum Control {
     SetActivationCheckpointing(bool),
     /// GPT activation precision, f32 or f16 mixed precision (at the next optimizer-step boundary).
     SetPrecision(crate::gpu::Precision),
+    /// Per-micro-batch gradient statistics and the noise scale on/off (at the next
+    /// optimizer-step boundary).
+    SetGradStats(bool),
     /// Time every kernel of one micro-batch (timestamp queries) between windows.
     ProfileKernels,
     Pause,
@@ -65,7 +68,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
     let thread = std::thread::Builder::new()
         .name("gradscope trainer".into())
         .spawn(move || {
-            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, window: None, finished: false };
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, pending_stats: None, window: None, hand: None, finished: false };
             w.run(cfg, crx);
         })
         .expect("spawn the trainer thread");
@@ -81,9 +84,24 @@ struct Worker {
     pending_k: Option<usize>,
     pending_ck: Option<bool>,
     pending_precision: Option<crate::gpu::Precision>,
+    pending_stats: Option<bool>,
     /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
     window: Option<(Window, Vec<f32>)>,
+    /// Its gradient statistics measured on the host (`grad_stats` on).
+    hand: Option<HandStats>,
     finished: bool,
+}
+
+/// The most host memory the micro-batch gradients of a window stepped by hand may take for the
+/// exact Gram matrix (past it the Gram matrix, and so the cosine with the final gradient of any
+/// but the last micro-batch, is not offered).
+pub const GRAM_HOST_BYTES: usize = 512 << 20;
+
+/// The statistics of a window stepped by hand: everything the device measures, plus the Gram
+/// matrix of the micro-batch gradients (the host holds each g_k while the window lasts).
+struct HandStats {
+    stats: crate::model::grad_stats::GradStats,
+    grads: Option<Vec<Vec<f32>>>,
 }
 
 enum Flow {
@@ -99,11 +117,13 @@ impl Worker {
 
     fn start(&mut self, cfg: TrainConfig) -> Option<Trainer> {
         self.window = None;
+        self.hand = None;
         self.finished = false;
         self.pending_b = None;
         self.pending_k = None;
         self.pending_ck = None;
         self.pending_precision = None;
+        self.pending_stats = None;
         match Trainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
                 self.send(Event::Started { derived: t.derived(), config: t.cfg.clone() });
@@ -238,6 +258,12 @@ impl Worker {
                     }
                 }
             }
+            Control::SetGradStats(on) => {
+                if let Some(t) = trainer.as_mut() {
+                    self.pending_stats = Some(on);
+                    self.apply_at_boundary(t);
+                }
+            }
             Control::ProfileKernels => {
                 if let Some(t) = trainer.as_mut() {
                     if self.window.is_some() {
@@ -306,6 +332,14 @@ impl Worker {
                 changed = true;
             }
         }
+        if let Some(on) = self.pending_stats.take() {
+            if on != t.cfg.grad_stats {
+                if let Err(e) = t.set_grad_stats(on) {
+                    self.send(Event::Error(format!("{e:#}")));
+                }
+                changed = true;
+            }
+        }
         if let Some(k) = self.pending_k.take() {
             t.cfg.accum_steps = k;
             t.cfg.effective_batch = 0;
@@ -328,8 +362,15 @@ impl Worker {
             Some((w, _)) => w,
             None => t.begin_window(),
         };
+        let hand = self.hand.take();
         let before = if by_hand { Some(t.model.slabs().read_params()?) } else { None };
-        let (mut metrics, fig) = t.finish_window(w)?;
+        let (mut metrics, mut fig) = t.finish_window(w)?;
+        // every micro-batch stepped by hand: the exact Gram matrix joins the device's figures
+        if let (Some(gs), Some(h)) = (fig.grad_stats.as_mut(), hand) {
+            if h.stats.k() == gs.k() {
+                gs.gram = h.stats.gram;
+            }
+        }
         let names = param_names(t);
         let update_ratios = match before {
             Some(before) => Some(update_ratios(&names, &before, &t.model.slabs().read_params()?)),
@@ -342,7 +383,7 @@ impl Worker {
             metrics.set_eval(&eval);
             self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
-        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios, grad_stats: None })));
+        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios, grad_stats: fig.grad_stats })));
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
         if t.step >= t.cfg.max_steps {
@@ -381,7 +422,43 @@ impl Worker {
             micro_norm: mn,
             cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
             tensor_norms: tensor_norms(&param_names(t), &g),
+            grad_stats: None,
         };
+        let mut report = report;
+        if t.cfg.grad_stats {
+            let first = report.index == 0;
+            if first {
+                self.hand = None;
+            }
+            let k = report.index;
+            let h = self.hand.get_or_insert_with(|| HandStats {
+                stats: crate::model::grad_stats::GradStats {
+                    tensors: param_names(t).into_iter().map(|n| n.0).collect(),
+                    gram: Some(Vec::new()),
+                    ..Default::default()
+                },
+                grads: (w.len() * micro.len() * 4 <= GRAM_HOST_BYTES).then(Vec::new),
+            });
+            if h.stats.k() == k {
+                let (sq, dp) = host_stats(&param_names(t), &micro, &prev);
+                h.stats.counts.push(report.tokens);
+                h.stats.sq_norm.push(sq);
+                h.stats.dot_prev.push(dp);
+                match (&mut h.grads, &mut h.stats.gram) {
+                    (Some(gs), Some(gram)) => {
+                        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+                        let row: Vec<f64> = gs.iter().map(|gj| dot(gj, &micro)).chain([dot(&micro, &micro)]).collect();
+                        for (j, r) in gram.iter_mut().enumerate() {
+                            r.push(row[j]);
+                        }
+                        gram.push(row);
+                        gs.push(micro.clone());
+                    }
+                    _ => h.stats.gram = None,
+                }
+                report.grad_stats = Some(h.stats.clone());
+            }
+        }
         self.window = Some((w, g));
         self.send(Event::MicroBatch(report));
         Ok(())
@@ -399,6 +476,19 @@ pub fn tensor_norms(names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String,
         .iter()
         .map(|(n, off, len)| (n.clone(), v[*off..off + len].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
         .collect()
+}
+
+/// Per tensor (name, offset, length): (|micro|^2, <micro, prev>) in f64.
+pub fn host_stats(names: &[(String, usize, usize)], micro: &[f32], prev: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    names
+        .iter()
+        .map(|(_, off, len)| {
+            let r = *off..off + len;
+            let sq = micro[r.clone()].iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            let dp = micro[r.clone()].iter().zip(&prev[r]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            (sq, dp)
+        })
+        .unzip()
 }
 
 /// Per-tensor ||after - before|| / ||before||.
