@@ -12,8 +12,8 @@
 //     (its segments' workgroups are consecutive) -> stats[2t] = |g_k|^2, stats[2t+1] = <g_k, G_{k-1}>.
 //
 // table (u32): per segment j, 3 words (first global workgroup, element offset in its buffer,
-// elements), in packing order; then at t0, per statistic t its first global workgroup, and the
-// total at t0 + S.
+// elements), in packing order; then at t0, per statistic t its workgroups [first, end) (a
+// statistic's segments are consecutive in packing order).
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -96,8 +96,8 @@ fn grad_stats_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) l: u32) {
     let t = wid.x + wid.y * nw.x;
     if (t >= p.wgs) { return; }
-    let a = f_table[p.o2 + p.t0 + t];
-    let b = f_table[p.o2 + p.t0 + t + 1u];
+    let a = f_table[p.o2 + p.t0 + 2u * t];
+    let b = f_table[p.o2 + p.t0 + 2u * t + 1u];
     var s = 0.0;
     var d = 0.0;
     for (var i = a + l; i < b; i += WG) {
