@@ -674,6 +674,7 @@ impl GradscopeApp {
             kernels: crate::gpu::kernels::MatmulVariant::for_device(self.gpu.kind),
             limits: crate::model::layout::SlabLimits::of(&self.gpu),
             vocab_chunk: cfg.vocab_chunk,
+            grad_stats: cfg.grad_stats,
         };
         let items = if cfg.model == crate::train::config::ModelKind::Cnn { 1.0 } else { cfg.block_size as f64 };
         let rows = state::what_if(e, items, c.micro_batch, &self.state.speed, |b, k| spec.predict(b, k, 0, o).total());
@@ -802,7 +803,7 @@ impl GradscopeApp {
         let spec = self.memory_spec();
         let kernels = crate::gpu::kernels::MatmulVariant::for_device(self.gpu.kind);
         let limits = crate::model::layout::SlabLimits::of(&self.gpu);
-        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels, limits, vocab_chunk: c.vocab_chunk };
+        let opts = |checkpoint_activations: bool, precision: crate::gpu::Precision| MemoryOptions { checkpoint_activations, precision, kernels, limits, vocab_chunk: c.vocab_chunk, grad_stats: c.grad_stats };
         let curve = |o: MemoryOptions| -> Vec<[f64; 2]> {
             (1..=max_b).map(|b| [b as f64, mib(spec.predict(b, k_now, 0, o).total())]).collect()
         };

@@ -594,7 +594,9 @@ impl AppState {
                 if r.index < w.cells.len() {
                     w.cells[r.index] = Some((r.loss, r.tokens));
                 }
-                w.stats = Some(r.stats);
+                if r.grad_stats.is_some() {
+                    w.stats = r.grad_stats;
+                }
             }
             Event::Step(rep) => {
                 let m = &rep.metrics;
@@ -761,7 +763,7 @@ mod tests {
     fn events_fill_histories_and_the_window_strip() {
         let mut s = state();
         for j in 0..2 {
-            s.apply(Event::MicroBatch(MicroReport { step: 1, index: j, of: 2, loss: 4.0 - j as f64, tokens: 100.0, stats: GradStats::default() }));
+            s.apply(Event::MicroBatch(MicroReport { step: 1, index: j, of: 2, loss: 4.0 - j as f64, tokens: 100.0, grad_stats: Some(GradStats::default()) }));
         }
         assert_eq!((s.window.k, s.window.done()), (2, 2));
         s.apply(Event::Step(Box::new(StepReport { metrics: metrics(1, 3.5), micro: vec![(4.0, 100.0), (3.0, 100.0)], update_ratios: None, grad_stats: None })));
@@ -772,7 +774,7 @@ mod tests {
         s.apply(Event::Eval { step: 1, epoch: None, eval: crate::train::model::Evaluation { loss: 3.6, accuracy: None, items: 100 } });
         assert_eq!(s.val_loss.last(), Some([1.0, 3.6]));
         // a new window starts a new strip
-        s.apply(Event::MicroBatch(MicroReport { step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, stats: GradStats::default() }));
+        s.apply(Event::MicroBatch(MicroReport { step: 2, index: 0, of: 2, loss: 3.0, tokens: 90.0, grad_stats: Some(GradStats::default()) }));
         assert_eq!((s.window.step, s.window.done()), (2, 1));
         // health flags are collected
         let mut m = metrics(2, f64::NAN);
@@ -854,7 +856,7 @@ mod tests {
         s.apply(Event::Paused(true));
         assert_eq!(s.shown_view(), MainView::Window, "paused: the main area shows the window");
         for k in 0..2 {
-            s.apply(Event::MicroBatch(MicroReport { step: 1, index: k, of: 3, loss: 2.0 + k as f64, tokens: counts[k], stats: snaps[k].clone() }));
+            s.apply(Event::MicroBatch(MicroReport { step: 1, index: k, of: 3, loss: 2.0 + k as f64, tokens: counts[k], grad_stats: Some(snaps[k].clone()) }));
         }
         let cards = s.window.cards();
         assert_eq!(cards.len(), 3);
@@ -865,7 +867,7 @@ mod tests {
         assert!((c1.cos_running.unwrap() - cos(&g[1], &g[0])).abs() < 1e-9, "{c1:?}");
         assert!(cards[0].clone().unwrap().cos_running.is_none(), "nothing runs before the first");
         assert!(c1.cos_final.is_none(), "no final gradient before the window is complete");
-        s.apply(Event::MicroBatch(MicroReport { step: 1, index: 2, of: 3, loss: 1.0, tokens: 1.0, stats: snaps[2].clone() }));
+        s.apply(Event::MicroBatch(MicroReport { step: 1, index: 2, of: 3, loss: 1.0, tokens: 1.0, grad_stats: Some(snaps[2].clone()) }));
         let cards: Vec<Card> = s.window.cards().into_iter().map(Option::unwrap).collect();
         for (k, c) in cards.iter().enumerate() {
             assert!((c.cos_final.unwrap() - cos(&g[k], &total)).abs() < 1e-9, "card {k}: {c:?}");

@@ -27,8 +27,9 @@ pub struct AppArgs {
     config: ConfigFlags,
 }
 
-/// The app's own defaults, under the file and the flags: a longer run, evaluated more often.
-const APP_PROFILE: &str = "max_steps = 2000\neval_every = 25";
+/// The app's own defaults, under the file and the flags: a longer run, evaluated more often, with
+/// the per-micro-batch gradient statistics on (the window view and the noise scale).
+const APP_PROFILE: &str = "max_steps = 2000\neval_every = 25\ngrad_stats = true";
 
 pub fn run(adapter: &Option<String>, args: AppArgs) -> anyhow::Result<i32> {
     let AppArgs { fresh, paused, step_first_window, exit_after_steps, screenshot, config } = args;

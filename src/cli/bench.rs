@@ -75,7 +75,7 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
         }
         let spec = gradscope::train::plan::model_spec(&base)?;
         let acts = |checkpoint_activations, precision| {
-            let opts = MemoryOptions { checkpoint_activations, precision, kernels: MatmulVariant::for_device(gpu.kind), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk };
+            let opts = MemoryOptions { checkpoint_activations, precision, kernels: MatmulVariant::for_device(gpu.kind), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk, grad_stats: base.grad_stats };
             activation_bytes(&spec, base.micro_batch, opts)
         };
         // the time cost of activation checkpointing at B x K

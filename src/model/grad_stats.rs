@@ -92,6 +92,42 @@ impl NoiseEstimate {
 }
 
 impl GradStats {
+    /// The statistics of micro-batch gradients held on the host (`grads[k]`: micro-batch k's
+    /// summed gradient, laid out as the tensors' (name, offset, elements) say), with the exact
+    /// Gram matrix: the reference the device's figures are tested against, and what the app's
+    /// step-through path knows.
+    pub fn from_gradients(tensors: &[(String, usize, usize)], counts: &[f64], grads: &[&[f64]]) -> Self {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let n = grads.first().map_or(0, |g| g.len());
+        let mut prev = vec![0.0f64; n];
+        let (mut sq_norm, mut dot_prev) = (Vec::new(), Vec::new());
+        for g in grads {
+            sq_norm.push(tensors.iter().map(|(_, o, l)| dot(&g[*o..o + l], &g[*o..o + l])).collect());
+            dot_prev.push(tensors.iter().map(|(_, o, l)| dot(&g[*o..o + l], &prev[*o..o + l])).collect());
+            for (p, v) in prev.iter_mut().zip(g.iter()) {
+                *p += v;
+            }
+        }
+        let gram = grads.iter().map(|a| grads.iter().map(|b| dot(a, b)).collect()).collect();
+        Self {
+            tensors: tensors.iter().map(|t| t.0.clone()).collect(),
+            counts: counts.to_vec(),
+            sq_norm,
+            dot_prev,
+            gram: Some(gram),
+        }
+    }
+
+    /// Multiply every inner product by `factor` (the trainer's 1 / loss weight^2: the device
+    /// measures the slab, which holds the loss weight times the summed gradient).
+    pub fn scale(&mut self, factor: f64) {
+        for row in self.sq_norm.iter_mut().chain(self.dot_prev.iter_mut()).chain(self.gram.iter_mut().flatten()) {
+            for v in row {
+                *v *= factor;
+            }
+        }
+    }
+
     /// Micro-batches of the window.
     pub fn k(&self) -> usize {
         self.counts.len()
@@ -283,5 +319,127 @@ impl NoiseScale {
             let corr = 1.0 - self.beta.powi(self.windows.min(i32::MAX as u64) as i32);
             (self.g2 / corr, self.trace / corr)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::linreg::LinReg;
+    use crate::reference::rng::Normal;
+
+    fn one(name: &str, n: usize) -> Vec<(String, usize, usize)> {
+        vec![(name.to_string(), 0, n)]
+    }
+
+    /// Running norms, mean norms, cosines and the projection from explicit vectors.
+    #[test]
+    fn derived_figures_match_the_vectors() {
+        let g = [vec![1.0, 0.0, 2.0, 0.0], vec![0.0, 3.0, 1.0, -1.0], vec![2.0, 1.0, -1.0, 0.5]];
+        let refs: Vec<&[f64]> = g.iter().map(|v| v.as_slice()).collect();
+        let tensors = vec![("a".to_string(), 0, 2), ("b".to_string(), 2, 2)];
+        let s = GradStats::from_gradients(&tensors, &[2.0, 3.0, 1.0], &refs);
+        let sum: Vec<f64> = (0..4).map(|i| g.iter().map(|v| v[i]).sum()).collect();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((s.window_sq_norm(None) - norm(&sum).powi(2)).abs() < 1e-12);
+        assert!((s.window_sq_norm(Some(1)) - (sum[2] * sum[2] + sum[3] * sum[3])).abs() < 1e-12);
+        assert!((s.window_grad_norm(None) - norm(&sum) / 6.0).abs() < 1e-12);
+        assert!((s.mean_grad_norm(1, None).unwrap() - norm(&g[1]) / 3.0).abs() < 1e-12);
+        let run = s.running_mean_grad_norms(None);
+        let g01: Vec<f64> = (0..4).map(|i| g[0][i] + g[1][i]).collect();
+        assert!((run[1].unwrap() - norm(&g01) / 5.0).abs() < 1e-12);
+        let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (norm(a) * norm(b));
+        assert!((s.cos_running(2, None).unwrap() - cos(&g[2], &g01)).abs() < 1e-12);
+        assert_eq!(s.cos_running(0, None), None);
+        for k in 0..3 {
+            assert!((s.cos_final(k).unwrap() - cos(&g[k], &sum)).abs() < 1e-12);
+        }
+        // without the Gram matrix only the last micro-batch's final cosine is known
+        let fused = GradStats { gram: None, ..s.clone() };
+        assert_eq!(fused.cos_final(0), None);
+        assert!((fused.cos_final(2).unwrap() - cos(&g[2], &sum)).abs() < 1e-12);
+        // the arrows end at (|G_K|, 0) and keep each g_k's component along G_K
+        let p = s.projection().unwrap();
+        let end = p.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        assert!((end.0 - norm(&sum)).abs() < 1e-9 && end.1.abs() < 1e-9, "{end:?}");
+        for (k, (along, ortho)) in p.iter().enumerate() {
+            assert!((along - cos(&g[k], &sum) * norm(&g[k])).abs() < 1e-9);
+            assert!(along * along + ortho * ortho <= norm(&g[k]).powi(2) + 1e-9);
+        }
+        // scaling by the loss weight
+        let mut t = s.clone();
+        t.scale(4.0);
+        assert!((t.window_sq_norm(None) - 4.0 * s.window_sq_norm(None)).abs() < 1e-9);
+        assert!((t.cos_final(0).unwrap() - s.cos_final(0).unwrap()).abs() < 1e-12);
+    }
+
+    /// With equal counts the estimator is the paper's: |G|^2 = (B_big |G_big|^2 - B_small
+    /// |G_small|^2) / (B_big - B_small), tr = (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big),
+    /// |G_small|^2 the mean over the micro-batches.
+    #[test]
+    fn equal_counts_give_the_papers_formula() {
+        let g = [vec![1.0, 2.0], vec![3.0, -1.0], vec![0.5, 0.5], vec![-1.0, 2.0]];
+        let refs: Vec<&[f64]> = g.iter().map(|v| v.as_slice()).collect();
+        let c = 8.0;
+        let s = GradStats::from_gradients(&one("w", 2), &[c; 4], &refs);
+        let e = s.noise(None).unwrap();
+        let (bs, bb) = (c, 4.0 * c);
+        let small = g.iter().map(|v| v.iter().map(|x| (x / c).powi(2)).sum::<f64>()).sum::<f64>() / 4.0;
+        let big = (0..2).map(|i| (g.iter().map(|v| v[i]).sum::<f64>() / bb).powi(2)).sum::<f64>();
+        let g2 = (bb * big - bs * small) / (bb - bs);
+        let tr = (small - big) / (1.0 / bs - 1.0 / bb);
+        assert!((e.g2 - g2).abs() < 1e-12 * g2.abs().max(1.0), "{} vs {g2}", e.g2);
+        assert!((e.trace - tr).abs() < 1e-12 * tr.abs().max(1.0), "{} vs {tr}", e.trace);
+        // an empty micro-batch (padding) is left out
+        let mut refs2 = refs.clone();
+        let zero = [0.0, 0.0];
+        refs2.push(&zero);
+        let s2 = GradStats::from_gradients(&one("w", 2), &[c, c, c, c, 0.0], &refs2);
+        let e2 = s2.noise(None).unwrap();
+        assert_eq!(e2.batches, 4);
+        assert!((e2.g2 - g2).abs() < 1e-12 * g2.abs().max(1.0) && (e2.trace - tr).abs() < 1e-12 * tr.abs().max(1.0));
+        // one micro-batch: no estimate
+        assert_eq!(GradStats::from_gradients(&one("w", 2), &[c], &refs[..1]).noise(None), None);
+    }
+
+    /// Unequal counts: the estimates are unbiased (the mean over many windows at fixed weights
+    /// approaches the exact |G|^2 and tr(Sigma) of a linear regression).
+    #[test]
+    fn unequal_counts_are_unbiased_on_linear_regression() {
+        let lr = LinReg { r: vec![0.3, -0.2, 0.1, 0.25, 0.0, -0.15], sigma: 0.5 };
+        let mut rng = Normal::new(11);
+        let counts = [12usize, 12, 12, 3, 0, 7];
+        let (mut g2, mut tr) = (0.0, 0.0);
+        let windows = 4000;
+        for _ in 0..windows {
+            let grads: Vec<Vec<f64>> = counts.iter().map(|&c| lr.summed_gradient(&mut rng, c)).collect();
+            let refs: Vec<&[f64]> = grads.iter().map(|v| v.as_slice()).collect();
+            let cf: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+            let e = GradStats::from_gradients(&one("w", lr.d()), &cf, &refs).noise(None).unwrap();
+            g2 += e.g2 / windows as f64;
+            tr += e.trace / windows as f64;
+        }
+        println!("|G|^2 {g2:.4} (exact {:.4}), tr(Sigma) {tr:.4} (exact {:.4})", lr.true_grad_sq(), lr.trace_sigma());
+        assert!((g2 - lr.true_grad_sq()).abs() < 0.1 * lr.true_grad_sq());
+        assert!((tr - lr.trace_sigma()).abs() < 0.05 * lr.trace_sigma());
+    }
+
+    #[test]
+    fn noise_scale_is_a_ratio_of_averages() {
+        let mut n = NoiseScale::new(0.5);
+        assert_eq!(n.b_simple(), None);
+        n.update(&NoiseEstimate { g2: 1.0, trace: 10.0, batches: 2, count: 8.0 });
+        assert!((n.b_simple().unwrap() - 10.0).abs() < 1e-12);
+        n.update(&NoiseEstimate { g2: -0.5, trace: 20.0, batches: 2, count: 8.0 });
+        // EMA g2 = 0.25 * 1 + 0.5 * -0.5 = 0; not positive: no ratio
+        assert_eq!(n.b_simple(), None);
+        n.update(&NoiseEstimate { g2: 3.0, trace: 10.0, batches: 2, count: 8.0 });
+        let (g2, tr) = (0.5 * 0.0 + 0.5 * 3.0, 0.5 * (0.5 * 5.0 + 0.5 * 20.0) + 0.5 * 10.0);
+        assert!((n.b_simple().unwrap() - tr / g2).abs() < 1e-12);
+        let (ag, at) = n.averages().unwrap();
+        assert!((ag - g2 / (1.0 - 0.125)).abs() < 1e-12 && (at - tr / (1.0 - 0.125)).abs() < 1e-12);
+        // non-finite windows are skipped
+        n.update(&NoiseEstimate { g2: f64::NAN, trace: 1.0, batches: 2, count: 8.0 });
+        assert_eq!(n.windows, 3);
     }
 }

@@ -21,9 +21,11 @@ pub struct MicroReport {
     /// Mean loss over this micro-batch's counted targets.
     pub loss: f64,
     pub tokens: f64,
-    /// The window's gradient statistics so far (micro-batches 0..=index; with the Gram matrix
-    /// while the host keeps the micro-batch gradients): the window view's figures.
-    pub stats: crate::model::grad_stats::GradStats,
+    /// The window so far (micro-batches 0..=index) as gradient statistics, per tensor (the
+    /// checkpoint tensors), measured on the host (it reads every gradient while stepping by
+    /// hand), with the exact Gram matrix of the micro-batch gradients (None past
+    /// `live::GRAM_HOST_BYTES`): the window view's figures.
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 /// One optimizer step with its micro-batches and, when stepped by hand, the details.

@@ -38,6 +38,9 @@ pub enum Control {
     SetActivationCheckpointing(bool),
     /// GPT activation precision, f32 or f16 mixed precision (at the next optimizer-step boundary).
     SetPrecision(crate::gpu::Precision),
+    /// Per-micro-batch gradient statistics and the noise scale on/off (at the next
+    /// optimizer-step boundary).
+    SetGradStats(bool),
     /// Time every kernel of one micro-batch (timestamp queries) between windows.
     ProfileKernels,
     Pause,
@@ -66,7 +69,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
     let thread = std::thread::Builder::new()
         .name("gradscope trainer".into())
         .spawn(move || {
-            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, window: None, finished: false };
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, pending_stats: None, window: None, finished: false };
             w.run(cfg, crx);
         })
         .expect("spawn the trainer thread");
@@ -82,18 +85,22 @@ struct Worker {
     pending_k: Option<usize>,
     pending_ck: Option<bool>,
     pending_precision: Option<crate::gpu::Precision>,
+    pending_stats: Option<bool>,
     /// A window being stepped by hand.
     window: Option<HandWindow>,
     finished: bool,
 }
 
-/// Host copies of the micro-batch gradients are kept for the Gram matrix while they take at most
-/// this many bytes (the reference GPT: 1.6 MiB per micro-batch, so K up to ~160).
-pub const HOST_GRAM_BYTES: usize = 256 << 20;
+/// The most host memory the micro-batch gradients of a window stepped by hand may take for the
+/// exact Gram matrix (past it the Gram matrix, and so the cosine with the final gradient of any
+/// but the last micro-batch and the arrows picture, is not offered).
+pub const GRAM_HOST_BYTES: usize = 512 << 20;
 
 /// A window being stepped by hand: the accumulated (summed-loss) gradient after its last
-/// micro-batch, each micro-batch's own gradient while they fit in `HOST_GRAM_BYTES`, and the
-/// statistics so far (with the exact Gram matrix when the gradients were kept).
+/// micro-batch, each micro-batch's own gradient while they fit in `GRAM_HOST_BYTES`, and the
+/// statistics so far measured on the host (with the exact Gram matrix when the gradients were
+/// kept). The host reads every gradient while stepping, so these are measured whether
+/// `grad_stats` is on or not.
 struct HandWindow {
     w: Window,
     prev: Vec<f32>,
@@ -119,6 +126,7 @@ impl Worker {
         self.pending_k = None;
         self.pending_ck = None;
         self.pending_precision = None;
+        self.pending_stats = None;
         match Trainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
                 self.send(Event::Started { derived: t.derived(), config: t.cfg.clone() });
@@ -253,6 +261,12 @@ impl Worker {
                     }
                 }
             }
+            Control::SetGradStats(on) => {
+                if let Some(t) = trainer.as_mut() {
+                    self.pending_stats = Some(on);
+                    self.apply_at_boundary(t);
+                }
+            }
             Control::ProfileKernels => {
                 if let Some(t) = trainer.as_mut() {
                     if self.window.is_some() {
@@ -321,6 +335,14 @@ impl Worker {
                 changed = true;
             }
         }
+        if let Some(on) = self.pending_stats.take() {
+            if on != t.cfg.grad_stats {
+                if let Err(e) = t.set_grad_stats(on) {
+                    self.send(Event::Error(format!("{e:#}")));
+                }
+                changed = true;
+            }
+        }
         if let Some(k) = self.pending_k.take() {
             t.cfg.accum_steps = k;
             t.cfg.effective_batch = 0;
@@ -356,6 +378,16 @@ impl Worker {
         };
         let before = if by_hand { Some(t.model.slabs().read_params()?) } else { None };
         let (mut metrics, fig) = t.finish_window(w)?;
+        // every micro-batch stepped by hand: the exact Gram matrix joins the device's figures
+        // (grad_stats on), or the host's figures stand alone (off)
+        let grad_stats = match (fig.grad_stats.clone(), hand_stats) {
+            (Some(mut gs), Some(h)) if h.k() == gs.k() => {
+                gs.gram = h.gram;
+                Some(gs)
+            }
+            (Some(gs), _) => Some(gs),
+            (None, h) => h,
+        };
         let names = param_names(t);
         let update_ratios = match before {
             Some(before) => Some(update_ratios(&names, &before, &t.model.slabs().read_params()?)),
@@ -368,7 +400,6 @@ impl Worker {
             metrics.set_eval(&eval);
             self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
-        let grad_stats = hand_stats.or_else(|| fig.grad_stats.clone());
         self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios, grad_stats })));
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
@@ -393,7 +424,7 @@ impl Worker {
             None => {
                 let w = t.begin_window();
                 let n = t.model.slabs().n;
-                let keep = n.saturating_mul(4).saturating_mul(w.len()) <= HOST_GRAM_BYTES;
+                let keep = n.saturating_mul(4).saturating_mul(w.len()) <= GRAM_HOST_BYTES;
                 let stats = GradStats { tensors: names.iter().map(|x| x.0.clone()).collect(), gram: keep.then(Vec::new), ..Default::default() };
                 HandWindow { w, prev: vec![0.0; n], grads: keep.then(Vec::new), stats }
             }
@@ -416,7 +447,7 @@ impl Worker {
             of: h.w.len(),
             loss: (l1 - l0) / (c1 - c0).max(1.0),
             tokens: c1 - c0,
-            stats: h.stats.clone(),
+            grad_stats: Some(h.stats.clone()),
         };
         self.window = Some(h);
         self.send(Event::MicroBatch(report));
@@ -429,9 +460,10 @@ impl Worker {
 /// k of the Gram matrix <g_j, g_k>. f64 sums over f32 values.
 pub fn add_micro_batch(stats: &mut GradStats, names: &[(String, usize, usize)], micro: &[f32], prev: &[f32], count: f64, earlier: Option<&[Vec<f32>]>) {
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+    let (sq, dp) = host_stats(names, micro, prev);
     stats.counts.push(count);
-    stats.sq_norm.push(names.iter().map(|(_, off, len)| dot(&micro[*off..off + len], &micro[*off..off + len])).collect());
-    stats.dot_prev.push(names.iter().map(|(_, off, len)| dot(&micro[*off..off + len], &prev[*off..off + len])).collect());
+    stats.sq_norm.push(sq);
+    stats.dot_prev.push(dp);
     match (stats.gram.as_mut(), earlier) {
         (Some(gram), Some(earlier)) => {
             let row: Vec<f64> = earlier.iter().map(|e| dot(e, micro)).chain([dot(micro, micro)]).collect();
@@ -455,6 +487,19 @@ pub fn tensor_norms(names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String,
         .iter()
         .map(|(n, off, len)| (n.clone(), v[*off..off + len].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
         .collect()
+}
+
+/// Per tensor (name, offset, length): (|micro|^2, <micro, prev>) in f64.
+pub fn host_stats(names: &[(String, usize, usize)], micro: &[f32], prev: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    names
+        .iter()
+        .map(|(_, off, len)| {
+            let r = *off..off + len;
+            let sq = micro[r.clone()].iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            let dp = micro[r.clone()].iter().zip(&prev[r]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            (sq, dp)
+        })
+        .unzip()
 }
 
 /// Per-tensor ||after - before|| / ||before||.

@@ -25,6 +25,7 @@ pub fn memory_options(cfg: &TrainConfig, gpu: &Gpu) -> MemoryOptions {
         kernels: MatmulVariant::for_device(gpu.kind),
         limits: crate::model::layout::SlabLimits::of(gpu),
         vocab_chunk: cfg.vocab_chunk,
+        grad_stats: cfg.grad_stats,
     }
 }
 
