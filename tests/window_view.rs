@@ -65,13 +65,13 @@ fn a_window_stepped_by_hand_agrees_with_the_device_step() {
     assert!((host - device).abs() <= 1e-4 * device, "host {host} vs device {device}");
     // per tensor adds up to the total, the Gram diagonal is each |g_k|^2
     let gram = st.gram.as_ref().expect("the Gram matrix of a small window is kept");
-    for j in 0..k {
+    for (j, row) in gram.iter().enumerate() {
         let total = st.micro_sq_norm(j, None);
         let per: f64 = (0..st.tensors.len()).map(|t| st.micro_sq_norm(j, Some(t))).sum();
         assert!((per - total).abs() <= 1e-9 * total);
-        assert!((gram[j][j] - total).abs() <= 1e-6 * total, "gram[{j}][{j}] {} vs |g|^2 {total}", gram[j][j]);
-        for i in 0..k {
-            assert_eq!(gram[i][j], gram[j][i], "symmetric");
+        assert!((row[j] - total).abs() <= 1e-6 * total, "gram[{j}][{j}] {} vs |g|^2 {total}", row[j]);
+        for (i, other) in gram.iter().enumerate() {
+            assert_eq!(row[i], other[j], "symmetric");
         }
     }
     // the running sum's norm from the inner products equals the norm of the summed Gram matrix

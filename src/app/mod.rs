@@ -30,6 +30,9 @@ pub struct AppOptions {
     pub step_first_window: bool,
     /// Start paused.
     pub paused: bool,
+    /// What the main area shows first (the history, the window view, or auto: the window view
+    /// while paused).
+    pub view: state::MainView,
     pub adapter: Option<String>,
 }
 
@@ -82,7 +85,8 @@ pub struct GradscopeApp {
 
 impl GradscopeApp {
     fn new(ctx: egui::Context, gpu: Gpu, settings: Settings, opts: AppOptions) -> Self {
-        let state = AppState::new(settings, opts.config.clone());
+        let mut state = AppState::new(settings, opts.config.clone());
+        state.set_main_view(opts.view);
         let cfg = state.run_config();
         let wake_ctx = ctx.clone();
         let paused = opts.paused || opts.step_first_window;
@@ -427,7 +431,8 @@ impl GradscopeApp {
         if w.step == 0 || w.step > self.state.step {
             ui.label(format!("window of step {}: {}/{k} micro-batches", self.state.step + 1, w.done()));
         } else {
-            ui.label(format!("last window stepped by hand: step {} ({} micro-batches)", w.step, w.done()));
+            let how = if w.by_hand { "stepped by hand" } else { "run by the loop" };
+            ui.label(format!("last window, {how}: step {} ({} micro-batches)", w.step, w.done()));
         }
         // the strip of K cells
         let (rect, _) = ui.allocate_exact_size(egui::vec2(ui.available_width().min(280.0), 18.0), egui::Sense::hover());
@@ -873,8 +878,6 @@ fn history_plot<'a>(id: &str, w: f32, h: f32, y_label: &str) -> Plot<'a> {
         .y_axis_min_width(56.0)
 }
 
-/// A titled history plot whose y range leaves room above `data` for a legend of `entries` rows.
-#[allow(clippy::too_many_arguments)]
 /// "-" for a figure that is not known.
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.filter(|v| v.is_finite()).map_or("-".into(), |v| format!("{v:.digits$}"))
@@ -951,6 +954,8 @@ fn named_bars(ui: &mut egui::Ui, items: &[(String, f64)], w: f32) {
     }
 }
 
+/// A titled history plot whose y range leaves room above `data` for a legend of `entries` rows.
+#[allow(clippy::too_many_arguments)]
 fn plot_cell(
     ui: &mut egui::Ui, title: &str, w: f32, h: f32, y_label: &str, data: &[&[[f64; 2]]], entries: usize, f: impl FnOnce(&mut egui_plot::PlotUi),
 ) {

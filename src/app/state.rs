@@ -283,16 +283,19 @@ impl WindowView {
 
     /// The heat map: tensor names, and per tensor per micro-batch the norm of the mean gradient
     /// |g_k,t| / c_k (None for a micro-batch without counted items).
-    pub fn heat(&self) -> Option<(Vec<String>, Vec<Vec<Option<f64>>>)> {
+    pub fn heat(&self) -> Option<Heat> {
         let s = self.stats.as_ref()?;
         let rows = (0..s.tensors.len()).map(|t| (0..s.k()).map(|k| s.mean_grad_norm(k, Some(t))).collect()).collect();
         Some((s.tensors.clone(), rows))
     }
 }
 
+/// The heat map's tensor names, and per tensor per micro-batch a value (None: not known).
+pub type Heat = (Vec<String>, Vec<Vec<Option<f64>>>);
+
 /// The main area: the history plots or the window view; `Auto` shows the window view while
 /// paused (stepping) and the history while training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum MainView {
     #[default]
     Auto,
@@ -321,7 +324,7 @@ pub fn what_if(
     e: usize, items_per_sample: f64, current_b: usize, speed: &std::collections::BTreeMap<usize, f64>, memory: impl Fn(usize, usize) -> u64,
 ) -> Vec<WhatIf> {
     (1..=e)
-        .filter(|b| e % b == 0)
+        .filter(|b| e.is_multiple_of(*b))
         .map(|b| {
             let k = e / b;
             let nearest = speed.iter().filter(|(_, v)| **v > 0.0).min_by(|x, y| {
@@ -893,9 +896,9 @@ mod tests {
         // the heat map: per tensor, per micro-batch, the norm of the mean gradient
         let (names, rows) = s.window.heat().unwrap();
         assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
-        for k in 0..3 {
-            assert!((rows[0][k].unwrap() - norm(&g[k][..2]) / counts[k]).abs() < 1e-9);
-            assert!((rows[1][k].unwrap() - g[k][2].abs() / counts[k]).abs() < 1e-9);
+        for (k, (gk, ck)) in g.iter().zip(&counts).enumerate() {
+            assert!((rows[0][k].unwrap() - norm(&gk[..2]) / ck).abs() < 1e-9);
+            assert!((rows[1][k].unwrap() - gk[2].abs() / ck).abs() < 1e-9);
         }
         // the step: its norm against the running mean's end, the update ratios kept
         let mut m = metrics(1, 2.0);
