@@ -820,7 +820,7 @@ impl GradscopeApp {
             None => format!("memory vs B: predicted {} at B {b_now}", human_bytes(predicted_now)),
         };
         let top = curve(opts(false, crate::gpu::Precision::F32));
-        let headroom = state::legend_headroom(&[&top], 0.2);
+        let headroom = state::legend_headroom(&[&top, &[[1.0, 0.0]]], state::legend_fraction(8, h));
         ui.vertical(|ui| {
             ui.label(&title);
             // eight legend rows: top left, over the empty area above the small-B end of the curves

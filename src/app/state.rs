@@ -151,10 +151,10 @@ pub struct Band {
     pub upper: Vec<f64>,
 }
 
-/// The share of a plot's height its legend takes: `entries` rows of ~18 points and a margin,
+/// The share of a plot's height its legend takes: `entries` rows of ~20 points and a margin,
 /// in a plot `height` points tall (at most 70%, the rest stays for the data).
 pub fn legend_fraction(entries: usize, height: f32) -> f64 {
-    ((entries as f64 * 18.0 + 16.0) / height.max(1.0) as f64).clamp(0.1, 0.7)
+    ((entries as f64 * 20.0 + 24.0) / height.max(1.0) as f64).clamp(0.1, 0.7)
 }
 
 /// The upper y bound that leaves the top `fraction` of a plot free for its legend (top right),
@@ -820,7 +820,7 @@ mod tests {
         assert_eq!(bands.iter().map(|b| b.upper[0]).collect::<Vec<_>>(), vec![1.0, 3.0, 6.0, 10.0, 10.0]);
         // the legend's room: the data stay below the top `fraction` of the height
         let f = legend_fraction(3, 200.0);
-        assert!((f - 70.0 / 200.0).abs() < 1e-9, "three rows and a margin of a 200-point plot: {f}");
+        assert!((f - 84.0 / 200.0).abs() < 1e-9, "three rows and a margin of a 200-point plot: {f}");
         assert_eq!(legend_fraction(20, 100.0), 0.7, "the data keep 30% at least");
         let top = legend_headroom(&[&[[0.0, 1.0], [1.0, 3.0]], &[[2.0, 2.0]]], f).unwrap();
         assert!(((3.0 - 1.0) / (top - 1.0) - (1.0 - f)).abs() < 1e-9, "{top}");
