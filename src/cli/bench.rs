@@ -90,6 +90,10 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
             say(report::gpt_variant_line("mixed precision (f16 activations)", &r, &rep.gpt[0], (acts(false, Precision::F32), acts(false, Precision::F16))));
             rep.gpt_f16 = Some(r);
         }
+        // what the per-micro-batch gradient statistics cost at B x K
+        let r = gradscope::bench::gpt::bench_grad_stats(&gpu, &base, 1, steps.max(5))?;
+        say(report::grad_stats_line(&r));
+        rep.grad_stats.push(r);
         let cnn = TrainConfig::load_table(None, super::config::profile("model = \"cnn\""))?;
         // (B, K) and the same effective batch in one micro-batch (64 x 784 rows stay under a
         // CPU adapter's loop limit)
@@ -101,6 +105,9 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
         if let [accumulated, true_batch] = &rep.cnn[..] {
             say(report::cnn_tax_line(accumulated, true_batch));
         }
+        let r = gradscope::bench::gpt::bench_grad_stats(&gpu, &TrainConfig { micro_batch: 16, accum_steps: 4, effective_batch: 0, ..cnn }, 1, steps.max(5))?;
+        say(report::grad_stats_line(&r));
+        rep.grad_stats.push(r);
     }
     if json {
         outln!("{}", serde_json::to_string_pretty(&rep)?);

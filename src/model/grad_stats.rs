@@ -263,6 +263,39 @@ impl GradStats {
     }
 }
 
+/// A positive figure to about three significant digits (12300, 123, 12.3, 1.23, 0.123).
+pub fn approx(x: f64) -> String {
+    let a = x.abs();
+    if !x.is_finite() {
+        format!("{x}")
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// What `gradscope plan` says about an effective batch of `e` samples against a smoothed
+/// B_simple of `b` samples (`sample`: "sequences" or "images"): below it (E < B_simple / 2),
+/// near it, or above it (E > 2 B_simple). Under SGD assumptions B_simple approximates the
+/// critical batch: below it a larger batch cuts the number of steps almost in proportion,
+/// above it more samples per step buy less and less (McCandlish et al. 2018).
+pub fn noise_advice(b: f64, e: usize, sample: &str) -> String {
+    let ef = e as f64;
+    let verdict = if ef < b / 2.0 {
+        "below it: a larger E would still cut the steps needed almost in proportion (each sample still pays)"
+    } else if ef > 2.0 * b {
+        "above it: past B_simple more samples per step buy less and less progress; a smaller E needs fewer samples for the same loss"
+    } else {
+        "near it: a balance of steps and samples"
+    };
+    format!("B_simple ~ {} {sample}: E = {e} is {verdict}", approx(b))
+}
+
 /// <a, b> / (|a| |b|) from the inner product and the squared norms (None for a zero vector).
 fn cosine(dot: f64, a2: f64, b2: f64) -> Option<f64> {
     let d = (a2.max(0.0) * b2.max(0.0)).sqrt();
@@ -422,6 +455,16 @@ mod tests {
         println!("|G|^2 {g2:.4} (exact {:.4}), tr(Sigma) {tr:.4} (exact {:.4})", lr.true_grad_sq(), lr.trace_sigma());
         assert!((g2 - lr.true_grad_sq()).abs() < 0.1 * lr.true_grad_sq());
         assert!((tr - lr.trace_sigma()).abs() < 0.05 * lr.trace_sigma());
+    }
+
+    #[test]
+    fn advice_names_the_side_of_b_simple() {
+        assert_eq!(approx(1234.5), "1234");
+        assert_eq!(approx(12.345), "12.3");
+        assert_eq!(approx(0.1234), "0.123");
+        assert!(noise_advice(300.0, 64, "sequences").starts_with("B_simple ~ 300 sequences: E = 64 is below it"));
+        assert!(noise_advice(300.0, 256, "sequences").contains("is near it"));
+        assert!(noise_advice(20.0, 64, "images").contains("is above it"));
     }
 
     #[test]

@@ -427,6 +427,14 @@ impl Slabs {
         Ok(())
     }
 
+    /// Wall-clock seconds of one micro-batch's statistics pass (the program `record_end_micro`
+    /// runs), averaged over `reps` waited submissions; None when the statistics are off. For
+    /// `gradscope bench`, between windows (it moves G_{k-1}'s copy, which the next window's first
+    /// micro-batch clears).
+    pub fn time_grad_stats(&self, reps: usize) -> Result<Option<f64>, crate::gpu::readback::ReadbackError> {
+        self.grad_stats.as_ref().map(|g| self.gpu.time_program(&g.prog, &[], reps)).transpose()
+    }
+
     /// Whether the gradient statistics are on.
     pub fn grad_stats_on(&self) -> bool {
         self.grad_stats.is_some()
