@@ -889,9 +889,9 @@ mod tests {
         }
         assert!((a.sum[0] - norm(&total) / c_all).abs() < 1e-9 && a.sum[1] == 0.0, "{a:?}");
         assert!((a.tips[2][0] - a.sum[0]).abs() < 1e-9 && a.tips[2][1].abs() < 1e-9, "the last tip is the sum: {a:?}");
-        for k in 0..3 {
-            let len = ((a.tips[k][0] - a.origins[k][0]).powi(2) + (a.tips[k][1] - a.origins[k][1]).powi(2)).sqrt();
-            assert!(len <= norm(&g[k]) / c_all + 1e-9, "a projection is no longer than the gradient");
+        for ((o, t), gk) in a.origins.iter().zip(&a.tips).zip(&g) {
+            let len = ((t[0] - o[0]).powi(2) + (t[1] - o[1]).powi(2)).sqrt();
+            assert!(len <= norm(gk) / c_all + 1e-9, "a projection is no longer than the gradient");
         }
         // the heat map: per tensor, per micro-batch, the norm of the mean gradient
         let (names, rows) = s.window.heat().unwrap();
