@@ -10,5 +10,6 @@ pub mod bench;
 pub mod data;
 pub mod gpu;
 pub mod model;
+pub mod plot;
 pub mod reference;
 pub mod train;

@@ -269,11 +269,19 @@ fn runs_from_a_directory_outside_the_checkout() {
 
 #[test]
 fn verify_quick_passes_and_catches_the_broken_normalization() {
-    let out = gradscope().args(["verify", "--quick"]).output().unwrap();
+    let dir = tmpdir("verify");
+    let out = gradscope().args(["verify", "--quick", "--out_dir"]).arg(dir.path()).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     println!("{s}");
     assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.contains("PASS"));
+    // the report beside its picture: the JSON of --json and the two validation curves
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("verify.json")).unwrap()).unwrap();
+    assert_eq!(report["check"]["passed"], serde_json::Value::Bool(true), "{report}");
+    assert!(report["check"]["curve"].as_array().is_some_and(|c| c.len() >= 2), "{report}");
+    let (w, h, colours) = png_size_and_colours(&dir.path().join("verify.png"));
+    assert_eq!((w, h), (1200, 500), "verify.png size");
+    assert!(colours > 8, "verify.png shows more than a blank page ({colours} colours)");
 
     let out = gradscope()
         .args(["verify", "--quick", "--normalization", "per-micro-batch-mean", "--padded", "true"])
@@ -570,4 +578,72 @@ fn shell_words(s: &str) -> Vec<String> {
         words.push(cur);
     }
     words
+}
+
+/// A PNG's size and how many distinct colours a sample of its pixels holds (1 for a blank page).
+fn png_size_and_colours(path: &std::path::Path) -> (u32, u32, usize) {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(f)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let distinct: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).step_by(7).collect();
+    (info.width, info.height, distinct.len())
+}
+
+/// `plot` draws a trained run's metrics as PNG (of the asked size, not blank) and SVG; the noise
+/// scale panel appears when the metrics carry B_simple; a directory without metrics, and a
+/// malformed row, are errors that name the file (and line).
+#[test]
+fn plot_draws_a_runs_curves_as_png_and_svg() {
+    let dir = tmpdir("plot");
+    let run = dir.path().join("run");
+    let out = gradscope()
+        .args(["train", "--quiet"])
+        .args(TINY)
+        .args(["--micro_batch", "4", "--accum_steps", "2", "--max_steps", "6", "--out_dir"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", err_text(&out));
+    let pics = dir.path().join("pics");
+    let out = gradscope().arg("plot").arg(&run).args(["--width", "900", "--height", "640", "--out"]).arg(&pics).output().unwrap();
+    println!("{}{}", out_text(&out), err_text(&out));
+    assert!(out.status.success());
+    assert!(out_text(&out).contains("curves.png") && out_text(&out).contains("curves.svg"));
+    let (w, h, colours) = png_size_and_colours(&pics.join("curves.png"));
+    assert_eq!((w, h), (900, 640), "the asked size");
+    assert!(colours > 8, "curves.png shows more than a blank page ({colours} colours)");
+    let svg = std::fs::read_to_string(pics.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("validation") && svg.contains("optimizer step"), "{}", &svg[..svg.len().min(400)]);
+    assert!(!svg.contains("B_simple"), "no noise-scale panel for a run that did not measure it");
+
+    // a run whose rows carry the noise scale (as `grad_stats` writes it): its panel appears, the
+    // default size and place
+    let fixture = dir.path().join("noisy");
+    std::fs::create_dir_all(&fixture).unwrap();
+    let rows: String = (1..=20)
+        .map(|s| format!(
+            "{{\"step\":{s},\"train_loss\":{},\"val_loss\":null,\"grad_norm\":{},\"lr\":0.003,\"b_simple\":{},\"micro_batch\":4,\
+             \"accum_steps\":4,\"memory\":{{\"bytes\":[1000000,1000000,2000000,{},65536]}}}}\n",
+            4.0 - 0.1 * s as f64, 1.0 / s as f64, 10.0 + s as f64, 3_000_000 + 1000 * s
+        ))
+        .collect();
+    std::fs::write(fixture.join("metrics.jsonl"), rows).unwrap();
+    let out = gradscope().arg("plot").arg(&fixture).output().unwrap();
+    assert!(out.status.success(), "{}", err_text(&out));
+    let (w, h, _) = png_size_and_colours(&fixture.join("curves.png"));
+    assert_eq!((w, h), (1200, 800), "the default size");
+    assert!(std::fs::read_to_string(fixture.join("curves.svg")).unwrap().contains("B_simple"));
+
+    // errors name the file
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = gradscope().arg("plot").arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_ERROR));
+    assert!(err_text(&out).contains("metrics.jsonl"), "{}", err_text(&out));
+    std::fs::write(fixture.join("metrics.jsonl"), "{\"step\":1,\"train_loss\":2}\n{\"step\":2,\n").unwrap();
+    let out = gradscope().arg("plot").arg(&fixture).output().unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_ERROR));
+    assert!(err_text(&out).contains("metrics.jsonl") && err_text(&out).contains("line 2"), "{}", err_text(&out));
 }

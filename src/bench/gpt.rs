@@ -243,3 +243,79 @@ pub fn bench_cnn(gpu: &Gpu, base: &TrainConfig, b: usize, k: usize, warmup: usiz
         kernels,
     })
 }
+
+/// The cost of `grad_stats`: the same model at the same B x K with the statistics off and on,
+/// trained side by side, their steps alternating (off, on, on, off, ... so a drift of the machine
+/// falls on both alike), compared by their median step times.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GradStatsBench {
+    /// "gpt" or "cnn".
+    pub model: String,
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    pub steps: usize,
+    pub seconds_off: f64,
+    pub seconds_on: f64,
+    /// seconds_on / seconds_off.
+    pub ratio: f64,
+    pub step_seconds_off: Vec<f64>,
+    pub step_seconds_on: Vec<f64>,
+    /// Device bytes the statistics add (the ledger, on minus off).
+    pub extra_bytes: u64,
+    /// One micro-batch's statistics pass alone and its train program alone (seconds, each
+    /// averaged over waited submissions): K passes against the step time are the cost the
+    /// step times measure, without the noise of a busy machine.
+    pub pass_seconds: f64,
+    pub micro_train_seconds: f64,
+}
+
+/// Measure `grad_stats` off against on for the model of `base` at its B x K.
+pub fn bench_grad_stats(gpu: &Gpu, base: &TrainConfig, warmup: usize, steps: usize) -> anyhow::Result<GradStatsBench> {
+    let cfg = |on: bool| TrainConfig { grad_stats: on, max_steps: usize::MAX, ..base.clone() };
+    // each trainer's bytes after its warm-up (the first step records the step programs)
+    let before = gpu.ledger.snapshot().total();
+    let mut off = Trainer::new(gpu, cfg(false))?;
+    for _ in 0..warmup.max(1) {
+        off.train_step()?;
+    }
+    let mid = gpu.ledger.snapshot().total();
+    let mut on = Trainer::new(gpu, cfg(true))?;
+    for _ in 0..warmup.max(1) {
+        on.train_step()?;
+    }
+    let extra_bytes = (gpu.ledger.snapshot().total() - mid).saturating_sub(mid - before);
+    let (mut s_off, mut s_on) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    let time = |t: &mut Trainer, into: &mut Vec<f64>| -> anyhow::Result<()> {
+        let start = Instant::now();
+        t.train_step()?;
+        into.push(start.elapsed().as_secs_f64());
+        Ok(())
+    };
+    for i in 0..steps {
+        if i % 2 == 0 {
+            time(&mut off, &mut s_off)?;
+            time(&mut on, &mut s_on)?;
+        } else {
+            time(&mut on, &mut s_on)?;
+            time(&mut off, &mut s_off)?;
+        }
+    }
+    let (a, b) = (median(&s_off), median(&s_on));
+    let reps = 5;
+    let pass_seconds = on.model.slabs().time_grad_stats(reps)?.unwrap_or(0.0);
+    let micro_train_seconds = on.model.time_micro_programs(reps)?.1;
+    Ok(GradStatsBench {
+        model: if off.gpt().is_some() { "gpt" } else { "cnn" }.into(),
+        micro_batch: base.micro_batch,
+        accum_steps: base.windows_micro_batches(),
+        steps,
+        seconds_off: a,
+        seconds_on: b,
+        ratio: b / a.max(1e-12),
+        step_seconds_off: s_off,
+        step_seconds_on: s_on,
+        extra_bytes,
+        pass_seconds,
+        micro_train_seconds,
+    })
+}

@@ -1,7 +1,7 @@
 //! `gradscope bench`'s report: the JSON document and the lines of its table, one function per
 //! kind of measurement (the command line prints each as soon as it is measured).
 
-use super::gpt::{CnnBench, GptBench};
+use super::gpt::{CnnBench, GptBench, GradStatsBench};
 use super::matmul::MatmulResult;
 use super::peak::Peak;
 use crate::gpu::human_bytes;
@@ -25,6 +25,9 @@ pub struct BenchReport {
     pub cnn: Vec<CnnBench>,
     /// GPT-2 small's shape (12 layers, 12 heads, 768, block 1024, vocabulary 50,257).
     pub gpt2_small: Option<GptBench>,
+    /// The cost of `grad_stats` (off against on, alternating steps): the GPT at B x K, the CNN
+    /// at B 16 x K 4.
+    pub grad_stats: Vec<GradStatsBench>,
 }
 
 impl BenchReport {
@@ -114,5 +117,15 @@ pub fn cnn_tax_line(accumulated: &CnnBench, true_batch: &CnnBench) -> String {
     format!(
         "accumulation tax (cnn): B {} x K {} takes {:.3}x the time of B {} x K 1",
         accumulated.micro_batch, accumulated.accum_steps, accumulated.seconds_per_step / true_batch.seconds_per_step, true_batch.micro_batch
+    )
+}
+
+/// The time and memory `grad_stats` costs.
+pub fn grad_stats_line(r: &GradStatsBench) -> String {
+    format!(
+        "gradient statistics (grad_stats), {} B {} x K {}: {:.3}x the time per step ({:.4} s on, {:.4} s off: medians of {} \
+         alternating steps); the pass alone {:.3} ms per micro-batch ({:.2}% of its train program); +{} of device memory",
+        r.model, r.micro_batch, r.accum_steps, r.ratio, r.seconds_on, r.seconds_off, r.steps, r.pass_seconds * 1e3,
+        100.0 * r.pass_seconds / r.micro_train_seconds.max(1e-12), human_bytes(r.extra_bytes)
     )
 }

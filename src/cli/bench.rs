@@ -98,7 +98,7 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
         }
         let spec = gradscope::train::plan::model_spec(&base)?;
         let acts = |checkpoint_activations, precision| {
-            let opts = MemoryOptions { checkpoint_activations, precision, kernels: gpu.kernels().matmul(), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk, dropout: base.dropout > 0.0 };
+            let opts = MemoryOptions { checkpoint_activations, precision, kernels: gpu.kernels().matmul(), limits: gradscope::model::layout::SlabLimits::of(&gpu), vocab_chunk: base.vocab_chunk, dropout: base.dropout > 0.0, grad_stats: base.grad_stats };
             activation_bytes(&spec, base.micro_batch, opts)
         };
         // the time cost of activation checkpointing at B x K
@@ -113,6 +113,10 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
             say(report::gpt_variant_line("mixed precision (f16 activations)", &r, &rep.gpt[0], (acts(false, Precision::F32), acts(false, Precision::F16))));
             rep.gpt_f16 = Some(r);
         }
+        // what the per-micro-batch gradient statistics cost at B x K
+        let r = gradscope::bench::gpt::bench_grad_stats(&gpu, &base, 1, steps.max(5))?;
+        say(report::grad_stats_line(&r));
+        rep.grad_stats.push(r);
         let cnn = TrainConfig::load_table(None, super::config::profile("model = \"cnn\""))?;
         // (B, K) and the same effective batch in one micro-batch (64 x 784 rows stay under a
         // CPU adapter's loop limit)
@@ -124,6 +128,9 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
         if let [accumulated, true_batch] = &rep.cnn[..] {
             say(report::cnn_tax_line(accumulated, true_batch));
         }
+        let r = gradscope::bench::gpt::bench_grad_stats(&gpu, &TrainConfig { micro_batch: 16, accum_steps: 4, effective_batch: 0, ..cnn }, 1, steps.max(5))?;
+        say(report::grad_stats_line(&r));
+        rep.grad_stats.push(r);
     }
     if let (Some((b, k)), true) = (gpt2_small, steps > 0) {
         // the file and the flags, then the shape on top

@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod info;
 mod plan;
+mod plot;
 mod prepare;
 mod sample;
 mod train;
@@ -71,10 +72,14 @@ enum Command {
     Export(export::ExportArgs),
     /// Tokenize text files into llm.c token shards (GPT-2 BPE) for `--data DIR`.
     Prepare(prepare::PrepareArgs),
-    /// Check that micro-batch x K trains like the true batch (run it in CI; exit 2 on failure).
+    /// Check that micro-batch x K trains like the true batch (run it in CI; exit 2 on failure);
+    /// writes verify.json and (GPT) verify.png, the validation curves, into out_dir.
     Verify(verify::VerifyArgs),
     /// Predict device memory per category and choose the largest micro-batch under a budget.
     Plan(plan::PlanArgs),
+    /// Draw a run's curves (loss, validation, gradient norm, noise scale, memory) from its
+    /// metrics as PNG and SVG.
+    Plot(plot::PlotArgs),
     /// Measure the matmul kernels and end-to-end GPT and CNN training on the selected adapter.
     Bench(bench::BenchArgs),
 }
@@ -135,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(args) => verify::run(&choice, args),
         Command::Plan(args) => plan::run(&choice, &cli.adapter, args),
         Command::Bench(args) => bench::run(&choice, args),
+        Command::Plot(args) => plot::run(args),
     }
 }
 

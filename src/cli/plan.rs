@@ -15,6 +15,10 @@ pub struct PlanArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// A run directory trained with `grad_stats = true`: its last smoothed gradient noise scale
+    /// (metrics.jsonl) is set against E as advice (a run without one is said so, not an error).
+    #[arg(long, value_name = "RUN_DIR")]
+    from_run: Option<std::path::PathBuf>,
     /// The model, E (effective_batch) and the budget (memory_budget) to plan for.
     #[command(flatten)]
     config: ConfigFlags,
@@ -23,7 +27,7 @@ pub struct PlanArgs {
 pub fn run(choice: &AdapterChoice, adapter: &Option<String>, args: PlanArgs) -> anyhow::Result<i32> {
     use gradscope::model::memory::{parse_bytes, plan};
     use gradscope::train::plan::{device_limits, model_spec};
-    let PlanArgs { json, config: flags } = args;
+    let PlanArgs { json, from_run, config: flags } = args;
     let gpu = device(choice)?;
     let limits = device_limits(&gpu);
     // the budget defaults to the device's max buffer size (under the file and the flags)
@@ -57,12 +61,16 @@ pub fn run(choice: &AdapterChoice, adapter: &Option<String>, args: PlanArgs) -> 
     command.push("train".into());
     command.extend(flags.command_line(&[("memory_budget", cfg.memory_budget.clone()), ("effective_batch", e.to_string())]));
     let command = command.join(" ");
+    let sample = if matches!(spec, gradscope::model::memory::ModelSpec::Gpt(_)) { "sequences" } else { "images" };
+    let noise = from_run.as_deref().and_then(gradscope::train::metrics::last_noise_scale);
+    let advice = noise.map(|(_, b, _)| gradscope::model::grad_stats::noise_advice(b, e, sample));
     if json {
         let rows: Vec<_> = sweep
             .iter()
             .map(|(b, k, m, fits)| serde_json::json!({ "micro_batch": b, "accum_steps": k, "bytes": m, "total": m.total(), "fits": fits }))
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": p, "total": p.predicted.total(), "sweep": rows, "train": command }))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": p, "total": p.predicted.total(), "sweep": rows, "train": command,
+            "noise_scale": noise.map(|(step, b, items)| serde_json::json!({ "step": step, "b_simple": b, "b_simple_items": items, "advice": advice })) }))?);
         return Ok(EXIT_OK);
     }
     let what = match &spec {
@@ -99,6 +107,20 @@ pub fn run(choice: &AdapterChoice, adapter: &Option<String>, args: PlanArgs) -> 
             gradscope::gpu::human_bytes(m.get(Category::Activations)), gradscope::gpu::human_bytes(m.get(Category::Scratch)),
             gradscope::gpu::human_bytes(m.total()), if *fits { "yes" } else { "no" }
         );
+    }
+    match (&noise, &from_run) {
+        (Some((step, _, items)), Some(dir)) => {
+            let unit = if sample == "sequences" { "tokens" } else { "images" };
+            outln!("\ngradient noise scale of the run in {} (smoothed up to its step {step}; {} {unit}):", dir.display(), gradscope::model::grad_stats::approx(*items));
+            outln!("  {}", advice.as_deref().unwrap_or_default());
+            outln!("  (B_simple under SGD assumptions, McCandlish et al. 2018; Adam's critical batch differs, and B_simple grows as the loss falls)");
+        }
+        (None, Some(dir)) => outln!(
+            "\ngradient noise scale: none yet in {} (metrics.jsonl; it needs grad_stats = true, K >= 2 and a positive \
+             estimate of |G|^2)",
+            dir.display()
+        ),
+        _ => outln!("\ngradient noise scale: train with grad_stats = true, then plan --from-run RUN_DIR sets it against E"),
     }
     outln!("\ntrain with: {command}");
     Ok(EXIT_OK)

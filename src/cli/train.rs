@@ -135,8 +135,10 @@ fn train(choice: &AdapterChoice, flags: ConfigFlags, resume: Option<PathBuf>, qu
                 let scale = m.loss_scale.map_or(String::new(), |s| format!("  scale {s}"));
                 let skipped = if m.skipped { " (skipped)" } else { "" };
                 let clipped = if m.clipped { " (clipped)" } else { "" };
+                let sample = if unit == "tokens" { "seq" } else { "img" };
+                let noise = m.b_simple.map_or(String::new(), |b| format!("  B_simple~{} {sample}", gradscope::model::grad_stats::approx(b)));
                 bar.set_message(format!(
-                    "loss {:.4}  lr {:.2e}  {:.0} {unit}/s  |g| {:.3}{clipped}{scale}{skipped}",
+                    "loss {:.4}  lr {:.2e}  {:.0} {unit}/s  |g| {:.3}{clipped}{scale}{noise}{skipped}",
                     m.train_loss, m.lr, m.per_s(), m.grad_norm
                 ));
                 bar.set_position(m.step as u64);

@@ -2,6 +2,8 @@
 //! micro-batch x K, and compare (exit 2 when the check fails). The GPT, or the CNN with
 //! `--model cnn`.
 
+use std::path::{Path, PathBuf};
+
 use gradscope::gpu::{AdapterChoice, Gpu};
 use gradscope::train::TrainConfig;
 use gradscope::train::config::ModelKind;
@@ -43,6 +45,19 @@ const GPT_QUICK: &str = "n_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\n
 const CNN_DEFAULT: &str = "micro_batch = 4\naccum_steps = 16\nmax_steps = 40";
 const CNN_QUICK: &str = "dataset = \"digits\"\nmicro_batch = 4\naccum_steps = 8\nmax_steps = 30";
 
+/// The report files `verify` writes into its out_dir: the JSON of `--json` and, for the GPT, the
+/// validation curves of both runs and their difference against the tolerance.
+pub const REPORT_JSON: &str = "verify.json";
+pub const REPORT_PNG: &str = "verify.png";
+const REPORT_PNG_SIZE: (u32, u32) = (1200, 500);
+
+fn write_report(path: &Path, doc: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create out_dir {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, doc).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
 pub fn run(choice: &AdapterChoice, args: VerifyArgs) -> anyhow::Result<i32> {
     let VerifyArgs { quick, show_broken, tolerance, json, config } = args;
     let gpu = device(choice)?;
@@ -62,6 +77,7 @@ pub fn run(choice: &AdapterChoice, args: VerifyArgs) -> anyhow::Result<i32> {
     let tolerance = tolerance.unwrap_or_else(|| gradscope::train::verify::default_tolerance(&base));
     let report = run_verify(&gpu, &base, tolerance, &format!("{profile_name} profile"), json)?;
     let mut broken_reports = Vec::new();
+    let mut broken_titles = Vec::new();
     if show_broken && base.precision == gradscope::gpu::Precision::F16 {
         use gradscope::train::config::LossScaleOrder;
         for (order, title) in [
@@ -70,19 +86,29 @@ pub fn run(choice: &AdapterChoice, args: VerifyArgs) -> anyhow::Result<i32> {
         ] {
             base.loss_scale_order = order;
             broken_reports.push(run_verify(&gpu, &base, tolerance, title, json)?);
+            broken_titles.push(title.to_string());
         }
     } else if show_broken {
         let mut a = base.clone();
         a.padded = true;
         a.normalization = gradscope::model::gpt::Normalization::PerMicroBatchMean;
         broken_reports.push(run_verify(&gpu, &a, tolerance, "broken: per-micro-batch mean on padded data", json)?);
+        broken_titles.push("broken: per-micro-batch mean".to_string());
         let mut b = base.clone();
         b.clip_mode = gradscope::train::config::ClipMode::PerMicroBatch;
         broken_reports.push(run_verify(&gpu, &b, tolerance, "broken: per-micro-batch clipping", json)?);
+        broken_titles.push("broken: per-micro-batch clipping".to_string());
     }
+    let doc = serde_json::to_string_pretty(&serde_json::json!({ "check": report, "broken": broken_reports }))?;
+    let dir = PathBuf::from(&base.out_dir);
+    let named: Vec<(String, VerifyReport)> = broken_titles.into_iter().zip(broken_reports.iter().cloned()).collect();
+    let (json_path, png_path) = (dir.join(REPORT_JSON), dir.join(REPORT_PNG));
+    write_report(&json_path, &doc)?;
+    gradscope::plot::write_verify_png(&report, &named, &png_path, REPORT_PNG_SIZE)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "check": report, "broken": broken_reports }))?);
+        outln!("{doc}");
     } else {
+        outln!("wrote {} and {}", json_path.display(), png_path.display());
         for r in &broken_reports {
             outln!("{}", if r.passed { "NOT CAUGHT: a broken setting passed the check" } else { "caught, as expected" });
         }
@@ -98,9 +124,13 @@ fn verify_cnn_cli(gpu: &Gpu, cfg: &TrainConfig, json: bool) -> anyhow::Result<i3
             cfg.norm, cfg.dataset, cfg.micro_batch, cfg.windows_micro_batches(), cfg.max_steps);
     }
     let r = gradscope::train::verify_cnn::verify_cnn(gpu, cfg, cfg.max_steps)?;
+    let doc = serde_json::to_string_pretty(&r)?;
+    let json_path = PathBuf::from(&cfg.out_dir).join(REPORT_JSON);
+    write_report(&json_path, &doc)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{doc}");
     } else {
+        outln!("wrote {}", json_path.display());
         outln!("first-window gradient: max relative difference {:.2e}", r.first_gradient_rel_diff);
         for (name, run) in [("true batch", &r.true_batch), ("accumulated", &r.accumulated)] {
             out!("{name:<12} B {:>3} x K {:>2}: test accuracy {:.2}% (running statistics)", run.micro_batch, run.accum_steps, 100.0 * run.test_accuracy);

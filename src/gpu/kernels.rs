@@ -105,6 +105,9 @@ fn attention_loops(v4: bool, t: usize, hs: usize) -> usize {
 /// enough that the final stage is one workgroup's short loop.
 pub const NORM_GROUPS: usize = 256;
 
+/// Elements one workgroup of `grad_stats_partial` reduces (64 per invocation).
+pub const GRAD_STATS_CHUNK: usize = 4096;
+
 /// Partial sums per buffer when a norm spans `buffers` buffers (`grad_norm_slabs`).
 pub fn norm_groups(buffers: usize) -> usize {
     (NORM_GROUPS / buffers.max(1)).max(1)
@@ -681,6 +684,41 @@ impl ProgramBuilder {
         let all = g * slabs.len().max(1);
         let dims = Uniforms::new().n(0).n(all).f(0.0);
         self.call("grad_norm", "grad_norm_final", 3, &[(norm, 2), (partials, all)], dims, Grid::Groups([1, 1, 1]))?;
+        Ok(())
+    }
+
+    /// grad_stats_partial over one slab buffer: every workgroup takes `GRAD_STATS_CHUNK` elements
+    /// of one statistics segment (segments `p0..p1` of `table`, this buffer's, its first global
+    /// workgroup `wg0`, `wgs` workgroups) and writes (|grads - prev|^2, <grads - prev, prev>) to
+    /// partials[2 (wg0 + w) ..], then prev = grads. `prev` and `grads` are the whole buffers
+    /// (`n` elements); `table` as `model::optim::StatsLayout::table` lays it out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grad_stats_partial(
+        &mut self, partials: &View, partials_len: usize, prev: &View, grads: &View, n: usize, table: &View,
+        table_len: usize, p0: usize, p1: usize, wg0: usize, wgs: usize,
+    ) -> R {
+        // the chunk's strided loop and the binary search over this buffer's segments
+        self.check_loops("grad_stats_partial", GRAD_STATS_CHUNK / 64 + (p1 - p0).max(1).ilog2() as usize + 2)?;
+        let dims = Uniforms::new().n(p0).n(p1).n(wg0).n(wgs).n(GRAD_STATS_CHUNK).n(0);
+        let grid = Grid::Groups(super::program::grid_1d(u32::try_from(wgs).expect("too many workgroups"), self.gpu().limits().max_compute_workgroups_per_dimension));
+        let args = [(partials, partials_len), (prev, n), (grads, n), (table, table_len)];
+        self.call("grad_stats", "grad_stats_partial", 1, &args, dims, grid)?;
+        Ok(())
+    }
+
+    /// grad_stats_final: statistic t (of `count`) sums its workgroups' pairs (the range at
+    /// table[t0 + 2t], table[t0 + 2t + 1]) into stats[2t] = |g_k|^2, stats[2t + 1] =
+    /// <g_k, G_{k-1}>. `most` is the most workgroups one statistic has (its loop's length).
+    #[allow(clippy::too_many_arguments)]
+    pub fn grad_stats_final(
+        &mut self, stats: &View, count: usize, partials: &View, partials_len: usize, table: &View, table_len: usize,
+        t0: usize, most: usize,
+    ) -> R {
+        self.check_loops("grad_stats_final", most.div_ceil(64) + 1)?;
+        let dims = Uniforms::new().n(0).n(0).n(0).n(count).n(0).n(t0);
+        let grid = Grid::Groups(super::program::grid_1d(u32::try_from(count).expect("too many statistics"), self.gpu().limits().max_compute_workgroups_per_dimension));
+        let args = [(stats, 2 * count), (partials, partials_len), (table, table_len)];
+        self.call("grad_stats", "grad_stats_final", 5, &args, dims, grid)?;
         Ok(())
     }
 

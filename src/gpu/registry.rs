@@ -37,6 +37,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
     ("accumulate", include_str!("../../shaders/accumulate.wgsl")),
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
+    ("grad_stats", include_str!("../../shaders/grad_stats.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     ("groupnorm", include_str!("../../shaders/groupnorm.wgsl")),

@@ -45,6 +45,10 @@ pub struct MemoryOptions {
     pub vocab_chunk: usize,
     /// GPT: dropout is on (its dispatches are recorded only then).
     pub dropout: bool,
+    /// Per-micro-batch gradient statistics (`grad_stats`): a copy of the gradient slab (G_{k-1},
+    /// in the gradients' category), the partial sums, the table, the statistics of one
+    /// micro-batch, their place in the figures readback, and the program's uniform slots.
+    pub grad_stats: bool,
 }
 
 impl ModelSpec {
@@ -61,6 +65,28 @@ impl ModelSpec {
             ModelSpec::Gpt(c) => crate::model::gpt::tensor_specs(c),
             ModelSpec::Cnn(c) => crate::model::cnn::tensor_specs(c),
         }
+    }
+
+    /// The statistics' tensors of `grad_stats`: the checkpoint tensors (name, host offset,
+    /// elements), as `Trainer::stats_tensors` gives them.
+    pub fn stat_tensors(&self) -> Vec<(String, usize, usize)> {
+        let table = match self {
+            ModelSpec::Gpt(c) => crate::train::checkpoint::tensor_table(c),
+            ModelSpec::Cnn(c) => crate::train::cnn::tensor_table(c),
+        };
+        table.into_iter().map(|(n, shape, off)| (n, off, shape.iter().product())).collect()
+    }
+
+    /// The layout of the `grad_stats` reduction over the slabs packed for `limits`.
+    pub fn stats_layout(&self, limits: SlabLimits) -> crate::model::optim::StatsLayout {
+        let (packer, parts) = self.slab_layout(limits);
+        let specs = self.tensor_specs();
+        let sizes: Vec<usize> = specs.iter().map(|t| t.size).collect();
+        let offsets = match self {
+            ModelSpec::Gpt(c) => c.param_offsets().to_vec(),
+            ModelSpec::Cnn(c) => c.param_offsets().to_vec(),
+        };
+        crate::model::optim::StatsLayout::new(&parts, &offsets, &sizes, packer.buffers.len(), &self.stat_tensors())
     }
 
     /// The layout of the parameter, gradient and AdamW slabs (each as many buffers as `limits`
@@ -111,7 +137,15 @@ impl ModelSpec {
         let cap = if k <= 16 { 16 } else { k.next_power_of_two() } as u64;
         let partials = crate::model::optim::partials_len(slab.buffers.len()) as u64;
         add(Category::Scratch, slab_bytes + buf(Scratch::LEN as u64 * 4) + buf(partials * 4));
-        add(Category::Scratch, buf((Scratch::LEN as u64 + 2 * cap) * 4));
+        let stats = if opts.grad_stats { Some(self.stats_layout(opts.limits)) } else { None };
+        let s = stats.as_ref().map_or(0, |l| l.len());
+        add(Category::Scratch, buf(crate::model::optim::figures_len(cap as usize, s) as u64 * 4));
+        if let Some(l) = &stats {
+            // G_{k-1}: a second gradient slab; the table, the partials, one micro-batch's figures
+            add(Category::Gradients, slab_bytes);
+            add(Category::Scratch, buf(l.table_len() as u64 * 4) + buf(2 * l.workgroups.max(1) as u64 * 4));
+            add(Category::Scratch, buf(2 * s.max(1) as u64 * 4) + l.dispatches() as u64 * UNIFORM_SLOT);
+        }
         let parts = parts.iter().map(|p| p.len() as u64).sum::<u64>();
         // normalize + norm (a scale and a partial norm per buffer, one final sum), norm only,
         // unscale and clip (one per buffer), AdamW (clear the update flag, a check and a step per

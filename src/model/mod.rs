@@ -3,6 +3,7 @@
 
 pub mod cnn;
 pub mod gpt;
+pub mod grad_stats;
 pub mod layout;
 pub mod memory;
 pub mod optim;

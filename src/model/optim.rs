@@ -25,6 +25,13 @@ impl Scratch {
     pub const LEN: usize = 4 * SLOT;
 }
 
+/// Elements of the figures readback buffer for `cap` micro-batches and `stats` gradient
+/// statistics: [window figures | (loss sum, count) per micro-batch | (|g_k|^2, <g_k, G_{k-1}>)
+/// per statistic per micro-batch].
+pub fn figures_len(cap: usize, stats: usize) -> usize {
+    Scratch::LEN + 2 * cap + 2 * stats * cap
+}
+
 /// f32 elements per 256-byte slot (`TENSOR_ALIGN`).
 const SLOT: usize = crate::gpu::TENSOR_ALIGN / 4;
 
@@ -106,6 +113,7 @@ pub struct Slabs {
     pub decay: Vec<bool>,
     step_prog: Option<StepProgram>,
     micro_clip: Option<MicroClip>,
+    grad_stats: Option<GradStatsDevice>,
 }
 
 /// The per-micro-batch clipping mistake, kept for `verify`: a sum slab and the program that
@@ -164,6 +172,106 @@ pub fn partials_len(buffers: usize) -> usize {
     crate::gpu::kernels::norm_groups(buffers) * buffers.max(1)
 }
 
+/// Where the per-micro-batch gradient statistics (`grad_stats`) reduce: the statistics are named
+/// host ranges (checkpoint tensors: a layer of a per-layer tensor is a statistic of its own),
+/// each cut into segments of the slab parts it covers, each segment into workgroups of
+/// `GRAD_STATS_CHUNK` elements numbered in packing order (so a statistic's workgroups are
+/// consecutive). Pure: the memory model sizes its buffers from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatsLayout {
+    /// Statistic names, in the order the figures hold them.
+    pub names: Vec<String>,
+    /// Per segment in packing order: (slab buffer, first global workgroup, element offset in the
+    /// buffer, elements).
+    pub segments: Vec<(usize, usize, usize, usize)>,
+    /// Per statistic: its workgroups [first, end).
+    pub ranges: Vec<(usize, usize)>,
+    /// Workgroups in all (the partials hold 2 floats each).
+    pub workgroups: usize,
+    /// Slab buffers (one partial dispatch each).
+    pub buffers: usize,
+}
+
+impl StatsLayout {
+    /// `stats`: (name, host offset, elements), each inside one tensor of the slab layout
+    /// (`parts`, `host_offsets`, `sizes` as `Slabs` holds them).
+    pub fn new(
+        parts: &[Vec<Part>], host_offsets: &[usize], sizes: &[usize], buffers: usize, stats: &[(String, usize, usize)],
+    ) -> Self {
+        let chunk = crate::gpu::kernels::GRAD_STATS_CHUNK;
+        // (virtual offset, elements, statistic)
+        let mut segs: Vec<(usize, usize, usize)> = Vec::new();
+        for (t, (name, off, len)) in stats.iter().enumerate() {
+            let i = (0..sizes.len())
+                .find(|&i| host_offsets[i] <= *off && off + len <= host_offsets[i] + sizes[i])
+                .unwrap_or_else(|| panic!("statistic {name} is not inside one parameter tensor"));
+            let (e0, e1) = (off - host_offsets[i], off - host_offsets[i] + len);
+            for p in &parts[i] {
+                let (a, b) = (e0.max(p.start), e1.min(p.start + p.len));
+                if a < b {
+                    segs.push((p.at + (a - p.start), b - a, t));
+                }
+            }
+        }
+        segs.sort_unstable();
+        let mut ranges = vec![(usize::MAX, 0usize); stats.len()];
+        let mut segments = Vec::with_capacity(segs.len());
+        let mut wg = 0;
+        for (at, len, t) in segs {
+            let (b, o) = locate(at);
+            let n = len.div_ceil(chunk);
+            let r = &mut ranges[t];
+            assert!(r.0 == usize::MAX || r.1 == wg, "statistic {} covers parts that are not consecutive", stats[t].0);
+            *r = (r.0.min(wg), wg + n);
+            segments.push((b, wg, o, len));
+            wg += n;
+        }
+        let ranges = ranges.into_iter().map(|(a, b)| if a == usize::MAX { (0, 0) } else { (a, b) }).collect();
+        Self { names: stats.iter().map(|s| s.0.clone()).collect(), segments, ranges, workgroups: wg, buffers }
+    }
+
+    /// The u32 table the kernels read: 3 words per segment, then at `stats_at` 2 per statistic.
+    pub fn table(&self) -> Vec<u32> {
+        let w = |v: usize| u32::try_from(v).expect("statistics table past u32");
+        let mut t: Vec<u32> = self.segments.iter().flat_map(|&(_, first, o, n)| [w(first), w(o), w(n)]).collect();
+        t.extend(self.ranges.iter().flat_map(|&(a, b)| [w(a), w(b)]));
+        t
+    }
+
+    /// Where the statistics' ranges start in `table`.
+    pub fn stats_at(&self) -> usize {
+        3 * self.segments.len()
+    }
+
+    pub fn table_len(&self) -> usize {
+        3 * self.segments.len() + 2 * self.names.len()
+    }
+
+    /// Statistics.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Dispatches of the statistics program: a partial pass per slab buffer, one final sum.
+    pub fn dispatches(&self) -> usize {
+        self.buffers + 1
+    }
+}
+
+/// The device side of `grad_stats`: G_{k-1} (`prev`, the gradient slab's layout), the partial
+/// sums, the table, this micro-batch's statistics and the program writing them.
+struct GradStatsDevice {
+    layout: StatsLayout,
+    prev: Vec<GpuBuffer>,
+    stats: GpuBuffer,
+    prog: Program,
+    /// The current window's statistics are valid (enabled before its first micro-batch).
+    window_valid: bool,
+}
+
 impl Slabs {
     /// Allocate the slabs for `params` (host layout: tensors at `host_offsets`, described by
     /// `tensors`) under the device's limits and upload them; moments start at zero.
@@ -185,11 +293,11 @@ impl Slabs {
         }
         gpu.upload(&scratch, 0, &[0.0f32; Scratch::LEN]);
         let figures_cap = 16;
-        let figures = gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * figures_cap);
+        let figures = gpu.storage("window figures readback", Category::Scratch, figures_len(figures_cap, 0));
         let slabs = Self {
             gpu: gpu.clone(), n, packer, parts, params: params_b, grads, adam_m, adam_v, scratch, figures, figures_cap,
             partials, prev, host_offsets, sizes: tensors.iter().map(|t| t.size).collect(),
-            decay: tensors.iter().map(|t| t.decay).collect(), step_prog: None, micro_clip: None,
+            decay: tensors.iter().map(|t| t.decay).collect(), step_prog: None, micro_clip: None, grad_stats: None,
         };
         slabs.upload_host(&slabs.params, params);
         Ok(slabs)
@@ -266,12 +374,79 @@ impl Slabs {
     pub fn reserve_figures(&mut self, k: usize) {
         if k > self.figures_cap {
             self.figures_cap = k.next_power_of_two();
-            self.figures = self.gpu.storage("window figures readback", Category::Scratch, Scratch::LEN + 2 * self.figures_cap);
+            self.realloc_figures();
         }
     }
 
+    fn realloc_figures(&mut self) {
+        let s = self.grad_stats.as_ref().map_or(0, |g| g.layout.len());
+        self.figures = self.gpu.storage("window figures readback", Category::Scratch, figures_len(self.figures_cap, s));
+    }
+
+    /// Turn the per-micro-batch gradient statistics on (allocating G_{k-1}'s copy, the partial
+    /// sums and the program) or off (freeing them). `stats`: (name, host offset, elements) of
+    /// every statistic, each inside one parameter tensor (the checkpoint tensors). Between
+    /// windows only: a window's statistics are valid when they were on before its first
+    /// micro-batch.
+    pub fn set_grad_stats(&mut self, stats: Option<&[(String, usize, usize)]>) -> Result<(), ProgramError> {
+        let Some(stats) = stats else {
+            if self.grad_stats.take().is_some() {
+                self.realloc_figures();
+            }
+            return Ok(());
+        };
+        let layout = StatsLayout::new(&self.parts, &self.host_offsets, &self.sizes, self.grads.len(), stats);
+        if self.grad_stats.as_ref().is_some_and(|g| g.layout == layout) {
+            return Ok(());
+        }
+        self.grad_stats = None;
+        let prev = allocate(&self.gpu, "gradient before the micro-batch", Category::Gradients, &self.packer)?;
+        let table = layout.table();
+        let table_buf = self.gpu.try_storage("gradient statistics table", Category::Scratch, table.len())?;
+        self.gpu.upload(&table_buf, 0, &table);
+        let partials_len = 2 * layout.workgroups.max(1);
+        let partials = self.gpu.try_storage("gradient statistics partials", Category::Scratch, partials_len)?;
+        let stats_buf = self.gpu.try_storage("gradient statistics", Category::Scratch, 2 * layout.len().max(1))?;
+        for b in &prev {
+            self.gpu.upload(b, 0, &vec![0.0f32; b.len()]);
+        }
+        let mut pb = ProgramBuilder::new(&self.gpu);
+        let (tv, pv) = (View::of(&table_buf), View::of(&partials));
+        for (b, (p, g)) in prev.iter().zip(&self.grads).enumerate() {
+            let segs: Vec<usize> = (0..layout.segments.len()).filter(|&j| layout.segments[j].0 == b).collect();
+            let (Some(&p0), Some(&p1)) = (segs.first(), segs.last()) else { continue };
+            let wg0 = layout.segments[p0].1;
+            let wgs = layout.segments.get(p1 + 1).map_or(layout.workgroups, |s| s.1) - wg0;
+            pb.grad_stats_partial(&pv, partials_len, &View::of(p), &View::of(g), g.len(), &tv, table.len(), p0, p1 + 1, wg0, wgs)?;
+        }
+        let most = layout.ranges.iter().map(|(a, b)| b - a).max().unwrap_or(0);
+        pb.grad_stats_final(&View::of(&stats_buf), layout.len(), &pv, partials_len, &tv, table.len(), layout.stats_at(), most)?;
+        let prog = pb.finish("gradient statistics");
+        self.grad_stats = Some(GradStatsDevice { layout, prev, stats: stats_buf, prog, window_valid: false });
+        self.realloc_figures();
+        Ok(())
+    }
+
+    /// Wall-clock seconds of one micro-batch's statistics pass (the program `record_end_micro`
+    /// runs), averaged over `reps` waited submissions; None when the statistics are off. For
+    /// `gradscope bench`, between windows (it moves G_{k-1}'s copy, which the next window's first
+    /// micro-batch clears).
+    pub fn time_grad_stats(&self, reps: usize) -> Result<Option<f64>, crate::gpu::readback::ReadbackError> {
+        self.grad_stats.as_ref().map(|g| self.gpu.time_program(&g.prog, &[], reps)).transpose()
+    }
+
+    /// Whether the gradient statistics are on.
+    pub fn grad_stats_on(&self) -> bool {
+        self.grad_stats.is_some()
+    }
+
+    /// The statistics' names (None when off).
+    pub fn grad_stats_names(&self) -> Option<&[String]> {
+        self.grad_stats.as_ref().map(|g| g.layout.names.as_slice())
+    }
+
     /// Open micro-batch `index` of a window in a submission: micro-step 0 zeroes the gradients
-    /// and the window figures (gradients then accumulate with `+=`).
+    /// and the window figures (gradients then accumulate with `+=`), and G_{k-1}'s copy.
     pub fn record_begin_micro(&mut self, s: &mut Submission, index: usize) {
         self.reserve_figures(index + 1);
         if index == 0 {
@@ -279,13 +454,25 @@ impl Slabs {
                 s.clear(g);
             }
             s.clear(&self.scratch);
+            if let Some(gs) = &mut self.grad_stats {
+                for p in &gs.prev {
+                    s.clear(p);
+                }
+                gs.window_valid = true;
+            }
         }
     }
 
     /// Close it: copy the cumulative loss sum and count after micro-batch `index` to the figures
-    /// buffer (read with the window figures, no extra wait).
+    /// buffer (read with the window figures, no extra wait); with `grad_stats`, reduce the
+    /// micro-batch's gradient statistics and copy them there too.
     pub fn record_end_micro(&self, s: &mut Submission, index: usize) {
         s.copy(&self.scratch, Scratch::LOSS_SUM, &self.figures, Scratch::LEN + 2 * index, 2);
+        if let Some(gs) = &self.grad_stats {
+            let n = 2 * gs.layout.len();
+            s.run(&gs.prog);
+            s.copy(&gs.stats, 0, &self.figures, Scratch::LEN + 2 * self.figures_cap + n * index, n);
+        }
     }
 
     /// Every slab buffer of `slab` as a whole (view, elements).
@@ -515,9 +702,14 @@ impl Slabs {
     }
 
     /// Read the figures of the window of `k` micro-batches just stepped (one wait): the logged
-    /// loss, count and norm, and each micro-batch's loss sum and count.
+    /// loss, count and norm, each micro-batch's loss sum and count, and with `grad_stats` its
+    /// gradient statistics in the gradient slab's units (the trainer divides the loss weight out:
+    /// `GradStats::scale`).
     pub fn window_figures(&self, k: usize) -> Result<WindowFigures, crate::gpu::readback::ReadbackError> {
-        let f: Vec<f32> = self.gpu.read(&self.figures, 0, Scratch::LEN + 2 * k)?;
+        let stats = self.grad_stats.as_ref().filter(|g| g.window_valid && k <= self.figures_cap);
+        let s = stats.map_or(0, |g| g.layout.len());
+        let len = if stats.is_some() { Scratch::LEN + 2 * self.figures_cap + 2 * s * k } else { Scratch::LEN + 2 * k };
+        let f: Vec<f32> = self.gpu.read(&self.figures, 0, len)?;
         let mut micro = Vec::with_capacity(k);
         let (mut prev_l, mut prev_c) = (0.0f64, 0.0f64);
         for j in 0..k {
@@ -525,6 +717,16 @@ impl Slabs {
             micro.push((l - prev_l, c - prev_c));
             (prev_l, prev_c) = (l, c);
         }
+        let grad_stats = stats.map(|g| {
+            let at = |j: usize, t: usize, w: usize| f[Scratch::LEN + 2 * self.figures_cap + 2 * s * j + 2 * t + w] as f64;
+            crate::model::grad_stats::GradStats {
+                tensors: g.layout.names.clone(),
+                counts: micro.iter().map(|m| m.1).collect(),
+                sq_norm: (0..k).map(|j| (0..s).map(|t| at(j, t, 0)).collect()).collect(),
+                dot_prev: (0..k).map(|j| (0..s).map(|t| at(j, t, 1)).collect()).collect(),
+                gram: None,
+            }
+        });
         Ok(WindowFigures {
             loss_sum: f[Scratch::LOSS_SUM] as f64,
             count: f[Scratch::COUNT] as f64,
@@ -532,6 +734,7 @@ impl Slabs {
             update_norm: f[Scratch::UPDATE_NORM] as f64,
             update_nonfinite: f[Scratch::UPDATE_NONFINITE] != 0.0,
             micro,
+            grad_stats,
         })
     }
 
@@ -590,6 +793,8 @@ pub struct WindowFigures {
     pub update_nonfinite: bool,
     /// Per micro-batch: (loss sum, count of targets).
     pub micro: Vec<(f64, f64)>,
+    /// Per-micro-batch gradient statistics (`grad_stats = true`; None when off).
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 impl WindowFigures {

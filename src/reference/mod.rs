@@ -8,6 +8,8 @@
 //! - `dropout`: dropout's counter-based random numbers (the twin of `shaders/prelude.wgsl`).
 //! - `rng`: splitmix64 and Box-Muller, the documented generator of the initialization.
 //! - `cnn`, `cnn_model`: the same for the CNN.
+//! - `linreg`: linear regression with a known gradient noise (exact |G|^2 and tr(Sigma)), the
+//!   oracle of the gradient noise scale.
 //!
 //! Conventions: every tensor is a flat row-major slice, its shape in a comment next to it
 //! (B batch, T sequence length, C channels, NH heads, V vocabulary, L layers, maxT block size).
@@ -21,6 +23,7 @@ pub mod cnn_model;
 pub mod dropout;
 pub mod gpt;
 pub mod layers;
+pub mod linreg;
 pub mod rng;
 
 pub use gpt::{GptConfig, gpt_forward, gpt_forward_backward, gpt_forward_backward_dropout, gpt_forward_dropout, gpt_logits, init_params};

@@ -199,6 +199,12 @@ pub struct TrainConfig {
     /// NaN/Inf in a window: `skip` the step (default) or `stop` with a diagnosis.
     #[arg(value_parser = enum_value::<OnNonFinite>)]
     pub on_nonfinite: OnNonFinite,
+    /// Per-micro-batch gradient statistics, measured on the device inside each window: each
+    /// micro-batch's gradient norm and its inner product with the sum so far (per tensor), hence
+    /// cosines and the gradient noise scale B_simple (metrics `b_simple`, the progress line).
+    /// Costs a copy of the gradient (its memory) and one reduction per micro-batch. On in the
+    /// app.
+    pub grad_stats: bool,
     // --- memory ---
     /// GPT: keep only each block's input in forward and recompute the block in backward
     /// (activation memory drops to the block inputs plus one block; costs one more forward).
@@ -265,6 +271,7 @@ impl Default for TrainConfig {
             save_every: 0,
             keep_last: 3,
             on_nonfinite: OnNonFinite::Skip,
+            grad_stats: false,
             checkpoint_activations: false,
             memory_budget: String::new(),
             precision: crate::gpu::Precision::F32,

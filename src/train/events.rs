@@ -21,14 +21,11 @@ pub struct MicroReport {
     /// Mean loss over this micro-batch's counted targets.
     pub loss: f64,
     pub tokens: f64,
-    /// L2 norm of the accumulated (summed, not yet normalized) gradient.
-    pub accumulated_norm: f64,
-    /// L2 norm of this micro-batch's own (summed) gradient.
-    pub micro_norm: f64,
-    /// Cosine between this micro-batch's gradient and the accumulated gradient.
-    pub cosine: f64,
-    /// Per-tensor L2 norm of the accumulated gradient.
-    pub tensor_norms: Vec<(String, f64)>,
+    /// The window so far (micro-batches 0..=index) as gradient statistics, per tensor (the
+    /// checkpoint tensors), measured on the host (it reads every gradient while stepping by
+    /// hand), with the exact Gram matrix of the micro-batch gradients (None past
+    /// `live::GRAM_HOST_BYTES`): the window view's figures.
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 /// One optimizer step with its micro-batches and, when stepped by hand, the details.
@@ -39,6 +36,9 @@ pub struct StepReport {
     pub micro: Vec<(f64, f64)>,
     /// Per tensor ||update|| / ||weight|| (stepping only).
     pub update_ratios: Option<Vec<(String, f64)>>,
+    /// The window's per-micro-batch gradient statistics (`grad_stats` on; with the exact Gram
+    /// matrix when the window was stepped by hand).
+    pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 
 #[derive(Clone, Debug)]

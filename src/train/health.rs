@@ -38,6 +38,16 @@ pub struct StepMetrics {
     pub accum_steps: usize,
     pub memory: MemorySnapshot,
     pub health: Health,
+    /// The gradient noise scale B_simple (McCandlish et al. 2018) smoothed over the windows so
+    /// far, in samples (sequences or images): `b_simple_items` / counted items per sample.
+    /// SGD's critical batch, a guide for Adam (`grad_stats` on, K >= 2; else None).
+    pub b_simple: Option<f64>,
+    /// The same in counted items (tokens or images).
+    pub b_simple_items: Option<f64>,
+    /// This window's own unbiased estimates, in counted-item units: |G|^2 of the mean gradient
+    /// and tr(Sigma) of one item's gradient (`model::grad_stats::NoiseEstimate`).
+    pub noise_g2: Option<f64>,
+    pub noise_trace: Option<f64>,
 }
 
 impl StepMetrics {
@@ -88,6 +98,10 @@ pub fn step_metrics(
             let h = health.observe(train_loss, fig.grad_norm);
             Health { nonfinite: h.nonfinite || fig.update_nonfinite, ..h }
         },
+        b_simple: None,
+        b_simple_items: None,
+        noise_g2: None,
+        noise_trace: None,
     }
 }
 

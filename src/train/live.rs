@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::gpu::Gpu;
+use crate::model::grad_stats::GradStats;
 
 use super::config::ModelKind;
 use super::events::{Event, MicroReport, StepReport};
@@ -37,6 +38,9 @@ pub enum Control {
     SetActivationCheckpointing(bool),
     /// GPT activation precision, f32 or f16 mixed precision (at the next optimizer-step boundary).
     SetPrecision(crate::gpu::Precision),
+    /// Per-micro-batch gradient statistics and the noise scale on/off (at the next
+    /// optimizer-step boundary).
+    SetGradStats(bool),
     /// Time every kernel of one micro-batch (timestamp queries) between windows.
     ProfileKernels,
     Pause,
@@ -65,7 +69,7 @@ pub fn spawn(gpu: Gpu, cfg: TrainConfig, paused: bool, wake: Arc<dyn Fn() + Send
     let thread = std::thread::Builder::new()
         .name("gradscope trainer".into())
         .spawn(move || {
-            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, window: None, finished: false };
+            let mut w = Worker { gpu, tx: etx, wake, paused, pending_b: None, pending_k: None, pending_ck: None, pending_precision: None, pending_stats: None, window: None, finished: false };
             w.run(cfg, crx);
         })
         .expect("spawn the trainer thread");
@@ -81,9 +85,27 @@ struct Worker {
     pending_k: Option<usize>,
     pending_ck: Option<bool>,
     pending_precision: Option<crate::gpu::Precision>,
-    /// A window being stepped by hand, and the accumulated gradient after its last micro-batch.
-    window: Option<(Window, Vec<f32>)>,
+    pending_stats: Option<bool>,
+    /// A window being stepped by hand.
+    window: Option<HandWindow>,
     finished: bool,
+}
+
+/// The most host memory the micro-batch gradients of a window stepped by hand may take for the
+/// exact Gram matrix (past it the Gram matrix, and so the cosine with the final gradient of any
+/// but the last micro-batch and the arrows picture, is not offered).
+pub const GRAM_HOST_BYTES: usize = 512 << 20;
+
+/// A window being stepped by hand: the accumulated (summed-loss) gradient after its last
+/// micro-batch, each micro-batch's own gradient while they fit in `GRAM_HOST_BYTES`, and the
+/// statistics so far measured on the host (with the exact Gram matrix when the gradients were
+/// kept). The host reads every gradient while stepping, so these are measured whether
+/// `grad_stats` is on or not.
+struct HandWindow {
+    w: Window,
+    prev: Vec<f32>,
+    grads: Option<Vec<Vec<f32>>>,
+    stats: GradStats,
 }
 
 enum Flow {
@@ -104,6 +126,7 @@ impl Worker {
         self.pending_k = None;
         self.pending_ck = None;
         self.pending_precision = None;
+        self.pending_stats = None;
         match Trainer::new(&self.gpu, cfg.clone()) {
             Ok(t) => {
                 self.send(Event::Started { derived: t.derived(), config: t.cfg.clone() });
@@ -238,6 +261,12 @@ impl Worker {
                     }
                 }
             }
+            Control::SetGradStats(on) => {
+                if let Some(t) = trainer.as_mut() {
+                    self.pending_stats = Some(on);
+                    self.apply_at_boundary(t);
+                }
+            }
             Control::ProfileKernels => {
                 if let Some(t) = trainer.as_mut() {
                     if self.window.is_some() {
@@ -306,6 +335,14 @@ impl Worker {
                 changed = true;
             }
         }
+        if let Some(on) = self.pending_stats.take() {
+            if on != t.cfg.grad_stats {
+                if let Err(e) = t.set_grad_stats(on) {
+                    self.send(Event::Error(format!("{e:#}")));
+                }
+                changed = true;
+            }
+        }
         if let Some(k) = self.pending_k.take() {
             t.cfg.accum_steps = k;
             t.cfg.effective_batch = 0;
@@ -324,12 +361,33 @@ impl Worker {
             self.send(Event::Finished { step: t.step, eval: None });
             return Ok(());
         }
-        let w = match self.window.take() {
-            Some((w, _)) => w,
-            None => t.begin_window(),
+        if by_hand {
+            // the rest of the window micro-batch by micro-batch, so the window view fills and
+            // its statistics are complete
+            while !self.window.as_ref().is_some_and(|h| h.w.done()) {
+                self.step_micro(t)?;
+            }
+        }
+        // the host's statistics stand for the window only when it measured every micro-batch
+        let (w, hand_stats) = match self.window.take() {
+            Some(h) => {
+                let all = h.stats.k() == h.w.len();
+                (h.w, all.then_some(h.stats))
+            }
+            None => (t.begin_window(), None),
         };
         let before = if by_hand { Some(t.model.slabs().read_params()?) } else { None };
         let (mut metrics, fig) = t.finish_window(w)?;
+        // every micro-batch stepped by hand: the exact Gram matrix joins the device's figures
+        // (grad_stats on), or the host's figures stand alone (off)
+        let grad_stats = match (fig.grad_stats.clone(), hand_stats) {
+            (Some(mut gs), Some(h)) if h.k() == gs.k() => {
+                gs.gram = h.gram;
+                Some(gs)
+            }
+            (Some(gs), _) => Some(gs),
+            (None, h) => h,
+        };
         let names = param_names(t);
         let update_ratios = match before {
             Some(before) => Some(update_ratios(&names, &before, &t.model.slabs().read_params()?)),
@@ -342,7 +400,7 @@ impl Worker {
             metrics.set_eval(&eval);
             self.send(Event::Eval { step, epoch: t.model.epoch(), eval });
         }
-        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios })));
+        self.send(Event::Step(Box::new(StepReport { metrics, micro, update_ratios, grad_stats })));
         // apply pending settings at the boundary
         self.apply_at_boundary(t);
         if t.step >= t.cfg.max_steps {
@@ -352,39 +410,69 @@ impl Worker {
         Ok(())
     }
 
-    /// Run one micro-batch of the current window and report it (stepping mode).
+    /// Run one micro-batch of the current window and report it with the window's statistics so
+    /// far (stepping mode): the host reads the accumulated gradient, takes this micro-batch's own
+    /// gradient as the difference, and adds its squared norm and inner product with the earlier
+    /// sum per tensor, and its inner products with the earlier micro-batches (the Gram matrix).
     fn step_micro(&mut self, t: &mut Trainer) -> anyhow::Result<()> {
-        if self.window.as_ref().is_some_and(|(w, _)| w.done()) {
+        if self.window.as_ref().is_some_and(|h| h.w.done()) {
             anyhow::bail!("the window is complete: press \"optimizer step\" to apply it");
         }
-        let (mut w, prev) = match self.window.take() {
-            Some(x) => x,
-            None => (t.begin_window(), vec![0.0; t.model.slabs().n]),
+        let names = param_names(t);
+        let mut h = match self.window.take() {
+            Some(h) => h,
+            None => {
+                let w = t.begin_window();
+                let n = t.model.slabs().n;
+                let keep = n.saturating_mul(4).saturating_mul(w.len()) <= GRAM_HOST_BYTES;
+                let stats = GradStats { tensors: names.iter().map(|x| x.0.clone()).collect(), gram: keep.then(Vec::new), ..Default::default() };
+                HandWindow { w, prev: vec![0.0; n], grads: keep.then(Vec::new), stats }
+            }
         };
-        let (l0, c0) = if w.next == 0 { (0.0, 0.0) } else { t.model.slabs().running_figures()? };
-        t.run_micro(&mut w)?;
+        let (l0, c0) = if h.w.next == 0 { (0.0, 0.0) } else { t.model.slabs().running_figures()? };
+        t.run_micro(&mut h.w)?;
         let (l1, c1) = t.model.slabs().running_figures()?;
         // the summed-loss gradient so far (mixed precision holds it times scale / count)
-        let weight = t.loss_weight(w.count) as f64;
+        let weight = t.loss_weight(h.w.count) as f64;
         let g: Vec<f32> = t.model.slabs().read_grads()?.into_iter().map(|x| (x as f64 / weight) as f32).collect();
-        let micro: Vec<f32> = g.iter().zip(&prev).map(|(a, b)| a - b).collect();
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let (gn, mn) = (norm(&g), norm(&micro));
-        let dot: f64 = g.iter().zip(&micro).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let micro: Vec<f32> = g.iter().zip(&h.prev).map(|(a, b)| a - b).collect();
+        add_micro_batch(&mut h.stats, &names, &micro, &h.prev, c1 - c0, h.grads.as_deref());
+        if let Some(grads) = h.grads.as_mut() {
+            grads.push(micro);
+        }
+        h.prev = g;
         let report = MicroReport {
             step: t.step + 1,
-            index: w.next - 1,
-            of: w.len(),
+            index: h.w.next - 1,
+            of: h.w.len(),
             loss: (l1 - l0) / (c1 - c0).max(1.0),
             tokens: c1 - c0,
-            accumulated_norm: gn,
-            micro_norm: mn,
-            cosine: if gn > 0.0 && mn > 0.0 { dot / (gn * mn) } else { 0.0 },
-            tensor_norms: tensor_norms(&param_names(t), &g),
+            grad_stats: Some(h.stats.clone()),
         };
-        self.window = Some((w, g));
+        self.window = Some(h);
         self.send(Event::MicroBatch(report));
         Ok(())
+    }
+}
+
+/// Add micro-batch k's figures to `stats`: its count, per tensor |g_k|^2 and <g_k, G_{k-1}>
+/// (`prev` = G_{k-1}), and with the earlier micro-batches' gradients (`earlier`), row and column
+/// k of the Gram matrix <g_j, g_k>. f64 sums over f32 values.
+pub fn add_micro_batch(stats: &mut GradStats, names: &[(String, usize, usize)], micro: &[f32], prev: &[f32], count: f64, earlier: Option<&[Vec<f32>]>) {
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+    let (sq, dp) = host_stats(names, micro, prev);
+    stats.counts.push(count);
+    stats.sq_norm.push(sq);
+    stats.dot_prev.push(dp);
+    match (stats.gram.as_mut(), earlier) {
+        (Some(gram), Some(earlier)) => {
+            let row: Vec<f64> = earlier.iter().map(|e| dot(e, micro)).chain([dot(micro, micro)]).collect();
+            for (j, r) in gram.iter_mut().enumerate() {
+                r.push(row[j]);
+            }
+            gram.push(row);
+        }
+        _ => stats.gram = None,
     }
 }
 
@@ -399,6 +487,19 @@ pub fn tensor_norms(names: &[(String, usize, usize)], v: &[f32]) -> Vec<(String,
         .iter()
         .map(|(n, off, len)| (n.clone(), v[*off..off + len].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
         .collect()
+}
+
+/// Per tensor (name, offset, length): (|micro|^2, <micro, prev>) in f64.
+pub fn host_stats(names: &[(String, usize, usize)], micro: &[f32], prev: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    names
+        .iter()
+        .map(|(_, off, len)| {
+            let r = *off..off + len;
+            let sq = micro[r.clone()].iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            let dp = micro[r.clone()].iter().zip(&prev[r]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            (sq, dp)
+        })
+        .unzip()
 }
 
 /// Per-tensor ||after - before|| / ||before||.

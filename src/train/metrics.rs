@@ -18,7 +18,7 @@ pub struct MetricsWriter {
 
 pub const CSV_HEADER: &str = "step,train_loss,val_loss,lr,grad_norm,clipped,tokens_per_s,micro_batch,accum_steps,\
 bytes_parameters,bytes_gradients,bytes_optimizer_state,bytes_activations,bytes_scratch,health,skipped,loss_scale,\
-images_per_s,test_loss,test_accuracy,wall_s";
+images_per_s,test_loss,test_accuracy,wall_s,b_simple,b_simple_items,noise_g2,noise_trace";
 
 impl MetricsWriter {
     /// Open `metrics.jsonl` and `metrics.csv` in `dir`. `resume_step` None: a fresh run, both files
@@ -63,9 +63,11 @@ impl MetricsWriter {
             write!(self.csv, ",{}", m.memory.get(c))?;
         }
         let scale = m.loss_scale.map_or(String::new(), |s| s.to_string());
+        let sci = |v: Option<f64>| v.map(|v| format!("{v:.6e}")).unwrap_or_default();
         writeln!(
-            self.csv, ",{},{},{scale},{},{},{},{:.3}",
-            m.health.describe(), m.skipped, opt(m.images_per_s, 1), opt(m.test_loss, 6), opt(m.test_accuracy, 6), m.wall_s
+            self.csv, ",{},{},{scale},{},{},{},{:.3},{},{},{},{}",
+            m.health.describe(), m.skipped, opt(m.images_per_s, 1), opt(m.test_loss, 6), opt(m.test_accuracy, 6), m.wall_s,
+            opt(m.b_simple, 2), opt(m.b_simple_items, 1), sci(m.noise_g2), sci(m.noise_trace)
         )?;
         self.flush()
     }
@@ -91,4 +93,15 @@ impl MetricsWriter {
         self.jsonl.flush()?;
         self.csv.flush()
     }
+}
+
+/// The last smoothed gradient noise scale in a run directory's `metrics.jsonl`: (step, B_simple in
+/// samples, in counted items), or None when the run measured none (`grad_stats` off, K = 1) or
+/// the file is missing.
+pub fn last_noise_scale(dir: &Path) -> Option<(usize, f64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        Some((v["step"].as_u64()? as usize, v["b_simple"].as_f64()?, v["b_simple_items"].as_f64()?))
+    })
 }

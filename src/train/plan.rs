@@ -25,6 +25,7 @@ pub fn memory_options(cfg: &TrainConfig, gpu: &Gpu) -> MemoryOptions {
         limits: crate::model::layout::SlabLimits::of(gpu),
         vocab_chunk: cfg.vocab_chunk,
         dropout: cfg.dropout > 0.0,
+        grad_stats: cfg.grad_stats,
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::gpu::{Gpu, MemorySnapshot, Precision};
 use crate::model::memory::Plan;
+use crate::model::grad_stats::NoiseScale;
 use crate::model::optim::{StepSettings, WindowDivide, WindowFigures};
 
 use super::broken::Mistake;
@@ -118,6 +119,8 @@ pub struct Trainer {
     last_good: Option<Snapshot>,
     /// When this trainer was created (the metrics' wall-clock column).
     started: Instant,
+    /// The gradient noise scale's moving averages (`grad_stats`; restarts with the process).
+    pub noise: NoiseScale,
 }
 
 impl Trainer {
@@ -127,7 +130,27 @@ impl Trainer {
         cfg.validate()?;
         let model = build(gpu, &mut cfg)?;
         let scaler = (cfg.precision == Precision::F16).then(|| LossScaler::new(cfg.loss_scale as f32, cfg.loss_scale_growth_interval));
-        Ok(Self { cfg, model, step: 0, adam_step: 0, health: HealthMonitor::default(), scaler, last_good: None, started: Instant::now() })
+        let mut t = Self {
+            cfg, model, step: 0, adam_step: 0, health: HealthMonitor::default(), scaler, last_good: None,
+            started: Instant::now(), noise: NoiseScale::default(),
+        };
+        t.set_grad_stats(t.cfg.grad_stats)?;
+        Ok(t)
+    }
+
+    /// The gradient statistics' tensors: the checkpoint tensors (name, host offset, elements).
+    pub fn stats_tensors(&self) -> Vec<(String, usize, usize)> {
+        self.model.tensors().into_iter().map(|(n, shape, off)| (n, off, shape.iter().product())).collect()
+    }
+
+    /// Turn the per-micro-batch gradient statistics on or off (between windows). The
+    /// deliberately broken modes of `verify` never measure them (their micro-batches do not
+    /// accumulate into one slab).
+    pub fn set_grad_stats(&mut self, on: bool) -> anyhow::Result<()> {
+        let tensors = (on && Mistake::of(&self.cfg).is_none()).then(|| self.stats_tensors());
+        self.model.slabs_mut().set_grad_stats(tensors.as_deref())?;
+        self.cfg.grad_stats = on;
+        Ok(())
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -304,7 +327,12 @@ impl Trainer {
             s.submit();
             w.next = k;
         }
-        let fig = self.model.slabs().window_figures(k)?;
+        let mut fig = self.model.slabs().window_figures(k)?;
+        // the statistics in the summed gradient's units (each counted item's loss weighing 1)
+        let dloss = self.loss_weight(w.count) as f64;
+        if let Some(gs) = &mut fig.grad_stats {
+            gs.scale(1.0 / (dloss * dloss));
+        }
         self.step += 1;
         let per_s = fig.count / w.started.elapsed().as_secs_f64().max(1e-9);
         let unit = self.model.unit();
@@ -317,6 +345,16 @@ impl Trainer {
         }
         if !m.skipped {
             self.adam_step += 1;
+        }
+        if let Some(est) = fig.grad_stats.as_ref().and_then(|gs| gs.noise(None)) {
+            self.noise.update(&est);
+            (m.noise_g2, m.noise_trace) = (Some(est.g2), Some(est.trace));
+        }
+        if fig.grad_stats.is_some() {
+            m.b_simple_items = self.noise.b_simple();
+            // in samples: counted items per sample of this window (T, fewer with padding; 1 image)
+            let per = fig.count / (self.cfg.effective().max(1) as f64);
+            m.b_simple = m.b_simple_items.filter(|_| per > 0.0).map(|b| b / per);
         }
         Ok((m, fig))
     }
@@ -565,7 +603,7 @@ impl Trainer {
                 last = Some(ev);
             }
             let micro = fig.micro_means();
-            on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None })))?;
+            on_event(&Event::Step(Box::new(StepReport { metrics: m, micro, update_ratios: None, grad_stats: fig.grad_stats.clone() })))?;
             if self.cfg.save_every > 0 && self.step.is_multiple_of(self.cfg.save_every) {
                 let path = self.save_periodic(&dir)?;
                 if !snapshot_each_step {
