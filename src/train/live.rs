@@ -366,10 +366,10 @@ impl Worker {
         let before = if by_hand { Some(t.model.slabs().read_params()?) } else { None };
         let (mut metrics, mut fig) = t.finish_window(w)?;
         // every micro-batch stepped by hand: the exact Gram matrix joins the device's figures
-        if let (Some(gs), Some(h)) = (fig.grad_stats.as_mut(), hand) {
-            if h.stats.k() == gs.k() {
-                gs.gram = h.stats.gram;
-            }
+        if let (Some(gs), Some(h)) = (fig.grad_stats.as_mut(), hand)
+            && h.stats.k() == gs.k()
+        {
+            gs.gram = h.stats.gram;
         }
         let names = param_names(t);
         let update_ratios = match before {
