@@ -78,6 +78,7 @@ fn reference_micro_grads(t: &Trainer, params: &[f32], batches: &[MicroBatch]) ->
         .collect()
 }
 
+#[allow(clippy::needless_range_loop)]
 /// Every figure of `got` against `want`: counts exactly, |g_k|^2 per tensor relative to itself
 /// (with a floor of 1e-6 of the micro-batch's total), <g_k, G_{k-1}> relative to |g_k| |G_{k-1}|.
 fn assert_stats_close(what: &str, got: &GradStats, want: &GradStats, tol: f64) {
@@ -264,6 +265,7 @@ fn memory_prediction_with_statistics_equals_the_ledger() {
 /// exact Gram matrix (host), and the step's report the device's statistics with it; the Gram
 /// matrix's diagonal and upper sums are the device's |g_k|^2 and <g_k, G_{k-1}>.
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn stepping_by_hand_gives_the_exact_gram_matrix() {
     let g = common::gpu();
     let k = 3;
@@ -388,4 +390,49 @@ fn gpt_noise_scale_against_separate_micro_batch_gradients() {
     );
     assert!((tr_dev - tr_ref).abs() < 0.1 * tr_ref, "tr(Sigma): {tr_dev} vs {tr_ref}");
     assert!((b_dev - b_ref).abs() < 0.15 * b_ref, "B_simple: {b_dev} vs {b_ref}");
+}
+
+/// Mixed precision: the slab holds the gradient times the loss weight (scale / window count);
+/// the trainer divides it out, so the statistics match f32's up to f16 rounding (a missing or a
+/// squared-wrong division would be off by orders of magnitude).
+#[test]
+fn mixed_precision_statistics_match_f32() {
+    let g = common::gpu();
+    assert!(g.has_f16(), "{} has no SHADER_F16 (lavapipe on Vulkan has it, GL adapters do not)", g.summary.name);
+    let cfg = TrainConfig { padded: true, ..with_e(3, 7) };
+    let mut a = Trainer::new(&g, cfg.clone()).unwrap();
+    let mut b = Trainer::new(&g, TrainConfig { precision: gradscope::gpu::Precision::F16, ..cfg }).unwrap();
+    let (_, fa) = a.train_step().unwrap();
+    let (_, fb) = b.train_step().unwrap();
+    let (sa, sb) = (fa.grad_stats.unwrap(), fb.grad_stats.unwrap());
+    assert_eq!(sa.counts, sb.counts);
+    for k in 0..sa.k() {
+        let (x, y) = (sa.micro_sq_norm(k, None), sb.micro_sq_norm(k, None));
+        println!("micro-batch {k}: |g_k|^2 f32 {x:.6e}, f16 {y:.6e}");
+        assert!((x - y).abs() < 0.02 * x, "|g_{k}|^2: f32 {x} vs f16 {y}");
+        if k > 0 {
+            let (p, q) = (sa.cos_running(k, None).unwrap(), sb.cos_running(k, None).unwrap());
+            assert!((p - q).abs() < 0.02, "cosine with the sum so far: {p} vs {q}");
+        }
+    }
+}
+
+/// Within WebGPU's guaranteed limits (what a browser grants without asking: 256-byte storage
+/// offsets, 8 storage buffers per stage) the statistics record, run and measure the same as on
+/// the adapter's own limits, with no device error.
+#[test]
+fn statistics_within_webgpus_guaranteed_limits() {
+    let choice = gradscope::gpu::AdapterChoice { name: std::env::var("GRADSCOPE_ADAPTER").ok() };
+    let small = gradscope::gpu::Gpu::with_limits(&choice, Some(wgpu::Limits::default())).unwrap();
+    let full = common::gpu();
+    for cfg in [TrainConfig { padded: true, ..gpt(4, 3) }, digits(NormKind::Batch, 8, 20)] {
+        let mut a = Trainer::new(&small, cfg.clone()).unwrap();
+        let mut b = Trainer::new(&full, cfg).unwrap();
+        for _ in 0..2 {
+            let (_, fa) = a.train_step().unwrap();
+            let (_, fb) = b.train_step().unwrap();
+            assert_eq!(fa.grad_stats, fb.grad_stats);
+        }
+    }
+    assert!(small.take_errors().is_empty() && full.take_errors().is_empty());
 }

@@ -258,6 +258,8 @@ pub struct GradStatsBench {
     pub seconds_on: f64,
     /// seconds_on / seconds_off.
     pub ratio: f64,
+    /// The median of each alternating pair's on / off (less sensitive to the machine's drift).
+    pub paired_ratio: f64,
     pub step_seconds_off: Vec<f64>,
     pub step_seconds_on: Vec<f64>,
     /// Device bytes the statistics add (the ledger, on minus off).
@@ -267,6 +269,9 @@ pub struct GradStatsBench {
     /// step times measure, without the noise of a busy machine.
     pub pass_seconds: f64,
     pub micro_train_seconds: f64,
+    /// K statistics passes against the median step with the statistics off: the cost the step
+    /// times measure, from the pass alone.
+    pub pass_share: f64,
 }
 
 /// Measure `grad_stats` off against on for the model of `base` at its B x K.
@@ -312,6 +317,8 @@ pub fn bench_grad_stats(gpu: &Gpu, base: &TrainConfig, warmup: usize, steps: usi
         seconds_off: a,
         seconds_on: b,
         ratio: b / a.max(1e-12),
+        paired_ratio: median(&s_on.iter().zip(&s_off).map(|(x, y)| x / y.max(1e-12)).collect::<Vec<_>>()),
+        pass_share: base.windows_micro_batches() as f64 * pass_seconds / a.max(1e-12),
         step_seconds_off: s_off,
         step_seconds_on: s_on,
         extra_bytes,

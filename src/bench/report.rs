@@ -124,8 +124,10 @@ pub fn cnn_tax_line(accumulated: &CnnBench, true_batch: &CnnBench) -> String {
 pub fn grad_stats_line(r: &GradStatsBench) -> String {
     format!(
         "gradient statistics (grad_stats), {} B {} x K {}: {:.3}x the time per step ({:.4} s on, {:.4} s off: medians of {} \
-         alternating steps); the pass alone {:.3} ms per micro-batch ({:.2}% of its train program); +{} of device memory",
-        r.model, r.micro_batch, r.accum_steps, r.ratio, r.seconds_on, r.seconds_off, r.steps, r.pass_seconds * 1e3,
-        100.0 * r.pass_seconds / r.micro_train_seconds.max(1e-12), human_bytes(r.extra_bytes)
+         alternating steps; median pair {:.3}x); the pass alone {:.3} ms per micro-batch ({:.2}% of its train program), \
+         K passes {:.2}% of a step; +{} of device memory",
+        r.model, r.micro_batch, r.accum_steps, r.ratio, r.seconds_on, r.seconds_off, r.steps, r.paired_ratio,
+        r.pass_seconds * 1e3, 100.0 * r.pass_seconds / r.micro_train_seconds.max(1e-12), 100.0 * r.pass_share,
+        human_bytes(r.extra_bytes)
     )
 }

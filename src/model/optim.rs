@@ -101,7 +101,8 @@ pub struct Slabs {
     pub adam_v: Vec<GpuBuffer>,
     pub scratch: GpuBuffer,  // [Scratch::LEN]
     /// Read once per window: [window figures (Scratch::LEN) | cumulative (loss sum, count) after
-    /// each micro-batch (2 per micro-batch)], filled by copies inside the submissions.
+    /// each micro-batch (2 per micro-batch) | with `grad_stats`, (|g_k|^2, <g_k, G_{k-1}>) per
+    /// statistic per micro-batch] (`figures_len`), filled by copies inside the submissions.
     figures: GpuBuffer,
     figures_cap: usize,
     pub partials: GpuBuffer, // [partials_len(slab buffers)]
@@ -793,7 +794,11 @@ pub struct WindowFigures {
     pub update_nonfinite: bool,
     /// Per micro-batch: (loss sum, count of targets).
     pub micro: Vec<(f64, f64)>,
-    /// Per-micro-batch gradient statistics (`grad_stats = true`; None when off).
+    /// Per-micro-batch gradient statistics (`grad_stats = true`; None when off, or when they were
+    /// turned on after the window's first micro-batch). `Slabs::window_figures` gives them in
+    /// the gradient slab's units (loss weight x summed gradient); the trainer's `finish_window`
+    /// divides the loss weight out, so a trainer's figures are in summed-gradient units (each
+    /// counted item's loss weighing 1).
     pub grad_stats: Option<crate::model::grad_stats::GradStats>,
 }
 

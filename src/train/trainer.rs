@@ -8,7 +8,9 @@
 //!    accumulating (`+=`), then the gradient is divided once by the window's real count (read on
 //!    the device), its global norm taken and clipped once, and AdamW steps with the step count
 //!    and learning rate of this optimizer step (both advance per window, never per micro-batch);
-//! 3. one readback: the window's loss sum, count, gradient norm and per-micro-batch figures.
+//! 3. one readback: the window's loss sum, count, gradient norm and per-micro-batch figures
+//!    (with `grad_stats`, each micro-batch's gradient statistics, from which the trainer updates
+//!    the gradient noise scale's moving averages).
 //!
 //! Stepping by hand (the app) runs one micro-batch per submission (`run_micro`) and finishes
 //! the window the same way; the deliberately broken settings kept for `verify` live in
