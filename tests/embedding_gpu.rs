@@ -30,7 +30,8 @@ fn parts(v: usize, cuts: &[usize]) -> Vec<(usize, usize)> {
 }
 
 /// (shared, B, T, C, V, vocabulary cuts)
-const CASES: [(bool, usize, usize, usize, usize, &[usize]); 6] = [
+type Case = (bool, usize, usize, usize, usize, &'static [usize]);
+const CASES: [Case; 6] = [
     (true, 4, 50, 70, 3, &[]),
     (false, 2, 64, 64, 5000, &[]),
     (true, 1, 1, 5, 7, &[]),
