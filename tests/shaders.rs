@@ -36,6 +36,7 @@ fn every_shader_parses_validates_and_follows_the_binding_convention() {
 /// file cannot drop out of the f16 instantiation (lose its alias line) without a test failing.
 const ACT_TYPED: &[&str] = &[
     "encoder",
+    "embedding_gpu",
     "layernorm",
     "flash_attention",
     "rows",

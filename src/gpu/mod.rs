@@ -5,6 +5,7 @@ pub mod context;
 pub mod kernel_set;
 pub mod kernels;
 pub mod kernels_attention;
+pub mod kernels_embedding;
 pub mod kernels_gpu;
 pub mod kernels_cnn;
 pub mod kernels_rows;

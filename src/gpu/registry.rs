@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 /// The WGSL sources, embedded in the binary so the trainer runs from any directory.
 pub const SHADERS: &[(&str, &str)] = &[
     ("encoder", include_str!("../../shaders/encoder.wgsl")),
+    ("embedding_gpu", include_str!("../../shaders/embedding_gpu.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_cpu", include_str!("../../shaders/matmul_cpu.wgsl")),

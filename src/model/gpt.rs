@@ -6,6 +6,7 @@
 //! programs that bind them.
 
 use crate::gpu::kernels::{DropoutArgs, MatmulVariant};
+use crate::gpu::kernels_embedding::{buckets_len, embedding_buckets};
 use crate::gpu::{Category, Gpu, GpuBuffer, Precision, Program, ProgramBuilder, ProgramError, View};
 use crate::model::layout::{Packer, SlabLimits, allocate, locate, view};
 use crate::reference::dropout::{self, site};
@@ -301,6 +302,11 @@ struct MicroBatch {
     /// Dropout's key of the running micro-batch: [seed, step, window position of its first
     /// sequence, 0] u32, copied in before each run like the tokens.
     key: GpuBuffer,
+    /// The bucket list of the running micro-batch's input tokens (its positions stably sorted by
+    /// token, `gpu::kernels_embedding::embedding_buckets`, u32 [3 B T + 2]): the GPU family's
+    /// token-embedding gradient reads it; built by the host with the tokens and copied in before
+    /// each run like them.
+    buckets: GpuBuffer,
     /// forward + loss + backward for one micro-batch (gradients accumulate into `grads`)
     train: Program,
     /// (kept with the programs that bind it) The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
@@ -366,20 +372,23 @@ impl GpuGpt {
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, the activation gradients (one copy of the
     /// block-internal tensors), the input and target tokens, the cross-entropy's per-row
-    /// state (f32 [B*T, 4]) and dropout's key (4 u32).
+    /// state (f32 [B*T, 4]), dropout's key (4 u32) and the input tokens' bucket list (u32
+    /// [3 B T + 2], `gpu::kernels_embedding::buckets_len`; allocated with either kernel family).
     pub fn predicted_activation_bytes(
         cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize, kernels: MatmulVariant,
     ) -> u64 {
         let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk, kernels);
         let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk, kernels);
         let bt = (b * cfg.block_size).max(1) as u64;
-        slab + grads + 2 * bt * 4 + bt * 16 + 16
+        slab + grads + 2 * bt * 4 + bt * 16 + 16 + buckets_len(bt as usize) as u64 * 4
     }
 
     /// u32 elements of the window's token buffer for K micro-batches of B: the inputs and targets
-    /// of each, then each one's dropout key (4 u32).
+    /// of each, then each one's dropout key (4 u32), then each one's bucket list of its inputs
+    /// (`gpu::kernels_embedding::buckets_len(B T)`, with either kernel family).
     pub fn window_tokens_len(cfg: &GptConfig, b: usize, k: usize) -> usize {
-        2 * k * b * cfg.block_size + 4 * k
+        let bt = b * cfg.block_size;
+        2 * k * bt + 4 * k + k * buckets_len(bt)
     }
 
     /// Dropout with probability `p` (0 <= p < 1; 0: none) and masks keyed by `seed`: the
@@ -528,6 +537,7 @@ impl GpuGpt {
         let targets = self.gpu.try_storage("target tokens", Category::Activations, b * t)?;
         let ce_state = self.gpu.try_storage("cross-entropy state", Category::Activations, 4 * b * t)?;
         let key = self.gpu.try_storage("dropout key", Category::Activations, 4)?;
+        let buckets = self.gpu.try_storage("embedding buckets", Category::Activations, buckets_len(b * t))?;
         let drop = self.dropout_args(&key);
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
@@ -536,7 +546,8 @@ impl GpuGpt {
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state, drop.as_ref())?;
-        let ce_backward = self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &targets, &ce_state, &dlayout, drop.as_ref())?;
+        let ce_backward =
+            self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &buckets, &targets, &ce_state, &dlayout, drop.as_ref())?;
         let train = pb.finish("gpt train micro-batch");
 
         let mut logit_chunks = Vec::new();
@@ -546,7 +557,7 @@ impl GpuGpt {
             pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
             logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
         }
-        Ok(MicroBatch { layout, acts, dacts, inputs, targets, key, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, key, buckets, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
     }
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list), with
@@ -636,7 +647,7 @@ impl GpuGpt {
     #[allow(clippy::too_many_arguments)]
     fn record_backward(
         &self, pb: &mut ProgramBuilder, a: &ActLayout, acts: &[GpuBuffer], dacts: &[GpuBuffer], inputs: &GpuBuffer,
-        targets: &GpuBuffer, ce_state: &GpuBuffer, d: &ActLayout, drop: Option<&DropoutArgs>,
+        buckets: &GpuBuffer, targets: &GpuBuffer, ce_state: &GpuBuffer, d: &ActLayout, drop: Option<&DropoutArgs>,
     ) -> Result<Vec<(usize, usize, usize)>, ProgramError> {
         let (b, t) = (a.b, a.t);
         let (c, nh, cl) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.n_layer);
@@ -751,7 +762,12 @@ impl GpuGpt {
         }
         for (k, (_, dw, start, len)) in self.slabs.tensor_parts(p::WTE).into_iter().enumerate() {
             let dwpe = (k == 0).then(|| self.gv(p::WPE));
-            pb.encoder_backward_rows(&dw, dwpe.as_ref(), &dres, &View::of(inputs), b, t, c, start / c, len / c)?;
+            if pb.kernels().matmul() == MatmulVariant::GpuTiled {
+                // the GPU family: one invocation per (token bucket, channel) (gpu::kernels_embedding)
+                pb.encoder_backward_buckets(&dw, dwpe.as_ref(), &dres, &View::of(buckets), b, t, c, start / c, len / c)?;
+            } else {
+                pb.encoder_backward_rows(&dw, dwpe.as_ref(), &dres, &View::of(inputs), b, t, c, start / c, len / c)?;
+            }
         }
         Ok(ce_idx)
     }
@@ -789,6 +805,8 @@ impl GpuGpt {
             // dropout's key: the micro-batch's first sequence is at window position (first + i) B
             let key = [self.dropout_seed, self.window_step, ((first + i) * b) as u32, 0];
             self.gpu.upload(&tokens, 2 * k * bt + 4 * (first + i), &key);
+            let nb = buckets_len(bt);
+            self.gpu.upload(&tokens, 2 * k * bt + 4 * k + nb * (first + i), &embedding_buckets(x));
         }
         for i in 0..batches.len() {
             let j = first + i;
@@ -796,6 +814,7 @@ impl GpuGpt {
             s.copy(&tokens, j * bt, &mb.inputs, 0, bt);
             s.copy(&tokens, (k + j) * bt, &mb.targets, 0, bt);
             s.copy(&tokens, 2 * k * bt + 4 * j, &mb.key, 0, 4);
+            s.copy(&tokens, 2 * k * bt + 4 * k + buckets_len(bt) * j, &mb.buckets, 0, buckets_len(bt));
             for d in &mb.dacts {
                 s.clear(d);
             }
@@ -864,6 +883,7 @@ impl GpuGpt {
     pub fn profile_micro_batch(&mut self, inputs: &[u32], targets: &[u32]) -> Option<Vec<(String, f64)>> {
         let mb = self.mb.as_ref()?;
         self.gpu.upload(&mb.inputs, 0, inputs);
+        self.gpu.upload(&mb.buckets, 0, &embedding_buckets(inputs));
         self.gpu.upload(&mb.targets, 0, targets);
         mb.train.profile()
     }
@@ -874,6 +894,7 @@ impl GpuGpt {
     pub fn time_micro_programs(&mut self, inputs: &[u32], targets: &[u32], reps: usize) -> Result<(f64, f64), crate::gpu::readback::ReadbackError> {
         let mb = self.mb.as_ref().expect("set_micro_batch first");
         self.gpu.upload(&mb.inputs, 0, inputs);
+        self.gpu.upload(&mb.buckets, 0, &embedding_buckets(inputs));
         self.gpu.upload(&mb.targets, 0, targets);
         Ok((self.gpu.time_program(&mb.eval, &[], reps)?, self.gpu.time_program(&mb.train, &mb.dacts, reps)?))
     }
