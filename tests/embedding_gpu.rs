@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Rng, Tensors, check, f64s, gpu, run};
+use common::{Rng, Tensors, check, f16_buffer, f64s, gpu, run};
 use gradscope::gpu::kernels_embedding::{buckets_len, embedding_buckets};
 use gradscope::gpu::{Category, Gpu, Precision, ProgramBuilder, View};
 use gradscope::reference::layers as r;
@@ -129,18 +129,6 @@ fn token_embedding_gradient_is_deterministic() {
         let (want, _) = reference(b, t, c, &toks, &f64s(&dout), &dwte0, &dwpe0);
         check("encoder_backward_buckets", "dwte", &first.0, &want, 1e-4);
     }
-}
-
-/// An f16 tensor's buffer: the values rounded to f16, packed two per 32-bit word.
-fn f16_buffer(g: &Gpu, v: &[f32]) -> (View, Vec<f64>) {
-    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-    let mut words = vec![0u32; h.len().div_ceil(2)];
-    for (i, x) in h.iter().enumerate() {
-        words[i / 2] |= u32::from(x.to_bits()) << (16 * (i % 2));
-    }
-    let buf = g.storage("f16 test tensor", Category::Activations, words.len());
-    g.upload(&buf, 0, &words);
-    (View::of(&buf), h.iter().map(|x| x.to_f64()).collect())
 }
 
 fn f32_buffer(g: &Gpu, v: &[f32]) -> View {

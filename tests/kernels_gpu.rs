@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Rng, Tensors, check, f64s, gpu, run};
+use common::{Rng, Tensors, check, f16_buffer, f64s, gpu, run};
 use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::gpu::kernels_attention::uses_flash_attention;
 use gradscope::gpu::kernels_rows::RowReduce;
@@ -78,18 +78,6 @@ fn flash_attention_matches_reference() {
         check("flash_attention_backward", "dqkv", &ts.read(dx), &dqkv, TOL);
         check("flash_attention_backward", "D", &ts.read(dsum), &d, TOL);
     }
-}
-
-/// An f16 tensor's buffer: the values rounded to f16, packed two per 32-bit word.
-fn f16_buffer(g: &Gpu, v: &[f32]) -> (View, Vec<f64>) {
-    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-    let mut words = vec![0u32; h.len().div_ceil(2)];
-    for (i, x) in h.iter().enumerate() {
-        words[i / 2] |= u32::from(x.to_bits()) << (16 * (i % 2));
-    }
-    let buf = g.storage("f16 test tensor", Category::Activations, words.len());
-    g.upload(&buf, 0, &words);
-    (View::of(&buf), h.iter().map(|x| x.to_f64()).collect())
 }
 
 /// The f16 instantiation (`alias act = f16;`): activations in f16, lse and D in f32, arithmetic

@@ -24,6 +24,18 @@ pub fn run(g: &Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
     pb.finish("test").run();
 }
 
+/// An f16 tensor's buffer: the values rounded to f16, packed two per 32-bit word.
+pub fn f16_buffer(g: &Gpu, v: &[f32]) -> (View, Vec<f64>) {
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let mut words = vec![0u32; h.len().div_ceil(2)];
+    for (i, x) in h.iter().enumerate() {
+        words[i / 2] |= u32::from(x.to_bits()) << (16 * (i % 2));
+    }
+    let buf = g.storage("f16 test tensor", Category::Activations, words.len());
+    g.upload(&buf, 0, &words);
+    (View::of(&buf), h.iter().map(|x| x.to_f64()).collect())
+}
+
 /// splitmix64, seeded per test run (printed, so a failure can be replayed with GRADSCOPE_SEED).
 pub struct Rng(pub u64);
 
