@@ -2,13 +2,19 @@
 //   forward:  out[M,N] = inp[M,K] . weight[N,K]^T + bias[N]    (+ GELU, or += as below)
 //   backward: dinp[M,K]    += dout[M,N] . weight[N,K]           (optionally times GELU'(pre))
 //             dweight[N,K] += dout[M,N]^T . inp[M,K]
-// Each kernel computes one 64x64 block of C[i,j] (+)= sum_r A(i,r) B(r,j) per workgroup of 256
-// invocations (16 x 16), each invocation a 4x4 register block, walking r in slices of 16: the
-// workgroup stages A's 64x16 and B's 16x64 slice in workgroup memory (8 KiB) with one vec4 load
-// per invocation and operand, then every invocation does 16 x 16 multiply-adds from 2 vec4 reads
-// of workgroup memory per r. On a GPU this is what turns a memory-bound product into a
-// compute-bound one (each loaded element feeds 64 multiply-adds instead of 1); on a CPU adapter
-// barriers are expensive, and matmul_cpu.wgsl is the variant there. Both pass the same tests.
+// Each kernel computes one BM x 64 block of C[i,j] (+)= sum_r A(i,r) B(r,j) per workgroup of 256
+// invocations (16 x 16), each invocation a TM x 4 register block, walking r in slices of 16: the
+// workgroup stages A's BM x 16 and B's 16 x 64 slice in workgroup memory with TM / 4 + 1 vec4
+// loads per invocation, then every invocation does TM x 4 multiply-adds per r from TM / 4 + 1
+// vec4 reads of workgroup memory. On a GPU this is what turns a memory-bound product into a
+// compute-bound one (each loaded element feeds 64 multiply-adds, or 85 in the 128-row tile,
+// instead of 1); on a CPU adapter barriers are expensive, and matmul_cpu.wgsl is the variant
+// there. All variants pass the same tests.
+// TM, the rows per invocation, is not declared in this file: the registry puts
+// `const TM: u32 = 4u;` in front of it for `matmul_gpu` (64 x 64 blocks, 8 KiB of workgroup
+// memory) and `const TM: u32 = 8u;` for `matmul_gpu_128x64` (128 x 64 blocks, 12 KiB, half the
+// workgroup-memory reads per multiply-add of 64 x 64's, for large products on large GPUs:
+// `gpu::kernels_gpu::MatmulTile`).
 // Any shape: each operand has a vec4 binding and a scalar binding; the launcher binds the vec4
 // one when the operand's contiguous dimension is a multiple of 4 and its offset is 4-aligned
 // (flag bits 4 and 5 clear), the scalar one otherwise (4 guarded scalar loads instead of one
@@ -62,28 +68,32 @@ struct Params {
 @group(0) @binding(20) var<storage, read> bw_inp4: array<vec4<act>>;
 @group(0) @binding(21) var<storage, read> bw_inp: array<act>;
 
-// Block tile 64 (i) x 64 (j), slices of 16 along r; 16 x 16 invocations with 4 x 4 outputs each.
+// Block tile BM (i) x 64 (j), slices of 16 along r; 16 x 16 invocations with TM x 4 outputs each.
 // invocations per workgroup (the prelude's `flat`; the tile kernels index by workgroup instead)
 const WG: u32 = 256u;
-const BT: u32 = 64u;
-const BR: u32 = 16u;
-// ta[r * 16 + q] = A(i0 + 4q .. i0 + 4q + 4, r0 + r);  tb[r * 16 + q] = B(r0 + r, j0 + 4q .. + 4)
-var<workgroup> ta: array<vec4<f32>, 256>;
+const BM: u32 = 16u * TM;   // block rows
+const BN: u32 = 64u;        // block columns
+const BR: u32 = 16u;        // slice of r
+const TQ: u32 = TM / 4u;    // row quads per invocation
+const AQ: u32 = BM / 4u;    // row quads per r in ta
+// ta[r * AQ + q] = A(i0 + 4q .. i0 + 4q + 4, r0 + r);  tb[r * 16 + q] = B(r0 + r, j0 + 4q .. + 4)
+var<workgroup> ta: array<vec4<f32>, BR * AQ>;
 var<workgroup> tb: array<vec4<f32>, 256>;
 
 
-// Staging: invocation l holds 4 consecutive elements v of a slice.
-// Operand contiguous along r (A: row i = l / 4, columns r = 4 (l % 4) ..; B likewise with j):
+// Staging: slot L (0 <= L < BM * 4 for A, < 256 for B) holds 4 consecutive elements v of a
+// slice; invocation l stages slots l (and l + 256 when TM is 8) of A and slot l of B.
+// Operand contiguous along r (A: row i = L / 4, columns r = 4 (L % 4) ..; B likewise with j):
 // scatter the 4 values over 4 rows of the tile.
-fn put_a_along_r(l: u32, v: vec4<f32>) {
-    let il = l / 4u;
-    let r = (l % 4u) * 4u;
+fn put_a_along_r(L: u32, v: vec4<f32>) {
+    let il = L / 4u;
+    let r = (L % 4u) * 4u;
     let q = il / 4u;
     let c = il % 4u;
-    ta[r * 16u + q][c] = v.x;
-    ta[(r + 1u) * 16u + q][c] = v.y;
-    ta[(r + 2u) * 16u + q][c] = v.z;
-    ta[(r + 3u) * 16u + q][c] = v.w;
+    ta[r * AQ + q][c] = v.x;
+    ta[(r + 1u) * AQ + q][c] = v.y;
+    ta[(r + 2u) * AQ + q][c] = v.z;
+    ta[(r + 3u) * AQ + q][c] = v.w;
 }
 fn put_b_along_r(l: u32, v: vec4<f32>) {
     let jl = l / 4u;
@@ -95,31 +105,37 @@ fn put_b_along_r(l: u32, v: vec4<f32>) {
     tb[(r + 2u) * 16u + q][c] = v.z;
     tb[(r + 3u) * 16u + q][c] = v.w;
 }
-// Operand contiguous along i (or j): invocation l holds row r = l / 16, columns 4 (l % 16) ..,
-// which is exactly slot l of the tile.
+// Operand contiguous along i (or j): slot L holds row r = L / AQ (L / 16 for B), columns
+// 4 (L % AQ) .., which is exactly slot L of the tile.
 
-// acc[a] += row ty * 4 + a of the A slice times columns tx * 4 .. + 4 of the B slice. The 16
+// acc[base + c] += a[c] * b for the 4 rows of one quad. `base` is a parameter, not a constant,
+// so that the 4x4 instantiation compiles the 8x4 one's second quad (dead code there) at all.
+fn fma_quad(acc: ptr<function, array<vec4<f32>, TM>>, base: u32, a: vec4<f32>, b: vec4<f32>) {
+    (*acc)[base] += a.x * b;
+    (*acc)[base + 1u] += a.y * b;
+    (*acc)[base + 2u] += a.z * b;
+    (*acc)[base + 3u] += a.w * b;
+}
+// acc[a] += row ty * TM + a of the A slice times columns tx * 4 .. + 4 of the B slice. The 16
 // steps are written out: Mesa's CPU adapters count every loop iteration of an invocation against
 // a limit of 65,535 (a loop here would count 16 per slice), and GPUs unroll it anyway.
-fn mac(r: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
-    let a = ta[r * 16u + ty];
+fn mac(r: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, TM>>) {
     let b = tb[r * 16u + tx];
-    (*acc)[0] += a.x * b;
-    (*acc)[1] += a.y * b;
-    (*acc)[2] += a.z * b;
-    (*acc)[3] += a.w * b;
+    let q = r * AQ + ty * TQ;
+    fma_quad(acc, 0u, ta[q], b);
+    if (TQ > 1u) { fma_quad(acc, 4u, ta[q + 1u], b); }
 }
-fn tile_product(tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
+fn tile_product(tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, TM>>) {
     mac(0u, tx, ty, acc); mac(1u, tx, ty, acc); mac(2u, tx, ty, acc); mac(3u, tx, ty, acc);
     mac(4u, tx, ty, acc); mac(5u, tx, ty, acc); mac(6u, tx, ty, acc); mac(7u, tx, ty, acc);
     mac(8u, tx, ty, acc); mac(9u, tx, ty, acc); mac(10u, tx, ty, acc); mac(11u, tx, ty, acc);
     mac(12u, tx, ty, acc); mac(13u, tx, ty, acc); mac(14u, tx, ty, acc); mac(15u, tx, ty, acc);
 }
 
-// the slice position of invocation l when the operand is contiguous along r: (row, r)
-fn along_r(l: u32) -> vec2<u32> { return vec2<u32>(l / 4u, (l % 4u) * 4u); }
-// ... and when it is contiguous along i or j: (r, column)
-fn along_ij(l: u32) -> vec2<u32> { return vec2<u32>(l / 16u, (l % 16u) * 4u); }
+// the slice position of slot L when the operand is contiguous along r: (row, r)
+fn along_r(L: u32) -> vec2<u32> { return vec2<u32>(L / 4u, (L % 4u) * 4u); }
+// ... and when it is contiguous along j: (r, column)
+fn along_j(l: u32) -> vec2<u32> { return vec2<u32>(l / 16u, (l % 16u) * 4u); }
 
 // forward: A(i, r..r+4) = inp[i, r..r+4], zero past M or K
 fn fwd_a(i: u32, r: u32) -> vec4<f32> {
@@ -146,24 +162,31 @@ fn fwd_b(j: u32, r: u32) -> vec4<f32> {
     return v;
 }
 
-// workgroup (x, y) -> the block of out with rows 64 y .., columns 64 x ..
+// slot L of the forward's A slice
+fn stage_fwd_a(L: u32, i0: u32, r0: u32) {
+    let s = along_r(L);
+    put_a_along_r(L, fwd_a(i0 + s.x, r0 + s.y));
+}
+
+// workgroup (x, y) -> the block of out with rows BM y .., columns 64 x ..
 @compute @workgroup_size(256)
 fn matmul_forward_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i0 = w.y * BT;
-    let j0 = w.x * BT;
+    let i0 = w.y * BM;
+    let j0 = w.x * BN;
     let tx = l % 16u;
     let ty = l / 16u;
-    let la = along_r(l);
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let lb = along_r(l);
+    var acc: array<vec4<f32>, TM>;
     for (var r0 = 0u; r0 < p.K; r0 += BR) {
-        put_a_along_r(l, fwd_a(i0 + la.x, r0 + la.y));
-        put_b_along_r(l, fwd_b(j0 + la.x, r0 + la.y));
+        stage_fwd_a(l, i0, r0);
+        if (TQ > 1u) { stage_fwd_a(l + WG, i0, r0); }
+        put_b_along_r(l, fwd_b(j0 + lb.x, r0 + lb.y));
         workgroupBarrier();
         tile_product(tx, ty, &acc);
         workgroupBarrier();
     }
-    for (var a = 0u; a < 4u; a++) {
-        let i = i0 + ty * 4u + a;
+    for (var a = 0u; a < TM; a++) {
+        let i = i0 + ty * TM + a;
         if (i >= p.M) { break; }
         let row = acc[a];
         for (var b = 0u; b < 4u; b++) {
@@ -204,25 +227,31 @@ fn bi_b(r: u32, j: u32) -> vec4<f32> {
     return v;
 }
 
-// dinp[m, k] += sum_n dout[m, n] weight[n, k]; workgroup (x, y) -> rows 64 y .., columns 64 x ..
+// slot L of the input gradient's A slice
+fn stage_bi_a(L: u32, i0: u32, r0: u32) {
+    let s = along_r(L);
+    put_a_along_r(L, bi_a(i0 + s.x, r0 + s.y));
+}
+
+// dinp[m, k] += sum_n dout[m, n] weight[n, k]; workgroup (x, y) -> rows BM y .., columns 64 x ..
 @compute @workgroup_size(256)
 fn matmul_backward_input_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i0 = w.y * BT;
-    let j0 = w.x * BT;
+    let i0 = w.y * BM;
+    let j0 = w.x * BN;
     let tx = l % 16u;
     let ty = l / 16u;
-    let la = along_r(l);
-    let lb = along_ij(l);
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let lb = along_j(l);
+    var acc: array<vec4<f32>, TM>;
     for (var r0 = 0u; r0 < p.N; r0 += BR) {
-        put_a_along_r(l, bi_a(i0 + la.x, r0 + la.y));
+        stage_bi_a(l, i0, r0);
+        if (TQ > 1u) { stage_bi_a(l + WG, i0, r0); }
         tb[l] = bi_b(r0 + lb.x, j0 + lb.y);
         workgroupBarrier();
         tile_product(tx, ty, &acc);
         workgroupBarrier();
     }
-    for (var a = 0u; a < 4u; a++) {
-        let i = i0 + ty * 4u + a;
+    for (var a = 0u; a < TM; a++) {
+        let i = i0 + ty * TM + a;
         if (i >= p.M) { break; }
         let row = acc[a];
         for (var b = 0u; b < 4u; b++) {
@@ -261,24 +290,30 @@ fn bw_b(r: u32, j: u32) -> vec4<f32> {
     return v;
 }
 
-// dweight[n, k] += sum_m dout[m, n] inp[m, k]; workgroup (x, y) -> rows n 64 y .., columns k 64 x ..
+// slot L of the weight gradient's A slice (contiguous along i: r = L / AQ, i = 4 (L % AQ) ..)
+fn stage_bw_a(L: u32, i0: u32, r0: u32) {
+    ta[L] = bw_a(r0 + L / AQ, i0 + (L % AQ) * 4u);
+}
+
+// dweight[n, k] += sum_m dout[m, n] inp[m, k]; workgroup (x, y) -> rows n BM y .., columns k 64 x ..
 @compute @workgroup_size(256)
 fn matmul_backward_weight_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i0 = w.y * BT;
-    let j0 = w.x * BT;
+    let i0 = w.y * BM;
+    let j0 = w.x * BN;
     let tx = l % 16u;
     let ty = l / 16u;
-    let ls = along_ij(l);
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let lb = along_j(l);
+    var acc: array<vec4<f32>, TM>;
     for (var r0 = 0u; r0 < p.M; r0 += BR) {
-        ta[l] = bw_a(r0 + ls.x, i0 + ls.y);
-        tb[l] = bw_b(r0 + ls.x, j0 + ls.y);
+        stage_bw_a(l, i0, r0);
+        if (TQ > 1u) { stage_bw_a(l + WG, i0, r0); }
+        tb[l] = bw_b(r0 + lb.x, j0 + lb.y);
         workgroupBarrier();
         tile_product(tx, ty, &acc);
         workgroupBarrier();
     }
-    for (var a = 0u; a < 4u; a++) {
-        let i = i0 + ty * 4u + a;
+    for (var a = 0u; a < TM; a++) {
+        let i = i0 + ty * TM + a;
         if (i >= p.N) { break; }
         let row = acc[a];
         for (var b = 0u; b < 4u; b++) {

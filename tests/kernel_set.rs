@@ -8,7 +8,7 @@ mod common;
 
 use common::{Rng, check, f64s};
 use gradscope::gpu::kernels::MatmulVariant;
-use gradscope::gpu::{Category, Gpu, KernelSet, Precision, ProgramBuilder, View};
+use gradscope::gpu::{Category, Gpu, KernelSet, MatmulTile, Precision, ProgramBuilder, TilePolicy, View};
 use gradscope::reference::layers as r;
 use gradscope::train::verify::{first_window_gradient, gradient_rel_diff};
 use gradscope::train::{TrainConfig, Trainer};
@@ -46,16 +46,19 @@ fn matmul_kernels(t: &mut Trainer) -> Option<Vec<String>> {
     Some(v)
 }
 
+/// ... at both of the GPU family's matmul tiles.
 #[test]
 fn both_families_give_the_same_first_window_gradient() {
     let (cpu, gpu) = families();
     for odd in [false, true] {
         let cfg = small(odd);
         let a = first_window_gradient(&cpu, &cfg).unwrap();
-        let b = first_window_gradient(&gpu, &cfg).unwrap();
-        let d = gradient_rel_diff(&b, &a);
-        println!("C {} T {}: GPU family against CPU family, max rel diff {d:.2e} over {} gradients", cfg.n_embd, cfg.block_size, a.len());
-        assert!(d < 1e-5, "the GPU family's gradient differs from the CPU family's by {d:.3e} (C {}, T {})", cfg.n_embd, cfg.block_size);
+        for tile in [MatmulTile::T64x64, MatmulTile::T128x64] {
+            let b = first_window_gradient(&gpu.clone().with_matmul_tiles(TilePolicy::Fixed(tile)), &cfg).unwrap();
+            let d = gradient_rel_diff(&b, &a);
+            println!("C {} T {}: GPU family ({tile} tiles) against CPU family, max rel diff {d:.2e} over {} gradients", cfg.n_embd, cfg.block_size, a.len());
+            assert!(d < 1e-5, "the GPU family's gradient ({tile} tiles) differs from the CPU family's by {d:.3e} (C {}, T {})", cfg.n_embd, cfg.block_size);
+        }
     }
 }
 
@@ -126,16 +129,24 @@ fn read(g: &Gpu, v: &View, n: usize) -> Vec<f32> {
     g.read::<f32>(&v.buf, v.offset, n).unwrap()
 }
 
-/// matmul_gpu.wgsl's three products with every fused epilogue, on operands at offsets that are
-/// not multiples of 4 (scalar loads) and at offsets that are (vec4 loads), shapes off the 64x64
-/// tile and the 16-slice: forward + bias + GELU, the input gradient with GELU' fused into
-/// random initial values, the weight gradient accumulating into random values.
+/// matmul_gpu.wgsl's three products with every fused epilogue, at both block tiles (64x64 and
+/// 128x64), on operands at offsets that are not multiples of 4 (scalar loads) and at offsets
+/// that are (vec4 loads), shapes off both tiles and the 16-slice (rows past 128 and 256 for the
+/// 128-row tile's second quad and second block): forward + bias + GELU, the input gradient with
+/// GELU' fused into random initial values, the weight gradient accumulating into random values.
 #[test]
 fn gpu_matmuls_take_any_offset_and_shape() {
-    let g = common::gpu();
+    for tile in [MatmulTile::T64x64, MatmulTile::T128x64] {
+        matmuls_at_any_offset_and_shape(common::gpu().with_matmul_tiles(TilePolicy::Fixed(tile)));
+    }
+}
+
+fn matmuls_at_any_offset_and_shape(g: Gpu) {
+    let tile = g.matmul_tiles();
     let mut rng = Rng::fresh("matmul_gpu_offsets");
     const TOL: f64 = 1e-4;
-    for (gap, (m, k, n)) in [(3, (70, 36, 68)), (4, (70, 36, 68)), (1, (5, 17, 129)), (2, (64, 64, 64)), (8, (65, 48, 20))] {
+    let shapes = [(3, (70, 36, 68)), (4, (70, 36, 68)), (1, (5, 17, 129)), (2, (64, 64, 64)), (8, (65, 48, 20)), (4, (260, 20, 136)), (5, (131, 40, 257))];
+    for (gap, (m, k, n)) in shapes {
         let x = rng.vec(m * k, 1.0);
         let w = rng.vec(n * k, 1.0);
         let b = rng.vec(n, 1.0);
@@ -162,7 +173,7 @@ fn gpu_matmuls_take_any_offset_and_shape() {
         r::matmul_backward(&mut dxw, &mut dw_r, None, &f64s(&dy), &f64s(&x), &f64s(&w), m, k, n);
         let mut dpre_r = f64s(&dpre0);
         r::gelu_backward(&mut dpre_r, &f64s(&pre), &dxw, m * k);
-        let name = format!("matmul_gpu {m}x{k}x{n} at gap {gap}");
+        let name = format!("matmul_gpu tiles {tile}, {m}x{k}x{n} at gap {gap}");
         check(&name, "out", &read(&g, &out, m * n), &out_r, TOL);
         check(&name, "post", &read(&g, &post, m * n), &post_r, TOL);
         check(&name, "dpre", &read(&g, &dpre, m * k), &dpre_r, TOL);

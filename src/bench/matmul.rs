@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::gpu::kernels::MatmulVariant;
-use crate::gpu::{Category, Gpu, ProgramBuilder, View};
+use crate::gpu::{Category, Gpu, ProgramBuilder, TilePolicy, View};
 
 /// One measured size.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -28,6 +28,12 @@ fn lcg(state: &mut u64) -> f32 {
 
 /// out [n,n] = a [n,n] . w [n,n]^T, `reps` times, after one warm-up run.
 pub fn bench_matmul(gpu: &Gpu, variant: MatmulVariant, n: usize, min_seconds: f64) -> anyhow::Result<MatmulResult> {
+    bench_matmul_as(gpu, gpu.matmul_tiles(), variant, n, min_seconds)
+}
+
+/// `bench_matmul` on a device whose tile policy has been replaced (to measure every tile), with
+/// `device_tiles` the device's own policy: the result is `selected` when the device would run it.
+pub fn bench_matmul_as(gpu: &Gpu, device_tiles: TilePolicy, variant: MatmulVariant, n: usize, min_seconds: f64) -> anyhow::Result<MatmulResult> {
     let mut s = 0x5eed ^ n as u64;
     let a: Vec<f32> = (0..n * n).map(|_| lcg(&mut s)).collect();
     let w: Vec<f32> = (0..n * n).map(|_| lcg(&mut s)).collect();
@@ -60,13 +66,16 @@ pub fn bench_matmul(gpu: &Gpu, variant: MatmulVariant, n: usize, min_seconds: f6
         max_rel = max_rel.max((out[i * n + j] as f64 - exact).abs() / scale.max(1e-30));
     }
     let flops = 2.0 * (n as f64).powi(3) * reps as f64;
+    // the GPU family's tile is part of its name (`GpuTiled 128x64`)
+    let tile = gpu.matmul_tiles().pick(n, n);
+    let gpu_family = variant == MatmulVariant::GpuTiled;
     Ok(MatmulResult {
-        variant: format!("{variant:?}"),
+        variant: if gpu_family { format!("{variant:?} {tile}") } else { format!("{variant:?}") },
         size: n,
         gflops: flops / secs / 1e9,
         ms_per_matmul: secs / reps as f64 * 1e3,
         max_rel_err: max_rel,
         percent_of_peak: None,
-        selected: gpu.kernels().matmul() == variant,
+        selected: gpu.kernels().matmul() == variant && (!gpu_family || device_tiles.pick(n, n) == tile),
     })
 }

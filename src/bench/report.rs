@@ -12,6 +12,8 @@ pub struct BenchReport {
     pub adapter: String,
     /// The device's kernel set (`cpu` or `gpu`, see `gpu::kernel_set`).
     pub kernels: String,
+    /// How the GPU family's matmuls pick their block tile on this device (`gpu::TilePolicy`).
+    pub matmul_tiles: String,
     /// The adapter's FP32 peak, when known (table of known GPUs or `--peak-tflops`).
     pub fp32_peak: Option<Peak>,
     pub matmul: Vec<MatmulResult>,
@@ -43,7 +45,8 @@ pub fn header_line(rep: &BenchReport) -> String {
         Some(p) => format!("FP32 peak {:.1} TFLOP/s ({})", p.tflops, p.source),
         None => "FP32 peak unknown (--peak-tflops to give it)".into(),
     };
-    format!("adapter {} ({} kernels), {peak}", rep.adapter, rep.kernels)
+    let tiles = if rep.kernels == "gpu" { format!(", matmul tiles {}", rep.matmul_tiles) } else { String::new() };
+    format!("adapter {} ({} kernels{tiles}), {peak}", rep.adapter, rep.kernels)
 }
 
 /// One matmul measurement; `*` marks the variant the device's kernel set runs.

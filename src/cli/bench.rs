@@ -4,7 +4,7 @@
 
 use gradscope::bench::report::{self, BenchReport};
 use gradscope::gpu::kernels::MatmulVariant;
-use gradscope::gpu::{AdapterChoice, Precision};
+use gradscope::gpu::{AdapterChoice, MatmulTile, Precision, TilePolicy};
 use gradscope::model::memory::{MemoryOptions, activation_bytes};
 use gradscope::train::TrainConfig;
 
@@ -71,13 +71,17 @@ pub fn run(choice: &AdapterChoice, args: BenchArgs) -> anyhow::Result<i32> {
     let mut rep = BenchReport {
         adapter: gpu.summary.name.clone(),
         kernels: gpu.kernels().name().into(),
+        matmul_tiles: gpu.matmul_tiles().to_string(),
         fp32_peak: gradscope::bench::peak::fp32_peak(&gpu.summary.name, peak_tflops),
         ..Default::default()
     };
     say(report::header_line(&rep));
     for &n in &sizes {
-        for v in [MatmulVariant::GpuTiled, MatmulVariant::RegisterBlocked, MatmulVariant::Tiled] {
-            let mut r = gradscope::bench::matmul::bench_matmul(&gpu, v, n, seconds)?;
+        // the GPU family at each block tile, then the CPU family and the plain tiles
+        let tiles = [MatmulTile::T64x64, MatmulTile::T128x64].map(|t| (MatmulVariant::GpuTiled, Some(t)));
+        for (v, tile) in tiles.into_iter().chain([(MatmulVariant::RegisterBlocked, None), (MatmulVariant::Tiled, None)]) {
+            let g = tile.map_or_else(|| gpu.clone(), |t| gpu.clone().with_matmul_tiles(TilePolicy::Fixed(t)));
+            let mut r = gradscope::bench::matmul::bench_matmul_as(&g, gpu.matmul_tiles(), v, n, seconds)?;
             r.percent_of_peak = rep.fp32_peak.as_ref().map(|p| 100.0 * r.gflops / (p.tflops * 1e3));
             say(report::matmul_line(&r));
             rep.matmul.push(r);

@@ -16,5 +16,8 @@ pub fn run(choice: &AdapterChoice) -> anyhow::Result<i32> {
     let gpu = device(choice)?;
     let k = gpu.kernels();
     outln!("selected: {} ({k} kernels: {}; {} to choose)", gpu.summary.name, k.describe(), gradscope::gpu::KERNELS_ENV);
+    if k == gradscope::gpu::KernelSet::Gpu {
+        outln!("matmul tiles: {} ({} to choose: 64x64, 128x64 or auto)", gpu.matmul_tiles(), gradscope::gpu::MATMUL_TILE_ENV);
+    }
     Ok(EXIT_OK)
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::ledger::{Category, GpuBuffer, Ledger};
 use super::kernel_set::{KERNELS_ENV, KernelSet};
+use super::kernels_gpu::{MATMUL_TILE_ENV, TilePolicy};
 use super::registry::Registry;
 
 /// What kind of device runs the kernels. Kernel variants are chosen by this: workgroup-memory
@@ -228,6 +229,8 @@ pub struct Gpu {
     pub kind: DeviceKind,
     /// The kernel family this device runs, chosen once (`KernelSet::from_env`).
     kernels: KernelSet,
+    /// How the GPU family's matmuls pick their block tile, chosen once (`TilePolicy::from_env`).
+    matmul_tiles: TilePolicy,
     pub ledger: Ledger,
     pub registry: Arc<Registry>,
     /// Device errors wgpu reported outside an error scope (validation, out of memory), kept
@@ -282,7 +285,9 @@ impl Gpu {
         let gpu = Self::from_device(&adapter, device, queue);
         gpu.cap_from_env().map_err(|message| GpuError::Device { what: MAX_BINDING_ENV.into(), message })?;
         let kernels = KernelSet::from_env(gpu.kind).map_err(|message| GpuError::Device { what: KERNELS_ENV.into(), message })?;
-        Ok(gpu.with_kernels(kernels))
+        let discrete = adapter.get_info().device_type == wgpu::DeviceType::DiscreteGpu;
+        let tiles = TilePolicy::from_env(discrete).map_err(|message| GpuError::Device { what: MATMUL_TILE_ENV.into(), message })?;
+        Ok(gpu.with_kernels(kernels).with_matmul_tiles(tiles))
     }
 
     /// Wrap a device created elsewhere (the app gets its device from eframe).
@@ -297,6 +302,11 @@ impl Gpu {
         let kernels = KernelSet::from_env(kind).unwrap_or_else(|e| {
             eprintln!("gradscope: {e}; using the {} kernels", KernelSet::for_kind(kind));
             KernelSet::for_kind(kind)
+        });
+        let discrete = adapter.get_info().device_type == wgpu::DeviceType::DiscreteGpu;
+        let matmul_tiles = TilePolicy::from_env(discrete).unwrap_or_else(|e| {
+            eprintln!("gradscope: {e}; using the device's own ({})", TilePolicy::for_device(discrete));
+            TilePolicy::for_device(discrete)
         });
         let registry = Arc::new(Registry::new(&device));
         let errors: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -317,7 +327,7 @@ impl Gpu {
             GpuBuffer::new(&device, &ledger, "unused writable bindings", Category::Scratch, UNUSED_BINDING_BYTES - UNUSED_SLOT, usage),
         ));
         Self {
-            device, queue, summary: Arc::new(summary), kind, ledger, kernels, registry, errors, lost, submitted: Arc::default(),
+            device, queue, summary: Arc::new(summary), kind, ledger, kernels, matmul_tiles, registry, errors, lost, submitted: Arc::default(),
             unused, tracer: Arc::default(), traced: Arc::default(), binding_cap: Arc::default(),
         }
     }
@@ -330,6 +340,26 @@ impl Gpu {
     /// The same device with another kernel family (tests run both families on one adapter).
     pub fn with_kernels(mut self, kernels: KernelSet) -> Self {
         self.kernels = kernels;
+        self
+    }
+
+    /// The kernel family in words, with the matmul tiles where the family has them (the `train`
+    /// header, `info`): `cpu kernels`, `gpu kernels, matmul tiles 64x64`.
+    pub fn kernels_label(&self) -> String {
+        match self.kernels {
+            KernelSet::Cpu => format!("{} kernels", self.kernels),
+            KernelSet::Gpu => format!("{} kernels, matmul tiles {}", self.kernels, self.matmul_tiles),
+        }
+    }
+
+    /// How the GPU family's matmuls pick their block tile on this device (see `kernels_gpu`).
+    pub fn matmul_tiles(&self) -> TilePolicy {
+        self.matmul_tiles
+    }
+
+    /// The same device with another tile policy (tests and `bench` run every tile on one adapter).
+    pub fn with_matmul_tiles(mut self, tiles: TilePolicy) -> Self {
+        self.matmul_tiles = tiles;
         self
     }
 

@@ -5,8 +5,9 @@
 //! each layer that needs it has two variants, both tested against the same CPU reference:
 //! - `Cpu`: register blocks read straight from the buffers, no barriers (matmul_cpu.wgsl,
 //!   attention_cpu.wgsl, conv2d's x4 kernels, the MLP's GELU fused through transposed weights);
-//! - `Gpu`: 64x64 workgroup tiles with 4x4 register blocks and vec4 loads (matmul_gpu.wgsl),
-//!   with the bias + GELU, accumulate and GELU-backward epilogues fused into the matmuls.
+//! - `Gpu`: 64x64 or 128x64 workgroup tiles with 4x4 or 8x4 register blocks and vec4 loads
+//!   (matmul_gpu.wgsl; the tile per product from the device's `TilePolicy`), with the bias +
+//!   GELU, accumulate and GELU-backward epilogues fused into the matmuls.
 //!
 //! The choice follows the adapter's kind; `GRADSCOPE_KERNELS=gpu|cpu` (or `Gpu::with_kernels`)
 //! overrides it, so a CPU adapter can run and test the GPU family. Launchers read it from the
@@ -85,7 +86,7 @@ impl KernelSet {
     pub fn describe(self) -> &'static str {
         match self {
             KernelSet::Cpu => "register blocks without barriers (matmul 4x8 per invocation, vec4 loads)",
-            KernelSet::Gpu => "workgroup tiles (matmul 64x64 blocks, 4x4 per invocation, vec4 loads, fused epilogues)",
+            KernelSet::Gpu => "workgroup tiles (matmul 64x64 or 128x64 blocks, 4x4 or 8x4 per invocation, vec4 loads, fused epilogues)",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod submit;
 pub mod trace;
 
 pub use kernel_set::{KERNELS_ENV, KernelSet};
+pub use kernels_gpu::{MATMUL_TILE_ENV, MatmulTile, TilePolicy};
 pub use context::{AdapterChoice, AdapterSummary, DeviceKind, Gpu, GpuError, MAX_BINDING_ENV, UNUSED_BINDING_BYTES, list_adapters};
 pub use ledger::{Category, GpuBuffer, Ledger, MemorySnapshot, human_bytes, parse_bytes};
 pub use program::{Bound, TENSOR_ALIGN, Grid, Precision, Program, ProgramBuilder, ProgramError, Uniforms, View, check_bindings};

@@ -25,7 +25,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_cpu", include_str!("../../shaders/matmul_cpu.wgsl")),
-    ("matmul_gpu", include_str!("../../shaders/matmul_gpu.wgsl")),
+    // the GPU family's matmul at its two block tiles: TM rows per invocation in front of the file
+    // (`gpu::kernels_gpu::MatmulTile`)
+    ("matmul_gpu", concat!("const TM: u32 = 4u;\n", include_str!("../../shaders/matmul_gpu.wgsl"))),
+    ("matmul_gpu_128x64", concat!("const TM: u32 = 8u;\n", include_str!("../../shaders/matmul_gpu.wgsl"))),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_cpu", include_str!("../../shaders/attention_cpu.wgsl")),
     ("flash_attention", include_str!("../../shaders/flash_attention.wgsl")),

@@ -179,7 +179,7 @@ impl Trainer {
         let per = summary.items_per_sample;
         let gpu = self.gpu();
         Derived {
-            adapter: format!("{} ({} kernels)", gpu.summary.name, gpu.kernels()),
+            adapter: format!("{} ({})", gpu.summary.name, gpu.kernels_label()),
             params: summary.params,
             vocab_size: summary.classes,
             micro_batch: self.cfg.micro_batch,
@@ -407,6 +407,9 @@ impl Trainer {
         meta.insert("adam_step".to_string(), self.adam_step.to_string());
         // the kernel family that trained it (results of the two differ by float rounding)
         meta.insert("kernels".to_string(), self.gpu().kernels().name().to_string());
+        if self.gpu().kernels() == crate::gpu::KernelSet::Gpu {
+            meta.insert("matmul_tiles".to_string(), self.gpu().matmul_tiles().to_string());
+        }
         if let Some(s) = &self.scaler {
             meta.insert("loss_scaler".to_string(), serde_json::to_string(&LossScaleState { scale: s.scale, clean: s.clean })?);
         }
