@@ -1,8 +1,13 @@
 // rows.wgsl: the GPU family's row kernels. LayerNorm with one workgroup per row (its WG
 // invocations stride the row's C channels, then reduce across the workgroup), and column sums
-// over all N rows (the LayerNorm parameter gradients, a matmul's bias gradient) with one
-// workgroup per block of COLS columns whose LANES row lanes each sum a strided share of the rows
-// before a tree over the lanes: no invocation walks all N rows or a whole row alone.
+// over all N rows (the LayerNorm parameter gradients, a matmul's bias gradient) in two stages:
+// one workgroup per block of COLS columns and CHUNK rows, whose LANES row lanes each sum a
+// strided share of the chunk before a tree over the lanes, writes the chunk's sums to a partials
+// buffer [chunks, C]; then one workgroup per COLS columns sums the chunks the same way and adds
+// the sums to the gradient (`column_sums_finish`). So a GPU runs ceil(N / CHUNK) x C / COLS
+// workgroups instead of C / COLS, and no invocation loops over more than CHUNK / LANES rows of
+// the first stage. Without a partials buffer (`ProgramBuilder::set_column_partials`) the single
+// stage `*_cols` kernels sum all N rows per column block. Both are deterministic.
 // The row reduction `row_sum2` is not in this file: the registry appends
 // shaders/reduce/workgroup.wgsl (a workgroup tree: `rows`) or, for adapters with SUBGROUP,
 // shaders/reduce/subgroup.wgsl too (subgroup sums, then one slot per subgroup: `rows_subgroup`).
@@ -20,6 +25,8 @@ alias act = f32;
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
     N: u32, C: u32,
+    // column_sums_finish: columns below S go to out0, the others to out1
+    S: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -46,9 +53,24 @@ struct Params {
 @group(0) @binding(17) var<storage, read_write> c_dbias: array<f32>;
 @group(0) @binding(18) var<storage, read> c_dout: array<act>;
 
+// the first stage of the two-stage column sums:
+// layernorm_backward_params_part(part [chunks, 2C], dout [N,C], inp [N,C], mean [N], rstd [N])
+// bias_backward_part(part [chunks, C], dout [N,C])
+@group(0) @binding(25) var<storage, read_write> part: array<f32>;
+@group(0) @binding(26) var<storage, read> pt_dout: array<act>;
+@group(0) @binding(27) var<storage, read> pt_inp: array<act>;
+@group(0) @binding(28) var<storage, read> pt_mean: array<act>;
+@group(0) @binding(29) var<storage, read> pt_rstd: array<act>;
+
+// the second: column_sums_finish(out0 [S], out1 [C - S], part [N, C]) with N = chunks
+@group(0) @binding(33) var<storage, read_write> f_out0: array<f32>;
+@group(0) @binding(34) var<storage, read_write> f_out1: array<f32>;
+@group(0) @binding(35) var<storage, read> f_part: array<f32>;
+
 const WG: u32 = 64u;    // invocations per row (row kernels)
 const COLS: u32 = 32u;  // columns per workgroup (column sums)
 const LANES: u32 = 8u;  // row lanes per column (column sums)
+const CHUNK: u32 = 256u; // rows per workgroup of the column sums' first stage
 const EPS: f32 = 1e-5;
 
 fn row_of(w: vec3<u32>, n: vec3<u32>) -> u32 { return w.x + w.y * n.x; }
@@ -147,4 +169,54 @@ fn bias_backward_cols(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
     }
     let r = lane_sum(acc, li);
     if (li.y == 0u && c < p.C) { c_dbias[p.o0 + c] += r.x; }
+}
+
+// The two-stage column sums. First stage: workgroup (x, y) sums rows CHUNK y .. CHUNK (y + 1) of
+// columns COLS x .. (lanes in order, then the lane tree) into row y of the partials.
+@compute @workgroup_size(32, 8)
+fn layernorm_backward_params_part(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
+    let c = w.x * COLS + li.x;
+    let end = min(p.N, (w.y + 1u) * CHUNK);
+    var acc = vec2<f32>(0.0);
+    if (c < p.C) {
+        for (var row = w.y * CHUNK + li.y; row < end; row += LANES) {
+            let norm = (f32(pt_inp[p.o2 + row * p.C + c]) - f32(pt_mean[p.o3 + row])) * f32(pt_rstd[p.o4 + row]);
+            let g = f32(pt_dout[p.o1 + row * p.C + c]);
+            acc += vec2<f32>(g * norm, g);
+        }
+    }
+    let r = lane_sum(acc, li);
+    if (li.y == 0u && c < p.C) {
+        // [dweight's C sums | dbias's C sums] per chunk
+        let at = p.o0 + w.y * 2u * p.C + c;
+        part[at] = r.x;
+        part[at + p.C] = r.y;
+    }
+}
+
+@compute @workgroup_size(32, 8)
+fn bias_backward_part(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
+    let c = w.x * COLS + li.x;
+    let end = min(p.N, (w.y + 1u) * CHUNK);
+    var acc = vec2<f32>(0.0);
+    if (c < p.C) {
+        for (var row = w.y * CHUNK + li.y; row < end; row += LANES) { acc.x += f32(pt_dout[p.o1 + row * p.C + c]); }
+    }
+    let r = lane_sum(acc, li);
+    if (li.y == 0u && c < p.C) { part[p.o0 + w.y * p.C + c] = r.x; }
+}
+
+// Second stage: one workgroup per COLS columns of the partials [N = chunks, C] sums its columns
+// over the chunks (lanes, then the tree) and adds each sum to out0[c] (c < S) or out1[c - S].
+@compute @workgroup_size(32, 8)
+fn column_sums_finish(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
+    let c = w.x * COLS + li.x;
+    var acc = vec2<f32>(0.0);
+    if (c < p.C) {
+        for (var row = li.y; row < p.N; row += LANES) { acc.x += f_part[p.o2 + row * p.C + c]; }
+    }
+    let r = lane_sum(acc, li);
+    if (li.y == 0u && c < p.C) {
+        if (c < p.S) { f_out0[p.o0 + c] += r.x; } else { f_out1[p.o1 + c - p.S] += r.x; }
+    }
 }

@@ -432,9 +432,12 @@ fn bench_reports_every_figure_as_json() {
     assert!(["cpu", "gpu"].contains(&kernels), "{j}");
     let matmuls = j["matmul"].as_array().unwrap();
     let variants: Vec<&str> = matmuls.iter().map(|m| m["variant"].as_str().unwrap()).collect();
-    assert_eq!(variants, ["GpuTiled", "RegisterBlocked", "Tiled"], "{j}");
+    assert_eq!(variants, ["GpuTiled 64x64", "GpuTiled 128x64", "RegisterBlocked", "Tiled"], "{j}");
     let selected: Vec<&str> = matmuls.iter().filter(|m| m["selected"] == true).map(|m| m["variant"].as_str().unwrap()).collect();
-    assert_eq!(selected, [if kernels == "cpu" { "RegisterBlocked" } else { "GpuTiled" }], "{j}");
+    // the device's tile policy: a fixed tile, or by size (64x64 at 64^3)
+    let tiles = j["matmul_tiles"].as_str().unwrap();
+    let gpu_tile = if tiles == "128x64" { "GpuTiled 128x64" } else { "GpuTiled 64x64" };
+    assert_eq!(selected, [if kernels == "cpu" { "RegisterBlocked" } else { gpu_tile }], "{j}");
     let gpt = j["gpt"].as_array().unwrap();
     let shapes: Vec<(u64, u64)> = gpt.iter().map(|r| (r["micro_batch"].as_u64().unwrap(), r["accum_steps"].as_u64().unwrap())).collect();
     assert_eq!(shapes, [(2, 2), (4, 1)]);

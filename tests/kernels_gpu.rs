@@ -11,7 +11,7 @@ mod common;
 use common::{Rng, Tensors, check, f16_buffer, f64s, gpu, run};
 use gradscope::gpu::kernels::MatmulVariant;
 use gradscope::gpu::kernels_attention::uses_flash_attention;
-use gradscope::gpu::kernels_rows::RowReduce;
+use gradscope::gpu::kernels_rows::{RowReduce, column_partials_len};
 use gradscope::gpu::{Category, Gpu, Precision, ProgramBuilder, View};
 use gradscope::reference::layers as r;
 
@@ -199,15 +199,28 @@ fn reductions(g: &Gpu) -> Vec<RowReduce> {
     }
 }
 
+/// A poisoned partials buffer for two-stage column sums over `n` rows of at most `columns`
+/// columns (None: single-stage).
+fn partials(g: &Gpu, two_stage: bool, n: usize, columns: usize) -> Option<(View, usize)> {
+    two_stage.then(|| {
+        let len = column_partials_len(n, columns);
+        let buf = g.storage("test column-sum partials", Category::Scratch, len);
+        g.upload(&buf, 0, &vec![f32::NAN; len]);
+        (View::of(&buf), len)
+    })
+}
+
 /// LayerNorm with one workgroup per row (64 invocations) and the parameter gradients as column
-/// sums, with each row reduction: C below, at and past the workgroup and not a multiple of 4 or
-/// of the 32-column blocks; N of 1 and N not a multiple of the 8 row lanes.
+/// sums, with each row reduction, in one stage and in two (chunks of 256 rows, then their sums):
+/// C below, at and past the workgroup and not a multiple of 4 or of the 32-column blocks; N of 1,
+/// N not a multiple of the 8 row lanes, and N past one, two and four chunks with a partial last.
 #[test]
 fn layernorm_rows_match_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("layernorm rows");
-    for reduce in reductions(&g) {
-        for (shared, (n, c)) in [(true, (7, 12)), (false, (130, 128)), (true, (1, 5)), (false, (64, 33)), (true, (19, 200)), (false, (300, 768))] {
+    for (reduce, two_stage) in reductions(&g).into_iter().flat_map(|r| [(r, false), (r, true)]) {
+        let shapes = [(true, (7, 12)), (false, (130, 128)), (true, (1, 5)), (false, (64, 33)), (true, (19, 200)), (false, (300, 768)), (true, (1100, 40))];
+        for (shared, (n, c)) in shapes {
             let inp: Vec<f32> = rng.vec(n * c, 2.0).iter().map(|x| x + 0.5).collect();
             let weight = rng.vec(c, 1.0);
             let bias = rng.vec(c, 1.0);
@@ -218,7 +231,11 @@ fn layernorm_rows_match_reference() {
             let (x, w, bb) = (ts.f32(&inp), ts.f32(&weight), ts.f32(&bias));
             let (dx, dw, db, dy) = (ts.f32(&dinp0), ts.f32(&dw0), ts.f32(&db0), ts.f32(&dout));
             ts.upload();
+            let part = partials(&g, two_stage, n, 2 * c);
             run(&g, |pb| {
+                if let Some((v, len)) = &part {
+                    pb.set_column_partials(v.clone(), *len);
+                }
                 pb.layernorm_forward_rows(reduce, ts.view(o), ts.view(mu), ts.view(rs), ts.view(x), ts.view(w), ts.view(bb), n, c).unwrap();
                 pb.layernorm_backward_rows(
                     reduce, ts.view(dx), ts.view(dw), ts.view(db), ts.view(dy), ts.view(x), ts.view(w), ts.view(mu), ts.view(rs), n, c,
@@ -229,7 +246,7 @@ fn layernorm_rows_match_reference() {
             r::layernorm_forward(&mut out, &mut mean, &mut rstd, &f64s(&inp), &f64s(&weight), &f64s(&bias), n, c);
             let (mut dinp, mut dweight, mut dbias) = (f64s(&dinp0), f64s(&dw0), f64s(&db0));
             r::layernorm_backward(&mut dinp, &mut dweight, &mut dbias, &f64s(&dout), &f64s(&inp), &f64s(&weight), &mean, &rstd, n, c);
-            println!("{reduce:?} N {n} C {c}");
+            println!("{reduce:?} N {n} C {c}, two-stage column sums {two_stage}");
             check("layernorm_forward_rows", "out", &ts.read(o), &out, TOL);
             check("layernorm_forward_rows", "mean", &ts.read(mu), &mean, TOL);
             check("layernorm_forward_rows", "rstd", &ts.read(rs), &rstd, TOL);
@@ -240,20 +257,28 @@ fn layernorm_rows_match_reference() {
     }
 }
 
-/// A matmul's bias gradient as column sums over 8 row lanes: dbias [C] += sum_rows dout [N,C].
+/// A matmul's bias gradient as column sums over 8 row lanes, in one stage and in two:
+/// dbias [C] += sum_rows dout [N,C].
 #[test]
 fn bias_gradient_columns_match_reference() {
     let g = gpu();
     let mut rng = Rng::fresh("bias columns");
-    for (shared, (n, c)) in [(true, (37, 70)), (false, (1, 5)), (true, (1000, 33)), (false, (64, 384))] {
+    let shapes = [(true, (37, 70)), (false, (1, 5)), (true, (1000, 33)), (false, (64, 384)), (true, (2049, 100)), (false, (256, 64))];
+    for (two_stage, (shared, (n, c))) in [false, true].into_iter().flat_map(|t| shapes.map(|s| (t, s))) {
         let dout = rng.vec(n * c, 1.0);
         let db0 = rng.vec(c, 1.0);
         let mut ts = Tensors::new(&g, shared);
         let (db, dy) = (ts.f32(&db0), ts.f32(&dout));
         ts.upload();
-        run(&g, |pb| pb.bias_backward_cols(ts.view(db), ts.view(dy), n, c).unwrap());
+        let part = partials(&g, two_stage, n, c);
+        run(&g, |pb| {
+            if let Some((v, len)) = &part {
+                pb.set_column_partials(v.clone(), *len);
+            }
+            pb.bias_backward_cols(ts.view(db), ts.view(dy), n, c).unwrap()
+        });
         let want: Vec<f64> = (0..c).map(|j| db0[j] as f64 + (0..n).map(|i| dout[i * c + j] as f64).sum::<f64>()).collect();
-        check("bias_backward_cols", "dbias", &ts.read(db), &want, TOL);
+        check(&format!("bias_backward_cols N {n} C {c}, two stages {two_stage}"), "dbias", &ts.read(db), &want, TOL);
     }
 }
 
@@ -271,4 +296,19 @@ fn gpt_gradient_with_the_gpu_family_in_f16_is_close_to_f32() {
     let d = gradscope::train::verify::gradient_rel_diff(&f16_grad, &f32_grad);
     println!("GPU family f16 vs f32 window gradient max rel diff {d:.2e}");
     assert!(d < 5e-3 && d > 1e-7, "f16 vs f32 gradient differs by {d:.3e}");
+}
+
+/// A partials buffer too small for a column sum is refused with an error naming the kernel and
+/// both sizes, before anything runs.
+#[test]
+fn too_small_column_partials_are_refused() {
+    let g = gpu();
+    let dy = g.storage("test dout", Category::Activations, 600 * 40);
+    let db = g.storage("test dbias", Category::Gradients, 40);
+    let part = g.storage("test partials", Category::Scratch, 100);
+    let mut pb = ProgramBuilder::new(&g);
+    pb.set_column_partials(View::of(&part), 100);
+    let err = pb.bias_backward_cols(&View::of(&db), &View::of(&dy), 600, 40).unwrap_err().to_string();
+    // 600 rows are 3 chunks of 256: 3 x 40 partial sums
+    assert!(err.contains("bias_backward_part") && err.contains("100") && err.contains("120"), "{err}");
 }

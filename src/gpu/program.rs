@@ -199,6 +199,9 @@ pub struct ProgramBuilder {
     /// Activation element type: with F16, `call` uses the f16 instantiation of every shader
     /// file that declares `alias act = f32;`.
     precision: Precision,
+    /// The partials buffer of the GPU family's two-stage column sums and its f32 elements
+    /// (`set_column_partials`); None: single-stage column sums.
+    column_partials: Option<(View, usize)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +220,7 @@ pub enum ProgramError {
 
 impl ProgramBuilder {
     pub fn new(gpu: &Gpu) -> Self {
-        Self { gpu: gpu.clone(), pending: Vec::new(), precision: Precision::F32 }
+        Self { gpu: gpu.clone(), pending: Vec::new(), precision: Precision::F32, column_partials: None }
     }
 
     /// A builder whose activation tensors are of `precision` (f16 needs the device's SHADER_F16).
@@ -228,7 +231,20 @@ impl ProgramBuilder {
                 message: format!("the adapter {} has no SHADER_F16 feature", gpu.summary.name),
             });
         }
-        Ok(Self { gpu: gpu.clone(), pending: Vec::new(), precision })
+        Ok(Self { gpu: gpu.clone(), pending: Vec::new(), precision, column_partials: None })
+    }
+
+    /// Give the GPU family's column sums (bias and LayerNorm-parameter gradients) a partials
+    /// buffer of `len` f32 elements at `view`, so they run in two stages over the whole grid
+    /// (`gpu::kernels_rows::column_partials_len` sizes it). Every column sum the builder records
+    /// afterwards reuses it; one that needs more is refused with an error.
+    pub fn set_column_partials(&mut self, view: View, len: usize) {
+        self.column_partials = Some((view, len));
+    }
+
+    /// The partials buffer of the two-stage column sums, if one was given.
+    pub fn column_partials(&self) -> Option<&(View, usize)> {
+        self.column_partials.as_ref()
     }
 
     pub fn precision(&self) -> Precision {

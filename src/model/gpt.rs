@@ -282,6 +282,13 @@ pub fn transposed_weights_layout(cfg: &GptConfig, limits: SlabLimits) -> (Packer
     (packer, offsets)
 }
 
+/// f32 elements of the partials of the GPU family's two-stage column sums (the bias and
+/// LayerNorm-parameter gradients, `gpu::kernels_rows`) at micro-batch `b`: enough for the widest,
+/// the MLP's bias of 4 C columns over B*T rows; 0 with the other kernels, which sum in one stage.
+pub fn column_partials_len(cfg: &GptConfig, b: usize, kernels: MatmulVariant) -> usize {
+    if kernels == MatmulVariant::GpuTiled { crate::gpu::kernels_rows::column_partials_len(b * cfg.block_size, 4 * cfg.n_embd) } else { 0 }
+}
+
 /// Whether the GPT keeps transposed block weights (`GpuGpt::weights_t`) with these kernels.
 pub fn uses_transposed_weights(cfg: &GptConfig, kernels: MatmulVariant) -> bool {
     kernels == MatmulVariant::RegisterBlocked && cfg.n_embd % 4 == 0
@@ -312,6 +319,9 @@ struct MicroBatch {
     /// (kept with the programs that bind it) The cross-entropy's per-row state over the vocabulary chunks: f32 [B*T, 4] (running max,
     /// sum of exponentials, the target's logit, log-sum-exp), f32 under mixed precision too.
     _ce_state: GpuBuffer,
+    /// (kept with the train program, which binds it) The GPU family's column-sum partials
+    /// (`column_partials_len`); None with the CPU family.
+    _column_partials: Option<GpuBuffer>,
     /// The crossentropy_chunk_backward dispatches in `train`, with their chunk (v0, vn): dloss is
     /// rewritten for the loss scale and the per-micro-batch-mean normalization
     ce_backward: Vec<(usize, usize, usize)>,
@@ -372,15 +382,20 @@ impl GpuGpt {
     /// Bytes in the activations category at micro-batch `b`, exactly as `set_micro_batch`
     /// allocates them: the activation slab, the activation gradients (one copy of the
     /// block-internal tensors), the input and target tokens, the cross-entropy's per-row
-    /// state (f32 [B*T, 4]), dropout's key (4 u32) and the input tokens' bucket list (u32
-    /// [3 B T + 2], `gpu::kernels_embedding::buckets_len`; allocated with either kernel family).
+    /// state (f32 [B*T, 4]), dropout's key (4 u32), the input tokens' bucket list (u32
+    /// [3 B T + 2], `gpu::kernels_embedding::buckets_len`; allocated with either kernel family)
+    /// and, with the GPU family, the column-sum partials (`column_partials_len`).
     pub fn predicted_activation_bytes(
         cfg: &GptConfig, b: usize, recompute: bool, precision: Precision, limits: SlabLimits, chunk: usize, kernels: MatmulVariant,
     ) -> u64 {
         let slab = Self::activation_slab_bytes(cfg, b, recompute, precision, limits, chunk, kernels);
         let grads = Self::activation_slab_bytes(cfg, b, true, precision, limits, chunk, kernels);
         let bt = (b * cfg.block_size).max(1) as u64;
-        slab + grads + 2 * bt * 4 + bt * 16 + 16 + buckets_len(bt as usize) as u64 * 4
+        let partials = match column_partials_len(cfg, b, kernels) {
+            0 => 0,
+            n => n as u64 * 4,
+        };
+        slab + grads + 2 * bt * 4 + bt * 16 + 16 + buckets_len(bt as usize) as u64 * 4 + partials
     }
 
     /// u32 elements of the window's token buffer for K micro-batches of B: the inputs and targets
@@ -539,12 +554,17 @@ impl GpuGpt {
         let key = self.gpu.try_storage("dropout key", Category::Activations, 4)?;
         let buckets = self.gpu.try_storage("embedding buckets", Category::Activations, buckets_len(b * t))?;
         let drop = self.dropout_args(&key);
+        let partials_len = column_partials_len(&self.cfg, b, self.gpu.kernels().matmul());
+        let partials = if partials_len > 0 { Some(self.gpu.try_storage("column-sum partials", Category::Activations, partials_len)?) } else { None };
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state, None)?;
         let eval = pb.finish("gpt eval");
 
         let mut pb = ProgramBuilder::with_precision(&self.gpu, self.precision)?;
+        if let Some(p) = &partials {
+            pb.set_column_partials(View::of(p), partials_len);
+        }
         self.record_forward(&mut pb, &layout, &acts, &inputs, &targets, &ce_state, drop.as_ref())?;
         let ce_backward =
             self.record_backward(&mut pb, &layout, &acts, &dacts, &inputs, &buckets, &targets, &ce_state, &dlayout, drop.as_ref())?;
@@ -557,7 +577,7 @@ impl GpuGpt {
             pb.matmul_forward(&view(&acts, layout.logits), &lnf, &w, None, b * t, self.cfg.n_embd, vn)?;
             logit_chunks.push((pb.finish("gpt logits chunk"), v0, vn));
         }
-        Ok(MicroBatch { layout, acts, dacts, inputs, targets, key, buckets, _ce_state: ce_state, train, ce_backward, logit_chunks, eval })
+        Ok(MicroBatch { layout, acts, dacts, inputs, targets, key, buckets, _ce_state: ce_state, _column_partials: partials, train, ce_backward, logit_chunks, eval })
     }
 
     /// Forward pass and loss of one micro-batch (llm.c gpt2_forward as a dispatch list), with

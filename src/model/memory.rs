@@ -236,8 +236,11 @@ pub fn gpt_dispatches(c: &GptConfig, b: usize, opts: MemoryOptions) -> (u64, u64
     let block_forward = block_forward + 2 * dropout;
     let train_forward = block_forward * l + wte_parts + 1 + 2 * chunks + 1 + 1 + dropout;
     let forward = train_forward - (2 * l + 1) * dropout;
-    let backward = (19 + 2 * dropout + attention - fused_gelu + transposes + (2 + attention) * (parts - 1)) * l + 2 + wte_parts + 1
-        + 3 * chunks + (chunks - 1) + dropout;
+    // the GPU family sums columns in two stages: one more dispatch for each of a block's two
+    // LayerNorms and four biases, and for the final LayerNorm
+    let two_stage = if kernels == MatmulVariant::GpuTiled { 1 } else { 0 };
+    let backward = (19 + 2 * dropout + attention - fused_gelu + transposes + (2 + attention) * (parts - 1) + 6 * two_stage) * l + 2
+        + wte_parts + 1 + 3 * chunks + (chunks - 1) + dropout + two_stage;
     // before every block's backward but the first, the shared block gradients are zeroed
     // (`ActLayout::block_fill` of the gradients' layout); checkpointing also replays the block
     let replay = if recompute { block_forward * l.saturating_sub(1) } else { 0 } + fills * l.saturating_sub(1);
