@@ -26,7 +26,7 @@ ROOT=$PWD
 PACK=$ROOT/.gpu
 LOADER=$ROOT/.gl
 TORCH_SCRIPT=../shared/bench/torch_gpt.py
-TESTS="kernels kernel_set kernels_cnn"
+TESTS="kernels kernel_set kernels_gpu kernels_cnn"
 # the reference GPT at B 16 x K 4, and GPT-2 small's shape at B 4 x K 2 (bench's --gpt2-small)
 REF_ARGS="--n_layer 2 --n_head 4 --n_embd 128 --block_size 64 --vocab 65 --micro 16 --accum 4"
 G2_ARGS="--n_layer 12 --n_head 12 --n_embd 768 --block_size 1024 --vocab 50257 --micro 4 --accum 2"

@@ -4,9 +4,11 @@
 //   backward: dnorm = dout * weight[c]
 //             dinp += (dnorm - mean_set(dnorm) - norm * mean_set(dnorm * norm)) * rstd
 //             dweight[c] += sum_{b,hw} dout * norm;  dbias[c] += sum_{b,hw} dout
-// Forward and input gradient: one invocation per (b, group), three passes over its (C/G)*HW
-// elements; on lavapipe (65535 loop iterations per invocation, silently) that caps (C/G)*HW at
-// about 21000.
+// Forward and input gradient, CPU family: one invocation per (b, group), three passes over its
+// (C/G)*HW elements; on lavapipe (65535 loop iterations per invocation, silently) that caps
+// (C/G)*HW at about 21000. GPU family (`*_sets`): one workgroup per (b, group), its WG
+// invocations striding the set, then a workgroup reduction `row_sum2` that the registry appends
+// as it does to rows.wgsl (a tree in `groupnorm`, subgroup sums in `groupnorm_subgroup`).
 
 struct Params {
     o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
@@ -119,5 +121,61 @@ fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
     if (l == 0u) {
         dweight[p.o1 + c] += part[0].x;
         dbias[p.o2 + c] += part[0].y;
+    }
+}
+
+// GPU family: workgroup (x, y) -> set x + y * num_workgroups.x, i.e. (b, group) = (set / G, set % G)
+fn set_of(w: vec3<u32>, n: vec3<u32>) -> u32 { return w.x + w.y * n.x; }
+
+// one workgroup per (b, group): statistics and output
+@compute @workgroup_size(64)
+fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                          @builtin(local_invocation_index) l: u32) {
+    let bg = set_of(w, n);
+    if (bg >= p.B * p.G) { return; }
+    let cg = p.C / p.G;
+    let g = bg % p.G;
+    let start = ((bg / p.G) * p.C + g * cg) * p.HW;
+    let count = cg * p.HW;
+    var s = 0.0;
+    for (var k = l; k < count; k += WG) { s += inp[p.o3 + start + k]; }
+    let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(count);
+    var v = 0.0;
+    for (var k = l; k < count; k += WG) { let d = inp[p.o3 + start + k] - m; v += d * d; }
+    let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(count) + EPS);
+    for (var k = l; k < count; k += WG) {
+        let c = g * cg + k / p.HW;
+        out[p.o0 + start + k] = (inp[p.o3 + start + k] - m) * rs * weight[p.o4 + c] + bias[p.o5 + c];
+    }
+    if (l == 0u) {
+        mean[p.o1 + bg] = m;
+        rstd[p.o2 + bg] = rs;
+    }
+}
+
+// one workgroup per (b, group): the input gradient
+@compute @workgroup_size(64)
+fn groupnorm_backward_input_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                                 @builtin(local_invocation_index) l: u32) {
+    let bg = set_of(w, n);
+    if (bg >= p.B * p.G) { return; }
+    let cg = p.C / p.G;
+    let g = bg % p.G;
+    let start = ((bg / p.G) * p.C + g * cg) * p.HW;
+    let count = cg * p.HW;
+    let m = b_mean[p.o6 + bg];
+    let s = b_rstd[p.o7 + bg];
+    var acc = vec2<f32>(0.0);
+    for (var k = l; k < count; k += WG) {
+        let norm = (b_inp[p.o4 + start + k] - m) * s;
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + g * cg + k / p.HW];
+        acc += vec2<f32>(dn, dn * norm);
+    }
+    // (mean_set(dnorm), mean_set(dnorm * norm))
+    let r = row_sum2(acc, l) / f32(count);
+    for (var k = l; k < count; k += WG) {
+        let norm = (b_inp[p.o4 + start + k] - m) * s;
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + g * cg + k / p.HW];
+        dinp[p.o0 + start + k] += (dn - r.x - norm * r.y) * s;
     }
 }

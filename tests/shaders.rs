@@ -114,7 +114,7 @@ fn shader_files_on_disk_are_the_embedded_ones() {
     // appended), and matmul_gpu_128x64 is matmul_gpu.wgsl at 8 rows per invocation (matmul_gpu
     // at 4): no top-level files of their own
     let mut embedded: Vec<String> = SHADERS.iter().map(|(n, _)| n.to_string()).chain(["prelude".to_string()]).collect();
-    embedded.retain(|n| n != "rows_subgroup" && n != "matmul_gpu_128x64");
+    embedded.retain(|n| n != "rows_subgroup" && n != "groupnorm_subgroup" && n != "matmul_gpu_128x64");
     embedded.sort();
     assert_eq!(gradscope::gpu::PRELUDE, std::fs::read_to_string(dir.join("prelude.wgsl")).unwrap());
     assert_eq!(on_disk, embedded);
@@ -159,12 +159,12 @@ fn tint_gets_the_subgroups_directive_naga_rejects() {
     let uses = "@compute @workgroup_size(64) fn f(@builtin(subgroup_size) n: u32) { let s = subgroupAdd(1.0); }";
     assert_eq!(gradscope::gpu::for_tint(uses), format!("enable subgroups;\n{uses}"));
     assert_eq!(gradscope::gpu::for_tint(&format!("enable subgroups;\n{uses}")), format!("enable subgroups;\n{uses}"), "not twice");
-    // only rows_subgroup (the GPU family's subgroup row reduction) uses subgroups: its Tint
-    // variant gets the directive, every other shader's is the compiled source itself (the Dawn
-    // test compiles exactly these)
+    // only rows_subgroup and groupnorm_subgroup (the GPU family's subgroup row reductions) use
+    // subgroups: their Tint variants get the directive, every other shader's is the compiled
+    // source itself (the Dawn test compiles exactly these)
     for (name, source) in SHADERS {
         let compiled = with_prelude(source);
-        let want = if *name == "rows_subgroup" { format!("enable subgroups;\n{compiled}") } else { compiled };
+        let want = if name.ends_with("_subgroup") { format!("enable subgroups;\n{compiled}") } else { compiled };
         assert_eq!(gradscope::gpu::tint_source(name), want, "{name}");
     }
 }

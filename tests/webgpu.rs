@@ -711,6 +711,17 @@ fn dawn_replays_a_gpu_family_gpt_window() {
     assert!(!files.contains(&"attention") && !files.contains(&"layernorm"), "{files:?}");
 }
 
+/// The CNN with the GPU family (GroupNorm one workgroup per (image, group)), replayed in Dawn.
+#[test]
+fn dawn_replays_a_gpu_family_cnn_window() {
+    let g = common::gpu().with_kernels(gradscope::gpu::KernelSet::Gpu);
+    let file = if g.has_subgroups() { "groupnorm_subgroup" } else { "groupnorm" };
+    let result = replay_a_training_window_on(g, &["--model", "cnn", "--dataset", "digits", "--norm", "group", "--micro_batch", "16", "--accum_steps", "2"]);
+    let files: Vec<&str> = result["shader_files"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    println!("shader files: {files:?}");
+    assert!(files.contains(&file), "the GPU family's CNN window runs {file}.wgsl: {files:?}");
+}
+
 #[test]
 fn dawn_replays_a_cnn_window() {
     replay_a_training_window(&["--model", "cnn", "--dataset", "digits", "--norm", "batch", "--micro_batch", "16", "--accum_steps", "2"]);

@@ -1,9 +1,14 @@
 //! Typed launchers of the CNN kernels, with the names and argument order of their CPU twins in
 //! `crate::reference::cnn`. Backward launchers accumulate (`+=`) like the reference.
 
+use super::kernel_set::KernelSet;
+use super::kernels_rows::RowReduce;
 use super::program::{Grid, ProgramBuilder, ProgramError, Uniforms, View};
 
 type R = Result<(), ProgramError>;
+
+/// Invocations per (image, group) of the GPU family's GroupNorm kernels (groupnorm.wgsl's WG).
+const SET_WG: usize = 64;
 
 impl ProgramBuilder {
     /// out [B,OC,HO,WO] = conv(inp [B,IC,H,W], weight [OC,IC,K,K]) + bias [OC]; stride 1.
@@ -66,16 +71,44 @@ impl ProgramBuilder {
         Ok(())
     }
 
-    /// GroupNorm over G groups per image: out, inp [B,C,HW]; mean, rstd [B*G].
+    /// GroupNorm over G groups per image: out, inp [B,C,HW]; mean, rstd [B*G]. The CPU family
+    /// runs one invocation per (image, group), the GPU family one workgroup
+    /// (`groupnorm_forward_sets`).
     #[allow(clippy::too_many_arguments)]
     pub fn groupnorm_forward(
         &mut self, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, b: usize, c: usize,
         hw: usize, g: usize,
     ) -> R {
+        if self.kernels() == KernelSet::Gpu {
+            let r = self.row_reduce();
+            return self.groupnorm_forward_sets(r, out, mean, rstd, inp, weight, bias, b, c, hw, g);
+        }
         let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
         let x = b * c * hw;
         let args = [(out, x), (mean, b * g), (rstd, b * g), (inp, x), (weight, c), (bias, c)];
         self.call("groupnorm", "groupnorm_forward", 1, &args, dims, Grid::Threads(b * g))?;
+        Ok(())
+    }
+
+    fn groupnorm_file(reduce: RowReduce) -> &'static str {
+        match reduce {
+            RowReduce::Workgroup => "groupnorm",
+            RowReduce::Subgroup => "groupnorm_subgroup",
+        }
+    }
+
+    /// GroupNorm forward with one workgroup of 64 per (image, group), reducing with `reduce`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn groupnorm_forward_sets(
+        &mut self, reduce: RowReduce, out: &View, mean: &View, rstd: &View, inp: &View, weight: &View, bias: &View, b: usize,
+        c: usize, hw: usize, g: usize,
+    ) -> R {
+        let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
+        let x = b * c * hw;
+        let args = [(out, x), (mean, b * g), (rstd, b * g), (inp, x), (weight, c), (bias, c)];
+        self.check_loops("groupnorm_forward_sets", 3 * (c / g.max(1) * hw).div_ceil(SET_WG) + 2)?;
+        let grid = self.one_group_per_row(b * g);
+        self.call(Self::groupnorm_file(reduce), "groupnorm_forward_sets", 1, &args, dims, grid)?;
         Ok(())
     }
 
@@ -87,8 +120,30 @@ impl ProgramBuilder {
         let x = b * c * hw;
         let args = [(dinp, x), (dweight, c), (dbias, c), (dout, x), (inp, x), (weight, c), (mean, b * g), (rstd, b * g)];
         let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
-        self.call("groupnorm", "groupnorm_backward_input", 9, &args, dims.clone(), Grid::Threads(b * g))?;
+        if self.kernels() == KernelSet::Gpu {
+            let r = self.row_reduce();
+            self.groupnorm_backward_input_sets(r, dinp, dout, inp, weight, mean, rstd, b, c, hw, g)?;
+        } else {
+            self.call("groupnorm", "groupnorm_backward_input", 9, &args, dims.clone(), Grid::Threads(b * g))?;
+        }
         self.call("groupnorm", "groupnorm_backward_params", 9, &args, dims, Grid::Groups([c as u32, 1, 1]))?;
+        Ok(())
+    }
+
+    /// GroupNorm's input gradient with one workgroup of 64 per (image, group), reducing with
+    /// `reduce` (the parameter gradients are `groupnorm_backward`'s workgroup per channel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn groupnorm_backward_input_sets(
+        &mut self, reduce: RowReduce, dinp: &View, dout: &View, inp: &View, weight: &View, mean: &View, rstd: &View, b: usize,
+        c: usize, hw: usize, g: usize,
+    ) -> R {
+        let x = b * c * hw;
+        // (the parameter gradients' bindings get stand-ins: this entry point does not use them)
+        let args = [(dinp, x), (dinp, 0), (dinp, 0), (dout, x), (inp, x), (weight, c), (mean, b * g), (rstd, b * g)];
+        let dims = Uniforms::new().n(b).n(c).n(hw).n(g);
+        self.check_loops("groupnorm_backward_input_sets", 2 * (c / g.max(1) * hw).div_ceil(SET_WG) + 2)?;
+        let grid = self.one_group_per_row(b * g);
+        self.call(Self::groupnorm_file(reduce), "groupnorm_backward_input_sets", 9, &args, dims, grid)?;
         Ok(())
     }
 

@@ -49,7 +49,7 @@ impl ProgramBuilder {
     }
 
     /// One workgroup per row, split over x and y past the device's per-dimension limit.
-    fn one_group_per_row(&self, rows: usize) -> Grid {
+    pub(crate) fn one_group_per_row(&self, rows: usize) -> Grid {
         let rows = u32::try_from(rows).expect("dispatch too large");
         Grid::Groups(grid_1d(rows, self.gpu().limits().max_compute_workgroups_per_dimension))
     }

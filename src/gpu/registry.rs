@@ -44,7 +44,9 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("grad_stats", include_str!("../../shaders/grad_stats.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
-    ("groupnorm", include_str!("../../shaders/groupnorm.wgsl")),
+    // like rows: the GPU family's one-workgroup-per-set kernels need a row reduction appended
+    ("groupnorm", concat!(include_str!("../../shaders/groupnorm.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/tree.wgsl"))),
+    ("groupnorm_subgroup", concat!(include_str!("../../shaders/groupnorm.wgsl"), include_str!("../../shaders/reduce/workgroup.wgsl"), include_str!("../../shaders/reduce/subgroup.wgsl"))),
     ("batchnorm", include_str!("../../shaders/batchnorm.wgsl")),
     ("relu", include_str!("../../shaders/relu.wgsl")),
     ("maxpool", include_str!("../../shaders/maxpool.wgsl")),
@@ -96,8 +98,8 @@ pub fn is_act_typed(file: &str) -> bool {
 /// The WGSL of `file` (a shader file or its `_f16` instantiation) as Tint, Chrome's compiler,
 /// accepts it. The sources are written for naga; where the two compilers differ the variant is
 /// derived here from the one source: Tint requires `enable subgroups;` before subgroup builtins,
-/// which naga 30 rejects (`rows_subgroup`, the GPU family's subgroup row reduction, is the one
-/// shader that uses them).
+/// which naga 30 rejects (`rows_subgroup` and `groupnorm_subgroup`, the GPU family's subgroup row
+/// reductions, are the shaders that use them).
 pub fn tint_source(file: &str) -> String {
     let source = all_sources().iter().find(|(n, _)| *n == file).map_or("", |(_, s)| *s);
     for_tint(source)
