@@ -125,18 +125,28 @@ fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
 }
 
 // GPU family: workgroup (x, y) -> set x + y * num_workgroups.x, i.e. (b, group) = (set / G, set % G)
-fn set_of(w: vec3<u32>, n: vec3<u32>) -> u32 { return w.x + w.y * n.x; }
+struct Set {
+    bg: u32,     // the set's index in mean and rstd [B*G]
+    c0: u32,     // its first channel
+    start: u32,  // its first element in [B,C,HW]
+    count: u32,  // its (C/G)*HW elements
+}
+fn set_of(w: vec3<u32>, n: vec3<u32>) -> Set {
+    let bg = w.x + w.y * n.x;
+    let cg = p.C / p.G;
+    let c0 = (bg % p.G) * cg;
+    return Set(bg, c0, ((bg / p.G) * p.C + c0) * p.HW, cg * p.HW);
+}
 
 // one workgroup per (b, group): statistics and output
 @compute @workgroup_size(64)
 fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                           @builtin(local_invocation_index) l: u32) {
-    let bg = set_of(w, n);
-    if (bg >= p.B * p.G) { return; }
-    let cg = p.C / p.G;
-    let g = bg % p.G;
-    let start = ((bg / p.G) * p.C + g * cg) * p.HW;
-    let count = cg * p.HW;
+    let gs = set_of(w, n);
+    if (gs.bg >= p.B * p.G) { return; }
+    let bg = gs.bg;
+    let start = gs.start;
+    let count = gs.count;
     var s = 0.0;
     for (var k = l; k < count; k += WG) { s += inp[p.o3 + start + k]; }
     let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(count);
@@ -144,7 +154,7 @@ fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
     for (var k = l; k < count; k += WG) { let d = inp[p.o3 + start + k] - m; v += d * d; }
     let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(count) + EPS);
     for (var k = l; k < count; k += WG) {
-        let c = g * cg + k / p.HW;
+        let c = gs.c0 + k / p.HW;
         out[p.o0 + start + k] = (inp[p.o3 + start + k] - m) * rs * weight[p.o4 + c] + bias[p.o5 + c];
     }
     if (l == 0u) {
@@ -157,25 +167,24 @@ fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
 @compute @workgroup_size(64)
 fn groupnorm_backward_input_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                                  @builtin(local_invocation_index) l: u32) {
-    let bg = set_of(w, n);
-    if (bg >= p.B * p.G) { return; }
-    let cg = p.C / p.G;
-    let g = bg % p.G;
-    let start = ((bg / p.G) * p.C + g * cg) * p.HW;
-    let count = cg * p.HW;
+    let gs = set_of(w, n);
+    if (gs.bg >= p.B * p.G) { return; }
+    let bg = gs.bg;
+    let start = gs.start;
+    let count = gs.count;
     let m = b_mean[p.o6 + bg];
     let s = b_rstd[p.o7 + bg];
     var acc = vec2<f32>(0.0);
     for (var k = l; k < count; k += WG) {
         let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + g * cg + k / p.HW];
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + gs.c0 + k / p.HW];
         acc += vec2<f32>(dn, dn * norm);
     }
     // (mean_set(dnorm), mean_set(dnorm * norm))
     let r = row_sum2(acc, l) / f32(count);
     for (var k = l; k < count; k += WG) {
         let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + g * cg + k / p.HW];
+        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + gs.c0 + k / p.HW];
         dinp[p.o0 + start + k] += (dn - r.x - norm * r.y) * s;
     }
 }
