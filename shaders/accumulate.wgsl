@@ -2,7 +2,7 @@
 // compute pass, where the encoder's clear_buffer cannot be used).
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
     value: f32,
 }
@@ -21,7 +21,7 @@ fn accumulate(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: v
               @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    grad[p.o0 + i] += micro_grad[p.o1 + i];
+    grad[p.off.o0 + i] += micro_grad[p.off.o1 + i];
 }
 
 @compute @workgroup_size(64)
@@ -29,5 +29,5 @@ fn fill(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u3
         @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    x[p.o0 + i] = p.value;
+    x[p.off.o0 + i] = p.value;
 }

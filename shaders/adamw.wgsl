@@ -10,7 +10,7 @@
 // non-finite; `adamw` then reads the flag, so either every tensor steps or none does.
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
     lr: f32,
     beta1: f32,
@@ -45,13 +45,13 @@ const WG: u32 = 64u;
 // the same values.
 struct Update { x: f32, m: f32, v: f32 }
 fn update(i: u32) -> Update {
-    let g = grads[p.o1 + i];
-    let mi = p.beta1 * m[p.o2 + i] + (1.0 - p.beta1) * g;
-    let vi = p.beta2 * v[p.o3 + i] + (1.0 - p.beta2) * g * g;
+    let g = grads[p.off.o1 + i];
+    let mi = p.beta1 * m[p.off.o2 + i] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[p.off.o3 + i] + (1.0 - p.beta2) * g * g;
     let t = f32(p.step);
     let mhat = mi / (1.0 - pow(p.beta1, t));
     let vhat = vi / (1.0 - pow(p.beta2, t));
-    var x = params[p.o0 + i];
+    var x = params[p.off.o0 + i];
     x -= p.lr * p.weight_decay * x;
     x -= p.lr * mhat / (sqrt(vhat) + p.eps);
     return Update(x, mi, vi);
@@ -65,7 +65,7 @@ fn adamw_check(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: 
     if (i >= p.N) { return; }
     let u = update(i);
     if (nonfinite(u.x) || nonfinite(u.m) || nonfinite(u.v)) {
-        atomicOr(&flag_bits[p.o6], 0x3f800000u); // the bits of 1.0
+        atomicOr(&flag_bits[p.off.o6], 0x3f800000u); // the bits of 1.0
     }
 }
 
@@ -74,9 +74,9 @@ fn adamw(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u
          @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    if (nonfinite(status[p.o4]) || nonfinite(status[p.o4 + p.norm_at]) || status[p.o4 + p.flag_at] != 0.0) { return; }
+    if (nonfinite(status[p.off.o4]) || nonfinite(status[p.off.o4 + p.norm_at]) || status[p.off.o4 + p.flag_at] != 0.0) { return; }
     let u = update(i);
-    m[p.o2 + i] = u.m;
-    v[p.o3 + i] = u.v;
-    params[p.o0 + i] = u.x;
+    m[p.off.o2 + i] = u.m;
+    v[p.off.o3 + i] = u.v;
+    params[p.off.o0 + i] = u.x;
 }

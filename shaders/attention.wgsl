@@ -20,7 +20,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, T: u32, C: u32, NH: u32,
     // dropout: the part's first sequence in the micro-batch, the site, the threshold, 1/(1-p)
     S0: u32, SITE: u32, THR: u32, SCALE: f32,
@@ -49,11 +49,11 @@ const WG: u32 = 64u;
 // dropout streams of sequence b of the part (forward: key at o4; backward: key at o6)
 fn stream_f(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_f[p.o4], key_f[p.o4 + 1u], p.SITE, key_f[p.o4 + 2u] + p.S0 + b);
+    return dropout_stream(key_f[p.off.o4], key_f[p.off.o4 + 1u], p.SITE, key_f[p.off.o4 + 2u] + p.S0 + b);
 }
 fn stream_b(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_b[p.o6], key_b[p.o6 + 1u], p.SITE, key_b[p.o6 + 2u] + p.S0 + b);
+    return dropout_stream(key_b[p.off.o6], key_b[p.off.o6 + 1u], p.SITE, key_b[p.off.o6 + 2u] + p.S0 + b);
 }
 
 // one invocation per (b, h, t) query row
@@ -68,40 +68,40 @@ fn attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     let C3 = 3u * p.C;
     let hs = p.C / p.NH;
     let scale = 1.0 / sqrt(f32(hs));
-    let q = p.o3 + (b * p.T + t) * C3 + h * hs;
+    let q = p.off.o3 + (b * p.T + t) * C3 + h * hs;
     let row = (idx) * p.T; // (b*NH + h)*T + t, times T
     var maxv = -3.4028234e38;
     for (var t2 = 0u; t2 <= t; t2++) {
-        let k = p.o3 + (b * p.T + t2) * C3 + p.C + h * hs;
+        let k = p.off.o3 + (b * p.T + t2) * C3 + p.C + h * hs;
         var s = 0.0;
         for (var i = 0u; i < hs; i++) { s += f32(qkv[q + i]) * f32(qkv[k + i]); }
         s *= scale;
-        preatt[p.o1 + row + t2] = act(s);
+        preatt[p.off.o1 + row + t2] = act(s);
         maxv = max(maxv, s);
     }
     var sum = 0.0;
     for (var t2 = 0u; t2 <= t; t2++) {
-        let e = exp(f32(preatt[p.o1 + row + t2]) - maxv);
-        att[p.o2 + row + t2] = act(e);
+        let e = exp(f32(preatt[p.off.o1 + row + t2]) - maxv);
+        att[p.off.o2 + row + t2] = act(e);
         sum += e;
     }
     let inv = 1.0 / sum;
     for (var t2 = 0u; t2 < p.T; t2++) {
         if (t2 <= t) {
-            att[p.o2 + row + t2] = act(f32(att[p.o2 + row + t2]) * inv);
+            att[p.off.o2 + row + t2] = act(f32(att[p.off.o2 + row + t2]) * inv);
         } else {
-            att[p.o2 + row + t2] = 0.0;
-            preatt[p.o1 + row + t2] = 0.0;
+            att[p.off.o2 + row + t2] = 0.0;
+            preatt[p.off.o1 + row + t2] = 0.0;
         }
     }
-    let o = p.o0 + (b * p.T + t) * p.C + h * hs;
+    let o = p.off.o0 + (b * p.T + t) * p.C + h * hs;
     let ds = stream_f(b);
     let e0 = (h * p.T + t) * p.T;
     for (var i = 0u; i < hs; i++) {
         var acc = 0.0;
         for (var t2 = 0u; t2 <= t; t2++) {
             let m = dropout_factor(ds, e0 + t2, p.THR, p.SCALE);
-            acc += f32(att[p.o2 + row + t2]) * m * f32(qkv[p.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i]);
+            acc += f32(att[p.off.o2 + row + t2]) * m * f32(qkv[p.off.o3 + (b * p.T + t2) * C3 + 2u * p.C + h * hs + i]);
         }
         out[o + i] = act(acc);
     }
@@ -120,29 +120,29 @@ fn attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     let hs = p.C / p.NH;
     let scale = 1.0 / sqrt(f32(hs));
     let row = idx * p.T;
-    let g = p.o3 + (b * p.T + t) * p.C + h * hs;
+    let g = p.off.o3 + (b * p.T + t) * p.C + h * hs;
     // datt[t, t2] += m[t, t2] (dout[t] . v[t2])
     let ds = stream_b(b);
     let e0 = (h * p.T + t) * p.T;
     for (var t2 = 0u; t2 <= t; t2++) {
-        let v = p.o4 + (b * p.T + t2) * C3 + 2u * p.C + h * hs;
+        let v = p.off.o4 + (b * p.T + t2) * C3 + 2u * p.C + h * hs;
         var s = 0.0;
         for (var i = 0u; i < hs; i++) { s += f32(dout[g + i]) * f32(b_qkv[v + i]); }
-        datt[p.o2 + row + t2] = act(f32(datt[p.o2 + row + t2]) + s * dropout_factor(ds, e0 + t2, p.THR, p.SCALE));
+        datt[p.off.o2 + row + t2] = act(f32(datt[p.off.o2 + row + t2]) + s * dropout_factor(ds, e0 + t2, p.THR, p.SCALE));
     }
     // softmax backward with the full (accumulated) datt row
     var dot_ad = 0.0;
-    for (var t2 = 0u; t2 <= t; t2++) { dot_ad += f32(b_att[p.o5 + row + t2]) * f32(datt[p.o2 + row + t2]); }
+    for (var t2 = 0u; t2 <= t; t2++) { dot_ad += f32(b_att[p.off.o5 + row + t2]) * f32(datt[p.off.o2 + row + t2]); }
     for (var t2 = 0u; t2 <= t; t2++) {
-        let a = f32(b_att[p.o5 + row + t2]);
-        dpreatt[p.o1 + row + t2] = act(f32(dpreatt[p.o1 + row + t2]) + a * (f32(datt[p.o2 + row + t2]) - dot_ad));
+        let a = f32(b_att[p.off.o5 + row + t2]);
+        dpreatt[p.off.o1 + row + t2] = act(f32(dpreatt[p.off.o1 + row + t2]) + a * (f32(datt[p.off.o2 + row + t2]) - dot_ad));
     }
     // dq[t] += sum_t2 dpreatt[t, t2] k[t2] * scale
-    let dq = p.o0 + (b * p.T + t) * C3 + h * hs;
+    let dq = p.off.o0 + (b * p.T + t) * C3 + h * hs;
     for (var i = 0u; i < hs; i++) {
         var s = 0.0;
         for (var t2 = 0u; t2 <= t; t2++) {
-            s += f32(dpreatt[p.o1 + row + t2]) * f32(b_qkv[p.o4 + (b * p.T + t2) * C3 + p.C + h * hs + i]);
+            s += f32(dpreatt[p.off.o1 + row + t2]) * f32(b_qkv[p.off.o4 + (b * p.T + t2) * C3 + p.C + h * hs + i]);
         }
         dqkv[dq + i] = act(f32(dqkv[dq + i]) + s * scale);
     }
@@ -161,7 +161,7 @@ fn attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     let C3 = 3u * p.C;
     let hs = p.C / p.NH;
     let scale = 1.0 / sqrt(f32(hs));
-    let dk = p.o0 + (b * p.T + t2) * C3 + p.C + h * hs;
+    let dk = p.off.o0 + (b * p.T + t2) * C3 + p.C + h * hs;
     let dv = dk + p.C;
     let ds = stream_b(b);
     for (var i = 0u; i < hs; i++) {
@@ -170,8 +170,8 @@ fn attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
         for (var t = t2; t < p.T; t++) {
             let r = (bh * p.T + t) * p.T + t2;
             let m = dropout_factor(ds, (h * p.T + t) * p.T + t2, p.THR, p.SCALE);
-            sk += f32(dpreatt[p.o1 + r]) * f32(b_qkv[p.o4 + (b * p.T + t) * C3 + h * hs + i]);
-            sv += f32(b_att[p.o5 + r]) * m * f32(dout[p.o3 + (b * p.T + t) * p.C + h * hs + i]);
+            sk += f32(dpreatt[p.off.o1 + r]) * f32(b_qkv[p.off.o4 + (b * p.T + t) * C3 + h * hs + i]);
+            sv += f32(b_att[p.off.o5 + r]) * m * f32(dout[p.off.o3 + (b * p.T + t) * p.C + h * hs + i]);
         }
         dqkv[dk + i] = act(f32(dqkv[dk + i]) + sk * scale);
         dqkv[dv + i] = act(f32(dqkv[dv + i]) + sv);

@@ -18,7 +18,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, T: u32, C: u32, NH: u32,
     // dropout: the part's first sequence in the micro-batch, the site, the threshold, 1/(1-p)
     S0: u32, SITE: u32, THR: u32, SCALE: f32,
@@ -51,11 +51,11 @@ const WG: u32 = 16u;
 // factor of probability (h, t, s)
 fn stream_f(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_f[p.o4], key_f[p.o4 + 1u], p.SITE, key_f[p.o4 + 2u] + p.S0 + b);
+    return dropout_stream(key_f[p.off.o4], key_f[p.off.o4 + 1u], p.SITE, key_f[p.off.o4 + 2u] + p.S0 + b);
 }
 fn stream_b(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_b[p.o6], key_b[p.o6 + 1u], p.SITE, key_b[p.o6 + 2u] + p.S0 + b);
+    return dropout_stream(key_b[p.off.o6], key_b[p.off.o6 + 1u], p.SITE, key_b[p.off.o6 + 2u] + p.S0 + b);
 }
 fn drop_at(stream: u32, h: u32, t: u32, s: u32) -> f32 {
     return dropout_factor(stream, (h * p.T + t) * p.T + s, p.THR, p.SCALE);
@@ -96,12 +96,12 @@ fn score_block(idx: u32) -> ScoreBlock {
 // q[t0..t0+4] . k[s0..s0+8] over the head's channels (rows past T clamped to T - 1)
 fn scores_q_k(sb: ScoreBlock) -> array<vec4<f32>, 8> {
     let tl = p.T - 1u;
-    let a0 = qkv_at(p.o3, sb.b, min(sb.t0, tl), 0u, sb.h);
-    let a1 = qkv_at(p.o3, sb.b, min(sb.t0 + 1u, tl), 0u, sb.h);
-    let a2 = qkv_at(p.o3, sb.b, min(sb.t0 + 2u, tl), 0u, sb.h);
-    let a3 = qkv_at(p.o3, sb.b, min(sb.t0 + 3u, tl), 0u, sb.h);
+    let a0 = qkv_at(p.off.o3, sb.b, min(sb.t0, tl), 0u, sb.h);
+    let a1 = qkv_at(p.off.o3, sb.b, min(sb.t0 + 1u, tl), 0u, sb.h);
+    let a2 = qkv_at(p.off.o3, sb.b, min(sb.t0 + 2u, tl), 0u, sb.h);
+    let a3 = qkv_at(p.off.o3, sb.b, min(sb.t0 + 3u, tl), 0u, sb.h);
     var cb: array<u32, 8>;
-    for (var j = 0u; j < 8u; j++) { cb[j] = qkv_at(p.o3, sb.b, min(sb.s0 + j, tl), 1u, sb.h); }
+    for (var j = 0u; j < 8u; j++) { cb[j] = qkv_at(p.off.o3, sb.b, min(sb.s0 + j, tl), 1u, sb.h); }
     var acc: array<vec4<f32>, 8>;
     for (var j = 0u; j < 8u; j++) { acc[j] = vec4<f32>(0.0); }
     for (var i = 0u; i < hs4(); i++) {
@@ -129,7 +129,7 @@ fn attention_scores_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < 8u; j++) { acc[j] = vec4<f32>(0.0); }
     if (sb.s0 <= sb.t0 + 3u) { acc = scores_q_k(sb); }
     let scale = att_scale();
-    let base = p.o1 + (sb.b * p.NH + sb.h) * p.T * p.T;
+    let base = p.off.o1 + (sb.b * p.NH + sb.h) * p.T * p.T;
     for (var j = 0u; j < 8u; j++) {
         let s = sb.s0 + j;
         if (s >= p.T) { break; }
@@ -148,8 +148,8 @@ fn attention_softmax_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workg
     let idx = flat(w, n, l);
     if (idx >= p.B * p.NH * p.T) { return; }
     let t = idx % p.T;
-    let pr = p.o1 + idx * p.T;
-    let ar = p.o2 + idx * p.T;
+    let pr = p.off.o1 + idx * p.T;
+    let ar = p.off.o2 + idx * p.T;
     var maxv = -3.4028234e38;
     for (var s = 0u; s <= t; s++) { maxv = max(maxv, f32(preatt[pr + s])); }
     var sum = 0.0;
@@ -190,7 +190,7 @@ fn attention_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgro
     let rb = row_block(flat(w, n, l));
     if (!rb.live) { return; }
     let tl = p.T - 1u;
-    let base = p.o2 + (rb.b * p.NH + rb.h) * p.T * p.T;
+    let base = p.off.o2 + (rb.b * p.NH + rb.h) * p.T * p.T;
     let a0 = base + min(rb.r0, tl) * p.T;
     let a1 = base + min(rb.r0 + 1u, tl) * p.T;
     let a2 = base + min(rb.r0 + 2u, tl) * p.T;
@@ -202,7 +202,7 @@ fn attention_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgro
     let last = min(rb.r0 + 3u, tl);
     let ds = stream_f(rb.b);
     for (var s = 0u; s <= last; s++) {
-        let v = qkv_at(p.o3, rb.b, s, 2u, rb.h);
+        let v = qkv_at(p.off.o3, rb.b, s, 2u, rb.h);
         let v0 = vec4<f32>(qkv4[v + rb.c0]);
         let v1 = vec4<f32>(qkv4[v + rb.c1]);
         var x0 = f32(att[a0 + s]); var x1 = f32(att[a1 + s]);
@@ -221,7 +221,7 @@ fn attention_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgro
     for (var i = 0u; i < 4u; i++) {
         let t = rb.r0 + i;
         if (t >= p.T) { break; }
-        let o = row_at(p.o0, rb.b, t, rb.h);
+        let o = row_at(p.off.o0, rb.b, t, rb.h);
         out4[o + rb.c0] = vec4<act>(lo[i]);
         if (rb.second) { out4[o + rb.c0 + 1u] = vec4<act>(hi[i]); }
     }
@@ -234,12 +234,12 @@ fn attention_backward_datt_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num
     let sb = score_block(flat(w, n, l));
     if (!sb.live || sb.s0 > sb.t0 + 3u) { return; }
     let tl = p.T - 1u;
-    let a0 = row_at(p.o3, sb.b, min(sb.t0, tl), sb.h);
-    let a1 = row_at(p.o3, sb.b, min(sb.t0 + 1u, tl), sb.h);
-    let a2 = row_at(p.o3, sb.b, min(sb.t0 + 2u, tl), sb.h);
-    let a3 = row_at(p.o3, sb.b, min(sb.t0 + 3u, tl), sb.h);
+    let a0 = row_at(p.off.o3, sb.b, min(sb.t0, tl), sb.h);
+    let a1 = row_at(p.off.o3, sb.b, min(sb.t0 + 1u, tl), sb.h);
+    let a2 = row_at(p.off.o3, sb.b, min(sb.t0 + 2u, tl), sb.h);
+    let a3 = row_at(p.off.o3, sb.b, min(sb.t0 + 3u, tl), sb.h);
     var cb: array<u32, 8>;
-    for (var j = 0u; j < 8u; j++) { cb[j] = qkv_at(p.o4, sb.b, min(sb.s0 + j, tl), 2u, sb.h); }
+    for (var j = 0u; j < 8u; j++) { cb[j] = qkv_at(p.off.o4, sb.b, min(sb.s0 + j, tl), 2u, sb.h); }
     var acc: array<vec4<f32>, 8>;
     for (var j = 0u; j < 8u; j++) { acc[j] = vec4<f32>(0.0); }
     for (var i = 0u; i < hs4(); i++) {
@@ -254,7 +254,7 @@ fn attention_backward_datt_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num
         acc[6] += dot4(x0, x1, x2, x3, vec4<f32>(b_qkv4[cb[6] + i]));
         acc[7] += dot4(x0, x1, x2, x3, vec4<f32>(b_qkv4[cb[7] + i]));
     }
-    let base = p.o2 + (sb.b * p.NH + sb.h) * p.T * p.T;
+    let base = p.off.o2 + (sb.b * p.NH + sb.h) * p.T * p.T;
     let ds = stream_b(sb.b);
     for (var j = 0u; j < 8u; j++) {
         let s = sb.s0 + j;
@@ -280,10 +280,10 @@ fn attention_backward_softmax_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(
     let t = idx % p.T;
     let row = idx * p.T;
     var dot_ad = 0.0;
-    for (var s = 0u; s <= t; s++) { dot_ad += f32(b_att[p.o5 + row + s]) * f32(datt[p.o2 + row + s]); }
+    for (var s = 0u; s <= t; s++) { dot_ad += f32(b_att[p.off.o5 + row + s]) * f32(datt[p.off.o2 + row + s]); }
     for (var s = 0u; s <= t; s++) {
-        let e = p.o1 + row + s;
-        dpreatt[e] = act(f32(dpreatt[e]) + f32(b_att[p.o5 + row + s]) * (f32(datt[p.o2 + row + s]) - dot_ad));
+        let e = p.off.o1 + row + s;
+        dpreatt[e] = act(f32(dpreatt[e]) + f32(b_att[p.off.o5 + row + s]) * (f32(datt[p.off.o2 + row + s]) - dot_ad));
     }
 }
 
@@ -294,7 +294,7 @@ fn attention_backward_query_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     let rb = row_block(flat(w, n, l));
     if (!rb.live) { return; }
     let tl = p.T - 1u;
-    let base = p.o1 + (rb.b * p.NH + rb.h) * p.T * p.T;
+    let base = p.off.o1 + (rb.b * p.NH + rb.h) * p.T * p.T;
     let t0 = rb.r0; let t1 = rb.r0 + 1u; let t2 = rb.r0 + 2u; let t3 = rb.r0 + 3u;
     let a0 = base + min(t0, tl) * p.T;
     let a1 = base + min(t1, tl) * p.T;
@@ -306,7 +306,7 @@ fn attention_backward_query_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
     let last = min(t3, tl);
     for (var s = 0u; s <= last; s++) {
-        let k = qkv_at(p.o4, rb.b, s, 1u, rb.h);
+        let k = qkv_at(p.off.o4, rb.b, s, 1u, rb.h);
         let k0 = vec4<f32>(b_qkv4[k + rb.c0]);
         let k1 = vec4<f32>(b_qkv4[k + rb.c1]);
         // entries above the diagonal are not part of dpreatt
@@ -325,7 +325,7 @@ fn attention_backward_query_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     for (var i = 0u; i < 4u; i++) {
         let t = rb.r0 + i;
         if (t >= p.T) { break; }
-        let q = qkv_at(p.o0, rb.b, t, 0u, rb.h);
+        let q = qkv_at(p.off.o0, rb.b, t, 0u, rb.h);
         dqkv4[q + rb.c0] = vec4<act>(vec4<f32>(dqkv4[q + rb.c0]) + lo[i] * scale);
         if (rb.second) { dqkv4[q + rb.c0 + 1u] = vec4<act>(vec4<f32>(dqkv4[q + rb.c0 + 1u]) + hi[i] * scale); }
     }
@@ -351,22 +351,22 @@ fn attention_backward_key_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builti
     var v30 = vec4<f32>(0.0); var v31 = vec4<f32>(0.0);
     let ds = stream_b(rb.b);
     for (var t = s0; t < p.T; t++) {
-        let q = qkv_at(p.o4, rb.b, t, 0u, rb.h);
+        let q = qkv_at(p.off.o4, rb.b, t, 0u, rb.h);
         let q0 = vec4<f32>(b_qkv4[q + rb.c0]);
         let q1 = vec4<f32>(b_qkv4[q + rb.c1]);
-        let g = row_at(p.o3, rb.b, t, rb.h);
+        let g = row_at(p.off.o3, rb.b, t, rb.h);
         let g0 = vec4<f32>(dout4[g + rb.c0]);
         let g1 = vec4<f32>(dout4[g + rb.c1]);
         let r = (bh * p.T + t) * p.T;
         // column s of row t is below the diagonal when s <= t
-        let d0 = f32(dpreatt[p.o1 + r + s0]);
-        let d1 = select(0.0, f32(dpreatt[p.o1 + r + s1]), s1 <= t);
-        let d2 = select(0.0, f32(dpreatt[p.o1 + r + s2]), s2 <= t);
-        let d3 = select(0.0, f32(dpreatt[p.o1 + r + s3]), s3 <= t);
-        var e0 = f32(b_att[p.o5 + r + s0]);
-        var e1 = select(0.0, f32(b_att[p.o5 + r + s1]), s1 <= t);
-        var e2 = select(0.0, f32(b_att[p.o5 + r + s2]), s2 <= t);
-        var e3 = select(0.0, f32(b_att[p.o5 + r + s3]), s3 <= t);
+        let d0 = f32(dpreatt[p.off.o1 + r + s0]);
+        let d1 = select(0.0, f32(dpreatt[p.off.o1 + r + s1]), s1 <= t);
+        let d2 = select(0.0, f32(dpreatt[p.off.o1 + r + s2]), s2 <= t);
+        let d3 = select(0.0, f32(dpreatt[p.off.o1 + r + s3]), s3 <= t);
+        var e0 = f32(b_att[p.off.o5 + r + s0]);
+        var e1 = select(0.0, f32(b_att[p.off.o5 + r + s1]), s1 <= t);
+        var e2 = select(0.0, f32(b_att[p.off.o5 + r + s2]), s2 <= t);
+        var e3 = select(0.0, f32(b_att[p.off.o5 + r + s3]), s3 <= t);
         if (p.THR != 0u) {
             e0 *= drop_at(ds, rb.h, t, s0); e1 *= drop_at(ds, rb.h, t, s1);
             e2 *= drop_at(ds, rb.h, t, s2); e3 *= drop_at(ds, rb.h, t, s3);
@@ -388,8 +388,8 @@ fn attention_backward_key_value_cpu(@builtin(workgroup_id) w: vec3<u32>, @builti
     for (var i = 0u; i < 4u; i++) {
         let s = rb.r0 + i;
         if (s >= p.T) { break; }
-        let k = qkv_at(p.o0, rb.b, s, 1u, rb.h);
-        let v = qkv_at(p.o0, rb.b, s, 2u, rb.h);
+        let k = qkv_at(p.off.o0, rb.b, s, 1u, rb.h);
+        let v = qkv_at(p.off.o0, rb.b, s, 2u, rb.h);
         dqkv4[k + rb.c0] = vec4<act>(vec4<f32>(dqkv4[k + rb.c0]) + klo[i] * scale);
         dqkv4[v + rb.c0] = vec4<act>(vec4<f32>(dqkv4[v + rb.c0]) + vlo[i]);
         if (rb.second) {

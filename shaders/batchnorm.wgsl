@@ -14,7 +14,7 @@
 // silently, which three passes over B*HW = 32*784 already exceed.
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, C: u32, HW: u32,
     momentum: f32,
 }
@@ -77,25 +77,25 @@ fn batchnorm_forward_train(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_i
     let c = w.x;
     let count = p.B * p.HW;
     var s = 0.0;
-    for (var j = l; j < count; j += WG) { s += inp[p.o5 + at(c, j)]; }
+    for (var j = l; j < count; j += WG) { s += inp[p.off.o5 + at(c, j)]; }
     let m = reduce(l, vec2<f32>(s, 0.0)).x / f32(count);
     var q = 0.0;
-    for (var j = l; j < count; j += WG) { let d = inp[p.o5 + at(c, j)] - m; q += d * d; }
+    for (var j = l; j < count; j += WG) { let d = inp[p.off.o5 + at(c, j)] - m; q += d * d; }
     let v = reduce(l, vec2<f32>(q, 0.0)).x / f32(count);
     let r = 1.0 / sqrt(v + EPS);
-    let wc = weight[p.o6 + c];
-    let bc = bias[p.o7 + c];
+    let wc = weight[p.off.o6 + c];
+    let bc = bias[p.off.o7 + c];
     for (var j = l; j < count; j += WG) {
         let i = at(c, j);
-        out[p.o0 + i] = (inp[p.o5 + i] - m) * r * wc + bc;
+        out[p.off.o0 + i] = (inp[p.off.o5 + i] - m) * r * wc + bc;
     }
     if (l == 0u) {
-        mean[p.o1 + c] = m;
-        rstd[p.o2 + c] = r;
+        mean[p.off.o1 + c] = m;
+        rstd[p.off.o2 + c] = r;
         var unbiased = v;
         if (count > 1u) { unbiased = v * f32(count) / f32(count - 1u); }
-        running_mean[p.o3 + c] = (1.0 - p.momentum) * running_mean[p.o3 + c] + p.momentum * m;
-        running_var[p.o4 + c] = (1.0 - p.momentum) * running_var[p.o4 + c] + p.momentum * unbiased;
+        running_mean[p.off.o3 + c] = (1.0 - p.momentum) * running_mean[p.off.o3 + c] + p.momentum * m;
+        running_var[p.off.o4 + c] = (1.0 - p.momentum) * running_var[p.off.o4 + c] + p.momentum * unbiased;
     }
 }
 
@@ -106,8 +106,8 @@ fn batchnorm_forward_eval(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
     let i = flat(w, n, l);
     if (i >= p.B * p.C * p.HW) { return; }
     let c = (i / p.HW) % p.C;
-    let s = 1.0 / sqrt(e_rvar[p.o5 + c] + EPS);
-    e_out[p.o0 + i] = (e_inp[p.o1 + i] - e_rmean[p.o4 + c]) * s * e_weight[p.o2 + c] + e_bias[p.o3 + c];
+    let s = 1.0 / sqrt(e_rvar[p.off.o5 + c] + EPS);
+    e_out[p.off.o0 + i] = (e_inp[p.off.o1 + i] - e_rmean[p.off.o4 + c]) * s * e_weight[p.off.o2 + c] + e_bias[p.off.o3 + c];
 }
 
 // one workgroup per channel: input, weight and bias gradients of the channel's set
@@ -115,25 +115,25 @@ fn batchnorm_forward_eval(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
 fn batchnorm_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let c = w.x;
     let count = p.B * p.HW;
-    let m = b_mean[p.o6 + c];
-    let s = b_rstd[p.o7 + c];
-    let wc = b_weight[p.o5 + c];
+    let m = b_mean[p.off.o6 + c];
+    let s = b_rstd[p.off.o7 + c];
+    let wc = b_weight[p.off.o5 + c];
     var acc = vec2<f32>(0.0); // (sum dout * norm, sum dout)
     for (var j = l; j < count; j += WG) {
         let i = at(c, j);
-        let d = dout[p.o3 + i];
-        acc += vec2<f32>(d * (b_inp[p.o4 + i] - m) * s, d);
+        let d = dout[p.off.o3 + i];
+        acc += vec2<f32>(d * (b_inp[p.off.o4 + i] - m) * s, d);
     }
     let sums = reduce(l, acc);
     let dm = wc * sums.y / f32(count);   // mean(dnorm)
     let dnn = wc * sums.x / f32(count);  // mean(dnorm * norm)
     for (var j = l; j < count; j += WG) {
         let i = at(c, j);
-        let norm = (b_inp[p.o4 + i] - m) * s;
-        dinp[p.o0 + i] += (dout[p.o3 + i] * wc - dm - norm * dnn) * s;
+        let norm = (b_inp[p.off.o4 + i] - m) * s;
+        dinp[p.off.o0 + i] += (dout[p.off.o3 + i] * wc - dm - norm * dnn) * s;
     }
     if (l == 0u) {
-        dweight[p.o1 + c] += sums.x;
-        dbias[p.o2 + c] += sums.y;
+        dweight[p.off.o1 + c] += sums.x;
+        dbias[p.off.o2 + c] += sums.y;
     }
 }

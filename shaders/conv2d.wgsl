@@ -6,7 +6,7 @@
 // Each backward output has one owner invocation that sums in a fixed order (no atomics).
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, IC: u32, OC: u32, H: u32, W: u32, K: u32, PAD: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,7 +42,7 @@ fn conv2d_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) 
     let y = (idx / WO) % HO;
     let o = (idx / (WO * HO)) % p.OC;
     let b = idx / (WO * HO * p.OC);
-    var acc = bias[p.o3 + o];
+    var acc = bias[p.off.o3 + o];
     for (var i = 0u; i < p.IC; i++) {
         for (var ky = 0u; ky < p.K; ky++) {
             let iy = i32(y + ky) - i32(p.PAD);
@@ -50,12 +50,12 @@ fn conv2d_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) 
             for (var kx = 0u; kx < p.K; kx++) {
                 let ix = i32(x + kx) - i32(p.PAD);
                 if (ix < 0 || ix >= i32(p.W)) { continue; }
-                acc += weight[p.o2 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
-                     * inp[p.o1 + ((b * p.IC + i) * p.H + u32(iy)) * p.W + u32(ix)];
+                acc += weight[p.off.o2 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
+                     * inp[p.off.o1 + ((b * p.IC + i) * p.H + u32(iy)) * p.W + u32(ix)];
             }
         }
     }
-    out[p.o0 + idx] = acc;
+    out[p.off.o0 + idx] = acc;
 }
 
 // Register-blocked variant: one invocation computes 4 output channels x 4 neighbouring columns,
@@ -82,10 +82,10 @@ fn conv2d_forward_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     let x0 = xg * 4u;
     let o0 = og * 4u;
     let KK = p.IC * p.K * p.K;
-    let w0 = p.o2 + min(o0, p.OC - 1u) * KK;
-    let w1 = p.o2 + min(o0 + 1u, p.OC - 1u) * KK;
-    let w2 = p.o2 + min(o0 + 2u, p.OC - 1u) * KK;
-    let w3 = p.o2 + min(o0 + 3u, p.OC - 1u) * KK;
+    let w0 = p.off.o2 + min(o0, p.OC - 1u) * KK;
+    let w1 = p.off.o2 + min(o0 + 1u, p.OC - 1u) * KK;
+    let w2 = p.off.o2 + min(o0 + 2u, p.OC - 1u) * KK;
+    let w3 = p.off.o2 + min(o0 + 3u, p.OC - 1u) * KK;
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
@@ -94,7 +94,7 @@ fn conv2d_forward_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
         for (var ky = 0u; ky < p.K; ky++) {
             let iy = i32(y + ky) - i32(p.PAD);
             if (iy < 0 || iy >= i32(p.H)) { continue; }
-            let row = p.o1 + ((b * p.IC + i) * p.H + u32(iy)) * p.W;
+            let row = p.off.o1 + ((b * p.IC + i) * p.H + u32(iy)) * p.W;
             for (var kx = 0u; kx < p.K; kx++) {
                 let wk = (i * p.K + ky) * p.K + kx;
                 let ix = i32(x0 + kx) - i32(p.PAD);
@@ -110,8 +110,8 @@ fn conv2d_forward_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     for (var j = 0u; j < 4u; j++) {
         let o = o0 + j;
         if (o >= p.OC) { break; }
-        let bj = bias[p.o3 + o];
-        let base = p.o0 + ((b * p.OC + o) * HO + y) * WO;
+        let bj = bias[p.off.o3 + o];
+        let base = p.off.o0 + ((b * p.OC + o) * HO + y) * WO;
         let a = acc[j];
         for (var xi = 0u; xi < 4u; xi++) {
             if (x0 + xi < WO) { out[base + x0 + xi] = a[xi] + bj; }
@@ -139,12 +139,12 @@ fn conv2d_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workg
             for (var kx = 0u; kx < p.K; kx++) {
                 let x = i32(ix + p.PAD) - i32(kx);
                 if (x < 0 || x >= i32(WO)) { continue; }
-                acc += b_weight[p.o5 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
-                     * dout[p.o3 + ((b * p.OC + o) * HO + u32(y)) * WO + u32(x)];
+                acc += b_weight[p.off.o5 + ((o * p.IC + i) * p.K + ky) * p.K + kx]
+                     * dout[p.off.o3 + ((b * p.OC + o) * HO + u32(y)) * WO + u32(x)];
             }
         }
     }
-    dinp[p.o0 + idx] += acc;
+    dinp[p.off.o0 + idx] += acc;
 }
 
 // Register-blocked input gradient: 4 input channels x 4 neighbouring columns per invocation.
@@ -178,11 +178,11 @@ fn conv2d_backward_input_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
     for (var o = 0u; o < p.OC; o++) {
-        let wo_ = p.o5 + o * p.IC * KK;
+        let wo_ = p.off.o5 + o * p.IC * KK;
         for (var ky = 0u; ky < p.K; ky++) {
             let y = i32(iy + p.PAD) - i32(ky);
             if (y < 0 || y >= i32(HO)) { continue; }
-            let row = p.o3 + ((b * p.OC + o) * HO + u32(y)) * WO;
+            let row = p.off.o3 + ((b * p.OC + o) * HO + u32(y)) * WO;
             for (var kx = 0u; kx < p.K; kx++) {
                 let x = i32(x0 + p.PAD) - i32(kx);
                 let v = vec4<f32>(ld_dout(row, x, WO), ld_dout(row, x + 1, WO), ld_dout(row, x + 2, WO), ld_dout(row, x + 3, WO));
@@ -198,7 +198,7 @@ fn conv2d_backward_input_x4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     for (var j = 0u; j < 4u; j++) {
         let i = i0 + j;
         if (i >= p.IC) { break; }
-        let base = p.o0 + ((b * p.IC + i) * p.H + iy) * p.W;
+        let base = p.off.o0 + ((b * p.IC + i) * p.H + iy) * p.W;
         let a = acc[j];
         for (var xi = 0u; xi < 4u; xi++) {
             if (x0 + xi < p.W) { dinp[base + x0 + xi] += a[xi]; }
@@ -223,8 +223,8 @@ fn conv2d_backward_weight(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
         for (var y = 0u; y < HO; y++) {
             let iy = i32(y + ky) - i32(p.PAD);
             if (iy < 0 || iy >= i32(p.H)) { continue; }
-            let drow = p.o3 + ((b * p.OC + o) * HO + y) * WO;
-            let irow = p.o4 + ((b * p.IC + i) * p.H + u32(iy)) * p.W;
+            let drow = p.off.o3 + ((b * p.OC + o) * HO + y) * WO;
+            let irow = p.off.o4 + ((b * p.IC + i) * p.H + u32(iy)) * p.W;
             for (var x = 0u; x < WO; x++) {
                 let ix = i32(x + kx) - i32(p.PAD);
                 if (ix < 0 || ix >= i32(p.W)) { continue; }
@@ -232,7 +232,7 @@ fn conv2d_backward_weight(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
             }
         }
     }
-    dweight[p.o1 + idx] += acc;
+    dweight[p.off.o1 + idx] += acc;
 }
 
 // one invocation per output channel
@@ -244,8 +244,8 @@ fn conv2d_backward_bias(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let HW = ho() * wo();
     var acc = 0.0;
     for (var b = 0u; b < p.B; b++) {
-        let base = p.o3 + (b * p.OC + o) * HW;
+        let base = p.off.o3 + (b * p.OC + o) * HW;
         for (var k = 0u; k < HW; k++) { acc += dout[base + k]; }
     }
-    dbias[p.o2 + o] += acc;
+    dbias[p.off.o2 + o] += acc;
 }

@@ -33,7 +33,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32, V: u32,
     dloss: f32,
     V0: u32,    // chunk kernels: the chunk's first column
@@ -110,17 +110,17 @@ fn crossentropy_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
                         @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    if (l == 0u) { row_target = targets[p.o2 + row]; }
+    if (l == 0u) { row_target = targets[p.off.o2 + row]; }
     let tgt = workgroupUniformLoad(&row_target);
     if (tgt == IGNORE) {
-        if (l == 0u) { losses[p.o0 + row] = 0.0; }
+        if (l == 0u) { losses[p.off.o0 + row] = 0.0; }
         return;
     }
-    let x = p.o1 + row * p.V;
+    let x = p.off.o1 + row * p.V;
     var ms = vec2<f32>(LOWEST, 0.0);
     for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(logits[x + v])); }
     let st = row_stats(l, ms);
-    if (l == 0u) { losses[p.o0 + row] = act(log(st.y) + st.x - f32(logits[x + tgt])); }
+    if (l == 0u) { losses[p.off.o0 + row] = act(log(st.y) + st.x - f32(logits[x + tgt])); }
 }
 
 // one workgroup: strided partial sums, then a tree in workgroup memory (fixed order: deterministic)
@@ -131,8 +131,8 @@ fn crossentropy_reduce(@builtin(local_invocation_index) l: u32) {
     var s = 0.0;
     var c = 0.0;
     for (var i = l; i < p.N; i += WG) {
-        if (r_targets[p.o2 + i] != IGNORE) {
-            s += f32(r_losses[p.o1 + i]);
+        if (r_targets[p.off.o2 + i] != IGNORE) {
+            s += f32(r_losses[p.off.o1 + i]);
             c += 1.0;
         }
     }
@@ -147,8 +147,8 @@ fn crossentropy_reduce(@builtin(local_invocation_index) l: u32) {
         workgroupBarrier();
     }
     if (l == 0u) {
-        totals[p.o0] += part_loss[0];
-        totals[p.o0 + 1u] += part_count[0];
+        totals[p.off.o0] += part_loss[0];
+        totals[p.off.o0 + 1u] += part_count[0];
     }
 }
 
@@ -158,15 +158,15 @@ fn crossentropy_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workg
                          @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    if (l == 0u) { row_target = b_targets[p.o2 + row]; }
+    if (l == 0u) { row_target = b_targets[p.off.o2 + row]; }
     let tgt = workgroupUniformLoad(&row_target);
     if (tgt == IGNORE) { return; }
-    let x = p.o1 + row * p.V;
+    let x = p.off.o1 + row * p.V;
     var ms = vec2<f32>(LOWEST, 0.0);
     for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(b_logits[x + v])); }
     let st = row_stats(l, ms);
     let inv = 1.0 / st.y;
-    let d = p.o0 + row * p.V;
+    let d = p.off.o0 + row * p.V;
     for (var v = l; v < p.V; v += WG) {
         var g = exp(f32(b_logits[x + v]) - st.x) * inv;
         if (v == tgt) { g -= 1.0; }
@@ -180,15 +180,15 @@ fn crossentropy_chunk_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
                               @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    if (l == 0u) { row_target = c_targets[p.o2 + row]; }
+    if (l == 0u) { row_target = c_targets[p.off.o2 + row]; }
     let tgt = workgroupUniformLoad(&row_target);
     if (tgt == IGNORE) { return; }
-    let x = p.o1 + row * p.V;
+    let x = p.off.o1 + row * p.V;
     var ms = vec2<f32>(LOWEST, 0.0);
     for (var v = l; v < p.V; v += WG) { ms = online(ms, f32(c_logits[x + v])); }
     let st = row_stats(l, ms);
     if (l == 0u) {
-        let s = p.o0 + row * 4u;
+        let s = p.off.o0 + row * 4u;
         var m = st.x;
         var sum = st.y;
         var t = 0.0;
@@ -211,14 +211,14 @@ fn crossentropy_chunk_finish(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
                              @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n) * WG + l;
     if (row >= p.N) { return; }
-    if (f_targets[p.o2 + row] == IGNORE) {
-        f_losses[p.o0 + row] = 0.0;
+    if (f_targets[p.off.o2 + row] == IGNORE) {
+        f_losses[p.off.o0 + row] = 0.0;
         return;
     }
-    let s = p.o1 + row * 4u;
+    let s = p.off.o1 + row * 4u;
     let m = f_state[s];
     let log_s = log(f_state[s + 1u]);
-    f_losses[p.o0 + row] = act(log_s + m - f_state[s + 2u]);
+    f_losses[p.off.o0 + row] = act(log_s + m - f_state[s + 2u]);
     f_state[s + 3u] = m + log_s;
 }
 
@@ -228,14 +228,14 @@ fn crossentropy_chunk_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num
                                @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    let tgt = cb_targets[p.o3 + row];
-    let d = p.o0 + row * p.V;
+    let tgt = cb_targets[p.off.o3 + row];
+    let d = p.off.o0 + row * p.V;
     if (tgt == IGNORE) {
         for (var v = l; v < p.V; v += WG) { cb_dlogits[d + v] = 0.0; }
         return;
     }
-    let x = p.o1 + row * p.V;
-    let lse = cb_state[p.o2 + row * 4u + 3u];
+    let x = p.off.o1 + row * p.V;
+    let lse = cb_state[p.off.o2 + row * 4u + 3u];
     for (var v = l; v < p.V; v += WG) {
         var g = exp(f32(cb_logits[x + v]) - lse);
         if (p.V0 + v == tgt) { g -= 1.0; }

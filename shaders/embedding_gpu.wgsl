@@ -18,7 +18,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, T: u32, C: u32,
     v0: u32, vn: u32, // the rows of the embedding bound as dwte
 }
@@ -41,7 +41,7 @@ fn encoder_backward_buckets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     if (i >= bt * p.C) { return; }
     let k = i / p.C;
     let c = i % p.C;
-    let base = p.o2;
+    let base = p.off.o2;
     if (k >= buckets[base]) { return; }
     let tok = buckets[base + 1u + 2u * bt + 1u + k];
     if (tok < p.v0 || tok - p.v0 >= p.vn) { return; }
@@ -50,8 +50,8 @@ fn encoder_backward_buckets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     var s = 0.0;
     for (var j = first; j < last; j++) {
         let row = buckets[base + 1u + j];
-        s += f32(dout[p.o1 + row * p.C + c]);
+        s += f32(dout[p.off.o1 + row * p.C + c]);
     }
-    let o = p.o0 + (tok - p.v0) * p.C + c;
+    let o = p.off.o0 + (tok - p.v0) * p.C + c;
     dwte[o] = dwte[o] + s;
 }

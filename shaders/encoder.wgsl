@@ -13,7 +13,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, T: u32, C: u32,
     v0: u32, vn: u32, // the rows of the embedding bound as wte / dwte
 }
@@ -42,9 +42,9 @@ fn encoder_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups)
     let bt = i / p.C;
     let c = i % p.C;
     let t = bt % p.T;
-    let tok = inp[p.o1 + bt];
+    let tok = inp[p.off.o1 + bt];
     if (tok < p.v0 || tok - p.v0 >= p.vn) { return; }
-    out[p.o0 + i] = act(wte[p.o2 + (tok - p.v0) * p.C + c] + wpe[p.o3 + t * p.C + c]);
+    out[p.off.o0 + i] = act(wte[p.off.o2 + (tok - p.v0) * p.C + c] + wpe[p.off.o3 + t * p.C + c]);
 }
 
 // one invocation per channel c walks every position in order: tokens repeat, so a thread per
@@ -55,10 +55,10 @@ fn encoder_backward_wte(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let c = flat(w, n, l);
     if (c >= p.C) { return; }
     for (var bt = 0u; bt < p.B * p.T; bt++) {
-        let tok = inp_b[p.o3 + bt];
+        let tok = inp_b[p.off.o3 + bt];
         if (tok >= p.v0 && tok - p.v0 < p.vn) {
-            let i = p.o0 + (tok - p.v0) * p.C + c;
-            dwte[i] = dwte[i] + f32(dout[p.o2 + bt * p.C + c]);
+            let i = p.off.o0 + (tok - p.v0) * p.C + c;
+            dwte[i] = dwte[i] + f32(dout[p.off.o2 + bt * p.C + c]);
         }
     }
 }
@@ -73,7 +73,7 @@ fn encoder_backward_wpe(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let c = i % p.C;
     var s = 0.0;
     for (var b = 0u; b < p.B; b++) {
-        s += f32(dout[p.o2 + (b * p.T + t) * p.C + c]);
+        s += f32(dout[p.off.o2 + (b * p.T + t) * p.C + c]);
     }
-    dwpe[p.o1 + i] += s;
+    dwpe[p.off.o1 + i] += s;
 }

@@ -25,7 +25,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, T: u32, C: u32, NH: u32,
     // dropout: the first sequence in the micro-batch, the site, the threshold, 1/(1-p)
     S0: u32, SITE: u32, THR: u32, SCALE: f32,
@@ -71,11 +71,11 @@ var<workgroup> tile_d: array<f32, BQ>;
 // dropped one, 1 / (1 - p) for a kept one; 1 without dropout).
 fn stream_f(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_f[p.o3], key_f[p.o3 + 1u], p.SITE, key_f[p.o3 + 2u] + p.S0 + b);
+    return dropout_stream(key_f[p.off.o3], key_f[p.off.o3 + 1u], p.SITE, key_f[p.off.o3 + 2u] + p.S0 + b);
 }
 fn stream_b(b: u32) -> u32 {
     if (p.THR == 0u) { return 0u; }
-    return dropout_stream(key_b[p.o6], key_b[p.o6 + 1u], p.SITE, key_b[p.o6 + 2u] + p.S0 + b);
+    return dropout_stream(key_b[p.off.o6], key_b[p.off.o6 + 1u], p.SITE, key_b[p.off.o6 + 2u] + p.S0 + b);
 }
 fn attn_keep(stream: u32, h: u32, t: u32, j: u32) -> f32 {
     return dropout_factor(stream, (h * p.T + t) * p.T + j, p.THR, p.SCALE);
@@ -125,7 +125,7 @@ fn load_kv_tile_forward(b: u32, h: u32, k0: u32, l: u32) {
         let at = kv_tile_at(b, h, k0, e);
         var kv = vec4<f32>(0.0);
         var vv = vec4<f32>(0.0);
-        if (at.x != 0xffffffffu) { kv = ld_qkv(p.o2 + at.x); vv = ld_qkv(p.o2 + at.x + p.C); }
+        if (at.x != 0xffffffffu) { kv = ld_qkv(p.off.o2 + at.x); vv = ld_qkv(p.off.o2 + at.x + p.C); }
         tile_k[at.y] = kv;
         tile_v[at.y] = vv;
     }
@@ -135,7 +135,7 @@ fn load_kv_tile_backward(b: u32, h: u32, k0: u32, l: u32) {
         let at = kv_tile_at(b, h, k0, e);
         var kv = vec4<f32>(0.0);
         var vv = vec4<f32>(0.0);
-        if (at.x != 0xffffffffu) { kv = ld_bqkv(p.o3 + at.x); vv = ld_bqkv(p.o3 + at.x + p.C); }
+        if (at.x != 0xffffffffu) { kv = ld_bqkv(p.off.o3 + at.x); vv = ld_bqkv(p.off.o3 + at.x + p.C); }
         tile_k[at.y] = kv;
         tile_v[at.y] = vv;
     }
@@ -155,7 +155,7 @@ fn flash_attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wor
     // q, pre-scaled by 1/sqrt(hs); a row past T computes on the last row and writes nothing
     var q: array<vec4<f32>, HS4>;
     var acc: array<vec4<f32>, HS4>;
-    let qa = p.o2 + (blk.b * p.T + min(t, p.T - 1u)) * 3u * p.C + blk.h * hs;
+    let qa = p.off.o2 + (blk.b * p.T + min(t, p.T - 1u)) * 3u * p.C + blk.h * hs;
     for (var i = 0u; i < HS4; i++) {
         if (i < hs4) { q[i] = ld_qkv(qa + 4u * i) * scale; }
     }
@@ -191,7 +191,7 @@ fn flash_attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wor
     }
     if (live) {
         let inv = 1.0 / sum;
-        let o = p.o0 + (blk.b * p.T + t) * p.C + blk.h * hs;
+        let o = p.off.o0 + (blk.b * p.T + t) * p.C + blk.h * hs;
         for (var i = 0u; i < HS4; i++) {
             if (i < hs4) {
                 let y = acc[i] * inv;
@@ -201,7 +201,7 @@ fn flash_attention_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wor
                 out[o + 4u * i + 3u] = act(y.w);
             }
         }
-        lse[p.o1 + blk.bh * p.T + t] = m + log(sum);
+        lse[p.off.o1 + blk.bh * p.T + t] = m + log(sum);
     }
 }
 
@@ -221,17 +221,17 @@ fn flash_attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(
     var q: array<vec4<f32>, HS4>;
     var g: array<vec4<f32>, HS4>;
     var dq: array<vec4<f32>, HS4>;
-    let qa = p.o3 + (blk.b * p.T + tc) * 3u * p.C + blk.h * hs;
+    let qa = p.off.o3 + (blk.b * p.T + tc) * 3u * p.C + blk.h * hs;
     let ga = (blk.b * p.T + tc) * p.C + blk.h * hs;
     var dd = 0.0;
     for (var i = 0u; i < HS4; i++) {
         if (i < hs4) {
             q[i] = ld_bqkv(qa + 4u * i) * scale;
-            g[i] = ld_dout(p.o2 + ga + 4u * i);
-            dd += dot(g[i], ld_bout(p.o4 + ga + 4u * i));
+            g[i] = ld_dout(p.off.o2 + ga + 4u * i);
+            dd += dot(g[i], ld_bout(p.off.o4 + ga + 4u * i));
         }
     }
-    let row_lse = b_lse[p.o5 + blk.bh * p.T + tc];
+    let row_lse = b_lse[p.off.o5 + blk.bh * p.T + tc];
     let drs = stream_b(blk.b);
     let kend = min(blk.r0 + BR, p.T);
     for (var k0 = 0u; k0 < kend; k0 += BC) {
@@ -254,9 +254,9 @@ fn flash_attention_backward_query(@builtin(workgroup_id) w: vec3<u32>, @builtin(
     }
     if (live) {
         for (var i = 0u; i < HS4; i++) {
-            if (i < hs4) { add_dqkv(p.o0 + (blk.b * p.T + t) * 3u * p.C + blk.h * hs + 4u * i, dq[i] * scale); }
+            if (i < hs4) { add_dqkv(p.off.o0 + (blk.b * p.T + t) * 3u * p.C + blk.h * hs + 4u * i, dq[i] * scale); }
         }
-        dsum[p.o1 + blk.bh * p.T + t] = dd;
+        dsum[p.off.o1 + blk.bh * p.T + t] = dd;
     }
 }
 
@@ -272,7 +272,7 @@ fn flash_attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @buil
     let scale = 1.0 / sqrt(f32(hs));
     let j = blk.r0 + l;
     let live = j < p.T;
-    let ka = p.o3 + (blk.b * p.T + min(j, p.T - 1u)) * 3u * p.C + p.C + blk.h * hs;
+    let ka = p.off.o3 + (blk.b * p.T + min(j, p.T - 1u)) * 3u * p.C + p.C + blk.h * hs;
     var k: array<vec4<f32>, HS4>;
     var v: array<vec4<f32>, HS4>;
     var dk: array<vec4<f32>, HS4>;
@@ -294,16 +294,16 @@ fn flash_attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @buil
             var qv = vec4<f32>(0.0);
             var gv = vec4<f32>(0.0);
             if (tq < p.T) {
-                qv = ld_bqkv(p.o3 + (blk.b * p.T + tq) * 3u * p.C + blk.h * hs + 4u * i);
-                gv = ld_dout(p.o2 + (blk.b * p.T + tq) * p.C + blk.h * hs + 4u * i);
+                qv = ld_bqkv(p.off.o3 + (blk.b * p.T + tq) * 3u * p.C + blk.h * hs + 4u * i);
+                gv = ld_dout(p.off.o2 + (blk.b * p.T + tq) * p.C + blk.h * hs + 4u * i);
             }
             tile_q[r * HS4 + i] = qv;
             tile_g[r * HS4 + i] = gv;
         }
         if (l < BQ) {
             let tq = min(q0 + l, p.T - 1u);
-            tile_lse[l] = b_lse[p.o5 + blk.bh * p.T + tq];
-            tile_d[l] = dsum[p.o1 + blk.bh * p.T + tq];
+            tile_lse[l] = b_lse[p.off.o5 + blk.bh * p.T + tq];
+            tile_d[l] = dsum[p.off.o1 + blk.bh * p.T + tq];
         }
         workgroupBarrier();
         for (var r = 0u; r < BQ; r++) {
@@ -327,7 +327,7 @@ fn flash_attention_backward_key_value(@builtin(workgroup_id) w: vec3<u32>, @buil
         }
     }
     if (live) {
-        let a = p.o0 + (blk.b * p.T + j) * 3u * p.C + p.C + blk.h * hs;
+        let a = p.off.o0 + (blk.b * p.T + j) * 3u * p.C + p.C + blk.h * hs;
         for (var i = 0u; i < HS4; i++) {
             if (i < hs4) {
                 add_dqkv(a + 4u * i, dk[i] * scale);

@@ -7,7 +7,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,7 +27,7 @@ fn gelu_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n:
                 @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    out[p.o0 + i] = act(gelu(f32(inp[p.o1 + i])));
+    out[p.off.o0 + i] = act(gelu(f32(inp[p.off.o1 + i])));
 }
 
 @compute @workgroup_size(64)
@@ -35,5 +35,5 @@ fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n
                  @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    dinp[p.o0 + i] = act(f32(dinp[p.o0 + i]) + gelu_grad(f32(b_inp[p.o1 + i])) * f32(dout[p.o2 + i]));
+    dinp[p.off.o0 + i] = act(f32(dinp[p.off.o0 + i]) + gelu_grad(f32(b_inp[p.off.o1 + i])) * f32(dout[p.off.o2 + i]));
 }

@@ -9,7 +9,7 @@
 //   scale_by_inverse_count: x *= 1 / totals[1], the window's real count of targets.
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
     groups: u32,
     s: f32,
@@ -43,23 +43,23 @@ fn grad_norm_partial(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocat
     let g = w.x;
     var s = 0.0;
     for (var i = g * WG + l; i < p.N; i += p.groups * WG) {
-        let v = grads[p.o1 + i];
+        let v = grads[p.off.o1 + i];
         s += v * v;
     }
     part[l] = s;
     tree(l);
-    if (l == 0u) { partials[p.o0 + g] = part[0]; }
+    if (l == 0u) { partials[p.off.o0 + g] = part[0]; }
 }
 
 @compute @workgroup_size(64)
 fn grad_norm_final(@builtin(local_invocation_index) l: u32) {
     var s = 0.0;
-    for (var i = l; i < p.groups; i += WG) { s += f_partials[p.o1 + i]; }
+    for (var i = l; i < p.groups; i += WG) { s += f_partials[p.off.o1 + i]; }
     part[l] = s;
     tree(l);
     if (l == 0u) {
-        norm[p.o0] = sqrt(part[0]);
-        norm[p.o0 + 1u] = part[0];
+        norm[p.off.o0] = sqrt(part[0]);
+        norm[p.off.o0 + 1u] = part[0];
     }
 }
 
@@ -68,7 +68,7 @@ fn scale(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u
          @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    x[p.o0 + i] *= p.s;
+    x[p.off.o0 + i] *= p.s;
 }
 
 @compute @workgroup_size(64)
@@ -76,8 +76,8 @@ fn clip_by_norm(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n:
                 @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    let c = min(1.0, p.s / (by[p.o1] + 1e-6));
-    x[p.o0 + i] *= c;
+    let c = min(1.0, p.s / (by[p.off.o1] + 1e-6));
+    x[p.off.o0 + i] *= c;
 }
 
 @compute @workgroup_size(64)
@@ -85,5 +85,5 @@ fn scale_by_inverse_count(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
                           @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    x[p.o0 + i] *= 1.0 / max(by[p.o1 + 1u], 1.0);
+    x[p.off.o0 + i] *= 1.0 / max(by[p.off.o1 + 1u], 1.0);
 }

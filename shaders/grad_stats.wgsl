@@ -16,7 +16,7 @@
 // statistic's segments are consecutive in packing order).
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     // grad_stats_partial: this buffer's segments [p0, p1), its first global workgroup, its
     // workgroup count, elements per workgroup; grad_stats_final: t0 = the statistics' table
     p0: u32,
@@ -65,29 +65,29 @@ fn grad_stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     var hi = p.p1;
     while (hi - lo > 1u) {
         let mid = (lo + hi) / 2u;
-        if (table[p.o3 + 3u * mid] <= gw) { lo = mid; } else { hi = mid; }
+        if (table[p.off.o3 + 3u * mid] <= gw) { lo = mid; } else { hi = mid; }
     }
-    let first = table[p.o3 + 3u * lo];
-    let at = table[p.o3 + 3u * lo + 1u];
-    let len = table[p.o3 + 3u * lo + 2u];
+    let first = table[p.off.o3 + 3u * lo];
+    let at = table[p.off.o3 + 3u * lo + 1u];
+    let len = table[p.off.o3 + 3u * lo + 2u];
     let start = (gw - first) * p.chunk;
     let end = min(start + p.chunk, len);
     var s = 0.0;
     var d = 0.0;
     for (var i = start + l; i < end; i += WG) {
-        let g = grads[p.o2 + at + i];
-        let q = prev[p.o1 + at + i];
+        let g = grads[p.off.o2 + at + i];
+        let q = prev[p.off.o1 + at + i];
         let x = g - q;
         s += x * x;
         d += x * q;
-        prev[p.o1 + at + i] = g;
+        prev[p.off.o1 + at + i] = g;
     }
     sq[l] = s;
     dt[l] = d;
     tree(l);
     if (l == 0u) {
-        partials[p.o0 + 2u * gw] = sq[0];
-        partials[p.o0 + 2u * gw + 1u] = dt[0];
+        partials[p.off.o0 + 2u * gw] = sq[0];
+        partials[p.off.o0 + 2u * gw + 1u] = dt[0];
     }
 }
 
@@ -96,19 +96,19 @@ fn grad_stats_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) l: u32) {
     let t = wid.x + wid.y * nw.x;
     if (t >= p.wgs) { return; }
-    let a = f_table[p.o2 + p.t0 + 2u * t];
-    let b = f_table[p.o2 + p.t0 + 2u * t + 1u];
+    let a = f_table[p.off.o2 + p.t0 + 2u * t];
+    let b = f_table[p.off.o2 + p.t0 + 2u * t + 1u];
     var s = 0.0;
     var d = 0.0;
     for (var i = a + l; i < b; i += WG) {
-        s += f_partials[p.o1 + 2u * i];
-        d += f_partials[p.o1 + 2u * i + 1u];
+        s += f_partials[p.off.o1 + 2u * i];
+        d += f_partials[p.off.o1 + 2u * i + 1u];
     }
     sq[l] = s;
     dt[l] = d;
     tree(l);
     if (l == 0u) {
-        stats[p.o0 + 2u * t] = sq[0];
-        stats[p.o0 + 2u * t + 1u] = dt[0];
+        stats[p.off.o0 + 2u * t] = sq[0];
+        stats[p.off.o0 + 2u * t + 1u] = dt[0];
     }
 }

@@ -11,7 +11,7 @@
 // as it does to rows.wgsl (a tree in `groupnorm`, subgroup sums in `groupnorm_subgroup`).
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, C: u32, HW: u32, G: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,18 +49,18 @@ fn groupnorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     let start = (b * p.C + g * cg) * p.HW;
     let count = cg * p.HW;
     var m = 0.0;
-    for (var k = 0u; k < count; k++) { m += inp[p.o3 + start + k]; }
+    for (var k = 0u; k < count; k++) { m += inp[p.off.o3 + start + k]; }
     m = m / f32(count);
     var v = 0.0;
-    for (var k = 0u; k < count; k++) { let d = inp[p.o3 + start + k] - m; v += d * d; }
+    for (var k = 0u; k < count; k++) { let d = inp[p.off.o3 + start + k] - m; v += d * d; }
     v = v / f32(count);
     let s = 1.0 / sqrt(v + EPS);
     for (var k = 0u; k < count; k++) {
         let c = g * cg + k / p.HW;
-        out[p.o0 + start + k] = (inp[p.o3 + start + k] - m) * s * weight[p.o4 + c] + bias[p.o5 + c];
+        out[p.off.o0 + start + k] = (inp[p.off.o3 + start + k] - m) * s * weight[p.off.o4 + c] + bias[p.off.o5 + c];
     }
-    mean[p.o1 + bg] = m;
-    rstd[p.o2 + bg] = s;
+    mean[p.off.o1 + bg] = m;
+    rstd[p.off.o2 + bg] = s;
 }
 
 // one invocation per (b, group): the input gradient
@@ -74,14 +74,14 @@ fn groupnorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     let b = bg / p.G;
     let start = (b * p.C + g * cg) * p.HW;
     let count = cg * p.HW;
-    let m = b_mean[p.o6 + bg];
-    let s = b_rstd[p.o7 + bg];
+    let m = b_mean[p.off.o6 + bg];
+    let s = b_rstd[p.off.o7 + bg];
     var dm = 0.0;
     var dnn = 0.0;
     for (var k = 0u; k < count; k++) {
         let c = g * cg + k / p.HW;
-        let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + c];
+        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
+        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + c];
         dm += dn;
         dnn += dn * norm;
     }
@@ -89,9 +89,9 @@ fn groupnorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
     dnn = dnn / f32(count);
     for (var k = 0u; k < count; k++) {
         let c = g * cg + k / p.HW;
-        let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + c];
-        dinp[p.o0 + start + k] += (dn - dm - norm * dnn) * s;
+        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
+        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + c];
+        dinp[p.off.o0 + start + k] += (dn - dm - norm * dnn) * s;
     }
 }
 
@@ -109,8 +109,8 @@ fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
     for (var j = l; j < p.B * p.HW; j += WG) {
         let b = j / p.HW;
         let i = (b * p.C + c) * p.HW + j % p.HW;
-        let d = dout[p.o3 + i];
-        acc += vec2<f32>(d * (b_inp[p.o4 + i] - b_mean[p.o6 + b * p.G + g]) * b_rstd[p.o7 + b * p.G + g], d);
+        let d = dout[p.off.o3 + i];
+        acc += vec2<f32>(d * (b_inp[p.off.o4 + i] - b_mean[p.off.o6 + b * p.G + g]) * b_rstd[p.off.o7 + b * p.G + g], d);
     }
     part[l] = acc;
     workgroupBarrier();
@@ -119,8 +119,8 @@ fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
         workgroupBarrier();
     }
     if (l == 0u) {
-        dweight[p.o1 + c] += part[0].x;
-        dbias[p.o2 + c] += part[0].y;
+        dweight[p.off.o1 + c] += part[0].x;
+        dbias[p.off.o2 + c] += part[0].y;
     }
 }
 
@@ -148,18 +148,18 @@ fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
     let start = gs.start;
     let count = gs.count;
     var s = 0.0;
-    for (var k = l; k < count; k += WG) { s += inp[p.o3 + start + k]; }
+    for (var k = l; k < count; k += WG) { s += inp[p.off.o3 + start + k]; }
     let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(count);
     var v = 0.0;
-    for (var k = l; k < count; k += WG) { let d = inp[p.o3 + start + k] - m; v += d * d; }
+    for (var k = l; k < count; k += WG) { let d = inp[p.off.o3 + start + k] - m; v += d * d; }
     let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(count) + EPS);
     for (var k = l; k < count; k += WG) {
         let c = gs.c0 + k / p.HW;
-        out[p.o0 + start + k] = (inp[p.o3 + start + k] - m) * rs * weight[p.o4 + c] + bias[p.o5 + c];
+        out[p.off.o0 + start + k] = (inp[p.off.o3 + start + k] - m) * rs * weight[p.off.o4 + c] + bias[p.off.o5 + c];
     }
     if (l == 0u) {
-        mean[p.o1 + bg] = m;
-        rstd[p.o2 + bg] = rs;
+        mean[p.off.o1 + bg] = m;
+        rstd[p.off.o2 + bg] = rs;
     }
 }
 
@@ -172,19 +172,19 @@ fn groupnorm_backward_input_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
     let bg = gs.bg;
     let start = gs.start;
     let count = gs.count;
-    let m = b_mean[p.o6 + bg];
-    let s = b_rstd[p.o7 + bg];
+    let m = b_mean[p.off.o6 + bg];
+    let s = b_rstd[p.off.o7 + bg];
     var acc = vec2<f32>(0.0);
     for (var k = l; k < count; k += WG) {
-        let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + gs.c0 + k / p.HW];
+        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
+        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + gs.c0 + k / p.HW];
         acc += vec2<f32>(dn, dn * norm);
     }
     // (mean_set(dnorm), mean_set(dnorm * norm))
     let r = row_sum2(acc, l) / f32(count);
     for (var k = l; k < count; k += WG) {
-        let norm = (b_inp[p.o4 + start + k] - m) * s;
-        let dn = dout[p.o3 + start + k] * b_weight[p.o5 + gs.c0 + k / p.HW];
-        dinp[p.o0 + start + k] += (dn - r.x - norm * r.y) * s;
+        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
+        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + gs.c0 + k / p.HW];
+        dinp[p.off.o0 + start + k] += (dn - r.x - norm * r.y) * s;
     }
 }

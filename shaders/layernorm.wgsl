@@ -10,7 +10,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32, C: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,7 +43,7 @@ fn layernorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
                      @builtin(local_invocation_index) l: u32) {
     let row = flat(w, n, l);
     if (row >= p.N) { return; }
-    let x = p.o3 + row * p.C;
+    let x = p.off.o3 + row * p.C;
     var m = 0.0;
     for (var i = 0u; i < p.C; i++) { m += f32(inp[x + i]); }
     m = m / f32(p.C);
@@ -51,12 +51,12 @@ fn layernorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
     for (var i = 0u; i < p.C; i++) { let d = f32(inp[x + i]) - m; v += d * d; }
     v = v / f32(p.C);
     let s = 1.0 / sqrt(v + EPS);
-    let y = p.o0 + row * p.C;
+    let y = p.off.o0 + row * p.C;
     for (var i = 0u; i < p.C; i++) {
-        out[y + i] = act((f32(inp[x + i]) - m) * s * weight[p.o4 + i] + bias[p.o5 + i]);
+        out[y + i] = act((f32(inp[x + i]) - m) * s * weight[p.off.o4 + i] + bias[p.off.o5 + i]);
     }
-    mean[p.o1 + row] = act(m);
-    rstd[p.o2 + row] = act(s);
+    mean[p.off.o1 + row] = act(m);
+    rstd[p.off.o2 + row] = act(s);
 }
 
 // one invocation per row: the input gradient
@@ -65,24 +65,24 @@ fn layernorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
                             @builtin(local_invocation_index) l: u32) {
     let row = flat(w, n, l);
     if (row >= p.N) { return; }
-    let x = p.o4 + row * p.C;
-    let g = p.o3 + row * p.C;
-    let m = f32(b_mean[p.o6 + row]);
-    let s = f32(b_rstd[p.o7 + row]);
+    let x = p.off.o4 + row * p.C;
+    let g = p.off.o3 + row * p.C;
+    let m = f32(b_mean[p.off.o6 + row]);
+    let s = f32(b_rstd[p.off.o7 + row]);
     var dnorm_mean = 0.0;
     var dnorm_norm_mean = 0.0;
     for (var i = 0u; i < p.C; i++) {
         let norm = (f32(b_inp[x + i]) - m) * s;
-        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
+        let dnorm = b_weight[p.off.o5 + i] * f32(dout[g + i]);
         dnorm_mean += dnorm;
         dnorm_norm_mean += dnorm * norm;
     }
     dnorm_mean = dnorm_mean / f32(p.C);
     dnorm_norm_mean = dnorm_norm_mean / f32(p.C);
-    let d = p.o0 + row * p.C;
+    let d = p.off.o0 + row * p.C;
     for (var i = 0u; i < p.C; i++) {
         let norm = (f32(b_inp[x + i]) - m) * s;
-        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
+        let dnorm = b_weight[p.off.o5 + i] * f32(dout[g + i]);
         dinp[d + i] = act(f32(dinp[d + i]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
     }
 }
@@ -96,11 +96,11 @@ fn layernorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
     var dw = 0.0;
     var db = 0.0;
     for (var row = 0u; row < p.N; row++) {
-        let norm = (f32(b_inp[p.o4 + row * p.C + c]) - f32(b_mean[p.o6 + row])) * f32(b_rstd[p.o7 + row]);
-        let g = f32(dout[p.o3 + row * p.C + c]);
+        let norm = (f32(b_inp[p.off.o4 + row * p.C + c]) - f32(b_mean[p.off.o6 + row])) * f32(b_rstd[p.off.o7 + row]);
+        let g = f32(dout[p.off.o3 + row * p.C + c]);
         dw += g * norm;
         db += g;
     }
-    dweight[p.o1 + c] += dw;
-    dbias[p.o2 + c] += db;
+    dweight[p.off.o1 + c] += dw;
+    dbias[p.off.o2 + c] += db;
 }

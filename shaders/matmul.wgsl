@@ -12,7 +12,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     M: u32, K: u32, N: u32,
     has_bias: u32,
 }
@@ -47,17 +47,17 @@ fn matmul_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation
     for (var r0 = 0u; r0 < p.K; r0 += TS) {
         // A(i, r) = inp[i, r];  B(r, j) = weight[j, r]
         let ra = r0 + lid.x;
-        ta[lid.y][lid.x] = select(0.0, f32(inp[p.o1 + i * p.K + ra]), i < p.M && ra < p.K);
+        ta[lid.y][lid.x] = select(0.0, f32(inp[p.off.o1 + i * p.K + ra]), i < p.M && ra < p.K);
         let rb = r0 + lid.y;
         let jb = w.x * TS + lid.x;
-        tb[lid.y][lid.x] = select(0.0, weight[p.o2 + jb * p.K + rb], jb < p.N && rb < p.K);
+        tb[lid.y][lid.x] = select(0.0, weight[p.off.o2 + jb * p.K + rb], jb < p.N && rb < p.K);
         workgroupBarrier();
         for (var r = 0u; r < TS; r++) { acc += ta[lid.y][r] * tb[r][lid.x]; }
         workgroupBarrier();
     }
     if (i < p.M && j < p.N) {
-        if (p.has_bias != 0u) { acc += bias[p.o3 + j]; }
-        out[p.o0 + i * p.N + j] = act(acc);
+        if (p.has_bias != 0u) { acc += bias[p.off.o3 + j]; }
+        out[p.off.o0 + i * p.N + j] = act(acc);
     }
 }
 
@@ -69,15 +69,15 @@ fn matmul_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_inv
     var acc = 0.0;
     for (var r0 = 0u; r0 < p.N; r0 += TS) {
         let ra = r0 + lid.x;
-        ta[lid.y][lid.x] = select(0.0, f32(dout[p.o3 + i * p.N + ra]), i < p.M && ra < p.N);
+        ta[lid.y][lid.x] = select(0.0, f32(dout[p.off.o3 + i * p.N + ra]), i < p.M && ra < p.N);
         let rb = r0 + lid.y;
-        tb[lid.y][lid.x] = select(0.0, b_weight[p.o5 + rb * p.K + j], rb < p.N && j < p.K);
+        tb[lid.y][lid.x] = select(0.0, b_weight[p.off.o5 + rb * p.K + j], rb < p.N && j < p.K);
         workgroupBarrier();
         for (var r = 0u; r < TS; r++) { acc += ta[lid.y][r] * tb[r][lid.x]; }
         workgroupBarrier();
     }
     if (i < p.M && j < p.K) {
-        dinp[p.o0 + i * p.K + j] = act(f32(dinp[p.o0 + i * p.K + j]) + acc);
+        dinp[p.off.o0 + i * p.K + j] = act(f32(dinp[p.off.o0 + i * p.K + j]) + acc);
     }
 }
 
@@ -91,15 +91,15 @@ fn matmul_backward_weight(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_in
         // ta[i_local][r_local] = dout[r0 + r_local, i]: load transposed so reads stay coalesced
         let ia = w.y * TS + lid.x;
         let ra = r0 + lid.y;
-        ta[lid.x][lid.y] = select(0.0, f32(dout[p.o3 + ra * p.N + ia]), ra < p.M && ia < p.N);
+        ta[lid.x][lid.y] = select(0.0, f32(dout[p.off.o3 + ra * p.N + ia]), ra < p.M && ia < p.N);
         let rb = r0 + lid.y;
-        tb[lid.y][lid.x] = select(0.0, f32(b_inp[p.o4 + rb * p.K + j]), rb < p.M && j < p.K);
+        tb[lid.y][lid.x] = select(0.0, f32(b_inp[p.off.o4 + rb * p.K + j]), rb < p.M && j < p.K);
         workgroupBarrier();
         for (var r = 0u; r < TS; r++) { acc += ta[lid.y][r] * tb[r][lid.x]; }
         workgroupBarrier();
     }
     if (i < p.N && j < p.K) {
-        dweight[p.o1 + i * p.K + j] += acc;
+        dweight[p.off.o1 + i * p.K + j] += acc;
     }
 }
 
@@ -110,6 +110,6 @@ fn matmul_backward_bias(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgr
     let n = flat(w, nw, l);
     if (n >= p.N) { return; }
     var s = 0.0;
-    for (var m = 0u; m < p.M; m++) { s += f32(dout[p.o3 + m * p.N + n]); }
-    dbias[p.o2 + n] += s;
+    for (var m = 0u; m < p.M; m++) { s += f32(dout[p.off.o3 + m * p.N + n]); }
+    dbias[p.off.o2 + n] += s;
 }

@@ -24,7 +24,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     M: u32, K: u32, N: u32,
     flags: u32, // matmul_forward_cpu: bit 0 bias, bit 1 GELU out, bit 2 accumulate, bit 3 GELU backward
 }
@@ -67,18 +67,18 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
     let n0 = (idx % nbn) * 8u;
     let K4 = p.K / 4u;
     // row starts in vec4 units, clamped so tail blocks read valid memory
-    let a0 = p.o1 / 4u + min(m0, p.M - 1u) * K4;
-    let a1 = p.o1 / 4u + min(m0 + 1u, p.M - 1u) * K4;
-    let a2 = p.o1 / 4u + min(m0 + 2u, p.M - 1u) * K4;
-    let a3 = p.o1 / 4u + min(m0 + 3u, p.M - 1u) * K4;
-    let b0 = p.o2 / 4u + min(n0, p.N - 1u) * K4;
-    let b1 = p.o2 / 4u + min(n0 + 1u, p.N - 1u) * K4;
-    let b2 = p.o2 / 4u + min(n0 + 2u, p.N - 1u) * K4;
-    let b3 = p.o2 / 4u + min(n0 + 3u, p.N - 1u) * K4;
-    let b4 = p.o2 / 4u + min(n0 + 4u, p.N - 1u) * K4;
-    let b5 = p.o2 / 4u + min(n0 + 5u, p.N - 1u) * K4;
-    let b6 = p.o2 / 4u + min(n0 + 6u, p.N - 1u) * K4;
-    let b7 = p.o2 / 4u + min(n0 + 7u, p.N - 1u) * K4;
+    let a0 = p.off.o1 / 4u + min(m0, p.M - 1u) * K4;
+    let a1 = p.off.o1 / 4u + min(m0 + 1u, p.M - 1u) * K4;
+    let a2 = p.off.o1 / 4u + min(m0 + 2u, p.M - 1u) * K4;
+    let a3 = p.off.o1 / 4u + min(m0 + 3u, p.M - 1u) * K4;
+    let b0 = p.off.o2 / 4u + min(n0, p.N - 1u) * K4;
+    let b1 = p.off.o2 / 4u + min(n0 + 1u, p.N - 1u) * K4;
+    let b2 = p.off.o2 / 4u + min(n0 + 2u, p.N - 1u) * K4;
+    let b3 = p.off.o2 / 4u + min(n0 + 3u, p.N - 1u) * K4;
+    let b4 = p.off.o2 / 4u + min(n0 + 4u, p.N - 1u) * K4;
+    let b5 = p.off.o2 / 4u + min(n0 + 5u, p.N - 1u) * K4;
+    let b6 = p.off.o2 / 4u + min(n0 + 6u, p.N - 1u) * K4;
+    let b7 = p.off.o2 / 4u + min(n0 + 7u, p.N - 1u) * K4;
     var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
     var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0);
@@ -100,7 +100,7 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
         let n = n0 + j;
         if (n >= p.N) { break; }
         var bj = 0.0;
-        if ((p.flags & 1u) != 0u) { bj = bias[p.o3 + n]; }
+        if ((p.flags & 1u) != 0u) { bj = bias[p.off.o3 + n]; }
         let c = cols[j];
         for (var i = 0u; i < 4u; i++) {
             let m = m0 + i;
@@ -108,12 +108,12 @@ fn matmul_forward_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgrou
                 let e = m * p.N + n;
                 if ((p.flags & 4u) != 0u) {
                     var g = c[i];
-                    if ((p.flags & 8u) != 0u) { g = gelu_grad(f32(aux[p.o4 + e])) * f32(act(c[i])); }
-                    out[p.o0 + e] = act(f32(out[p.o0 + e]) + g);
+                    if ((p.flags & 8u) != 0u) { g = gelu_grad(f32(aux[p.off.o4 + e])) * f32(act(c[i])); }
+                    out[p.off.o0 + e] = act(f32(out[p.off.o0 + e]) + g);
                 } else {
                     let v = act(c[i] + bj);
-                    out[p.o0 + e] = v;
-                    if ((p.flags & 2u) != 0u) { aux[p.o4 + e] = act(gelu(f32(v))); }
+                    out[p.off.o0 + e] = v;
+                    if ((p.flags & 2u) != 0u) { aux[p.off.o4 + e] = act(gelu(f32(v))); }
                 }
             }
         }
@@ -133,11 +133,11 @@ fn matmul_backward_input_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
     let m0 = (idx / nbk) * 4u;
     let k0 = (idx % nbk) * 2u;                // in vec4 units
     let k1 = min(k0 + 1u, K4 - 1u);           // clamped second vec4 column
-    let r0 = p.o3 + min(m0, p.M - 1u) * p.N;
-    let r1 = p.o3 + min(m0 + 1u, p.M - 1u) * p.N;
-    let r2 = p.o3 + min(m0 + 2u, p.M - 1u) * p.N;
-    let r3 = p.o3 + min(m0 + 3u, p.M - 1u) * p.N;
-    let wb = p.o5 / 4u;
+    let r0 = p.off.o3 + min(m0, p.M - 1u) * p.N;
+    let r1 = p.off.o3 + min(m0 + 1u, p.M - 1u) * p.N;
+    let r2 = p.off.o3 + min(m0 + 2u, p.M - 1u) * p.N;
+    let r3 = p.off.o3 + min(m0 + 3u, p.M - 1u) * p.N;
+    let wb = p.off.o5 / 4u;
     var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
     var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
@@ -152,7 +152,7 @@ fn matmul_backward_input_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_w
         c20 += d2 * w0; c21 += d2 * w1;
         c30 += d3 * w0; c31 += d3 * w1;
     }
-    let ob = p.o0 / 4u;
+    let ob = p.off.o0 / 4u;
     let second = k0 + 1u < K4;
     if (m0 < p.M) {
         let e = ob + m0 * K4 + k0;
@@ -193,7 +193,7 @@ fn matmul_backward_weight_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
     let q1 = min(n0 + 1u, p.N - 1u);
     let q2 = min(n0 + 2u, p.N - 1u);
     let q3 = min(n0 + 3u, p.N - 1u);
-    let xb = p.o4 / 4u;
+    let xb = p.off.o4 / 4u;
     var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
     var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
@@ -201,7 +201,7 @@ fn matmul_backward_weight_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
     for (var m = 0u; m < p.M; m++) {
         let x0 = vec4<f32>(b_inp[xb + m * K4 + k0]);
         let x1 = vec4<f32>(b_inp[xb + m * K4 + k1]);
-        let r = p.o3 + m * p.N;
+        let r = p.off.o3 + m * p.N;
         let d0 = f32(dout[r + q0]); let d1 = f32(dout[r + q1]);
         let d2 = f32(dout[r + q2]); let d3 = f32(dout[r + q3]);
         c00 += d0 * x0; c01 += d0 * x1;
@@ -209,7 +209,7 @@ fn matmul_backward_weight_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_
         c20 += d2 * x0; c21 += d2 * x1;
         c30 += d3 * x0; c31 += d3 * x1;
     }
-    let ob = p.o1 / 4u;
+    let ob = p.off.o1 / 4u;
     let second = k0 + 1u < K4;
     if (n0 < p.N) {
         dweight[ob + n0 * K4 + k0] += c00;
@@ -243,11 +243,11 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
     let m0 = (idx / nbk) * 4u;
     let k0 = (idx % nbk) * 2u;
     let k1 = min(k0 + 1u, K4 - 1u);
-    let r0 = p.o6 / 4u + min(m0, p.M - 1u) * N4;
-    let r1 = p.o6 / 4u + min(m0 + 1u, p.M - 1u) * N4;
-    let r2 = p.o6 / 4u + min(m0 + 2u, p.M - 1u) * N4;
-    let r3 = p.o6 / 4u + min(m0 + 3u, p.M - 1u) * N4;
-    let wb = p.o5 / 4u;
+    let r0 = p.off.o6 / 4u + min(m0, p.M - 1u) * N4;
+    let r1 = p.off.o6 / 4u + min(m0 + 1u, p.M - 1u) * N4;
+    let r2 = p.off.o6 / 4u + min(m0 + 2u, p.M - 1u) * N4;
+    let r3 = p.off.o6 / 4u + min(m0 + 3u, p.M - 1u) * N4;
+    let wb = p.off.o5 / 4u;
     var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
     var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
@@ -282,7 +282,7 @@ fn matmul_backward_input_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(nu
 
 // dinp[e] += c (e in vec4 units from o0)
 fn add_dinp(e: u32, c: vec4<f32>) {
-    let d = p.o0 / 4u + e;
+    let d = p.off.o0 / 4u + e;
     dinp[d] = vec4<act>(vec4<f32>(dinp[d]) + c);
 }
 
@@ -295,11 +295,11 @@ fn transpose_cpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n
     if (idx >= p.N * K4) { return; }
     let n = idx / K4;
     let k = (idx % K4) * 4u;
-    let v = weight[p.o2 / 4u + idx];
-    weight_t[p.o5 + k * p.N + n] = v.x;
-    weight_t[p.o5 + (k + 1u) * p.N + n] = v.y;
-    weight_t[p.o5 + (k + 2u) * p.N + n] = v.z;
-    weight_t[p.o5 + (k + 3u) * p.N + n] = v.w;
+    let v = weight[p.off.o2 / 4u + idx];
+    weight_t[p.off.o5 + k * p.N + n] = v.x;
+    weight_t[p.off.o5 + (k + 1u) * p.N + n] = v.y;
+    weight_t[p.off.o5 + (k + 2u) * p.N + n] = v.z;
+    weight_t[p.off.o5 + (k + 3u) * p.N + n] = v.w;
 }
 
 // dweight[n, k] += sum_m dout[m, n] inp[m, k], reading dout[m, n0..n0+4] as one vec4
@@ -316,8 +316,8 @@ fn matmul_backward_weight_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
     let n0 = n4 * 4u;
     let k0 = (idx % nbk) * 2u;
     let k1 = min(k0 + 1u, K4 - 1u);
-    let xb = p.o4 / 4u;
-    let db = p.o6 / 4u;
+    let xb = p.off.o4 / 4u;
+    let db = p.off.o6 / 4u;
     var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
     var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
     var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
@@ -331,7 +331,7 @@ fn matmul_backward_weight_cpu_v4(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
         c20 += d.z * x0; c21 += d.z * x1;
         c30 += d.w * x0; c31 += d.w * x1;
     }
-    let ob = p.o1 / 4u;
+    let ob = p.off.o1 / 4u;
     let second = k0 + 1u < K4;
     dweight[ob + n0 * K4 + k0] += c00;
     dweight[ob + (n0 + 1u) * K4 + k0] += c10;

@@ -33,7 +33,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     M: u32, K: u32, N: u32,
     flags: u32,
 }
@@ -141,8 +141,8 @@ fn along_j(l: u32) -> vec2<u32> { return vec2<u32>(l / 16u, (l % 16u) * 4u); }
 fn fwd_a(i: u32, r: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (i >= p.M || r >= p.K) { return v; }
-    if ((p.flags & 16u) == 0u) { return vec4<f32>(inp4[(p.o1 + i * p.K + r) / 4u]); }
-    let e = p.o5 + i * p.K + r;
+    if ((p.flags & 16u) == 0u) { return vec4<f32>(inp4[(p.off.o1 + i * p.K + r) / 4u]); }
+    let e = p.off.o5 + i * p.K + r;
     v.x = f32(inp[e]);
     if (r + 1u < p.K) { v.y = f32(inp[e + 1u]); }
     if (r + 2u < p.K) { v.z = f32(inp[e + 2u]); }
@@ -153,8 +153,8 @@ fn fwd_a(i: u32, r: u32) -> vec4<f32> {
 fn fwd_b(j: u32, r: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (j >= p.N || r >= p.K) { return v; }
-    if ((p.flags & 32u) == 0u) { return weight4[(p.o2 + j * p.K + r) / 4u]; }
-    let e = p.o6 + j * p.K + r;
+    if ((p.flags & 32u) == 0u) { return weight4[(p.off.o2 + j * p.K + r) / 4u]; }
+    let e = p.off.o6 + j * p.K + r;
     v.x = weight[e];
     if (r + 1u < p.K) { v.y = weight[e + 1u]; }
     if (r + 2u < p.K) { v.z = weight[e + 2u]; }
@@ -194,10 +194,10 @@ fn matmul_forward_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
             if (j >= p.N) { break; }
             let e = i * p.N + j;
             var bj = 0.0;
-            if ((p.flags & 1u) != 0u) { bj = bias[p.o3 + j]; }
+            if ((p.flags & 1u) != 0u) { bj = bias[p.off.o3 + j]; }
             let v = act(row[b] + bj);
-            out[p.o0 + e] = v;
-            if ((p.flags & 2u) != 0u) { aux[p.o4 + e] = act(gelu(f32(v))); }
+            out[p.off.o0 + e] = v;
+            if ((p.flags & 2u) != 0u) { aux[p.off.o4 + e] = act(gelu(f32(v))); }
         }
     }
 }
@@ -206,8 +206,8 @@ fn matmul_forward_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
 fn bi_a(i: u32, r: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (i >= p.M || r >= p.N) { return v; }
-    if ((p.flags & 16u) == 0u) { return vec4<f32>(bi_dout4[(p.o1 + i * p.N + r) / 4u]); }
-    let e = p.o2 + i * p.N + r;
+    if ((p.flags & 16u) == 0u) { return vec4<f32>(bi_dout4[(p.off.o1 + i * p.N + r) / 4u]); }
+    let e = p.off.o2 + i * p.N + r;
     v.x = f32(bi_dout[e]);
     if (r + 1u < p.N) { v.y = f32(bi_dout[e + 1u]); }
     if (r + 2u < p.N) { v.z = f32(bi_dout[e + 2u]); }
@@ -218,8 +218,8 @@ fn bi_a(i: u32, r: u32) -> vec4<f32> {
 fn bi_b(r: u32, j: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (r >= p.N || j >= p.K) { return v; }
-    if ((p.flags & 32u) == 0u) { return bi_weight4[(p.o3 + r * p.K + j) / 4u]; }
-    let e = p.o4 + r * p.K + j;
+    if ((p.flags & 32u) == 0u) { return bi_weight4[(p.off.o3 + r * p.K + j) / 4u]; }
+    let e = p.off.o4 + r * p.K + j;
     v.x = bi_weight[e];
     if (j + 1u < p.K) { v.y = bi_weight[e + 1u]; }
     if (j + 2u < p.K) { v.z = bi_weight[e + 2u]; }
@@ -259,8 +259,8 @@ fn matmul_backward_input_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
             if (j >= p.K) { break; }
             let e = i * p.K + j;
             var g = row[b];
-            if ((p.flags & 8u) != 0u) { g = gelu_grad(f32(pre[p.o5 + e])) * f32(act(g)); }
-            dinp[p.o0 + e] = act(f32(dinp[p.o0 + e]) + g);
+            if ((p.flags & 8u) != 0u) { g = gelu_grad(f32(pre[p.off.o5 + e])) * f32(act(g)); }
+            dinp[p.off.o0 + e] = act(f32(dinp[p.off.o0 + e]) + g);
         }
     }
 }
@@ -269,8 +269,8 @@ fn matmul_backward_input_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
 fn bw_a(r: u32, i: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (r >= p.M || i >= p.N) { return v; }
-    if ((p.flags & 16u) == 0u) { return vec4<f32>(bw_dout4[(p.o1 + r * p.N + i) / 4u]); }
-    let e = p.o2 + r * p.N + i;
+    if ((p.flags & 16u) == 0u) { return vec4<f32>(bw_dout4[(p.off.o1 + r * p.N + i) / 4u]); }
+    let e = p.off.o2 + r * p.N + i;
     v.x = f32(bw_dout[e]);
     if (i + 1u < p.N) { v.y = f32(bw_dout[e + 1u]); }
     if (i + 2u < p.N) { v.z = f32(bw_dout[e + 2u]); }
@@ -281,8 +281,8 @@ fn bw_a(r: u32, i: u32) -> vec4<f32> {
 fn bw_b(r: u32, j: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (r >= p.M || j >= p.K) { return v; }
-    if ((p.flags & 32u) == 0u) { return vec4<f32>(bw_inp4[(p.o3 + r * p.K + j) / 4u]); }
-    let e = p.o4 + r * p.K + j;
+    if ((p.flags & 32u) == 0u) { return vec4<f32>(bw_inp4[(p.off.o3 + r * p.K + j) / 4u]); }
+    let e = p.off.o4 + r * p.K + j;
     v.x = f32(bw_inp[e]);
     if (j + 1u < p.K) { v.y = f32(bw_inp[e + 1u]); }
     if (j + 2u < p.K) { v.z = f32(bw_inp[e + 2u]); }
@@ -319,7 +319,7 @@ fn matmul_backward_weight_gpu(@builtin(workgroup_id) w: vec3<u32>, @builtin(loca
         for (var b = 0u; b < 4u; b++) {
             let j = j0 + tx * 4u + b;
             if (j >= p.K) { break; }
-            dweight[p.o0 + i * p.K + j] += row[b];
+            dweight[p.off.o0 + i * p.K + j] += row[b];
         }
     }
 }

@@ -4,7 +4,7 @@
 //   backward: dinp[idx[o]] += dout[o] (windows do not overlap: no two invocations write one element)
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     B: u32, C: u32, H: u32, W: u32, N: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,11 +35,11 @@ fn maxpool2_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups
     let c1 = base + 1u;
     let c2 = base + p.W;
     let c3 = base + p.W + 1u;
-    if (inp[p.o2 + c1] > inp[p.o2 + best]) { best = c1; }
-    if (inp[p.o2 + c2] > inp[p.o2 + best]) { best = c2; }
-    if (inp[p.o2 + c3] > inp[p.o2 + best]) { best = c3; }
-    out[p.o0 + o] = inp[p.o2 + best];
-    idx[p.o1 + o] = best;
+    if (inp[p.off.o2 + c1] > inp[p.off.o2 + best]) { best = c1; }
+    if (inp[p.off.o2 + c2] > inp[p.off.o2 + best]) { best = c2; }
+    if (inp[p.off.o2 + c3] > inp[p.off.o2 + best]) { best = c3; }
+    out[p.off.o0 + o] = inp[p.off.o2 + best];
+    idx[p.off.o1 + o] = best;
 }
 
 @compute @workgroup_size(64)
@@ -47,6 +47,6 @@ fn maxpool2_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
                      @builtin(local_invocation_index) l: u32) {
     let o = flat(w, n, l);
     if (o >= p.N) { return; }
-    let i = p.o0 + b_idx[p.o1 + o];
-    dinp[i] += dout[p.o2 + o];
+    let i = p.off.o0 + b_idx[p.off.o1 + o];
+    dinp[i] += dout[p.off.o2 + o];
 }

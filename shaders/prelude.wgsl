@@ -1,7 +1,13 @@
 // prelude.wgsl: functions every shader file can call. The registry puts this file in front of
 // each one when it is compiled (after the file's `enable` lines); it has no bindings and no entry
-// points. (The uniform's o0..o7 offsets stay in each file's Params: WGSL structs cannot be
-// extended, and each file's dims follow them.)
+// points.
+
+// ---- the uniform's tensor offsets ---------------------------------------------------------------
+// Every file's `struct Params` (its uniform at binding 0, `p`) starts with `off: Offsets`: the
+// element offset of each tensor argument inside the range bound for it, in argument order
+// (`ProgramBuilder::call` writes them), followed by the file's own dims. 32 bytes, so the dims
+// start at byte 32 as they would with the eight fields written out.
+struct Offsets { o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32 }
 
 // ---- indexing ------------------------------------------------------------------------------
 // The invocation's index in a 1-D dispatch (`Grid::Threads`: workgroups laid out over x, then

@@ -3,7 +3,7 @@
 //   backward: dinp += dout where x > 0 (0 at x <= 0)
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,7 +23,7 @@ fn relu_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n:
                 @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    out[p.o0 + i] = max(inp[p.o1 + i], 0.0);
+    out[p.off.o0 + i] = max(inp[p.off.o1 + i], 0.0);
 }
 
 @compute @workgroup_size(64)
@@ -31,7 +31,7 @@ fn relu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n
                  @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    if (b_inp[p.o1 + i] > 0.0) {
-        dinp[p.o0 + i] += dout[p.o2 + i];
+    if (b_inp[p.off.o1 + i] > 0.0) {
+        dinp[p.off.o0 + i] += dout[p.off.o2 + i];
     }
 }

@@ -13,7 +13,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32,
     value: f32, // fill_act only (after N: residual_forward/backward's layout is o0..o7, N)
     // dropout_* only: elements per sample, the site, the drop threshold and the kept scale
@@ -44,7 +44,7 @@ fn residual_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups
                     @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    out[p.o0 + i] = act(f32(inp1[p.o1 + i]) + f32(inp2[p.o2 + i]));
+    out[p.off.o0 + i] = act(f32(inp1[p.off.o1 + i]) + f32(inp2[p.off.o2 + i]));
 }
 
 @compute @workgroup_size(64)
@@ -52,9 +52,9 @@ fn residual_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroup
                      @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    let g = f32(dout[p.o2 + i]);
-    dinp1[p.o0 + i] = act(f32(dinp1[p.o0 + i]) + g);
-    dinp2[p.o1 + i] = act(f32(dinp2[p.o1 + i]) + g);
+    let g = f32(dout[p.off.o2 + i]);
+    dinp1[p.off.o0 + i] = act(f32(dinp1[p.off.o0 + i]) + g);
+    dinp2[p.off.o1 + i] = act(f32(dinp2[p.off.o1 + i]) + g);
 }
 
 @compute @workgroup_size(64)
@@ -62,11 +62,11 @@ fn fill_act(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec
             @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    fill_x[p.o0 + i] = act(p.value);
+    fill_x[p.off.o0 + i] = act(p.value);
 }
 
 fn dropout_at(i: u32) -> f32 {
-    let k = p.o2;
+    let k = p.off.o2;
     let stream = dropout_stream(drop_key[k], drop_key[k + 1u], p.SITE, drop_key[k + 2u] + i / p.PER);
     return dropout_factor(stream, i % p.PER, p.THR, p.SCALE);
 }
@@ -76,7 +76,7 @@ fn dropout_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups)
                    @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    drop_x[p.o0 + i] = act(f32(drop_x[p.o0 + i]) * dropout_at(i));
+    drop_x[p.off.o0 + i] = act(f32(drop_x[p.off.o0 + i]) * dropout_at(i));
 }
 
 @compute @workgroup_size(64)
@@ -84,5 +84,5 @@ fn dropout_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups
                     @builtin(local_invocation_index) l: u32) {
     let i = flat(w, n, l);
     if (i >= p.N) { return; }
-    drop_x[p.o0 + i] = act(f32(drop_dy[p.o1 + i]) * dropout_at(i));
+    drop_x[p.off.o0 + i] = act(f32(drop_dy[p.off.o1 + i]) * dropout_at(i));
 }

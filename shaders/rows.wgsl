@@ -23,7 +23,7 @@
 alias act = f32;
 
 struct Params {
-    o0: u32, o1: u32, o2: u32, o3: u32, o4: u32, o5: u32, o6: u32, o7: u32,
+    off: Offsets,
     N: u32, C: u32,
     // column_sums_finish: columns below S go to out0, the others to out1
     S: u32,
@@ -81,20 +81,20 @@ fn layernorm_forward_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
                           @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    let x = p.o3 + row * p.C;
+    let x = p.off.o3 + row * p.C;
     var s = 0.0;
     for (var i = l; i < p.C; i += WG) { s += f32(inp[x + i]); }
     let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(p.C);
     var v = 0.0;
     for (var i = l; i < p.C; i += WG) { let d = f32(inp[x + i]) - m; v += d * d; }
     let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(p.C) + EPS);
-    let y = p.o0 + row * p.C;
+    let y = p.off.o0 + row * p.C;
     for (var i = l; i < p.C; i += WG) {
-        out[y + i] = act((f32(inp[x + i]) - m) * rs * weight[p.o4 + i] + bias[p.o5 + i]);
+        out[y + i] = act((f32(inp[x + i]) - m) * rs * weight[p.off.o4 + i] + bias[p.off.o5 + i]);
     }
     if (l == 0u) {
-        mean[p.o1 + row] = act(m);
-        rstd[p.o2 + row] = act(rs);
+        mean[p.off.o1 + row] = act(m);
+        rstd[p.off.o2 + row] = act(rs);
     }
 }
 
@@ -104,22 +104,22 @@ fn layernorm_backward_input_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
                                  @builtin(local_invocation_index) l: u32) {
     let row = row_of(w, n);
     if (row >= p.N) { return; }
-    let x = p.o4 + row * p.C;
-    let g = p.o3 + row * p.C;
-    let m = f32(b_mean[p.o6 + row]);
-    let s = f32(b_rstd[p.o7 + row]);
+    let x = p.off.o4 + row * p.C;
+    let g = p.off.o3 + row * p.C;
+    let m = f32(b_mean[p.off.o6 + row]);
+    let s = f32(b_rstd[p.off.o7 + row]);
     var acc = vec2<f32>(0.0);
     for (var i = l; i < p.C; i += WG) {
         let norm = (f32(b_inp[x + i]) - m) * s;
-        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
+        let dnorm = b_weight[p.off.o5 + i] * f32(dout[g + i]);
         acc += vec2<f32>(dnorm, dnorm * norm);
     }
     // (avg(dnorm), avg(dnorm * norm))
     let r = row_sum2(acc, l) / f32(p.C);
-    let d = p.o0 + row * p.C;
+    let d = p.off.o0 + row * p.C;
     for (var i = l; i < p.C; i += WG) {
         let norm = (f32(b_inp[x + i]) - m) * s;
-        let dnorm = b_weight[p.o5 + i] * f32(dout[g + i]);
+        let dnorm = b_weight[p.off.o5 + i] * f32(dout[g + i]);
         dinp[d + i] = act(f32(dinp[d + i]) + (dnorm - r.x - norm * r.y) * s);
     }
 }
@@ -147,15 +147,15 @@ fn layernorm_backward_params_cols(@builtin(workgroup_id) w: vec3<u32>, @builtin(
     var acc = vec2<f32>(0.0);
     if (c < p.C) {
         for (var row = li.y; row < p.N; row += LANES) {
-            let norm = (f32(b_inp[p.o4 + row * p.C + c]) - f32(b_mean[p.o6 + row])) * f32(b_rstd[p.o7 + row]);
-            let g = f32(dout[p.o3 + row * p.C + c]);
+            let norm = (f32(b_inp[p.off.o4 + row * p.C + c]) - f32(b_mean[p.off.o6 + row])) * f32(b_rstd[p.off.o7 + row]);
+            let g = f32(dout[p.off.o3 + row * p.C + c]);
             acc += vec2<f32>(g * norm, g);
         }
     }
     let r = lane_sum(acc, li);
     if (li.y == 0u && c < p.C) {
-        dweight[p.o1 + c] += r.x;
-        dbias[p.o2 + c] += r.y;
+        dweight[p.off.o1 + c] += r.x;
+        dbias[p.off.o2 + c] += r.y;
     }
 }
 
@@ -165,10 +165,10 @@ fn bias_backward_cols(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
     let c = w.x * COLS + li.x;
     var acc = vec2<f32>(0.0);
     if (c < p.C) {
-        for (var row = li.y; row < p.N; row += LANES) { acc.x += f32(c_dout[p.o1 + row * p.C + c]); }
+        for (var row = li.y; row < p.N; row += LANES) { acc.x += f32(c_dout[p.off.o1 + row * p.C + c]); }
     }
     let r = lane_sum(acc, li);
-    if (li.y == 0u && c < p.C) { c_dbias[p.o0 + c] += r.x; }
+    if (li.y == 0u && c < p.C) { c_dbias[p.off.o0 + c] += r.x; }
 }
 
 // The two-stage column sums. First stage: workgroup (x, y) sums rows CHUNK y .. CHUNK (y + 1) of
@@ -180,15 +180,15 @@ fn layernorm_backward_params_part(@builtin(workgroup_id) w: vec3<u32>, @builtin(
     var acc = vec2<f32>(0.0);
     if (c < p.C) {
         for (var row = w.y * CHUNK + li.y; row < end; row += LANES) {
-            let norm = (f32(pt_inp[p.o2 + row * p.C + c]) - f32(pt_mean[p.o3 + row])) * f32(pt_rstd[p.o4 + row]);
-            let g = f32(pt_dout[p.o1 + row * p.C + c]);
+            let norm = (f32(pt_inp[p.off.o2 + row * p.C + c]) - f32(pt_mean[p.off.o3 + row])) * f32(pt_rstd[p.off.o4 + row]);
+            let g = f32(pt_dout[p.off.o1 + row * p.C + c]);
             acc += vec2<f32>(g * norm, g);
         }
     }
     let r = lane_sum(acc, li);
     if (li.y == 0u && c < p.C) {
         // [dweight's C sums | dbias's C sums] per chunk
-        let at = p.o0 + w.y * 2u * p.C + c;
+        let at = p.off.o0 + w.y * 2u * p.C + c;
         part[at] = r.x;
         part[at + p.C] = r.y;
     }
@@ -200,10 +200,10 @@ fn bias_backward_part(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
     let end = min(p.N, (w.y + 1u) * CHUNK);
     var acc = vec2<f32>(0.0);
     if (c < p.C) {
-        for (var row = w.y * CHUNK + li.y; row < end; row += LANES) { acc.x += f32(pt_dout[p.o1 + row * p.C + c]); }
+        for (var row = w.y * CHUNK + li.y; row < end; row += LANES) { acc.x += f32(pt_dout[p.off.o1 + row * p.C + c]); }
     }
     let r = lane_sum(acc, li);
-    if (li.y == 0u && c < p.C) { part[p.o0 + w.y * p.C + c] = r.x; }
+    if (li.y == 0u && c < p.C) { part[p.off.o0 + w.y * p.C + c] = r.x; }
 }
 
 // Second stage: one workgroup per COLS columns of the partials [N = chunks, C] sums its columns
@@ -213,10 +213,10 @@ fn column_sums_finish(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invoca
     let c = w.x * COLS + li.x;
     var acc = vec2<f32>(0.0);
     if (c < p.C) {
-        for (var row = li.y; row < p.N; row += LANES) { acc.x += f_part[p.o2 + row * p.C + c]; }
+        for (var row = li.y; row < p.N; row += LANES) { acc.x += f_part[p.off.o2 + row * p.C + c]; }
     }
     let r = lane_sum(acc, li);
     if (li.y == 0u && c < p.C) {
-        if (c < p.S) { f_out0[p.o0 + c] += r.x; } else { f_out1[p.o1 + c - p.S] += r.x; }
+        if (c < p.S) { f_out0[p.off.o0 + c] += r.x; } else { f_out1[p.off.o1 + c - p.S] += r.x; }
     }
 }
