@@ -4,8 +4,9 @@
 #   scripts/gpu-check.sh --prepare   # here (network, Rust): build and pack what travels into .gpu/ and .gl/
 #   scripts/gpu-check.sh             # there (no network, no Rust): info, GPU kernel tests, bench, PyTorch
 #
-# The run needs no build and no network: it uses the stripped binaries in .gpu/ (made by
-# --prepare: `gradscope` and the GPU kernel test binaries), unpacks the Vulkan loader from the
+# The run needs no build and no network: it uses the stripped, gzipped binaries in .gpu/ (made
+# by --prepare: `gradscope` and the GPU kernel test binaries, about 33 MiB packed, so that what
+# travels stays under 60 MiB; unpacked at the start of the run), unpacks the Vulkan loader from the
 # Debian packages in .gl/ when the machine has no libvulkan.so.1 (NVIDIA's driver brings Vulkan
 # but not the loader), then writes under $OUT (default ./gpu-check-out):
 #   info.txt                      `gradscope info` (adapters, the kernel set chosen)
@@ -33,14 +34,17 @@ G2_ARGS="--n_layer 12 --n_head 12 --n_embd 768 --block_size 1024 --vocab 50257 -
 
 if [ "${1:-}" = "--prepare" ]; then
     set -e
+    rm -rf "$PACK"
     mkdir -p "$PACK" "$LOADER"
     cargo build --release
-    strip -o "$PACK/gradscope" target/release/gradscope
+    # stripped, then gzipped (the test binaries link the trainer: 8-15 MiB each stripped)
+    pack() { strip -o "$PACK/$2" "$1" && gzip -9f "$PACK/$2"; }
+    pack target/release/gradscope gradscope
     # `cargo test --no-run` prints each test binary's path ("Executable tests/kernels.rs (target/...)")
     for t in $TESTS; do
         exe=$(cargo test --release --no-run --test "$t" 2>&1 | sed -n "s|.*Executable tests/$t.rs (\(.*\))|\1|p" | tail -1)
         [ -n "$exe" ] || { echo "gpu-check: no test binary for tests/$t.rs" >&2; exit 1; }
-        strip -o "$PACK/$t" "$exe"
+        pack "$exe" "$t"
     done
     # the test binaries read assets/ relative to the repository root (it travels with the tree)
     cp "$TORCH_SCRIPT" "$PACK/torch_gpt.py" 2>/dev/null || echo "gpu-check: $TORCH_SCRIPT not found; PyTorch will be skipped there"
@@ -59,7 +63,13 @@ fi
 
 OUT=${OUT:-$ROOT/gpu-check-out}
 mkdir -p "$OUT"
-GS=$PACK/gradscope
+# the packed binaries, unpacked outside the tree
+BIN=$(mktemp -d "${TMPDIR:-/tmp}/gradscope-gpu-check.XXXXXX")
+for f in "$PACK"/*.gz; do
+    [ -f "$f" ] || continue
+    gzip -dc "$f" > "$BIN/$(basename "$f" .gz)" && chmod +x "$BIN/$(basename "$f" .gz)"
+done
+GS=$BIN/gradscope
 [ -x "$GS" ] || GS=$ROOT/target/release/gradscope
 [ -x "$GS" ] || { echo "gpu-check: no gradscope binary (run scripts/gpu-check.sh --prepare first)" >&2; exit 2; }
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
@@ -97,7 +107,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 
 # 3. the GPU kernel tests (each binary runs from the repository root: tests read assets/)
 for t in $TESTS; do
-    bin=$PACK/$t
+    bin=$BIN/$t
     if [ ! -x "$bin" ]; then
         note "test $t: no binary in .gpu/ (scripts/gpu-check.sh --prepare)"; status=1; continue
     fi
@@ -158,7 +168,8 @@ b = load("bench.json")
 if b is None:
     print("no bench.json"); sys.exit(0)
 peak = b.get("fp32_peak")
-print(f"\n{b['adapter']} ({b['kernels']} kernels), FP32 peak: " + (f"{peak['tflops']} TFLOP/s" if peak else "unknown"))
+tiles = f", matmul tiles {b['matmul_tiles']}" if b['kernels'] == 'gpu' else ''
+print(f"\n{b['adapter']} ({b['kernels']} kernels{tiles}), FP32 peak: " + (f"{peak['tflops']} TFLOP/s" if peak else "unknown"))
 print(f"{'matmul':<18}{'size':>7}{'GFLOP/s':>11}{'% of peak':>11}{'ms':>10}")
 for m in b["matmul"]:
     pct = m.get("percent_of_peak")
