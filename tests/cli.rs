@@ -454,7 +454,8 @@ fn bench_reports_every_figure_as_json() {
     let expected: &[&str] = if cpu {
         &["matmul_backward_weight_cpu_v4", "transpose_cpu", "attention_scores_cpu", "attention_softmax_cpu", "attention_backward_key_value_cpu"]
     } else {
-        &["matmul_forward_gpu", "matmul_backward_input_gpu", "matmul_backward_weight_gpu", "attention_forward"]
+        // (head size 16: flash attention; two-stage column sums)
+        &["matmul_forward_gpu", "matmul_backward_input_gpu", "matmul_backward_weight_gpu", "flash_attention_forward", "column_sums_finish"]
     };
     for k in expected {
         assert!(kernels.contains(k), "{k} missing from the profile {kernels:?}");

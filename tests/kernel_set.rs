@@ -95,6 +95,12 @@ fn both_families_train_the_same_gpt() {
     assert!(d < 1e-4, "weights after 5 steps differ by {d:.3e}");
     let moved = gradient_rel_diff(&pa, &p0);
     assert!(moved > 1e-3, "5 steps should move the weights (moved {moved:.3e})");
+    // each checkpoint records the family that trained it, and the GPU family's tile policy
+    let metas: Vec<_> = runs.iter().map(|t| t.snapshot().unwrap().meta).collect();
+    assert_eq!(metas[0].get("kernels").map(String::as_str), Some("cpu"));
+    assert_eq!(metas[0].get("matmul_tiles"), None);
+    assert_eq!(metas[1].get("kernels").map(String::as_str), Some("gpu"));
+    assert_eq!(metas[1].get("matmul_tiles"), Some(&gpu.matmul_tiles().to_string()));
 }
 
 /// In mixed precision (f16 activations) the two families agree within f16 rounding.

@@ -103,7 +103,11 @@ fn matmul_case(variant: MatmulVariant, shared: bool, m: usize, k: usize, n: usiz
     r::matmul_backward(&mut dinp, &mut dweight, bias.then_some(&mut dbias[..]), &f64s(&dout), &f64s(&inp), &f64s(&weight), m, k, n);
     let name = format!("matmul {variant:?} {m}x{k}x{n}");
     check(&name, "out", &ts.read(o), &out, TOL);
-    check(&name, "dinp", &ts.read(dx), &dinp, TOL);
+    // dinp sums N products per element in one f32 accumulator: its rounding error grows like
+    // sqrt(N) (1.2e-4 was seen at N = 50,257 with a correct kernel), so the bound does too past
+    // N = 4,096 (3.5e-4 at 50,257; a wrong kernel is off by O(1))
+    let tol_n = TOL * (n as f64 / 4096.0).sqrt().max(1.0);
+    check(&name, "dinp", &ts.read(dx), &dinp, tol_n);
     check(&name, "dweight", &ts.read(dw), &dweight, TOL);
     if bias {
         check(&name, "dbias", &ts.read(db), &dbias, TOL);

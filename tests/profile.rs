@@ -58,10 +58,10 @@ fn profiling_between_windows_changes_nothing() {
             assert_eq!(a.gpu_model.read_running().unwrap(), b.gpu_model.read_running().unwrap(), "BatchNorm running statistics");
             assert!(names.iter().any(|n| n == "batchnorm_forward_train"), "{names:?}");
         } else {
-            // (the kernel family's names: matmul_forward or matmul_forward_cpu, attention_forward
-            // or the attention_*_cpu blocks)
+            // (the kernel family's names: matmul_forward, matmul_forward_cpu or _gpu;
+            // attention_forward, the attention_*_cpu blocks or flash_attention_*)
             for k in ["matmul_forward", "attention_", "layernorm_forward", "crossentropy_chunk_backward"] {
-                assert!(names.iter().any(|n| n.starts_with(k)), "{k} missing from {names:?}");
+                assert!(names.iter().any(|n| n.starts_with(k) || n.starts_with(&format!("flash_{k}"))), "{k} missing from {names:?}");
             }
         }
     }
