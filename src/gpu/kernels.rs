@@ -391,7 +391,7 @@ impl ProgramBuilder {
             }
             self.matmul_backward_weight_gpu(dweight, dout, inp, m, k, n)?;
             if let Some(dbias) = dbias {
-                // column sums over row lanes (gpu::kernels_rows)
+                // column sums, two-stage with the builder's partials (gpu::kernels_rows)
                 self.bias_backward_cols(dbias, dout, m, n)?;
             }
             return Ok(());
