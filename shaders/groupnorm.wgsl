@@ -37,28 +37,47 @@ struct Params {
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
 
+// The set of (image, group) bg = b * G + group: its (C/G)*HW elements, contiguous in [B,C,HW].
+struct Set {
+    bg: u32,     // the set's index in mean and rstd [B*G]
+    c0: u32,     // its first channel
+    start: u32,  // its first element in [B,C,HW]
+    count: u32,  // its (C/G)*HW elements
+}
+fn set_at(bg: u32) -> Set {
+    let cg = p.C / p.G;
+    let c0 = (bg % p.G) * cg;
+    return Set(bg, c0, ((bg / p.G) * p.C + c0) * p.HW, cg * p.HW);
+}
+
+// out at element k of set gs, from the set's mean m and rstd s (both families' forward)
+fn put_out(gs: Set, k: u32, m: f32, s: f32) {
+    let i = gs.start + k;
+    let c = gs.c0 + k / p.HW;
+    out[p.off.o0 + i] = (inp[p.off.o3 + i] - m) * s * weight[p.off.o4 + c] + bias[p.off.o5 + c];
+}
+
+// (dnorm, norm) at element k of set gs (both families' input gradient)
+fn dnorm_norm(gs: Set, k: u32, m: f32, s: f32) -> vec2<f32> {
+    let i = gs.start + k;
+    return vec2<f32>(dout[p.off.o3 + i] * b_weight[p.off.o5 + gs.c0 + k / p.HW], (b_inp[p.off.o4 + i] - m) * s);
+}
+
 // one invocation per (b, group)
 @compute @workgroup_size(64)
 fn groupnorm_forward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
                      @builtin(local_invocation_index) l: u32) {
     let bg = flat(w, n, l);
     if (bg >= p.B * p.G) { return; }
-    let cg = p.C / p.G;
-    let g = bg % p.G;
-    let b = bg / p.G;
-    let start = (b * p.C + g * cg) * p.HW;
-    let count = cg * p.HW;
+    let gs = set_at(bg);
     var m = 0.0;
-    for (var k = 0u; k < count; k++) { m += inp[p.off.o3 + start + k]; }
-    m = m / f32(count);
+    for (var k = 0u; k < gs.count; k++) { m += inp[p.off.o3 + gs.start + k]; }
+    m = m / f32(gs.count);
     var v = 0.0;
-    for (var k = 0u; k < count; k++) { let d = inp[p.off.o3 + start + k] - m; v += d * d; }
-    v = v / f32(count);
+    for (var k = 0u; k < gs.count; k++) { let d = inp[p.off.o3 + gs.start + k] - m; v += d * d; }
+    v = v / f32(gs.count);
     let s = 1.0 / sqrt(v + EPS);
-    for (var k = 0u; k < count; k++) {
-        let c = g * cg + k / p.HW;
-        out[p.off.o0 + start + k] = (inp[p.off.o3 + start + k] - m) * s * weight[p.off.o4 + c] + bias[p.off.o5 + c];
-    }
+    for (var k = 0u; k < gs.count; k++) { put_out(gs, k, m, s); }
     mean[p.off.o1 + bg] = m;
     rstd[p.off.o2 + bg] = s;
 }
@@ -69,29 +88,21 @@ fn groupnorm_backward_input(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_wo
                             @builtin(local_invocation_index) l: u32) {
     let bg = flat(w, n, l);
     if (bg >= p.B * p.G) { return; }
-    let cg = p.C / p.G;
-    let g = bg % p.G;
-    let b = bg / p.G;
-    let start = (b * p.C + g * cg) * p.HW;
-    let count = cg * p.HW;
+    let gs = set_at(bg);
     let m = b_mean[p.off.o6 + bg];
     let s = b_rstd[p.off.o7 + bg];
     var dm = 0.0;
     var dnn = 0.0;
-    for (var k = 0u; k < count; k++) {
-        let c = g * cg + k / p.HW;
-        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
-        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + c];
-        dm += dn;
-        dnn += dn * norm;
+    for (var k = 0u; k < gs.count; k++) {
+        let d = dnorm_norm(gs, k, m, s);
+        dm += d.x;
+        dnn += d.x * d.y;
     }
-    dm = dm / f32(count);
-    dnn = dnn / f32(count);
-    for (var k = 0u; k < count; k++) {
-        let c = g * cg + k / p.HW;
-        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
-        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + c];
-        dinp[p.off.o0 + start + k] += (dn - dm - norm * dnn) * s;
+    dm = dm / f32(gs.count);
+    dnn = dnn / f32(gs.count);
+    for (var k = 0u; k < gs.count; k++) {
+        let d = dnorm_norm(gs, k, m, s);
+        dinp[p.off.o0 + gs.start + k] += (d.x - dm - d.y * dnn) * s;
     }
 }
 
@@ -124,19 +135,8 @@ fn groupnorm_backward_params(@builtin(workgroup_id) w: vec3<u32>, @builtin(local
     }
 }
 
-// GPU family: workgroup (x, y) -> set x + y * num_workgroups.x, i.e. (b, group) = (set / G, set % G)
-struct Set {
-    bg: u32,     // the set's index in mean and rstd [B*G]
-    c0: u32,     // its first channel
-    start: u32,  // its first element in [B,C,HW]
-    count: u32,  // its (C/G)*HW elements
-}
-fn set_of(w: vec3<u32>, n: vec3<u32>) -> Set {
-    let bg = w.x + w.y * n.x;
-    let cg = p.C / p.G;
-    let c0 = (bg % p.G) * cg;
-    return Set(bg, c0, ((bg / p.G) * p.C + c0) * p.HW, cg * p.HW);
-}
+// GPU family: workgroup (x, y) -> set x + y * num_workgroups.x
+fn set_of(w: vec3<u32>, n: vec3<u32>) -> Set { return set_at(w.x + w.y * n.x); }
 
 // one workgroup per (b, group): statistics and output
 @compute @workgroup_size(64)
@@ -144,22 +144,16 @@ fn groupnorm_forward_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_work
                           @builtin(local_invocation_index) l: u32) {
     let gs = set_of(w, n);
     if (gs.bg >= p.B * p.G) { return; }
-    let bg = gs.bg;
-    let start = gs.start;
-    let count = gs.count;
     var s = 0.0;
-    for (var k = l; k < count; k += WG) { s += inp[p.off.o3 + start + k]; }
-    let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(count);
+    for (var k = l; k < gs.count; k += WG) { s += inp[p.off.o3 + gs.start + k]; }
+    let m = row_sum2(vec2<f32>(s, 0.0), l).x / f32(gs.count);
     var v = 0.0;
-    for (var k = l; k < count; k += WG) { let d = inp[p.off.o3 + start + k] - m; v += d * d; }
-    let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(count) + EPS);
-    for (var k = l; k < count; k += WG) {
-        let c = gs.c0 + k / p.HW;
-        out[p.off.o0 + start + k] = (inp[p.off.o3 + start + k] - m) * rs * weight[p.off.o4 + c] + bias[p.off.o5 + c];
-    }
+    for (var k = l; k < gs.count; k += WG) { let d = inp[p.off.o3 + gs.start + k] - m; v += d * d; }
+    let rs = 1.0 / sqrt(row_sum2(vec2<f32>(v, 0.0), l).x / f32(gs.count) + EPS);
+    for (var k = l; k < gs.count; k += WG) { put_out(gs, k, m, rs); }
     if (l == 0u) {
-        mean[p.off.o1 + bg] = m;
-        rstd[p.off.o2 + bg] = rs;
+        mean[p.off.o1 + gs.bg] = m;
+        rstd[p.off.o2 + gs.bg] = rs;
     }
 }
 
@@ -169,22 +163,17 @@ fn groupnorm_backward_input_sets(@builtin(workgroup_id) w: vec3<u32>, @builtin(n
                                  @builtin(local_invocation_index) l: u32) {
     let gs = set_of(w, n);
     if (gs.bg >= p.B * p.G) { return; }
-    let bg = gs.bg;
-    let start = gs.start;
-    let count = gs.count;
-    let m = b_mean[p.off.o6 + bg];
-    let s = b_rstd[p.off.o7 + bg];
+    let m = b_mean[p.off.o6 + gs.bg];
+    let s = b_rstd[p.off.o7 + gs.bg];
     var acc = vec2<f32>(0.0);
-    for (var k = l; k < count; k += WG) {
-        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
-        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + gs.c0 + k / p.HW];
-        acc += vec2<f32>(dn, dn * norm);
+    for (var k = l; k < gs.count; k += WG) {
+        let d = dnorm_norm(gs, k, m, s);
+        acc += vec2<f32>(d.x, d.x * d.y);
     }
     // (mean_set(dnorm), mean_set(dnorm * norm))
-    let r = row_sum2(acc, l) / f32(count);
-    for (var k = l; k < count; k += WG) {
-        let norm = (b_inp[p.off.o4 + start + k] - m) * s;
-        let dn = dout[p.off.o3 + start + k] * b_weight[p.off.o5 + gs.c0 + k / p.HW];
-        dinp[p.off.o0 + start + k] += (dn - r.x - norm * r.y) * s;
+    let r = row_sum2(acc, l) / f32(gs.count);
+    for (var k = l; k < gs.count; k += WG) {
+        let d = dnorm_norm(gs, k, m, s);
+        dinp[p.off.o0 + gs.start + k] += (d.x - r.x - d.y * r.y) * s;
     }
 }
