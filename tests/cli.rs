@@ -13,8 +13,7 @@ use tempfile::TempDir;
 /// The f16 command lines need an adapter with SHADER_F16 (without it they train in f32 and say so,
 /// which tests/precision.rs checks): fail with that message rather than on a figure.
 fn require_f16() {
-    let g = common::gpu();
-    assert!(g.has_f16(), "{} has no SHADER_F16; the f16 command-line tests need it (lavapipe on Vulkan has it)", g.summary.name);
+    common::require_f16(&common::gpu());
 }
 
 fn gradscope() -> Command {

@@ -142,10 +142,7 @@ fn f32_buffer(g: &Gpu, v: &[f32]) -> View {
 #[test]
 fn token_embedding_gradient_f16_matches_reference() {
     let g = gpu();
-    if !g.has_f16() {
-        println!("skipped: shader-f16 missing on {}", g.summary.name);
-        return;
-    }
+    common::require_f16(&g);
     let mut rng = Rng::fresh("embedding gradient f16");
     for (b, t, c, v, cuts) in [(4, 50, 70, 3, &[][..]), (3, 33, 130, 11, &[4, 5][..]), (2, 64, 64, 5000, &[][..])] {
         let toks = tokens(&mut rng, b * t, v);

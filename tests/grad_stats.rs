@@ -398,7 +398,7 @@ fn gpt_noise_scale_against_separate_micro_batch_gradients() {
 #[test]
 fn mixed_precision_statistics_match_f32() {
     let g = common::gpu();
-    assert!(g.has_f16(), "{} has no SHADER_F16 (lavapipe on Vulkan has it, GL adapters do not)", g.summary.name);
+    common::require_f16(&g);
     let cfg = TrainConfig { padded: true, ..with_e(3, 7) };
     let mut a = Trainer::new(&g, cfg.clone()).unwrap();
     let mut b = Trainer::new(&g, TrainConfig { precision: gradscope::gpu::Precision::F16, ..cfg }).unwrap();

@@ -107,10 +107,7 @@ fn both_families_train_the_same_gpt() {
 #[test]
 fn both_families_agree_in_mixed_precision() {
     let (cpu, gpu) = families();
-    if !cpu.has_f16() {
-        println!("skipped: shader-f16 missing on {}", cpu.summary.name);
-        return;
-    }
+    common::require_f16(&cpu);
     for odd in [false, true] {
         let cfg = TrainConfig { precision: Precision::F16, ..small(odd) };
         let a = first_window_gradient(&cpu, &cfg).unwrap();

@@ -347,7 +347,7 @@ fn read_f16(g: &gradscope::gpu::Gpu, v: &View, len: usize) -> Vec<f32> {
 fn crossentropy_chunks_in_f16_match_reference() {
     const F16_TOL: f64 = 1e-3;
     let g = gpu();
-    assert!(g.has_f16(), "{} has no SHADER_F16 (lavapipe on Vulkan has it)", g.summary.name);
+    common::require_f16(&g);
     let mut rng = Rng::fresh("crossentropy_chunks_f16");
     for (gap, (n, v, chunk)) in [(0, (5, 65, 16)), (6, (130, 1000, 256)), (2, (1, 65, 100))] {
         let logits: Vec<f32> = rng.vec(n * v, 8.0).iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();

@@ -85,10 +85,7 @@ fn flash_attention_matches_reference() {
 #[test]
 fn flash_attention_f16_matches_reference() {
     let g = gpu();
-    if !g.has_f16() {
-        println!("skipped: shader-f16 missing on {}", g.summary.name);
-        return;
-    }
+    common::require_f16(&g);
     let mut rng = Rng::fresh("flash attention f16");
     for (b, t, c, nh) in [(2, 70, 64, 2), (1, 37, 48, 3)] {
         let rows = b * nh * t;
@@ -287,10 +284,7 @@ fn bias_gradient_columns_match_reference() {
 #[test]
 fn gpt_gradient_with_the_gpu_family_in_f16_is_close_to_f32() {
     let g = gpu_family();
-    if !g.has_f16() {
-        println!("skipped: shader-f16 missing on {}", g.summary.name);
-        return;
-    }
+    common::require_f16(&g);
     let f32_grad = gradscope::train::verify::first_window_gradient(&g, &small_gpt(2, 2, false, Precision::F32)).unwrap();
     let f16_grad = gradscope::train::verify::first_window_gradient(&g, &small_gpt(2, 2, false, Precision::F16)).unwrap();
     let d = gradscope::train::verify::gradient_rel_diff(&f16_grad, &f32_grad);

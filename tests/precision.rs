@@ -38,11 +38,7 @@ fn small(rng: &mut common::Rng, b: usize, k: usize) -> TrainConfig {
 /// message instead of letting them test the f32 fallback.
 fn f16_gpu() -> gradscope::gpu::Gpu {
     let g = common::gpu();
-    assert!(
-        g.has_f16(),
-        "{} has no SHADER_F16; the mixed-precision tests need it (lavapipe on Vulkan has it, GL adapters do not)",
-        g.summary.name
-    );
+    common::require_f16(&g);
     g
 }
 

@@ -24,6 +24,12 @@ pub fn run(g: &Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
     pb.finish("test").run();
 }
 
+/// Fail, naming the adapter, when it has no SHADER_F16: the f16 tests need it and never pass
+/// by skipping (lavapipe on Vulkan has it; GL adapters do not).
+pub fn require_f16(g: &Gpu) {
+    assert!(g.has_f16(), "{} has no SHADER_F16; the mixed-precision tests need it (lavapipe on Vulkan has it, GL adapters do not)", g.summary.name);
+}
+
 /// An f16 tensor's buffer: the values rounded to f16, packed two per 32-bit word.
 pub fn f16_buffer(g: &Gpu, v: &[f32]) -> (View, Vec<f64>) {
     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
