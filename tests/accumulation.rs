@@ -13,19 +13,7 @@ use gradscope::train::{TrainConfig, Trainer};
 
 /// A small GPT that still has every layer: 2 layers, 2 heads, C 32, T 16.
 fn small(b: usize, k: usize) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        block_size: 16,
-        micro_batch: b,
-        accum_steps: k,
-        max_steps: 20,
-        eval_windows: 16,
-        eval_every: 0,
-        out_dir: std::env::temp_dir().join("gradscope-test-runs").display().to_string(),
-        ..TrainConfig::default()
-    }
+    TrainConfig { max_steps: 20, eval_windows: 16, ..common::small_gpt(b, k) }
 }
 
 fn with_e(b: usize, e: usize) -> TrainConfig {

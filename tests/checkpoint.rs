@@ -11,20 +11,7 @@ fn tmpdir(name: &str) -> tempfile::TempDir {
 }
 
 fn small(dir: &std::path::Path) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        block_size: 16,
-        micro_batch: 3,
-        accum_steps: 2,
-        max_steps: 5,
-        eval_windows: 8,
-        eval_every: 0,
-        padded: true,
-        out_dir: dir.display().to_string(),
-        ..TrainConfig::default()
-    }
+    TrainConfig { max_steps: 5, eval_windows: 8, padded: true, out_dir: dir.display().to_string(), ..common::small_gpt(3, 2) }
 }
 
 #[test]

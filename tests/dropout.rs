@@ -113,19 +113,7 @@ fn attention_and_elementwise_dropout_match_the_reference_masks() {
 
 /// A small GPT with every layer: 2 layers, 2 heads, C 32, T 16, dropout 0.2.
 fn small(b: usize, k: usize) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        block_size: 16,
-        micro_batch: b,
-        accum_steps: k,
-        dropout: 0.2,
-        eval_windows: 8,
-        eval_every: 0,
-        out_dir: std::env::temp_dir().join("gradscope-test-runs").display().to_string(),
-        ..TrainConfig::default()
-    }
+    TrainConfig { dropout: 0.2, eval_windows: 8, ..common::small_gpt(b, k) }
 }
 
 /// The first window's gradient on the device equals the CPU reference's with the same masks

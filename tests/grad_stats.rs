@@ -23,16 +23,9 @@ use gradscope::train::model::{Inputs, MicroBatch};
 use gradscope::train::plan::memory_options;
 use gradscope::train::{Event, TrainConfig, Trainer};
 
-fn out_dir() -> String {
-    std::env::temp_dir().join("gradscope-test-runs").display().to_string()
-}
-
 /// A small GPT with every layer, statistics on.
 fn gpt(b: usize, k: usize) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, micro_batch: b, accum_steps: k, max_steps: 50, eval_windows: 4,
-        eval_every: 0, out_dir: out_dir(), grad_stats: true, ..TrainConfig::default()
-    }
+    TrainConfig { max_steps: 50, eval_windows: 4, grad_stats: true, ..common::small_gpt(b, k) }
 }
 
 fn with_e(b: usize, e: usize) -> TrainConfig {

@@ -18,19 +18,11 @@ use gradscope::train::{TrainConfig, Trainer};
 /// A small GPT with every layer, fresh seeds for its weights and its data.
 fn small(rng: &mut common::Rng, b: usize, k: usize) -> TrainConfig {
     TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        block_size: 16,
-        micro_batch: b,
-        accum_steps: k,
         max_steps: 20,
         eval_windows: 16,
-        eval_every: 0,
         seed: rng.next_u64() % 1_000_000,
         data_seed: rng.next_u64() % 1_000_000,
-        out_dir: std::env::temp_dir().join("gradscope-test-runs").display().to_string(),
-        ..TrainConfig::default()
+        ..common::small_gpt(b, k)
     }
 }
 

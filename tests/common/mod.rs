@@ -24,6 +24,22 @@ pub fn run(g: &Gpu, f: impl FnOnce(&mut ProgramBuilder)) {
     pb.finish("test").run();
 }
 
+/// A small GPT that still has every layer (2 layers, 2 heads, C 32, T 16) at B x K, evaluating
+/// only when asked, writing its runs under the temporary folder; tests set what else they need.
+pub fn small_gpt(b: usize, k: usize) -> gradscope::train::TrainConfig {
+    gradscope::train::TrainConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        block_size: 16,
+        micro_batch: b,
+        accum_steps: k,
+        eval_every: 0,
+        out_dir: std::env::temp_dir().join("gradscope-test-runs").display().to_string(),
+        ..gradscope::train::TrainConfig::default()
+    }
+}
+
 /// Fail, naming the adapter, when it has no SHADER_F16: the f16 tests need it and never pass
 /// by skipping (lavapipe on Vulkan has it; GL adapters do not).
 pub fn require_f16(g: &Gpu) {
