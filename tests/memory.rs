@@ -52,6 +52,19 @@ fn assert_same(what: &str, predicted: MemorySnapshot, actual: MemorySnapshot) {
     }
 }
 
+/// One optimizer step of the GPT `cfg` on `g`: the trainer, the ledger before it, and what the
+/// memory model predicts for the trainer's own config (f16 falls back to f32 on an adapter
+/// without SHADER_F16) against what the step put in the ledger.
+fn one_gpt_step(g: &gradscope::gpu::Gpu, cfg: &TrainConfig) -> (Trainer, MemorySnapshot, MemorySnapshot, MemorySnapshot) {
+    let before = g.ledger.snapshot();
+    let mut t = Trainer::new(g, cfg.clone()).unwrap();
+    t.train_step().unwrap();
+    let actual = minus(g.ledger.snapshot(), before);
+    let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
+    let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&t.cfg, g));
+    (t, before, predicted, actual)
+}
+
 /// Every category predicted to the byte, for several GPT shapes, micro-batches, K (the
 /// per-micro-batch figures buffer grows past K = 16), with/without checkpointing, in f32 and with
 /// f16 activations (mixed precision), with dropout.
@@ -74,14 +87,8 @@ fn gpt_prediction_equals_the_byte_ledger() {
         TrainConfig { dropout: 0.1, ..gpt(2, 2, 32, 16, 4, 3, false) },
         TrainConfig { dropout: 0.1, ..gpt(3, 3, 48, 24, 5, 2, true) },
     ] {
-        let before = g.ledger.snapshot();
-        let mut t = Trainer::new(&g, cfg.clone()).unwrap();
-        t.train_step().unwrap();
-        let actual = minus(g.ledger.snapshot(), before);
-        let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
-        // (the trainer's config: f16 falls back to f32 on an adapter without SHADER_F16)
+        let (mut t, before, predicted, actual) = one_gpt_step(&g, &cfg);
         let run = t.cfg.clone();
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, memory_options(&run, &g));
         assert_same(
             &format!(
                 "GPT L{} C{} T{} B{} K{} checkpointing {} {}",
@@ -94,6 +101,7 @@ fn gpt_prediction_equals_the_byte_ledger() {
         t.set_micro_batch(cfg.micro_batch + 2).unwrap();
         t.train_step().unwrap();
         let actual = minus(g.ledger.snapshot(), before);
+        let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
         let predicted = spec.predict(cfg.micro_batch + 2, cfg.accum_steps, 0, memory_options(&run, &g));
         assert_same("after a live change of B", predicted, actual);
         drop(t);
@@ -275,16 +283,9 @@ fn a_failed_reallocation_keeps_the_previous_micro_batch() {
 fn gpu_family_prediction_equals_the_byte_ledger_and_grows_with_t() {
     let g = common::gpu().with_kernels(gradscope::gpu::KernelSet::Gpu);
     for cfg in [gpt(2, 2, 32, 40, 3, 2, false), gpt(2, 2, 32, 40, 3, 2, true), f16(gpt(1, 4, 64, 70, 2, 1, true))] {
-        let before = g.ledger.snapshot();
-        let mut t = Trainer::new(&g, cfg.clone()).unwrap();
-        t.train_step().unwrap();
-        let actual = minus(g.ledger.snapshot(), before);
-        let spec = ModelSpec::Gpt(t.gpt().unwrap().gcfg);
-        let run = t.cfg.clone();
-        let opts = memory_options(&run, &g);
-        assert_eq!(opts.kernels, MatmulVariant::GpuTiled);
-        let predicted = spec.predict(cfg.micro_batch, cfg.accum_steps, 0, opts);
-        let what = format!("GPU family GPT C{} T{} checkpointing {} {}", cfg.n_embd, cfg.block_size, cfg.checkpoint_activations, run.precision);
+        let (t, before, predicted, actual) = one_gpt_step(&g, &cfg);
+        assert_eq!(memory_options(&t.cfg, &g).kernels, MatmulVariant::GpuTiled);
+        let what = format!("GPU family GPT C{} T{} checkpointing {} {}", cfg.n_embd, cfg.block_size, cfg.checkpoint_activations, t.cfg.precision);
         assert_same(&what, predicted, actual);
         drop(t);
         assert_eq!(g.ledger.snapshot(), before, "every buffer of the run is released");
